@@ -1,0 +1,191 @@
+"""The ``multiway`` command and the shared entry of every DVC stage.
+
+Each stage is registered once in :data:`STAGES`: its params section (= stage name = script
+name in ``stages/``), its config dataclass, the function that runs it and, for matrix
+stages, the matrix key. ``stages/<name>.py`` calls :func:`run_stage` with the params file;
+``multiway <name>`` calls the same function, with one ``--flag`` per config field overriding
+``params.yaml``. Heavy libraries are imported only inside the run functions, so
+``multiway --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import config as cfgmod
+from pipeline.io import write_json
+from pipeline.runtime import run_entry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A registered stage.
+
+    Attributes:
+        config: Name of the config dataclass in :mod:`pipeline.config`.
+        run: ``module:function`` called as ``fn(cfg, **shared, **matrix)``; returns metrics.
+        help: One line for ``multiway --help``.
+        shared: Shared params sections passed as keyword arguments (e.g. ``langs``).
+        matrix: Name of the matrix key (``translate@deu_Latn`` → ``lang``), if any.
+    """
+
+    config: str
+    run: str
+    help: str
+    shared: tuple[str, ...] = ()
+    matrix: str | None = None
+
+
+SHARED = {"langs": "LangsConfig"}
+
+STAGES: dict[str, Stage] = {
+    "prepare_seed": Stage(
+        "PrepareSeedConfig", "pipeline.sources.seed:run",
+        "Extract the offline seed corpora: Bible editions (chapter splits) and gettext catalogs.",
+        shared=("langs",),
+    ),
+    "prepare_source": Stage(
+        "PrepareSourceConfig", "pipeline.sources.prepare:run",
+        "Read English text (txt/jsonl/parquet/HF datasets), normalise, dedup, length-filter.",
+        shared=("langs",),
+    ),
+    "convert_nmt": Stage(
+        "ConvertNmtConfig", "pipeline.translate.convert:run",
+        "Convert a Hugging Face NMT model (Marian, M2M100, NLLB) to CTranslate2.",
+    ),
+    "train_nmt": Stage(
+        "TrainNmtConfig", "pipeline.translate.train_nmt:run",
+        "Train the project's own English→X Marian model on the Bible and export it to CT2.",
+        shared=("langs",),
+    ),
+    "translate": Stage(
+        "TranslateConfig", "pipeline.translate.stage:run",
+        "Translate the source into one language with CTranslate2 (sharded, resumable).",
+        shared=("langs",), matrix="lang",
+    ),
+    "build_corpus": Stage(
+        "BuildCorpusConfig", "pipeline.corpus.build:run",
+        "Join translations into the filtered multi-way corpus and the En-X baseline.",
+        shared=("langs",),
+    ),
+}
+
+
+def metrics_path(name: str, item: str | None = None) -> Path:
+    """``data/metrics/<stage>[@<item>].json``: the flat metrics file DVC tracks for a stage."""
+    return Path("data/metrics") / (f"{name}@{item}.json" if item else f"{name}.json")
+
+
+def _load(section: str, cls: type, params: dict[str, Any], path: str, overrides: dict) -> Any:
+    data = dict(params.get(section) or {})
+    data.update(overrides)
+    return cfgmod.from_mapping(cls, data, where=f"{path}:{section}")
+
+
+def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None,
+            item: str | None = None) -> dict[str, Any]:
+    """Load a stage's config (params file + overrides), run it, write its metrics JSON.
+
+    Args:
+        name: Stage name (a key of :data:`STAGES`).
+        params_path: ``params.yaml``; a missing file means "all defaults".
+        overrides: Field → value, applied on top of the params section.
+        item: Matrix value (e.g. a language code) for matrix stages.
+
+    Returns:
+        The metrics the stage returned.
+    """
+    stage = STAGES[name]
+    params = cfgmod.load_params(params_path) if Path(params_path).is_file() else {}
+    cls = getattr(cfgmod, stage.config)
+    cfg = _load(name, cls, params, params_path, overrides or {})
+    kwargs: dict[str, Any] = {
+        s: _load(s, getattr(cfgmod, SHARED[s]), params, params_path, {}) for s in stage.shared
+    }
+    if stage.matrix:
+        if item is None:
+            raise ValueError(f"stage {name} needs --{stage.matrix}")
+        kwargs[stage.matrix] = item
+    module, func = stage.run.split(":")
+    metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
+    if metrics is not None:
+        write_json(metrics, metrics_path(name, item))
+    return metrics
+
+
+def run_stage(name: str, argv: list[str] | None = None) -> int:
+    """Entry of ``stages/<name>.py``: ``--params`` (and the matrix key) from argv.
+
+    Returns:
+        Process exit status (2 for a user mistake, reported in one line).
+    """
+    stage = STAGES[name]
+    parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=stage.help)
+    parser.add_argument("--params", default="params.yaml")
+    if stage.matrix:
+        parser.add_argument(f"--{stage.matrix}", required=True)
+    args = parser.parse_args(argv)
+    item = getattr(args, stage.matrix) if stage.matrix else None
+    return run_entry(lambda: execute(name, args.params, item=item))
+
+
+def _flag_help(cls: type, field: dataclasses.Field) -> str:
+    doc = cls.__doc__ or ""
+    marker = f"{field.name}:"
+    for line in doc.splitlines():
+        if line.strip().startswith(marker):
+            return line.strip()[len(marker):].strip()
+    return ""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``multiway`` argument parser: one subcommand per stage, one flag per field."""
+    parser = argparse.ArgumentParser(
+        prog="multiway",
+        description="multiway-align: multi-way parallel corpora, alignment, evaluation.",
+    )
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    for name, stage in STAGES.items():
+        cls = getattr(cfgmod, stage.config)
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
+        p.add_argument("--params", default="params.yaml",
+                       help="params file whose section gives defaults (default: %(default)s)")
+        if stage.matrix:
+            p.add_argument(f"--{stage.matrix}", required=True, help="matrix item")
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            p.add_argument(
+                f"--{field.name.replace('_', '-')}", dest=f"set_{field.name}",
+                metavar=cfgmod._type_name(hints[field.name]).upper(),
+                help=_flag_help(cls, field) + " (YAML value)",
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``multiway`` console entry point."""
+    args = build_parser().parse_args(argv)
+    stage = STAGES[args.stage]
+    overrides = {
+        k[len("set_"):]: yaml.safe_load(v)
+        for k, v in vars(args).items()
+        if k.startswith("set_") and v is not None
+    }
+    item = getattr(args, stage.matrix) if stage.matrix else None
+    return run_entry(lambda: execute(args.stage, args.params, overrides, item))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

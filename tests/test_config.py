@@ -1,0 +1,58 @@
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline import config as c
+from pipeline.cli import SHARED, STAGES
+
+
+def test_unknown_key_suggests_the_closest():
+    with pytest.raises(ValueError, match="unknown key 'beam_sise'; did you mean 'beam_size'"):
+        c.from_mapping(c.TranslateConfig, {"beam_sise": 2})
+
+
+def test_wrong_type_names_key_type_and_value():
+    with pytest.raises(ValueError, match=r"beam_size: expected int, got str 'four'"):
+        c.from_mapping(c.TranslateConfig, {"beam_size": "four"})
+
+
+def test_literal_and_optional_fields():
+    cfg = c.from_mapping(c.TranslateConfig, {"references": None, "family": "nllb"})
+    assert cfg.references is None and cfg.family == "nllb"
+    with pytest.raises(ValueError, match="expected one of"):
+        c.from_mapping(c.TranslateConfig, {"family": "t5"})
+
+
+def test_lists_become_tuples_and_config_is_frozen():
+    cfg = c.from_mapping(c.LangsConfig, {"pool": ["deu_Latn"]})
+    assert cfg.pool == ("deu_Latn",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.pool = ()  # type: ignore[misc]
+
+
+def test_missing_section_is_reported(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"translat": {}}))
+    with pytest.raises(ValueError, match="no section 'translate' \\(did you mean 'translat'"):
+        c.load_section(p, "translate", c.TranslateConfig)
+
+
+def test_params_yaml_loads_into_every_stage_config():
+    params = c.load_params("params.yaml")
+    for name, stage in STAGES.items():
+        c.from_mapping(getattr(c, stage.config), params[name], where=name)
+    for name, cls in SHARED.items():
+        c.from_mapping(getattr(c, cls), params[name], where=name)
+
+
+def test_dvc_params_match_config_fields():
+    dvc = yaml.safe_load(open("dvc.yaml"))
+    for name, stage in STAGES.items():
+        if name not in dvc["stages"]:
+            continue
+        declared = set(dvc["stages"][name].get("params", []))
+        expected = {f"{name}.{f}" for f in c.field_names(getattr(c, stage.config))}
+        for shared in stage.shared:
+            expected |= {f"{shared}.{f}" for f in c.field_names(getattr(c, SHARED[shared]))}
+        assert declared == expected, name
