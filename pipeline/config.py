@@ -331,9 +331,9 @@ class TrainNmtConfig:
 
     train: str = "data/seed/bible_nmt_train.parquet"
     dev: str = "data/seed/bible_nmt_dev.parquet"
-    vocab_size: int = 16000
+    vocab_size: int = 12000
     d_model: int = 256
-    encoder_layers: int = 4
+    encoder_layers: int = 3
     decoder_layers: int = 3
     heads: int = 4
     ffn_dim: int = 1024
@@ -341,10 +341,10 @@ class TrainNmtConfig:
     max_tokens: int = 128
     batch_tokens: int = 4096
     lr: float = 1.0e-3
-    warmup_steps: int = 500
+    warmup_steps: int = 300
     max_steps: int = 20000
-    max_minutes: float = 60.0
-    eval_every: int = 500
+    max_minutes: float = 55.0
+    eval_every: int = 250
     dev_sentences: int = 300
     beam_size: int = 2
     device: str = "auto"
