@@ -401,17 +401,19 @@ class BuildCorpusConfig:
         references: Human translations (``id`` + language columns) for the ``human``
             corpus; ``None`` skips it.
         min_length_ratio: Drop a row when a translation is shorter than this × the source
-            (in characters, adjusted per script).
+            (in characters, divided by the script's factor in
+            ``pipeline.corpus.filters.LENGTH_FACTORS``: Korean 0.45, Chinese 0.3, ...).
         max_length_ratio: ... or longer than this × the source.
         max_copy_ratio: Drop when a translation shares this fraction of its word bigrams
             with the source (untranslated copy).
-        max_repeat: Drop when any word n-gram (n ≤ 4) repeats more than this many times
-            in a row (decoder repetition loop).
+        max_repeat: Drop when any n-gram (n ≤ 4) of words (of characters for Han,
+            Japanese, Thai) repeats more than this many times in a row (decoder loop).
         min_script_fraction: Drop when fewer than this fraction of letters are in the
             language's script.
         dev_fraction: Fraction of rows (by id) held out as the dev split.
         seed: Seed of the split and of the En-X language draw.
-        output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet`` go.
+        output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``,
+            ``stats.json`` and ``meta.json`` go (schemas in ``pipeline.corpus.build``).
     """
 
     source: str = "data/source/eng_Latn.parquet"

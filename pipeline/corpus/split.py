@@ -1,0 +1,92 @@
+"""Train/dev split by id hash, and the En-X baseline drawn from the multi-way corpus."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+SPLITS: tuple[str, ...] = ("train", "dev")
+
+
+def _unit_hash(seed: int, row_id: str) -> float:
+    # A cryptographic hash of (seed, id) rather than a seeded permutation: a row's split
+    # depends on nothing but its own id, so it stays put when rows are added or removed.
+    digest = hashlib.sha256(f"{seed}\x1f{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(ids: Iterable[str], dev_fraction: float, seed: int) -> list[str]:
+    """Assign each id to ``train`` or ``dev`` by a seeded hash of the id.
+
+    Args:
+        ids: Row ids.
+        dev_fraction: Expected fraction of ids sent to ``dev``, in [0, 1).
+        seed: Seed mixed into the hash (another seed gives another split).
+
+    Returns:
+        ``"train"`` or ``"dev"`` per id, in input order.
+
+    Raises:
+        ValueError: ``dev_fraction`` is outside [0, 1).
+    """
+    if not 0.0 <= dev_fraction < 1.0:
+        raise ValueError(
+            f"build_corpus.dev_fraction must be in [0, 1), got {dev_fraction}; e.g. 0.05"
+        )
+    return ["dev" if _unit_hash(seed, str(i)) < dev_fraction else "train" for i in ids]
+
+
+def balanced_draw(n: int, choices: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """Draw ``n`` items from ``choices`` so that their counts differ by at most one.
+
+    A shuffled round-robin: ``choices`` repeated up to length ``n``, then permuted; the
+    leftover ``n mod len(choices)`` items go to a random subset of ``choices``.
+
+    Args:
+        n: Number of draws.
+        choices: The items (e.g. language codes).
+        rng: Source of randomness.
+
+    Returns:
+        ``n`` items.
+    """
+    order = list(rng.permutation(len(choices)))  # which choices get the leftover draws
+    round_robin = [choices[order[i % len(choices)]] for i in range(n)]
+    return [round_robin[i] for i in rng.permutation(n)]
+
+
+def sample_enx(corpus: pd.DataFrame, source: str, pool: Sequence[str], seed: int) -> pd.DataFrame:
+    """The English-centric En-X baseline: one (English, X) pair per multi-way row.
+
+    Every multi-way row keeps its English sentence and contributes the translation into one
+    language X drawn from ``pool``, so the En-X set has exactly as many rows and English
+    sentences as the multi-way one, and each language gets an equal share (±1) within each
+    split.
+
+    Args:
+        corpus: Multi-way table with ``id``, ``split``, ``source`` and the ``pool`` columns.
+        source: Source language column (``eng_Latn``).
+        pool: Target languages to draw X from.
+        seed: Seed of the draw.
+
+    Returns:
+        Columns ``id``, ``split``, ``lang`` (FLORES code of X), ``source`` (English) and
+        ``x`` (the text in ``lang``), in the row order of ``corpus``.
+    """
+    rng = np.random.default_rng(seed)
+    langs = pd.Series(index=corpus.index, dtype=object)
+    for split in SPLITS:  # balanced within each split, not only overall
+        mask = corpus["split"] == split
+        langs[mask] = balanced_draw(int(mask.sum()), pool, rng)
+    texts = corpus[list(pool)].to_numpy()
+    col = pd.Index(pool).get_indexer(langs.to_numpy())
+    return pd.DataFrame({
+        "id": corpus["id"].to_numpy(),
+        "split": corpus["split"].to_numpy(),
+        "lang": langs.to_numpy(),
+        source: corpus[source].to_numpy(),
+        "x": texts[np.arange(len(corpus)), col],
+    })

