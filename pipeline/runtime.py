@@ -129,7 +129,7 @@ def run_entry(fn: Callable[[], Any]) -> int:
 
 
 def limit_threads(n: int) -> None:
-    """Cap BLAS/OpenMP/torch threads (shared 2-core machines slow down badly when oversubscribed)."""
+    """Cap BLAS/OpenMP/torch threads (oversubscribed shared cores slow down badly)."""
     os.environ["OMP_NUM_THREADS"] = str(n)
     if "torch" in sys.modules:
         import torch

@@ -114,10 +114,13 @@ def load_bible(db_path: str | Path, editions: dict[str, str]) -> pd.DataFrame:
     for code, letter in editions.items():
         langmod.get(code)
         if letter not in EDITIONS:
-            raise ValueError(f"unknown Bible edition '{letter}' for {code}; known: {sorted(EDITIONS)}")
+            raise ValueError(
+                f"unknown Bible edition '{letter}' for {code}; known: {sorted(EDITIONS)}"
+            )
         if EDITIONS[letter].lang != code:
             raise ValueError(
-                f"edition '{letter}' ({EDITIONS[letter].name}) is {EDITIONS[letter].lang}, not {code}"
+                f"edition '{letter}' ({EDITIONS[letter].name}) is "
+                f"{EDITIONS[letter].lang}, not {code}"
             )
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
     try:

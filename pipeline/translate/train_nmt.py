@@ -50,7 +50,9 @@ def _pairs(df: pd.DataFrame, source: str, targets: tuple[str, ...]) -> pd.DataFr
     rows = []
     for lang in targets:
         ok = (df[source].str.len() > 0) & (df[lang].str.len() > 0)
-        rows.append(pd.DataFrame({"lang": lang, "src": df.loc[ok, source], "tgt": df.loc[ok, lang]}))
+        rows.append(
+            pd.DataFrame({"lang": lang, "src": df.loc[ok, source], "tgt": df.loc[ok, lang]})
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -94,7 +96,8 @@ class _Batches:
         batches: list[np.ndarray] = []
         for start in range(0, len(order), chunk):
             part = order[start : start + chunk]
-            part = part[np.argsort([len(self.tgt[i]) + len(self.src[i]) for i in part], kind="stable")]
+            lengths = [len(self.tgt[i]) + len(self.src[i]) for i in part]
+            part = part[np.argsort(lengths, kind="stable")]
             cur: list[int] = []
             longest = 0
             for i in part:
