@@ -1,0 +1,167 @@
+r"""Bilingual in-batch InfoNCE: the En-X baseline, symmetric over the two directions.
+
+Inputs: a batch of ``B`` translation pairs, two columns (English, then the other language of
+the row; in the En-X corpus that language varies from row to row). No labels.
+
+Formula (``x_i``, ``y_i`` = embeddings of the two sides of pair ``i``, L2-normalised for
+``similarity="cosine"``; ``s = x · y``; temperature ``τ``; ``D(i)`` = pairs ``j ≠ i`` that share
+the source or the target text with pair ``i``, which are removed from ``i``'s candidates):
+
+.. math::
+
+    L_{x \to y} = \frac{1}{B} \sum_i -\log
+        \frac{e^{s(x_i, y_i)/τ}}{\sum_{j \notin D(i)} e^{s(x_i, y_j)/τ}}
+    \qquad
+    L_{y \to x} = \frac{1}{B} \sum_i -\log
+        \frac{e^{s(y_i, x_i)/τ}}{\sum_{j \notin D(i)} e^{s(y_i, x_j)/τ}}
+
+    L = \tfrac12 (L_{x \to y} + L_{y \to x})
+
+Returned as ``{"src_to_tgt": ½ L_{x→y}, "tgt_to_src": ½ L_{y→x}}`` (the terms sum to ``L``).
+Without duplicates this equals sentence-transformers' ``MultipleNegativesRankingLoss`` with
+``directions=("query_to_doc", "doc_to_query")``, ``partition_mode="per_direction"`` and
+``scale = 1/τ`` (the symmetric InfoNCE of Günther et al., 2024). Unlike the multi-way loss,
+candidates are only the other side's sentences (no same-language negatives), as in the
+standard bilingual dual-encoder setup (e.g. LaBSE without its additive margin).
+
+References:
+    - van den Oord et al., 2018, https://arxiv.org/abs/1807.03748 (InfoNCE)
+    - Feng et al., 2022, "Language-agnostic BERT Sentence Embedding",
+      https://arxiv.org/abs/2007.01852 (bidirectional in-batch translation ranking)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
+
+from pipeline.losses import (
+    INFONCE_CITATION,
+    Similarity,
+    check_positive,
+    check_similarity,
+    duplicate_rows,
+    gather_with_grad,
+    prepare,
+    text_keys,
+)
+
+
+class BilingualInfoNCELoss(nn.Module):
+    """Symmetric in-batch InfoNCE on translation pairs.
+
+    ``L = ½ (CE(x_i → {y_j}) + CE(y_i → {x_j}))`` averaged over the batch, logits
+    ``s/τ``, the positive being the row's own translation and pairs that repeat row ``i``'s
+    source or target text removed from its candidates (formula and references: module
+    docstring).
+
+    Inputs:
+        Two columns of ``B`` sentences (source, translation); no labels.
+
+    Returns:
+        ``{"src_to_tgt": term, "tgt_to_src": term}``; the terms sum to the loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        mask_duplicates: bool = True,
+        gather_across_devices: bool = False,
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            model: The ``SentenceTransformer`` to train.
+            temperature: Softmax temperature ``τ`` (``scale = 1 / τ``).
+            similarity: ``cosine`` (L2-normalise, then dot product) or ``dot``.
+            mask_duplicates: Remove pairs whose source or target text repeats pair ``i``'s
+                (equal ``input_ids``) from ``i``'s candidates.
+            gather_across_devices: With ``torch.distributed`` initialised, score the local
+                pairs against the candidates of every device (all-gather with gradient).
+
+        Raises:
+            ValueError: A hyperparameter is out of range.
+        """
+        super().__init__()
+        check_positive("temperature", temperature)
+        check_similarity(similarity)
+        self.model = model
+        self.temperature = float(temperature)
+        self.similarity = similarity
+        self.mask_duplicates = mask_duplicates
+        self.gather_across_devices = gather_across_devices
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Embed both columns and compute the two direction terms (``labels`` are ignored).
+
+        Raises:
+            ValueError: The batch does not have exactly two columns.
+        """
+        sentence_features = list(sentence_features)
+        if len(sentence_features) != 2:
+            raise ValueError(
+                f"bilingual_infonce needs exactly 2 columns (source, translation), got "
+                f"{len(sentence_features)}; use multiway_infonce for more languages"
+            )
+        keys = None
+        if self.mask_duplicates:
+            keys = torch.stack(
+                [text_keys(f, gather=self.gather_across_devices) for f in sentence_features]
+            )
+        source, target = embed_columns(self.model, sentence_features, separate_first=False)
+        return self.compute_loss_from_embeddings(source, target, keys)
+
+    def compute_loss_from_embeddings(
+        self, source: Tensor, target: Tensor, keys: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Loss terms from ``(B, dim)`` source and target embeddings.
+
+        Args:
+            source: Embeddings of the first column.
+            target: Embeddings of the second column.
+            keys: ``(2, rows)`` text keys of both columns, or ``None`` for no masking.
+
+        Returns:
+            ``{"src_to_tgt": ..., "tgt_to_src": ...}``.
+        """
+        source, target = prepare(source, self.similarity), prepare(target, self.similarity)
+        all_source, offset = gather_with_grad(source, self.gather_across_devices)  # (R, dim)
+        all_target, _ = gather_with_grad(target, self.gather_across_devices)
+        batch = source.shape[0]
+        local = torch.arange(offset, offset + batch, device=source.device)
+        forward_scores = source @ all_target.T / self.temperature  # (B, R)
+        backward_scores = target @ all_source.T / self.temperature  # (B, R)
+        if keys is not None:
+            # Duplicates of pair i (other than i itself) leave i's candidates. The positive
+            # always stays, so no row is fully masked and -inf is safe here.
+            blocked = duplicate_rows(keys)[local]
+            blocked[torch.arange(batch, device=source.device), local] = False
+            forward_scores = forward_scores.masked_fill(blocked, float("-inf"))
+            backward_scores = backward_scores.masked_fill(blocked, float("-inf"))
+        terms = {}
+        for name, scores in (("src_to_tgt", forward_scores), ("tgt_to_src", backward_scores)):
+            log_p = scores.diagonal(offset) - torch.logsumexp(scores, dim=1)
+            terms[name] = -log_p.mean() / 2
+        return terms
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Hyperparameters, for the model card and ``meta.json``."""
+        return {
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+            "mask_duplicates": self.mask_duplicates,
+            "gather_across_devices": self.gather_across_devices,
+        }
+
+    @property
+    def citation(self) -> str:
+        """BibTeX entry shown in the model card."""
+        return INFONCE_CITATION

@@ -1,0 +1,390 @@
+r"""Multi-way InfoNCE: every language of a multi-way parallel row is an anchor for the others.
+
+Inputs: a batch of ``B`` rows of a multi-way corpus with ``N >= 2`` language columns, i.e. the
+sentence-transformers collator hands the loss ``N`` feature dicts of ``B`` sentences each. All
+``N·B`` embeddings are compared with all others.
+
+Formula (``z_{r,l}`` = embedding of row ``r`` in language ``l``, L2-normalised for
+``similarity="cosine"``; ``s(a, b) = z_a · z_b``; temperature ``τ``). For an anchor
+``a = (r, l)``:
+
+- positives ``P(a) = {(r, m) : m ≠ l}``: the other ``N − 1`` translations of its row;
+- negatives ``Neg(a) = {(r', m) : rows r' and r share no text}``, every language ``m``
+  included (same-language negatives too). The anchor itself, its positives and every
+  embedding of a row that repeats one of row ``r``'s texts (same ``input_ids`` in some
+  language) are excluded, so duplicated sentences never act as false negatives.
+
+.. math::
+
+    \ell(a, p) = -\log \frac{e^{s(a,p)/τ}}{e^{s(a,p)/τ} + \sum_{n \in Neg(a)} e^{s(a,n)/τ}}
+               = \operatorname{softplus}\Big(\operatorname{LSE}_{n \in Neg(a)} \frac{s(a,n)}{τ}
+                 - \frac{s(a,p)}{τ}\Big)
+
+    L = \frac{1}{B N (N-1)} \sum_{a} \sum_{p \in P(a)} \ell(a, p)
+
+The loss is returned as ``N`` terms ``anchor_<lang>`` (the part of the sum whose anchors are
+in that language); they add up to ``L``, which is what the trainer optimises and logs.
+
+Why this per-pair form rather than SupCon's multi-positive ``L_out`` (Khosla et al., 2020,
+where the softmax of each positive also contains the other ``N − 2`` positives): in SupCon the
+translations of one sentence compete with each other in the denominator, so the loss cannot
+drop below ``log(N − 1)`` and its scale and the meaning of ``τ`` change with ``N``. In the
+per-pair form each (anchor, positive) pair is an ordinary InfoNCE problem against the same
+true negatives: its minimum is 0 for every ``N``, ``τ`` means what it means in the bilingual
+baseline, values are comparable across corpora with different numbers of languages, and with
+``N = 2`` it is in-batch InfoNCE with both directions and same-language negatives.
+
+References:
+    - van den Oord et al., 2018, "Representation Learning with Contrastive Predictive Coding"
+      (InfoNCE), https://arxiv.org/abs/1807.03748
+    - Khosla et al., 2020, "Supervised Contrastive Learning" (the multi-positive alternative),
+      https://arxiv.org/abs/2004.11362
+    - Gao et al., 2021, "Scaling Deep Contrastive Learning Batch Size under Memory Limited
+      Setup" (GradCache, used by :class:`CachedMultiwayInfoNCELoss`),
+      https://arxiv.org/abs/2101.06983
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import tqdm
+from sentence_transformers.base.losses.gradcache import (
+    CachedLossMixin,
+    has_static_embedding_input,
+)
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from torch import Tensor, nn
+
+from pipeline.losses import (
+    INFONCE_CITATION,
+    Similarity,
+    check_positive,
+    check_similarity,
+    duplicate_rows,
+    gather_with_grad,
+    prepare,
+    text_keys,
+)
+
+
+def multiway_pair_losses(
+    candidates: Tensor,
+    rows: Tensor,
+    langs: Tensor,
+    temperature: float,
+    duplicates: Tensor | None = None,
+) -> Tensor:
+    """Per-pair losses ``ℓ(a, p)`` (module docstring) for a set of anchors.
+
+    Args:
+        candidates: ``(rows_total, N, dim)`` embeddings of every row and language, already
+            in dot-product space (see :func:`pipeline.losses.prepare`).
+        rows: ``(A,)`` row index of each anchor in ``candidates``.
+        langs: ``(A,)`` language index of each anchor.
+        temperature: Softmax temperature ``τ``.
+        duplicates: ``(rows_total, rows_total)`` bool, True where two rows share a text; the
+            rows of an anchor's duplicates are not negatives. ``None``: only the anchor's own
+            row is excluded.
+
+    Returns:
+        ``(A, N - 1)`` losses, one per (anchor, positive) pair, positives in language order.
+    """
+    n_rows, n_langs, dim = candidates.shape
+    flat = candidates.reshape(n_rows * n_langs, dim)  # row-major: column c = row * N + lang
+    scores = candidates[rows, langs] @ flat.T / temperature  # (A, rows_total * N)
+    column_rows = torch.arange(n_rows, device=flat.device).repeat_interleave(n_langs)
+    if duplicates is None:
+        blocked = rows[:, None] == column_rows[None, :]
+    else:
+        blocked = duplicates[rows][:, column_rows]
+    # A finite fill (not -inf) keeps the gradient finite when every candidate is blocked
+    # (batch of one row, or all rows duplicates): the pair loss is then exactly 0.
+    negatives = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
+    log_z_neg = torch.logsumexp(negatives, dim=1)  # (A,)
+    lang_ids = torch.arange(n_langs, device=flat.device)
+    others = torch.stack([lang_ids[lang_ids != lang] for lang in range(n_langs)])  # (N, N-1)
+    positive_columns = rows[:, None] * n_langs + others[langs]  # (A, N-1)
+    positives = scores.gather(1, positive_columns)
+    return F.softplus(log_z_neg[:, None] - positives)
+
+
+class MultiwayInfoNCELoss(nn.Module):
+    """Multi-way in-batch InfoNCE over all languages of each row.
+
+    For each anchor ``a`` (every row, every language) and each positive ``p`` (the anchor
+    row's other translations): ``ℓ = −log(e^{s_ap/τ} / (e^{s_ap/τ} + Σ_{n∈Neg(a)} e^{s_an/τ}))``,
+    where ``Neg(a)`` is every embedding of every row that shares no text with the anchor's
+    row; the loss is the mean of ``ℓ`` over the ``B·N·(N−1)`` pairs. Self-similarity and the
+    other positives are not in the denominator. Details, the choice against SupCon and
+    references: module docstring (van den Oord et al., 2018).
+
+    Inputs:
+        ``N >= 2`` columns of ``B`` parallel sentences (one language per column, same order
+        in every batch); no labels.
+
+    Returns:
+        ``{"anchor_<lang>": term}`` for each language; the terms sum to the loss.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        mask_duplicates: bool = True,
+        gather_across_devices: bool = False,
+        languages: list[str] | tuple[str, ...] | None = None,
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            model: The ``SentenceTransformer`` to train (anything mapping a feature dict to
+                ``{"sentence_embedding": (B, dim)}``).
+            temperature: Softmax temperature ``τ`` (``scale = 1 / τ`` in sentence-transformers
+                terms); lower is sharper.
+            similarity: ``cosine`` (L2-normalise, then dot product) or ``dot``.
+            mask_duplicates: Exclude rows that repeat one of the anchor row's texts (equal
+                ``input_ids`` in some column) from its negatives.
+            gather_across_devices: With ``torch.distributed`` initialised, compare the local
+                anchors with the candidates of every device (all-gather with gradient; every
+                device must hold the same batch size).
+            languages: Column names, used to name the logged terms (``anchor_deu_Latn``);
+                default ``anchor_0``, ``anchor_1``, ...
+
+        Raises:
+            ValueError: A hyperparameter is out of range.
+        """
+        super().__init__()
+        check_positive("temperature", temperature)
+        check_similarity(similarity)
+        self.model = model
+        self.temperature = float(temperature)
+        self.similarity = similarity
+        self.mask_duplicates = mask_duplicates
+        self.gather_across_devices = gather_across_devices
+        self.languages = tuple(languages) if languages is not None else None
+
+    def term_names(self, n_langs: int) -> list[str]:
+        """Names of the returned terms for ``n_langs`` columns.
+
+        Raises:
+            ValueError: Fewer than two columns, or ``languages`` does not match the columns.
+        """
+        if n_langs < 2:
+            raise ValueError(f"multi-way InfoNCE needs at least 2 language columns, got {n_langs}")
+        if self.languages is None:
+            return [f"anchor_{i}" for i in range(n_langs)]
+        if len(self.languages) != n_langs:
+            raise ValueError(
+                f"the batch has {n_langs} columns but languages={list(self.languages)} names "
+                f"{len(self.languages)}; pass one name per dataset column"
+            )
+        return [f"anchor_{lang}" for lang in self.languages]
+
+    def text_keys(self, sentence_features: list[dict[str, Any]]) -> Tensor | None:
+        """``(N, rows)`` text keys of every column for duplicate masking, or ``None`` when off."""
+        if not self.mask_duplicates:
+            return None
+        gather = self.gather_across_devices
+        return torch.stack([text_keys(features, gather=gather) for features in sentence_features])
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Embed every column and compute the loss terms (``labels`` are ignored)."""
+        sentence_features = list(sentence_features)
+        self.term_names(len(sentence_features))
+        # Every column is a sentence of the same kind, so all columns share one forward pass.
+        embeddings = embed_columns(self.model, sentence_features, separate_first=False)
+        return self.compute_loss_from_embeddings(embeddings, self.text_keys(sentence_features))
+
+    def compute_loss_from_embeddings(
+        self,
+        embeddings: list[Tensor],
+        keys: Tensor | None = None,
+        chunk_size: int | None = None,
+        with_backward: bool = False,
+        show_progress_bar: bool = False,
+    ) -> dict[str, Tensor]:
+        """Loss terms from the per-column embeddings.
+
+        Args:
+            embeddings: ``N`` tensors of shape ``(B, dim)``, one per language column.
+            keys: ``(N, rows)`` text keys (:meth:`text_keys`), or ``None`` for no masking.
+            chunk_size: Anchors handled at once (bounds the ``(anchors, N·rows)`` score
+                block); ``None`` = all.
+            with_backward: Back-propagate each chunk right away and return detached terms
+                (the GradCache loss stage).
+            show_progress_bar: Show a bar over the anchor chunks.
+
+        Returns:
+            ``{"anchor_<lang>": term}``, summing to the loss.
+        """
+        names = self.term_names(len(embeddings))
+        n_langs, batch = len(embeddings), embeddings[0].shape[0]
+        local = prepare(torch.stack(embeddings, dim=1), self.similarity)  # (B, N, dim)
+        candidates, offset = gather_with_grad(local, self.gather_across_devices)  # (R, N, dim)
+        duplicates = duplicate_rows(keys) if keys is not None else None
+        # Chunks back-propagate into a detached copy; one backward through the gather and
+        # normalisation follows, so no graph is traversed twice.
+        scored = candidates.detach().requires_grad_() if with_backward else candidates
+        device = candidates.device
+        anchor_rows = offset + torch.arange(batch, device=device).repeat_interleave(n_langs)
+        anchor_langs = torch.arange(n_langs, device=device).repeat(batch)
+        n_pairs = batch * n_langs * (n_langs - 1)
+        per_lang = torch.zeros(n_langs, dtype=candidates.dtype, device=device)
+        step = chunk_size or len(anchor_rows)
+        for begin in tqdm.trange(
+            0, len(anchor_rows), step, desc="Multi-way loss", disable=not show_progress_bar
+        ):
+            rows, langs = anchor_rows[begin:begin + step], anchor_langs[begin:begin + step]
+            losses = multiway_pair_losses(
+                scored, rows, langs, self.temperature, duplicates
+            ).sum(dim=1) / n_pairs  # (chunk,)
+            if with_backward:
+                losses.sum().backward()
+                losses = losses.detach()
+            per_lang = per_lang.index_add(0, langs, losses)
+        if with_backward:
+            candidates.backward(scored.grad)
+        return {name: per_lang[i] for i, name in enumerate(names)}
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Hyperparameters, for the model card and ``meta.json``."""
+        return {
+            "temperature": self.temperature,
+            "similarity": self.similarity,
+            "mask_duplicates": self.mask_duplicates,
+            "gather_across_devices": self.gather_across_devices,
+            "languages": list(self.languages) if self.languages is not None else None,
+        }
+
+    @property
+    def citation(self) -> str:
+        """BibTeX entry shown in the model card."""
+        return INFONCE_CITATION
+
+
+class CachedMultiwayInfoNCELoss(CachedLossMixin, nn.Module):
+    """:class:`MultiwayInfoNCELoss` with GradCache, for large batches in bounded memory.
+
+    Same inputs, formula and terms as :class:`MultiwayInfoNCELoss`; the gradients are the
+    same up to float rounding. Following sentence-transformers'
+    ``CachedMultipleNegativesRankingLoss`` (and its ``CachedLossMixin``): (1) embed every
+    column in mini-batches without gradient, saving the RNG state of each mini-batch
+    (``RandContext``) so dropout can be replayed; (2) compute the loss on the detached
+    embeddings, anchor chunk by anchor chunk, and back-propagate it to the embeddings only,
+    caching their gradients; (3) in the backward pass of the returned loss, re-embed each
+    mini-batch with gradient (same dropout masks) and back-propagate the cached gradient.
+    Only one mini-batch of activations is alive at a time, so the batch size (and the number
+    of in-batch negatives) is no longer bounded by activation memory; the price is a second
+    forward pass. This replaces gradient accumulation, which would shrink the negative pool.
+
+    Returns:
+        ``{"anchor_<lang>": term}``. The first term carries the GradCache backward hook
+        (its value is the total minus the other, detached, terms), so the terms still sum
+        to the loss and the hook receives exactly the gradient of the sum.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        mask_duplicates: bool = True,
+        gather_across_devices: bool = False,
+        languages: list[str] | tuple[str, ...] | None = None,
+        mini_batch_size: int = 32,
+        show_progress_bar: bool = False,
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            model: The ``SentenceTransformer`` to train.
+            temperature: See :class:`MultiwayInfoNCELoss`.
+            similarity: See :class:`MultiwayInfoNCELoss`.
+            mask_duplicates: See :class:`MultiwayInfoNCELoss`.
+            gather_across_devices: See :class:`MultiwayInfoNCELoss`.
+            languages: See :class:`MultiwayInfoNCELoss`.
+            mini_batch_size: Sentences embedded at once (and anchors scored at once); bounds
+                memory, not the number of negatives.
+            show_progress_bar: Show bars over the mini-batches.
+
+        Raises:
+            ValueError: A hyperparameter is out of range, or the model embeds with a
+                ``StaticEmbedding`` (its inputs cannot be split into mini-batches).
+        """
+        super().__init__()
+        if has_static_embedding_input(model):
+            raise ValueError(
+                "cached_multiway_infonce cannot split StaticEmbedding inputs into mini-batches; "
+                "use multiway_infonce instead"
+            )
+        check_positive("mini_batch_size", mini_batch_size)
+        self.model = model
+        # The wrapped loss owns the hyperparameters and the formula; this class adds caching.
+        self.loss = MultiwayInfoNCELoss(
+            model, temperature, similarity, mask_duplicates, gather_across_devices, languages
+        )
+        self.mini_batch_size = mini_batch_size
+        self.show_progress_bar = show_progress_bar
+        self._keys: Tensor | None = None
+        self._terms: dict[str, Tensor] = {}
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        """Total loss from the cached mini-batch embeddings (``CachedLossMixin`` hook).
+
+        Keeps the detached terms for :meth:`forward`; ``labels`` are ignored.
+        """
+        terms = self.loss.compute_loss_from_embeddings(
+            [torch.cat(column) for column in reps],
+            self._keys,
+            chunk_size=self.mini_batch_size,
+            with_backward=with_backward,
+            show_progress_bar=self.show_progress_bar,
+        )
+        self._terms = {name: term.detach() for name, term in terms.items()}
+        return torch.stack(list(terms.values())).sum()
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Run the GradCache passes and return the named terms."""
+        sentence_features = list(sentence_features)
+        self.loss.term_names(len(sentence_features))
+        # Keys come from the full columns, before they are cut into mini-batches.
+        self._keys = self.loss.text_keys(sentence_features)
+        try:
+            total = self.forward_cached(sentence_features, labels)
+            terms = self._terms
+        finally:
+            self._keys, self._terms = None, {}
+        names = list(terms)
+        rest = torch.stack([terms[name] for name in names[1:]]).sum()
+        return {names[0]: total - rest, **{name: terms[name] for name in names[1:]}}
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature of the wrapped loss."""
+        return self.loss.temperature
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Hyperparameters, for the model card and ``meta.json``."""
+        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+    @property
+    def citation(self) -> str:
+        """BibTeX entries shown in the model card."""
+        return INFONCE_CITATION + """
+@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021}, eprint={2101.06983}, archivePrefix={arXiv}, primaryClass={cs.LG}
+}
+"""
