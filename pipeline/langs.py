@@ -146,7 +146,7 @@ def to_iso1(code: str) -> str:
 
 
 def to_mteb(code: str) -> str:
-    """mteb language spelling, e.g. ``deu-Latn``."""
+    """Mteb language spelling, e.g. ``deu-Latn``."""
     return get(code).code.replace("_", "-")
 
 
