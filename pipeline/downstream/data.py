@@ -1,0 +1,505 @@
+"""Downstream tasks, the multi-way corpus and their tokenisation.
+
+Every task gives English training examples only; its test subsets are named by a FLORES
+code (``deu_Latn``: the task in that language) or two joined by ``-`` (``eng_Latn-deu_Latn``:
+a sentence pair whose first side is in the first language and second side in the second).
+Tasks are registered in :data:`TASKS`:
+
+- ``bible_genre`` (offline default): genre of a verse's book (the grouping of
+  :mod:`pipeline.evaluation.tasks.bible_genre`), trained on English verses of
+  ``bible_source`` and tested on verses of ``bible_test`` in every language (chapter-disjoint).
+- ``bible_paraphrase`` (offline): a verse and the same verse in a second edition (1) or the
+  next verse of its chapter in that edition (0), as in
+  :mod:`pipeline.evaluation.tasks.bible_paraphrase`. Trained on English pairs (World English
+  Bible vs King James) of ``bible_source`` verses; tested within each language that has two
+  editions and across languages (English vs every other language, plus the evaluation task's
+  non-English pairs).
+- ``pawsx``, ``xnli`` (hub, paper profile): sentence-pair classification; within-language
+  subsets from each language's test split, cross-language subsets from the English first
+  side and the other language's second side of the same (translated) example.
+- ``tydiqa`` (hub, paper profile): TyDiQA-GoldP extractive QA; English training questions,
+  validation questions per language.
+
+Hub tasks read ``DownstreamConfig.dataset`` (empty: their hub id) with ``datasets``, or a
+local directory of the same schema laid out as ``<dir>/<config>/<split>.jsonl`` (the tests'
+tiny stand-ins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import LangsConfig
+from pipeline.downstream.config import DownstreamConfig
+from pipeline.downstream.encoder import Encoder, Seq
+from pipeline.evaluation.tasks.base import SOURCE, non_empty, parquet_languages
+from pipeline.io import read_table
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["classification", "pair", "qa"]
+
+
+@dataclasses.dataclass
+class Split:
+    """Examples of one split or test subset.
+
+    Attributes:
+        inputs: One tuple per example: ``(text,)``, ``(text_a, text_b)`` or
+            ``(question, context)``.
+        labels: Class index per example (classification and pair tasks).
+        answers: Gold answer texts per example (QA).
+        answer_starts: Character offset of the first gold answer in the context (QA).
+    """
+
+    inputs: list[tuple[str, ...]]
+    labels: list[int] = dataclasses.field(default_factory=list)
+    answers: list[tuple[str, ...]] = dataclasses.field(default_factory=list)
+    answer_starts: list[int] = dataclasses.field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+@dataclasses.dataclass
+class TaskData:
+    """A task: English training split, test subsets, label names and metrics.
+
+    Attributes:
+        name: Task name (a key of :data:`TASKS`).
+        kind: ``classification``, ``pair`` or ``qa``.
+        label_names: Class names (empty for QA).
+        train: English training examples.
+        test: Subset name → examples.
+        metrics: Metric names reported per subset.
+    """
+
+    name: str
+    kind: Kind
+    label_names: tuple[str, ...]
+    train: Split
+    test: dict[str, Split]
+    metrics: tuple[str, ...]
+
+
+def subset_languages(subset: str) -> tuple[str, ...]:
+    """Languages of a subset name: ``deu_Latn`` → one, ``eng_Latn-deu_Latn`` → two."""
+    return tuple(subset.split("-"))
+
+
+def keep_subset(subset: str, languages: Sequence[str]) -> bool:
+    """Whether every language of ``subset`` is asked for (``languages`` empty: all are)."""
+    return not languages or all(
+        lang == SOURCE or lang in languages for lang in subset_languages(subset)
+    )
+
+
+def _check_subsets(task: str, test: dict[str, Split], languages: Sequence[str]) -> None:
+    if not test:
+        raise ValueError(f"task {task}: no test subset left for downstream.languages "
+                         f"{list(languages)}; leave it empty for every language of the data")
+
+
+def stratified_sample(df: pd.DataFrame, label: str, n: int, seed: int) -> pd.DataFrame:
+    """Up to ``n`` rows, as equal a share per label as the data allows (seeded), in id order.
+
+    Each label first gets ``n // n_labels`` rows (or all it has); rows left over go to a
+    seeded draw from the remaining rows.
+    """
+    shuffled = df.sample(frac=1.0, random_state=seed)
+    per_label = max(1, n // max(1, shuffled[label].nunique()))
+    picked = shuffled.groupby(label, sort=False).head(per_label)
+    rest = shuffled.drop(picked.index)
+    picked = pd.concat([picked, rest.head(max(0, n - len(picked)))])
+    return picked.head(n).sort_index()
+
+
+# ----------------------------------------------------------------------------- Bible tasks
+
+
+def _bible_test_languages(cfg: DownstreamConfig) -> list[str]:
+    available = parquet_languages(cfg.bible_test)
+    if SOURCE not in available:
+        raise ValueError(f"{cfg.bible_test} has no {SOURCE} column")
+    langs = [SOURCE, *sorted(available - {SOURCE})]
+    return [lang for lang in langs if keep_subset(lang, cfg.languages)]
+
+
+def load_bible_genre(cfg: DownstreamConfig) -> TaskData:
+    """``bible_genre``: English verses of ``bible_source`` → verses of ``bible_test``."""
+    # Imported here: the module pulls in mteb (~4 s), which nothing else here needs.
+    from pipeline.evaluation.tasks.bible_genre import GENRES, book_genre
+
+    names = tuple(GENRES)
+    train = read_table(cfg.bible_source, columns=["id", "book", SOURCE])
+    train = train[non_empty(train, [SOURCE])].copy()
+    train["label"] = train.book.map(book_genre).map(names.index)
+    train = stratified_sample(train, "label", cfg.max_train_examples, cfg.data_seed)
+    langs = _bible_test_languages(cfg)
+    test = read_table(cfg.bible_test, columns=["id", "book", *langs])
+    test = test[non_empty(test, langs)].copy()
+    test["label"] = test.book.map(book_genre).map(names.index)
+    test = stratified_sample(test, "label", cfg.max_test_examples, cfg.data_seed)
+    subsets = {lang: Split([(t,) for t in test[lang]], test.label.tolist()) for lang in langs}
+    _check_subsets("bible_genre", subsets, cfg.languages)
+    return TaskData("bible_genre", "classification", names,
+                    Split([(t,) for t in train[SOURCE]], train.label.tolist()),
+                    subsets, ("accuracy",))
+
+
+def paraphrase_pairs(table: pd.DataFrame, second_sides: Sequence[str], n: int,
+                     seed: int) -> pd.DataFrame:
+    """Draw verses and their partners: itself (label 1) or its chapter neighbour (label 0).
+
+    Args:
+        table: Verses sorted by book, chapter, verse (columns ``book``, ``chapter``,
+            ``verse`` and the text columns), index 0..len-1.
+        second_sides: Text columns a pair's second side may come from; a verse is usable
+            only when each is non-empty for it and its neighbour and differs between them
+            (a repeated refrain is no negative).
+        n: Pairs wanted (fewer when fewer verses are usable).
+        seed: Seed of the draw and of the labels.
+
+    Returns:
+        Columns ``first`` (row of the first side), ``second`` (row of the second side) and
+        ``label``; half of the pairs (rounded down) are positives.
+    """
+    from pipeline.evaluation.tasks.bible_paraphrase import neighbours
+
+    nbr = neighbours(table)
+    usable = (nbr >= 0) & non_empty(table, list(second_sides))
+    nbr_rows = table.loc[nbr.clip(lower=0)].reset_index(drop=True)
+    usable &= non_empty(nbr_rows, list(second_sides)).to_numpy()
+    for col in second_sides:
+        usable &= table[col].to_numpy() != nbr_rows[col].to_numpy()
+    rows = np.flatnonzero(usable.to_numpy())
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
+    labels = np.zeros(len(rows), dtype=int)
+    labels[rng.permutation(len(rows))[: len(rows) // 2]] = 1
+    second = np.where(labels == 1, rows, nbr.to_numpy()[rows])
+    return pd.DataFrame({"first": rows, "second": second, "label": labels})
+
+
+def _with_second_editions(table: pd.DataFrame, db: str | Path,
+                          langs: Iterable[str]) -> pd.DataFrame:
+    """``table`` (ids of one split) joined with the second edition of each language."""
+    from pipeline.evaluation.tasks.bible_paraphrase import EDITION_PAIRS
+    from pipeline.sources.seed import load_bible
+
+    langs = list(langs)
+    second = load_bible(db, {lang: EDITION_PAIRS[lang][1] for lang in langs})
+    second = second.set_index("id")[langs].add_suffix(":b")
+    out = table.join(second, on="id").sort_values(["book", "chapter", "verse"])
+    for lang in langs:
+        out[f"{lang}:b"] = out[f"{lang}:b"].fillna("")
+    return out.reset_index(drop=True)
+
+
+def load_bible_paraphrase(cfg: DownstreamConfig) -> TaskData:
+    """``bible_paraphrase``: English edition pairs → pairs within and across languages."""
+    from pipeline.evaluation.tasks.bible_paraphrase import CROSS_PAIRS, EDITION_PAIRS
+    from pipeline.sources.seed import default_bible_db
+
+    db = cfg.bible_db or default_bible_db()
+    base = ["id", "book", "chapter", "verse"]
+    train = read_table(cfg.bible_source, columns=[*base, SOURCE])
+    train = _with_second_editions(train, db, [SOURCE])
+    pairs = paraphrase_pairs(train, [f"{SOURCE}:b"], cfg.max_train_examples, cfg.data_seed)
+    train_split = Split(
+        list(zip(train.loc[pairs["first"], SOURCE], train.loc[pairs.second, f"{SOURCE}:b"])),
+        pairs.label.tolist(),
+    )
+    langs = _bible_test_languages(cfg)
+    within = [lang for lang in langs if lang in EDITION_PAIRS]
+    cross = [(SOURCE, lang) for lang in langs if lang != SOURCE]
+    cross += [(a, b) for a, b in CROSS_PAIRS if SOURCE not in (a, b) and {a, b} <= set(langs)]
+    test = read_table(cfg.bible_test, columns=[*base, *langs])
+    test = _with_second_editions(test, db, within)
+    # The same verses and labels in every subset: a verse must be usable on every side.
+    sides = [f"{lang}:b" for lang in within] + [b for _, b in cross]
+    test = test[non_empty(test, langs)].reset_index(drop=True)
+    pairs = paraphrase_pairs(test, sides, cfg.max_test_examples, cfg.data_seed)
+    subsets: dict[str, Split] = {}
+    for a, b in [(lang, lang) for lang in within] + cross:
+        side_b = f"{b}:b" if a == b else b
+        name = a if a == b else f"{a}-{b}"
+        subsets[name] = Split(
+            list(zip(test.loc[pairs["first"], a], test.loc[pairs.second, side_b])),
+            pairs.label.tolist(),
+        )
+    _check_subsets("bible_paraphrase", subsets, cfg.languages)
+    return TaskData("bible_paraphrase", "pair", ("different", "paraphrase"), train_split,
+                    subsets, ("accuracy",))
+
+
+# ----------------------------------------------------------------------------- hub tasks
+
+PAWSX_LANGS = {"en": "eng_Latn", "de": "deu_Latn", "es": "spa_Latn", "fr": "fra_Latn",
+               "ja": "jpn_Jpan", "ko": "kor_Hang", "zh": "zho_Hans"}
+XNLI_LANGS = {"ar": "arb_Arab", "bg": "bul_Cyrl", "de": "deu_Latn", "el": "ell_Grek",
+              "en": "eng_Latn", "es": "spa_Latn", "fr": "fra_Latn", "hi": "hin_Deva",
+              "ru": "rus_Cyrl", "sw": "swh_Latn", "th": "tha_Thai", "tr": "tur_Latn",
+              "ur": "urd_Arab", "vi": "vie_Latn", "zh": "zho_Hans"}
+TYDIQA_LANGS = {"english": "eng_Latn", "arabic": "arb_Arab", "bengali": "ben_Beng",
+                "finnish": "fin_Latn", "indonesian": "ind_Latn", "korean": "kor_Hang",
+                "russian": "rus_Cyrl", "swahili": "swh_Latn", "telugu": "tel_Telu"}
+HUB_IDS = {"pawsx": "google-research-datasets/paws-x", "xnli": "facebook/xnli",
+           "tydiqa": "google-research-datasets/tydiqa"}
+
+
+def load_rows(source: str, config: str, split: str) -> pd.DataFrame:
+    """One split of a hub dataset config, from the hub or a local ``<dir>/<config>/<split>``.
+
+    Raises:
+        FileNotFoundError: The local file is missing, or the hub cannot be reached and the
+            dataset is not in the local ``datasets`` cache.
+    """
+    local = Path(source)
+    if local.is_dir():
+        for suffix, reader in ((".jsonl", lambda p: pd.read_json(p, lines=True)),
+                               (".parquet", read_table)):
+            path = local / config / f"{split}{suffix}"
+            if path.is_file():
+                return reader(path)
+        raise FileNotFoundError(f"{local / config} has no {split}.jsonl or {split}.parquet")
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, config, split=split).to_pandas()
+    except OSError as exc:  # offline, not cached, unknown id (FileNotFoundError/ConnectionError)
+        raise FileNotFoundError(
+            f"cannot load dataset {source} ({config}/{split}): {str(exc).splitlines()[0]}; it "
+            f"needs the Hugging Face hub (or its cache), or set downstream.dataset to a local "
+            f"copy laid out as <dir>/<config>/<split>.jsonl"
+        ) from None
+
+
+def _hub_pairs(cfg: DownstreamConfig, task: str, configs: dict[str, str], first: str,
+               second: str, label_names: tuple[str, ...], align: str | None) -> TaskData:
+    """Pair-classification hub task: English train, per-language and cross-language tests.
+
+    ``align`` is the column that matches an example across languages (``None``: row order).
+    """
+    source = cfg.dataset or HUB_IDS[task]
+    en = next(c for c, lang in configs.items() if lang == SOURCE)
+    train = load_rows(source, en, "train")
+    train = stratified_sample(train[train.label >= 0], "label", cfg.max_train_examples,
+                              cfg.data_seed)
+    tests = {lang: load_rows(source, c, "test") for c, lang in configs.items()
+             if keep_subset(lang, cfg.languages)}
+    if SOURCE not in tests:
+        tests[SOURCE] = load_rows(source, en, "test")
+    keyed = {lang: (df.set_index(align) if align else df.reset_index(drop=True))
+             for lang, df in tests.items()}
+    common = keyed[SOURCE].index
+    for df in keyed.values():
+        common = common.intersection(df.index)
+    ref = keyed[SOURCE].loc[common]
+    ref = ref[ref.label >= 0]
+    picked = stratified_sample(ref, "label", cfg.max_test_examples, cfg.data_seed).index
+    labels = ref.loc[picked, "label"].astype(int).tolist()
+    subsets: dict[str, Split] = {}
+    for lang, df in keyed.items():
+        rows = df.loc[picked]
+        subsets[lang] = Split(list(zip(rows[first], rows[second])), labels)
+    for lang, df in keyed.items():
+        if lang != SOURCE:
+            subsets[f"{SOURCE}-{lang}"] = Split(
+                list(zip(ref.loc[picked, first], df.loc[picked, second])), labels
+            )
+    _check_subsets(task, subsets, cfg.languages)
+    return TaskData(task, "pair", label_names,
+                    Split(list(zip(train[first], train[second])),
+                          train.label.astype(int).tolist()),
+                    subsets, ("accuracy",))
+
+
+def load_pawsx(cfg: DownstreamConfig) -> TaskData:
+    """``pawsx``: PAWS-X paraphrase identification (examples aligned across languages by id)."""
+    return _hub_pairs(cfg, "pawsx", PAWSX_LANGS, "sentence1", "sentence2",
+                      ("different", "paraphrase"), align="id")
+
+
+def load_xnli(cfg: DownstreamConfig) -> TaskData:
+    """``xnli``: XNLI (test sets are translations of one set, aligned by row order)."""
+    return _hub_pairs(cfg, "xnli", XNLI_LANGS, "premise", "hypothesis",
+                      ("entailment", "neutral", "contradiction"), align=None)
+
+
+def _qa_split(df: pd.DataFrame) -> Split:
+    answers = [tuple(str(t) for t in a["text"]) for a in df.answers]
+    starts = [int(a["answer_start"][0]) for a in df.answers]
+    return Split(list(zip(df.question, df.context)), answers=answers, answer_starts=starts)
+
+
+def load_tydiqa(cfg: DownstreamConfig) -> TaskData:
+    """``tydiqa``: TyDiQA-GoldP; English training questions, validation per language."""
+    source = cfg.dataset or HUB_IDS["tydiqa"]
+
+    def language(ids: pd.Series) -> pd.Series:
+        # TyDiQA ids start with the language's English name: "english-123…".
+        return ids.str.split("-").str[0].map(TYDIQA_LANGS)
+
+    train = load_rows(source, "secondary_task", "train")
+    train = train[language(train.id) == SOURCE]
+    train = train.sample(frac=1.0, random_state=cfg.data_seed).head(cfg.max_train_examples)
+    dev = load_rows(source, "secondary_task", "validation")
+    dev["lang"] = language(dev.id)
+    subsets = {}
+    for lang, rows in dev.groupby("lang", sort=True):
+        if keep_subset(str(lang), cfg.languages):
+            rows = rows.sample(frac=1.0, random_state=cfg.data_seed).head(cfg.max_test_examples)
+            subsets[str(lang)] = _qa_split(rows)
+    _check_subsets("tydiqa", subsets, cfg.languages)
+    return TaskData("tydiqa", "qa", (), _qa_split(train), subsets, ("f1", "exact_match"))
+
+
+TASKS: dict[str, Callable[[DownstreamConfig], TaskData]] = {
+    "bible_genre": load_bible_genre,
+    "bible_paraphrase": load_bible_paraphrase,
+    "pawsx": load_pawsx,
+    "xnli": load_xnli,
+    "tydiqa": load_tydiqa,
+}
+
+
+def load_task(cfg: DownstreamConfig) -> TaskData:
+    """Load ``cfg.task``.
+
+    Raises:
+        ValueError: The task is not registered (the message lists the registered ones).
+    """
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown downstream task '{cfg.task}' (known: {', '.join(TASKS)})")
+    task = TASKS[cfg.task](cfg)
+    logger.info("task %s: %d English training examples, %d test subsets (%s)", task.name,
+                len(task.train), len(task.test), ", ".join(task.test))
+    return task
+
+
+# ----------------------------------------------------------------------------- corpus
+
+
+def load_corpus(path: str | Path, langs: LangsConfig, max_rows: int, seed: int) -> pd.DataFrame:
+    """Rows of the multi-way corpus (``split == 'train'``) in its source and pool languages.
+
+    Args:
+        path: ``build_corpus``'s ``multiway.parquet`` (``id``, ``split``, language columns).
+        langs: The source and pool languages; those missing from the file are skipped.
+        max_rows: Rows kept (a seeded sample).
+        seed: Seed of the sample.
+
+    Returns:
+        One column per language (source first), one row per parallel row.
+
+    Raises:
+        FileNotFoundError: The corpus does not exist.
+        ValueError: It holds fewer than two of the languages.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; DR-MIM's language-side terms need the multi-way corpus: "
+            f"run `dvc repro build_corpus` (or keep only finetune/epar in downstream.methods)"
+        )
+    present = parquet_languages(path, stage="build_corpus")
+    columns = [lang for lang in (langs.source, *langs.pool) if lang in present]
+    if len(columns) < 2:
+        raise ValueError(f"{path} holds {columns} of the languages {[langs.source, *langs.pool]}; "
+                         "DR-MIM needs at least two")
+    table = read_table(path, columns=["split", *columns])
+    table = table[(table.split == "train") & non_empty(table, columns)]
+    table = table.sample(n=min(max_rows, len(table)), random_state=seed).sort_index()
+    return table[columns].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- tokenising
+
+
+@dataclasses.dataclass
+class Encoded:
+    """Tokenised examples: one sequence per example, or per context window (QA).
+
+    Attributes:
+        seqs: The token sequences.
+        example: Index of the example each sequence belongs to.
+        labels: Class per sequence (classification and pair tasks).
+        starts: Answer start token per sequence (QA training windows).
+        ends: Answer end token per sequence (QA training windows).
+        offsets: Character span in the context per token, ``None`` outside the context (QA).
+    """
+
+    seqs: list[Seq]
+    example: list[int]
+    labels: list[int] = dataclasses.field(default_factory=list)
+    starts: list[int] = dataclasses.field(default_factory=list)
+    ends: list[int] = dataclasses.field(default_factory=list)
+    offsets: list[list[tuple[int, int] | None]] = dataclasses.field(default_factory=list)
+
+
+def _seq(enc: dict, i: int | None = None) -> Seq:
+    ids = enc["input_ids"] if i is None else enc["input_ids"][i]
+    types = enc.get("token_type_ids")
+    if types is not None and i is not None:
+        types = types[i]
+    return tuple(ids), tuple(types or ())
+
+
+def encode_texts(texts: Sequence[tuple[str, ...]], encoder: Encoder, max_length: int) -> list[Seq]:
+    """Tokenise single texts or text pairs (each segment gets the encoder's prefix).
+
+    All items must have the same number of segments (1 or 2).
+    """
+    if not texts:
+        return []
+    pre = encoder.prefix
+    columns = [[pre + t for t in col] for col in zip(*texts)]
+    enc = encoder.tokenizer(*columns, truncation=True, max_length=max_length)
+    return [_seq(enc, i) for i in range(len(texts))]
+
+
+def encode_split(split: Split, kind: Kind, encoder: Encoder, cfg: DownstreamConfig,
+                 train: bool) -> Encoded:
+    """Tokenise a split; QA contexts become overlapping windows.
+
+    For QA training, windows that do not contain the first gold answer are dropped (the
+    common simplification of zero-shot QA fine-tuning); at test time every window is kept
+    and the best span over an example's windows is its prediction.
+    """
+    if kind != "qa":
+        seqs = encode_texts(split.inputs, encoder, cfg.max_length)
+        return Encoded(seqs, list(range(len(seqs))), labels=list(split.labels))
+    tok = encoder.tokenizer
+    questions = [encoder.prefix + q for q, _ in split.inputs]
+    contexts = [c for _, c in split.inputs]
+    enc = tok(questions, contexts, truncation="only_second", max_length=cfg.max_length,
+              stride=cfg.doc_stride, return_overflowing_tokens=True,
+              return_offsets_mapping=True)
+    out = Encoded([], [])
+    for i, example in enumerate(enc["overflow_to_sample_mapping"]):
+        seq_ids = enc.sequence_ids(i)
+        offsets = [tuple(o) if sid == 1 else None
+                   for o, sid in zip(enc["offset_mapping"][i], seq_ids)]
+        start = end = 0
+        if train:
+            a_start = split.answer_starts[example]
+            a_end = a_start + len(split.answers[example][0])
+            ctx = [k for k, o in enumerate(offsets) if o is not None]
+            if not ctx or offsets[ctx[0]][0] > a_start or offsets[ctx[-1]][1] < a_end:
+                continue
+            start = next(k for k in ctx if offsets[k][1] > a_start)
+            end = max(k for k in ctx if offsets[k][0] < a_end)
+        out.seqs.append(_seq(enc, i))
+        out.example.append(int(example))
+        out.offsets.append(offsets)
+        out.starts.append(start)
+        out.ends.append(end)
+    return out

@@ -1,0 +1,300 @@
+"""Training one variant for one seed, prediction and scoring.
+
+A run copies the encoder's top layers into a fresh :class:`~pipeline.downstream.encoder.TopBlock`,
+builds the method around it and trains it on English batches (plus multi-way corpus batches
+when the method has corpus parts) read from the :class:`~pipeline.downstream.encoder.FeatureStore`.
+Batches are length-bucketed (sorted within windows of 8 batches, then shuffled), so little
+compute goes into padding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import string
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.downstream.config import DownstreamConfig
+from pipeline.downstream.data import Encoded, Split, TaskData
+from pipeline.downstream.encoder import Encoder, FeatureStore, Seq, TopBlock
+from pipeline.downstream.methods import CorpusBatch, Method, TaskBatch, Variant
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class RunLog:
+    """What one training run did and how long it took.
+
+    Attributes:
+        variant: Variant name.
+        seed: Run seed.
+        steps: Optimiser steps.
+        train_seconds: Wall time of training.
+        train_tokens: Real (non-padding) tokens of English and corpus batches processed.
+        terms: Mean of each loss term over the last epoch.
+        first_loss: Mean total loss over the first epoch.
+        last_loss: Mean total loss over the last epoch.
+    """
+
+    variant: str
+    seed: int
+    steps: int = 0
+    train_seconds: float = 0.0
+    train_tokens: int = 0
+    terms: dict[str, float] = dataclasses.field(default_factory=dict)
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+
+
+def length_batches(lengths: Sequence[int], batch_size: int,
+                   generator: torch.Generator) -> list[list[int]]:
+    """Shuffled batches of indices with similar lengths.
+
+    A seeded permutation is cut into windows of ``8 × batch_size``; each window is sorted by
+    length and cut into batches; the batch order is shuffled again.
+    """
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    window = batch_size * 8
+    batches: list[list[int]] = []
+    for start in range(0, len(perm), window):
+        chunk = sorted(perm[start:start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+class CorpusSampler:
+    """Draws corpus batches: ``rows`` random rows, ``langs`` distinct languages each.
+
+    Args:
+        seqs: Per language, the tokenised sentence of every row (rows aligned).
+        rows: Rows per batch.
+        langs: Languages per row (at most the number of languages).
+    """
+
+    def __init__(self, seqs: Sequence[Sequence[Seq]], rows: int, langs: int) -> None:
+        self.seqs = seqs
+        self.rows = min(rows, len(seqs[0]))
+        self.langs = min(langs, len(seqs))
+
+    def draw(self, generator: torch.Generator) -> tuple[list[Seq], list[int], list[int]]:
+        """Sequences, their language indices and their row indices."""
+        rows = torch.randperm(len(self.seqs[0]), generator=generator)[: self.rows].tolist()
+        out: list[Seq] = []
+        lang_ids: list[int] = []
+        row_ids: list[int] = []
+        for r in rows:
+            for lang in torch.randperm(len(self.seqs), generator=generator)[: self.langs].tolist():
+                out.append(self.seqs[lang][r])
+                lang_ids.append(lang)
+                row_ids.append(r)
+        return out, lang_ids, row_ids
+
+
+def _linear_schedule(steps: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (steps - step) / max(1, steps - warmup))
+    return factor
+
+
+def task_batch(store: FeatureStore, enc: Encoded, idx: list[int], kind: str) -> TaskBatch:
+    """Features and targets of the examples ``idx`` of an encoded split."""
+    h, mask = store.get([enc.seqs[i] for i in idx])
+    batch = TaskBatch(h, mask)
+    if kind == "qa":
+        batch.starts = torch.tensor([enc.starts[i] for i in idx], device=h.device)
+        batch.ends = torch.tensor([enc.ends[i] for i in idx], device=h.device)
+    else:
+        batch.labels = torch.tensor([enc.labels[i] for i in idx], device=h.device)
+    return batch
+
+
+def train_variant(
+    variant: Variant,
+    encoder: Encoder,
+    store: FeatureStore,
+    task: TaskData,
+    train: Encoded,
+    cfg: DownstreamConfig,
+    seed: int,
+    corpus: Sequence[Sequence[Seq]] | None = None,
+) -> tuple[Method, RunLog]:
+    """Train one variant with one seed.
+
+    Args:
+        variant: The method and its switched-off parts.
+        encoder: The loaded encoder (its top layers are copied, not changed).
+        store: Bottom features of every sequence.
+        task: The task (kind and labels).
+        train: The tokenised English training split.
+        cfg: The downstream config.
+        seed: Seed of the head initialisation, batch order, corpus draws and dropout.
+        corpus: Per corpus language, the tokenised sentences (needed by corpus parts).
+
+    Returns:
+        The trained method module (eval mode) and the run log.
+
+    Raises:
+        ValueError: The variant needs corpus batches and none were given.
+    """
+    if variant.uses_corpus and not corpus:
+        raise ValueError(f"{variant.name} needs the multi-way corpus (DR-MIM's language-side "
+                         "terms); none was loaded")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    top = TopBlock(encoder, cfg.trainable_layers).to(store.device)
+    method = variant.build(top, task.kind, len(task.label_names), cfg,
+                           n_langs=len(corpus) if corpus else 0).to(store.device)
+    method.train()
+    sampler = (CorpusSampler(corpus, cfg.drmim.corpus_rows, cfg.drmim.corpus_langs)
+               if variant.uses_corpus and corpus else None)
+    top_params = list(method.top.parameters())
+    top_ids = {id(p) for p in top_params}
+    other = [p for p in method.parameters() if id(p) not in top_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": top_params, "lr": cfg.lr}, {"params": other, "lr": cfg.head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    lengths = [len(s[0]) for s in train.seqs]
+    steps_per_epoch = -(-len(lengths) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _linear_schedule(total, int(cfg.warmup_ratio * total))
+    )
+    log = RunLog(variant.name, seed)
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=f"{variant.name} seed {seed}", unit="step")
+    for epoch in range(cfg.epochs):
+        sums: Counter[str] = Counter()
+        n_steps = 0
+        for idx in length_batches(lengths, cfg.batch_size, generator):
+            batch = task_batch(store, train, idx, task.kind)
+            log.train_tokens += int(batch.mask.sum())
+            corpus_batch = None
+            if sampler is not None:
+                seqs, langs, rows = sampler.draw(generator)
+                h, mask = store.get(seqs)
+                corpus_batch = CorpusBatch(h, mask, torch.tensor(langs, device=h.device),
+                                           torch.tensor(rows, device=h.device))
+                log.train_tokens += int(mask.sum())
+            terms = method.losses(batch, corpus_batch, generator)
+            loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            for name, value in terms.items():
+                sums[name] += float(value.detach())
+            sums["loss"] += float(loss.detach())
+            n_steps += 1
+            log.steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+        means = {k: v / max(1, n_steps) for k, v in sums.items()}
+        if epoch == 0:
+            log.first_loss = means["loss"]
+        log.last_loss = means.pop("loss")
+        log.terms = means
+    bar.close()
+    log.train_seconds = time.perf_counter() - start
+    method.eval()
+    return method, log
+
+
+@torch.no_grad()
+def predict(method: Method, store: FeatureStore, enc: Encoded,
+            batch_size: int) -> list[torch.Tensor]:
+    """Logits of every sequence of an encoded split (batched by length, original order)."""
+    order = sorted(range(len(enc.seqs)), key=lambda i: len(enc.seqs[i][0]))
+    out: list[torch.Tensor | None] = [None] * len(order)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        h, mask = store.get([enc.seqs[i] for i in idx])
+        logits = method(h, mask).float().cpu()
+        for row, i in enumerate(idx):
+            n = int(mask[row].sum())
+            out[i] = logits[row, :n] if method.kind == "qa" else logits[row]
+    return out  # type: ignore[return-value]
+
+
+def best_spans(logits: list[torch.Tensor], enc: Encoded, contexts: Sequence[str],
+               max_tokens: int) -> list[str]:
+    """The highest-scoring answer span of each example over all its windows.
+
+    A span is a start and end token inside the context with ``start <= end`` and at most
+    ``max_tokens`` tokens; its score is ``start logit + end logit``.
+    """
+    best: dict[int, tuple[float, str]] = {}
+    for lg, example, offsets in zip(logits, enc.example, enc.offsets):
+        ctx = torch.tensor([o is not None for o in offsets[: lg.shape[0]]])
+        start = lg[:, 0].masked_fill(~ctx, -1e9)
+        end = lg[:, 1].masked_fill(~ctx, -1e9)
+        scores = start[:, None] + end[None, :]  # (s, s): [i, j] = span i..j
+        n = scores.shape[0]
+        i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+        scores = scores.masked_fill((j < i) | (j - i + 1 > max_tokens), -1e18)
+        flat = int(scores.argmax())
+        s, e = divmod(flat, n)
+        score = float(scores[s, e])
+        if offsets[s] is None or offsets[e] is None:
+            continue
+        text = contexts[example][offsets[s][0]:offsets[e][1]]
+        if example not in best or score > best[example][0]:
+            best[example] = (score, text)
+    return [best.get(k, (0.0, ""))[1] for k in range(len(contexts))]
+
+
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style answer normalisation.
+
+    Lower case, no punctuation (of any script), no English articles, single spaces.
+    """
+    text = "".join(ch for ch in text.lower()
+                   if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def qa_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+    """Token F1 and exact match of a prediction against its best-matching gold answer."""
+    pred = normalize_answer(prediction).split()
+    best_f1, best_em = 0.0, 0.0
+    for gold in golds:
+        ref = normalize_answer(gold).split()
+        best_em = max(best_em, float(pred == ref))
+        common = Counter(pred) & Counter(ref)
+        overlap = sum(common.values())
+        if overlap:
+            p, r = overlap / len(pred), overlap / len(ref)
+            best_f1 = max(best_f1, 2 * p * r / (p + r))
+        elif not pred and not ref:
+            best_f1 = max(best_f1, 1.0)
+    return best_f1, best_em
+
+
+def score_split(method: Method, store: FeatureStore, enc: Encoded, split: Split,
+                cfg: DownstreamConfig) -> dict[str, float]:
+    """Accuracy (classification, pairs) or F1 and exact match (QA, in %) of one subset."""
+    logits = predict(method, store, enc, cfg.eval_batch_size)
+    if method.kind == "qa":
+        answers = best_spans(logits, enc, [c for _, c in split.inputs], cfg.max_answer_tokens)
+        pairs = [qa_scores(a, g) for a, g in zip(answers, split.answers)]
+        return {"f1": 100 * float(np.mean([f for f, _ in pairs])),
+                "exact_match": 100 * float(np.mean([e for _, e in pairs]))}
+    pred = torch.stack(logits).argmax(-1).numpy()
+    return {"accuracy": 100 * float(np.mean(pred == np.asarray(enc.labels)))}

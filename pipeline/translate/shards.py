@@ -1,0 +1,121 @@
+"""Sharded, resumable Parquet output.
+
+A long job writes its output as numbered shards in a directory (``<out>.parts/``), each
+written atomically (temp file + rename) with Parquet page checksums. A manifest holds the
+fingerprint of the job (inputs, model, settings): a restarted job with the same fingerprint
+keeps every shard that still verifies (readable, checksums intact, the expected ids in the
+expected order) and redoes the rest; a job with another fingerprint starts over. When all
+shards are there they are streamed, one at a time, into the final file (atomically), and
+the shard directory is removed. Memory therefore stays at one shard, whatever the size of
+the input, and a job killed at any moment ends, once restarted, with the same output.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.io import atomic_path, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def iter_row_chunks(path: str | Path, columns: list[str], size: int) -> Iterator[pa.Table]:
+    """Stream a Parquet file as tables of exactly ``size`` rows (the last may be shorter).
+
+    Parquet row groups do not align with shards, so batches are re-cut here: shard ``k``
+    always holds rows ``k*size … (k+1)*size-1``, however the file was written.
+    """
+    parquet = pq.ParquetFile(path)
+    pending: list[pa.RecordBatch] = []
+    pending_rows = 0
+    for batch in parquet.iter_batches(batch_size=size, columns=columns):
+        pending.append(batch)
+        pending_rows += batch.num_rows
+        while pending_rows >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size)
+            rest = table.slice(size)
+            pending, pending_rows = rest.to_batches(), rest.num_rows
+    if pending_rows:
+        yield pa.Table.from_batches(pending)
+
+
+class ShardStore:
+    """Numbered Parquet shards of one output file, tied to a job fingerprint.
+
+    Args:
+        directory: Shard directory (created by :meth:`open`, removed by :meth:`merge`).
+        fingerprint: JSON-able description of everything that determines the output.
+    """
+
+    def __init__(self, directory: str | Path, fingerprint: dict[str, Any]) -> None:
+        self.directory = Path(directory)
+        self.fingerprint = fingerprint
+
+    def open(self) -> int:
+        """Prepare the directory: keep it if it belongs to this job, else start afresh.
+
+        Returns:
+            The number of shard files found from an earlier run of the same job.
+        """
+        manifest = self.directory / MANIFEST
+        if self.directory.exists():
+            try:
+                same = read_json(manifest) == self.fingerprint
+            except (OSError, ValueError):
+                same = False
+            if not same:
+                logger.warning("discarding %s: it holds shards of a different job", self.directory)
+                shutil.rmtree(self.directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in self.directory.glob(".*.tmp"):  # temp files of a killed write
+            stale.unlink()
+        write_json(self.fingerprint, manifest)
+        found = len(list(self.directory.glob("shard-*.parquet")))
+        if found:
+            logger.info("resuming: %d shard(s) of an interrupted run in %s", found, self.directory)
+        return found
+
+    def path(self, index: int) -> Path:
+        """File of shard ``index``."""
+        return self.directory / f"shard-{index:06d}.parquet"
+
+    def verify(self, index: int, ids: pa.Array, schema: pa.Schema) -> bool:
+        """True if shard ``index`` exists, is intact and holds exactly ``ids`` in order."""
+        path = self.path(index)
+        if not path.is_file():
+            return False
+        try:
+            table = pq.read_table(path, page_checksum_verification=True)
+        except (pa.ArrowException, OSError) as exc:
+            logger.warning("shard %s is unreadable (%s); translating it again", path.name, exc)
+            return False
+        if not table.schema.equals(schema) or not table["id"].combine_chunks().equals(ids):
+            logger.warning("shard %s does not match its source rows; translating it again",
+                           path.name)
+            return False
+        return True
+
+    def write(self, index: int, table: pa.Table) -> None:
+        """Write shard ``index`` atomically, with page checksums."""
+        with atomic_path(self.path(index)) as tmp:
+            pq.write_table(table, tmp, write_page_checksum=True)
+
+    def merge(self, count: int, out: str | Path, schema: pa.Schema) -> None:
+        """Concatenate shards ``0 … count-1`` into ``out`` (atomically), then drop the shards."""
+        out = Path(out)
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # from a merge that was killed
+            stale.unlink()
+        with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for index in range(count):
+                writer.write_table(pq.read_table(self.path(index)))
+        shutil.rmtree(self.directory)

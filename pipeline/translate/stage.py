@@ -1,0 +1,225 @@
+"""Stage ``translate@<lang>``: translate the source table into one language, resumably.
+
+Reads ``translate.source`` (``id`` + the ``langs.source`` column) in shards of
+``shard_size`` rows, translates each shard with the CTranslate2 engine, and writes
+``<output_dir>/<lang>.parquet`` (``id`` in source order, ``<lang>``) through a
+:class:`~pipeline.translate.shards.ShardStore` (``<output_dir>/<lang>.parts/``). A run
+killed at any point and started again keeps the finished shards and produces the same
+file as an uninterrupted run; each shard is translated on its own, so its batches, and
+therefore its output, do not depend on where a run started. Every input and the model are
+checked before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import ctranslate2
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from pipeline import langs as langs_mod
+from pipeline.config import LangsConfig, TranslateConfig
+from pipeline.io import read_table
+from pipeline.runtime import file_hash
+from pipeline.translate.engine import CT2Translator, load_translator
+from pipeline.translate.shards import ShardStore, iter_row_chunks
+
+logger = logging.getLogger(__name__)
+
+# Bump when the output of an unchanged configuration would change (shards get redone).
+OUTPUT_VERSION = 1
+_POSTFIX_EVERY = 64
+
+
+def _schema(path: Path, key: str, fix: str) -> pa.Schema:
+    """Schema of the Parquet file named by ``translate.<key>`` (one-line errors)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"translate.{key} {path} does not exist; {fix}")
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ValueError(f"translate.{key} {path} is not a readable Parquet file ({exc})") from None
+
+
+def _source_schema(path: Path, column: str) -> pa.Schema:
+    schema = _schema(path, "source", "run prepare_source first")
+    missing = [c for c in ("id", column) if c not in schema.names]
+    if missing:
+        raise ValueError(
+            f"translate.source {path} lacks column(s) {missing} (it has {schema.names}); "
+            f"it must hold 'id' and the source language column '{column}' (langs.source)"
+        )
+    return schema
+
+
+def _load_references(path: str | None, lang: str) -> dict[object, str] | None:
+    """``id`` → reference translation, or ``None`` when there are none for ``lang``."""
+    if path is None:
+        return None
+    ref_path = Path(path)
+    names = _schema(ref_path, "references",
+                    "run prepare_seed or set translate.references to null").names
+    if lang not in names:
+        logger.info("no %s column in %s: chrF/BLEU not computed", lang, ref_path)
+        return None
+    frame = read_table(ref_path, ["id", lang])
+    return {i: t for i, t in zip(frame["id"], frame[lang]) if isinstance(t, str) and t.strip()}
+
+
+def _bleu_tokenizer(lang: str) -> str:
+    """Pick the sacrebleu tokenizer: character level for scripts written without spaces."""
+    script = langs_mod.get(lang).script
+    return {"Hans": "zh", "Hant": "zh", "Jpan": "char", "Thai": "char"}.get(script, "13a")
+
+
+def score(output: Path, lang: str, references: dict[object, str]) -> dict[str, float]:
+    """Score a translated table (chrF, BLEU) against references joined by ``id``."""
+    import sacrebleu
+
+    hypotheses, refs = [], []
+    for batch in pq.ParquetFile(output).iter_batches(columns=["id", lang]):
+        for row_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if row_id in references:
+                hypotheses.append(text or "")
+                refs.append(references[row_id])
+    if not hypotheses:
+        logger.warning("no id of %s has a %s reference: chrF/BLEU not computed", output, lang)
+        return {"references_matched": 0}
+    chrf = sacrebleu.corpus_chrf(hypotheses, [refs]).score
+    bleu = sacrebleu.corpus_bleu(hypotheses, [refs], tokenize=_bleu_tokenizer(lang)).score
+    return {"chrf": round(chrf, 2), "bleu": round(bleu, 2), "references_matched": len(refs)}
+
+
+@dataclasses.dataclass
+class _Work:
+    """Translation work done in this run: totals for the metrics and the progress bar."""
+
+    bar: tqdm
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # process CPU time: comparable across runs on a busy machine
+    tokens: int = 0
+    sentences: int = 0
+
+    def show_rate(self, since: float) -> None:
+        """Put target tokens/s (including the shard running since ``since``) on the bar."""
+        elapsed = self.seconds + time.perf_counter() - since
+        self.bar.set_postfix_str(f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
+
+
+def _translate_shard(translator: CT2Translator, texts: list[str | None], lang: str,
+                     work: _Work) -> list[str]:
+    """Translate one shard; empty source rows give empty translations without decoding."""
+    start, cpu = time.perf_counter(), time.process_time()
+    keep = [i for i, text in enumerate(texts) if text and text.strip()]
+    out = [""] * len(texts)
+    work.bar.update(len(texts) - len(keep))
+    sources = translator.encode([texts[i] for i in keep], lang)  # type: ignore[misc]
+    for n, (i, tokens) in enumerate(zip(keep, translator.translate_tokens(sources, lang)), 1):
+        out[i] = translator.decode(tokens)
+        work.tokens += len(tokens)
+        work.bar.update(1)
+        if n % _POSTFIX_EVERY == 0:
+            work.show_rate(start)
+    work.seconds += time.perf_counter() - start
+    work.cpu_seconds += time.process_time() - cpu
+    work.sentences += len(texts)
+    return out
+
+
+def translate_file(translator: CT2Translator, source: Path, source_column: str, lang: str,
+                   output: Path, shard_size: int, fingerprint: dict[str, object]
+                   ) -> dict[str, float]:
+    """Translate ``source`` into ``output`` shard by shard (resumable; see module doc).
+
+    Args:
+        translator: The engine (already checked for ``lang``).
+        source: Parquet table with ``id`` and ``source_column``.
+        source_column: Column holding the text.
+        lang: Target FLORES code (also the output column name).
+        output: Final Parquet file.
+        shard_size: Rows per shard.
+        fingerprint: Everything that determines the output (decides which shards of an
+            interrupted run may be kept).
+
+    Returns:
+        Counts and throughput of the work done in this run.
+    """
+    id_type = pq.read_schema(source).field("id").type
+    schema = pa.schema([("id", id_type), (lang, pa.string())])
+    store = ShardStore(output.parent / f"{lang}.parts", fingerprint)
+    store.open()
+    total = pq.ParquetFile(source).metadata.num_rows
+    shards = reused = 0
+    with tqdm(total=total, unit="sent", desc=f"translate {lang}", dynamic_ncols=True) as bar:
+        work = _Work(bar)
+        for index, chunk in enumerate(iter_row_chunks(source, ["id", source_column], shard_size)):
+            shards += 1
+            ids = chunk["id"].combine_chunks()
+            if store.verify(index, ids, schema):
+                reused += 1
+                bar.update(len(ids))
+                continue
+            texts = _translate_shard(translator, chunk[source_column].to_pylist(), lang, work)
+            store.write(index, pa.table([ids, pa.array(texts, pa.string())], schema=schema))
+    store.merge(shards, output, schema)
+    seconds = work.seconds
+    return {
+        "sentences": total, "shards": shards, "shards_reused": reused,
+        "translated_sentences": work.sentences, "target_tokens": work.tokens,
+        "seconds": round(seconds, 3), "cpu_seconds": round(work.cpu_seconds, 3),
+        "sentences_per_s": round(work.sentences / seconds, 2) if seconds else 0.0,
+        "target_tokens_per_s": round(work.tokens / seconds, 2) if seconds else 0.0,
+    }
+
+
+def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]:
+    """Stage ``translate@<lang>``.
+
+    Args:
+        cfg: The ``translate`` section.
+        langs: The ``langs`` section (``langs.source`` names the source column).
+        lang: Target FLORES code (the matrix item).
+
+    Returns:
+        Flat metrics: sentence/shard counts, seconds, sentences/s, target tokens/s, and
+        ``chrf``/``bleu`` when ``references`` has a ``lang`` column.
+
+    Raises:
+        FileNotFoundError: Missing source, references or model.
+        ValueError: Unknown language, unsupported language pair, bad model or settings.
+    """
+    langs_mod.get(lang)
+    if cfg.shard_size < 1:
+        raise ValueError(f"translate.shard_size must be >= 1, got {cfg.shard_size}")
+    source = Path(cfg.source)
+    _source_schema(source, langs.source)
+    translator = load_translator(
+        cfg.model_dir, device=cfg.device, compute_type=cfg.compute_type,
+        inter_threads=cfg.inter_threads, intra_threads=cfg.intra_threads, family=cfg.family,
+        source_lang=langs.source, beam_size=cfg.beam_size, max_batch_tokens=cfg.max_batch_tokens,
+        max_decoding_length=cfg.max_decoding_length,
+    )
+    translator.check(lang)
+    references = _load_references(cfg.references, lang)
+    fingerprint: dict[str, object] = {
+        "version": OUTPUT_VERSION, "ctranslate2": ctranslate2.__version__,
+        "source": file_hash(source), "source_column": langs.source,
+        "model": file_hash(cfg.model_dir), "lang": lang, "device": translator.device,
+        "compute_type": translator.compute_type, "beam_size": cfg.beam_size,
+        "max_batch_tokens": cfg.max_batch_tokens,
+        "max_decoding_length": translator.max_decoding_length, "shard_size": cfg.shard_size,
+    }
+    output = Path(cfg.output_dir) / f"{lang}.parquet"
+    metrics = translate_file(translator, source, langs.source, lang, output, cfg.shard_size,
+                             fingerprint)
+    logger.info("%s: %d sentences (%d shards, %d reused) in %.1f s, %.1f sent/s, %.0f tok/s",
+                output, metrics["sentences"], metrics["shards"], metrics["shards_reused"],
+                metrics["seconds"], metrics["sentences_per_s"], metrics["target_tokens_per_s"])
+    if references:
+        metrics.update(score(output, lang, references))
+    return metrics

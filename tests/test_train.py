@@ -1,0 +1,372 @@
+"""train_encoder on a tiny random BERT and a tiny word-for-word multi-way corpus.
+
+What is shown:
+- the dataset columns follow the language order of ``langs``, whatever the file order;
+- a short run lowers the dev loss, writes a model that plain ``SentenceTransformer(path)``
+  reloads with the same embeddings as the in-memory model at the end of training (prompts and
+  max length restored, frozen word embeddings untouched), meta.json, the loss curve, metrics;
+- a run interrupted right after its step-8 checkpoint (an exception raised in ``on_save``, the
+  state a kill leaves) and rerun resumes from step 8 (second epoch) and ends with exactly the
+  weights and the loss curve of an uninterrupted run (same data order, RNG, optimiser and
+  scheduler state).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pipeline.config import LangsConfig, TrainEncoderConfig, from_mapping, load_section
+from pipeline.io import read_json, write_table
+from pipeline.runtime import file_hash
+from pipeline.train.data import load_regime
+from pipeline.train.stage import _prepare_work_dir, run
+from pipeline.train.trainer import TimeBudget, build_loss, freeze_word_embeddings, last_checkpoint
+
+WORDS = {
+    "eng_Latn": "cat dog bird man woman child apple house boat tree book car "
+                "sees likes finds eats has wants red big small green old new",
+    "deu_Latn": "katze hund vogel mann frau kind apfel haus boot baum buch auto "
+                "sieht mag findet isst hat will rot gross klein gruen alt neu",
+    "fra_Latn": "chat chien oiseau homme femme enfant pomme maison bateau arbre livre voiture "
+                "voit aime trouve mange a veut rouge grand petit vert vieux neuf",
+}
+LEXICON = {lang: words.split() for lang, words in WORDS.items()}
+POOL = ("deu_Latn", "fra_Latn")
+COLUMNS = ("eng_Latn", *POOL)
+N_TRAIN, N_DEV = 40, 16
+PROBE = ["cat sees red boat", "frau mag alt buch", "enfant veut petit arbre"]
+
+
+def make_corpus(n_rows: int, seed: int = 0) -> pd.DataFrame:
+    """Distinct 'noun verb adjective noun' sentences, translated word for word."""
+    rng = np.random.default_rng(seed)
+    seen: set[tuple[int, ...]] = set()
+    while len(seen) < n_rows:
+        seen.add((rng.integers(12), 12 + rng.integers(6), 18 + rng.integers(6), rng.integers(12)))
+    rows = sorted(seen)
+    data = {lang: [" ".join(LEXICON[lang][i] for i in r) for r in rows] for lang in COLUMNS}
+    df = pd.DataFrame({"id": [f"r{i:03d}" for i in range(n_rows)], **data})
+    df["split"] = ["train"] * N_TRAIN + ["dev"] * (n_rows - N_TRAIN)
+    # Columns deliberately out of langs order: the loader must reorder them.
+    return df[["id", "split", "fra_Latn", "eng_Latn", "deu_Latn"]]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny encoder in a catalogue, the corpus tables and a params file."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    root = tmp_path_factory.mktemp("train")
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for ws in LEXICON.values() for w in ws} | {"query", ":"})
+    vocab = {w: i for i, w in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    model_dir = root / "tiny-bert"
+    torch.manual_seed(0)
+    BertModel(BertConfig(
+        vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=32,
+    )).save_pretrained(model_dir)
+    fast.save_pretrained(model_dir)
+    catalogue = root / "encoders.yaml"
+    catalogue.write_text(yaml.safe_dump({"tiny": {
+        "source": str(model_dir), "pooling": "mean", "max_seq_length": 24,
+        "prompts": {"query": "query: ", "document": "query: "}, "default_prompt": "query",
+        "normalize": True,
+    }}))
+
+    corpus_dir = root / "corpus"
+    multiway = make_corpus(N_TRAIN + N_DEV)
+    write_table(multiway, corpus_dir / "multiway.parquet")
+    langs = np.resize(POOL, len(multiway))
+    x = [multiway.loc[i, lang] for i, lang in enumerate(langs)]
+    enx = pd.DataFrame({"id": multiway["id"], "split": multiway["split"], "lang": langs,
+                        "eng_Latn": multiway["eng_Latn"], "x": x})
+    write_table(enx, corpus_dir / "enx.parquet")
+
+    section = {
+        "corpus_dir": str(corpus_dir), "catalogue": str(catalogue),
+        "loss_params": {"multiway_infonce": {"temperature": 0.1},
+                        "bilingual_infonce": {"temperature": 0.1}},
+        # Random word embeddings must move for a 12-step run to learn translations; freezing
+        # is exercised by the En-X run.
+        "batch_size": 8, "max_seq_length": 16, "max_steps": 12, "max_minutes": 0,
+        "learning_rate": 2e-3, "warmup_steps": 1, "freeze_embeddings": False, "dev_rows": 16,
+        "logging_steps": 1, "save_steps": 4, "save_total_limit": 2, "device": "cpu",
+        "threads": 1, "seed": 7,
+        "output_dir": str(root / "models"), "plots_dir": str(root / "plots"),
+        "work_dir": str(root / "work"),
+    }
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "langs": {"source": "eng_Latn", "pool": list(POOL)}, "train_encoder": section,
+    }))
+    return {"root": root, "params": params, "model_dir": model_dir, "corpus_dir": corpus_dir}
+
+
+def load_cfg(workspace, **overrides) -> tuple[TrainEncoderConfig, LangsConfig]:
+    params = yaml.safe_load(workspace["params"].read_text())
+    section = {**params["train_encoder"], **overrides}
+    return (from_mapping(TrainEncoderConfig, section),
+            load_section(workspace["params"], "langs", LangsConfig))
+
+
+class Capture:
+    """Callback keeping the embeddings of PROBE when training ends (the in-memory model)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class _Cb(TrainerCallback):
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                outer.embeddings = model.encode(PROBE, convert_to_numpy=True)
+
+        self.callback = _Cb()
+        self.embeddings = None
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_save(step: int):
+    from transformers import TrainerCallback
+
+    class _Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise Killed(f"killed after the checkpoint of step {step}")
+
+    return _Kill()
+
+
+@pytest.fixture(scope="module")
+def trained(workspace):
+    """One uninterrupted multiway run through the stage entry (params file, matrix flags)."""
+    import pipeline.train.stage as stage_mod
+    from stages import train_encoder
+
+    capture = Capture()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workspace["root"])  # data/metrics/... is relative to the working directory
+        # The registry resolves "pipeline.train.stage:run" at call time: add the capture.
+        mp.setattr(stage_mod, "run", functools.partial(stage_mod.run, callbacks=[capture.callback]))
+        rc = train_encoder.main(["--params", str(workspace["params"]),
+                                 "--encoder", "tiny", "--regime", "multiway"])
+    assert rc == 0
+    metrics = read_json(workspace["root"] / "data/metrics/train_encoder@tiny-multiway.json")
+    return {"metrics": metrics, "embeddings": capture.embeddings,
+            "out": workspace["root"] / "models" / "tiny-multiway"}
+
+
+# ----------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------
+
+
+def test_columns_follow_language_order_not_file_order(workspace):
+    _, langs = load_cfg(workspace)
+    data = load_regime(workspace["corpus_dir"], "multiway", langs)
+    assert data.columns == COLUMNS
+    assert data.train.column_names == list(COLUMNS)
+    assert (len(data.train), len(data.dev)) == (N_TRAIN, N_DEV)
+    raw = pd.read_parquet(workspace["corpus_dir"] / "multiway.parquet")
+    assert data.train[0] == {c: raw.loc[0, c] for c in COLUMNS}
+
+    enx = load_regime(workspace["corpus_dir"], "enx", langs)
+    assert enx.train.column_names == ["eng_Latn", "x"]
+    assert enx.stats["train_x_langs"] == {"deu_Latn": N_TRAIN // 2, "fra_Latn": N_TRAIN // 2}
+
+
+def test_data_errors_name_the_fix(workspace, tmp_path):
+    _, langs = load_cfg(workspace)
+    with pytest.raises(ValueError, match="unknown regime 'bilingual' \\(allowed: multiway, enx"):
+        load_regime(workspace["corpus_dir"], "bilingual", langs)
+    with pytest.raises(FileNotFoundError, match="build_corpus.references"):
+        load_regime(workspace["corpus_dir"], "human", langs)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['kor_Hang'\]"):
+        load_regime(workspace["corpus_dir"], "multiway",
+                    LangsConfig(source="eng_Latn", pool=("deu_Latn", "kor_Hang")))
+    broken = make_corpus(N_TRAIN + 2)
+    broken.loc[3, "deu_Latn"] = " "
+    write_table(broken, tmp_path / "multiway.parquet")
+    with pytest.raises(ValueError, match=r"empty texts \{'deu_Latn': 1\}"):
+        load_regime(tmp_path, "multiway", langs)
+
+
+# ----------------------------------------------------------------------------------------
+# Pieces of the trainer
+# ----------------------------------------------------------------------------------------
+
+
+def test_freeze_word_embeddings_and_loss_columns(workspace):
+    from pipeline.encoders.catalog import load_encoder
+
+    model = load_encoder("tiny", workspace["root"] / "encoders.yaml", device="cpu")
+    emb = model[0].model.embeddings.word_embeddings.weight
+    assert freeze_word_embeddings(model) == emb.numel() and not emb.requires_grad
+    assert all(p.requires_grad for n, p in model.named_parameters() if "word_emb" not in n)
+    with pytest.raises(ValueError, match="no '\\*word_embeddings.weight' parameter in Linear"):
+        freeze_word_embeddings(torch.nn.Linear(2, 2))
+
+    loss = build_loss("multiway_infonce", model, {"multiway_infonce": {"temperature": 0.2}},
+                      COLUMNS)
+    assert loss.get_config_dict()["languages"] == list(COLUMNS)
+    assert loss.temperature == 0.2
+    with pytest.raises(ValueError, match="loss 'bilingual_infonce' takes two columns, but this "
+                                         "corpus has 3"):
+        build_loss("bilingual_infonce", model, {}, COLUMNS)
+    with pytest.raises(ValueError, match="has no hyperparameter 'temprature'"):
+        build_loss("xlco", model, {"xlco": {"temprature": 0.1}}, ("eng_Latn", "x"))
+
+
+def test_last_checkpoint_skips_and_removes_incomplete(tmp_path):
+    for step, complete in ((2, True), (10, True), (12, False)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert not (tmp_path / "checkpoint-12").exists()
+    assert last_checkpoint(tmp_path / "missing") is None
+
+
+def test_changed_fingerprint_starts_afresh(tmp_path):
+    (tmp_path / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "a"}))
+    assert _prepare_work_dir(tmp_path, "a") == tmp_path / "checkpoint-3"
+    assert _prepare_work_dir(tmp_path, "b") is None
+    assert not (tmp_path / "checkpoint-3").exists()
+    assert read_json(tmp_path / "run.json") == {"fingerprint": "b"}
+
+
+def test_time_budget_checkpoints_and_stops():
+    from transformers import TrainerControl, TrainerState
+
+    control, state = TrainerControl(), TrainerState()
+    TimeBudget(0).on_step_end(None, state, control)
+    assert not control.should_training_stop
+    budget = TimeBudget(1e-9)
+    budget.on_step_end(None, state, control)
+    assert budget.triggered and control.should_training_stop and control.should_save
+
+
+# ----------------------------------------------------------------------------------------
+# The stage
+# ----------------------------------------------------------------------------------------
+
+
+def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, trained):
+    from sentence_transformers import SentenceTransformer
+
+    m = trained["metrics"]
+    assert m["steps"] == 12 and m["resumed_from_step"] == 0 and not m["stopped_by_time"]
+    assert m["dev_loss_end"] < m["dev_loss_start"] - 0.1  # chance level is log(22) = 3.09
+    assert m["rows_seen"] == 12 * 8 and m["columns"] == 3 and m["frozen_params"] == 0
+
+    out = trained["out"]
+    reloaded = SentenceTransformer(str(out), device="cpu")
+    assert reloaded.default_prompt_name == "query" and reloaded.max_seq_length == 24
+    np.testing.assert_allclose(reloaded.encode(PROBE), trained["embeddings"], atol=1e-6)
+
+    meta = read_json(out / "meta.json")
+    assert meta["corpus"]["sha256"] == file_hash(workspace["corpus_dir"] / "multiway.parquet")
+    assert meta["columns"] == list(COLUMNS) and meta["prompt"] == "query: "
+    assert meta["loss"]["name"] == "multiway_infonce"
+    assert meta["config"]["max_steps"] == 12 and "torch" in meta["versions"] and meta["git"]
+
+    curve = pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv")
+    assert list(curve["step"]) == list(range(1, 13))
+    terms = sorted(f"anchor_{c}" for c in COLUMNS)
+    assert list(curve.columns[:5]) == ["step", "loss", *terms]
+    np.testing.assert_allclose(curve[terms].sum(axis=1), curve["loss"], atol=2e-3)
+    assert not (workspace["root"] / "work" / "tiny-multiway").exists()  # checkpoints removed
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_model(workspace, trained):
+    from sentence_transformers import SentenceTransformer
+
+    root = workspace["root"] / "killed"
+    cfg, langs = load_cfg(workspace, output_dir=str(root / "models"),
+                          plots_dir=str(root / "plots"), work_dir=str(root / "work"))
+    with pytest.raises(Killed):
+        run(cfg, langs, "tiny", "multiway", callbacks=[kill_after_save(8)])
+    work = root / "work" / "tiny-multiway"
+    assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    assert not (root / "models" / "tiny-multiway").exists()
+
+    metrics = run(cfg, langs, "tiny", "multiway")
+    # Step 8 is inside the second epoch (5 batches of 8 rows per epoch): its batch order must
+    # come from seed + epoch, not from a generator that the restart has reset.
+    assert metrics["resumed_from_step"] == 8 and metrics["steps"] == 12
+    assert metrics["dev_loss_start"] == trained["metrics"]["dev_loss_start"]
+    resumed = SentenceTransformer(str(root / "models" / "tiny-multiway"), device="cpu")
+    reference = SentenceTransformer(str(trained["out"]), device="cpu")
+    ref_state = reference.state_dict()
+    for name, tensor in resumed.state_dict().items():
+        assert torch.equal(tensor, ref_state[name]), name
+    pd.testing.assert_frame_equal(
+        pd.read_csv(root / "plots" / "tiny-multiway.csv"),
+        pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv"),
+    )
+    assert metrics["dev_loss_end"] == pytest.approx(trained["metrics"]["dev_loss_end"], abs=1e-6)
+
+
+def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):
+    from sentence_transformers import SentenceTransformer
+
+    root = workspace["root"] / "enx"
+    cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, freeze_embeddings=True,
+                          output_dir=str(root / "models"), plots_dir=str(root / "plots"),
+                          work_dir=str(root / "work"))
+    metrics = run(cfg, langs, "tiny", "enx")
+    assert metrics["steps"] == 2 and metrics["columns"] == 2
+    assert metrics["dev_loss_start"] is None
+    base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
+    new = SentenceTransformer(str(root / "models" / "tiny-enx"), device="cpu").state_dict()
+    word = "0.model.embeddings.word_embeddings.weight"
+    assert metrics["frozen_params"] == new[word].numel()
+    assert torch.equal(new[word], base[word])
+    changed = [k for k in new if not torch.equal(new[k], base[k])]
+    assert "0.model.encoder.layer.0.attention.self.query.weight" in changed
+    curve = pd.read_csv(root / "plots" / "tiny-enx.csv")
+    assert list(curve.columns[:4]) == ["step", "loss", "src_to_tgt", "tgt_to_src"]
+    meta = read_json(root / "models" / "tiny-enx" / "meta.json")
+    assert meta["loss"]["name"] == "bilingual_infonce"
+    assert meta["corpus"]["train_x_langs"] == {"deu_Latn": 20, "fra_Latn": 20}
+
+
+def test_stage_cli_errors(workspace, capsys):
+    from pipeline.cli import execute
+    from stages import train_encoder
+
+    rc = train_encoder.main(["--params", str(workspace["params"]),
+                             "--encoder", "tinny", "--regime", "multiway"])
+    assert rc == 2
+    assert "unknown encoder 'tinny'; did you mean 'tiny'?" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stage train_encoder needs --encoder --regime"):
+        execute("train_encoder", str(workspace["params"]))
+    with pytest.raises(SystemExit):
+        train_encoder.main(["--params", str(workspace["params"]), "--encoder", "tiny"])
+    cfg, langs = load_cfg(workspace, loss={"multiway": "multiway_infonce"})
+    with pytest.raises(ValueError, match="train_encoder.loss has no entry for regime 'enx'"):
+        run(cfg, langs, "tiny", "enx")
