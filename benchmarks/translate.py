@@ -123,7 +123,9 @@ def prepare_model(work: Path, sentences: list[str]) -> tuple[Path, Path, str]:
         return HF_MODEL, ct2, f"trained model {HF_MODEL.relative_to(ROOT)}"
     hf = build_random_marian(work / "hf", sentences)
     ct2 = convert_hf_model(hf, work / "ct2", quantization="int8", extra_meta=extra)
-    return hf, ct2, "random-init Marian (d256, 4+3 layers, 4 heads, ffn 1024, vocab 16000)"
+    spm_from = "train_nmt's" if TRAINER_SPM.is_file() else "a fresh"
+    return hf, ct2, ("random-init Marian (d256, 4+3 layers, 4 heads, ffn 1024, vocab 16000; "
+                     f"{spm_from} sentencepiece model)")
 
 
 def write_source(path: Path, sentences: list[str]) -> Path:
@@ -290,7 +292,7 @@ def main() -> None:
     parser.add_argument("--rss-sentences", type=int, default=200)
     parser.add_argument("--rss-max-length", type=int, default=24)
     parser.add_argument("--shard-size", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=5, help="runs of each engine")
+    parser.add_argument("--repeats", type=int, default=4, help="runs of each engine")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     parser.add_argument("--prepare-model", help=argparse.SUPPRESS)
     parser.add_argument("--ct2", help=argparse.SUPPRESS)

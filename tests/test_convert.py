@@ -210,3 +210,17 @@ def test_convert_config_matches_params():
     cfg = c.load_section("params.yaml", "convert_nmt", c.ConvertNmtConfig)
     assert cfg.model in convert.load_catalog()
     assert os.path.basename(convert.CATALOG_PATH) == "nmt.yaml"
+
+
+def test_incomplete_model_directory_is_reported(nmt_hf_models, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(nmt_hf_models["marian"], broken)
+    for name in ("source.spm", "target.spm", "vocab.json"):
+        (broken / name).unlink()
+    with pytest.raises(FileNotFoundError, match=r"broken is incomplete: no source.spm; no "
+                       r"target.spm; no vocab.json; download"):
+        convert.convert_hf_model(broken, tmp_path / "out")
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no model.safetensors or .*pytorch_model.bin"):
+        convert.convert_hf_model(broken, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.converting").exists()

@@ -185,6 +185,27 @@ def detect_family(hf_dir: str | Path) -> str:
     )
 
 
+# Files a family's Hugging Face directory needs (any one of a tuple), besides config.json.
+_REQUIRED = {
+    "marian": [("source.spm",), ("target.spm",), ("vocab.json",)],
+    "m2m100": [("sentencepiece.bpe.model",), ("vocab.json",)],
+    "nllb": [("tokenizer.json", "sentencepiece.bpe.model")],
+}
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+            "pytorch_model.bin.index.json")
+
+
+def _check_files(hf_dir: Path, family: str) -> None:
+    """Fail early, in one line, when weights or tokenizer files are missing."""
+    missing = [" or ".join(names) for names in [*_REQUIRED[family], _WEIGHTS]
+               if not any((hf_dir / name).is_file() for name in names)]
+    if missing:
+        raise FileNotFoundError(
+            f"{hf_dir} is incomplete: no {'; no '.join(missing)}; download the model again or "
+            "point convert_nmt.model elsewhere"
+        )
+
+
 def _code_for(value: str | None) -> str | None:
     """FLORES code for an ISO 639-1/-3 code as OPUS-MT tokenizer configs write them."""
     return next((lang.code for lang in langs.LANGUAGES.values()
@@ -249,13 +270,17 @@ def _move_pad_last(model: Any) -> None:
 
 def _m2m100_vocab(tokenizer: Any, size: int) -> dict[str, int]:
     """Full M2M100 id table: pieces, ``__xx__`` language tokens at their ids, madeup words."""
-    by_id = {i: tokenizer.convert_ids_to_tokens(i) for i in range(size)}
-    by_id.update({i: t for t, i in getattr(tokenizer, "lang_token_to_id", {}).items()})
+    lang_ids: dict[str, int] = dict(getattr(tokenizer, "lang_token_to_id", {}))
+    by_id: dict[int, str | None] = {}
+    for i in range(size):
+        token = tokenizer.convert_ids_to_tokens(i)
+        by_id[i] = None if token in lang_ids else token  # language tokens: own ids only
+    by_id.update({i: t for t, i in lang_ids.items()})
     vocab: dict[str, int] = {}
     madeup = 0
     for i in range(size):
         token = by_id[i]
-        if token in vocab:  # ids past the tokenizer's table come back as <unk>
+        if token is None or token in vocab:  # ids past the tokenizer's table read as <unk>
             token, madeup = f"madeupword{madeup}", madeup + 1
         vocab[token] = i
     return vocab
@@ -348,6 +373,7 @@ def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str 
     elif family != detected:
         raise ValueError(f"family '{family}' does not match {hf_dir}, which is a {detected} "
                          "model; set family to auto")
+    _check_files(hf_dir, family)
     fields: dict[str, Any] = {"source_lang": "eng_Latn", **(extra_meta or {})}
     if family == "marian" and "target_langs" not in fields:
         tok_config = hf_dir / "tokenizer_config.json"

@@ -61,8 +61,8 @@ def language_subsets(codes: Iterable[str]) -> dict[str, list[str]]:
     return {code: [langmod.to_mteb(code)] for code in codes}
 
 
-def parquet_languages(path: str | Path, stage: str = "prepare_seed") -> set[str]:
-    """Language columns (known FLORES codes) of a Parquet file, read from its schema only.
+def require_file(path: str | Path, stage: str = "prepare_seed") -> Path:
+    """``path`` as a Path, checked to exist when the task is built rather than when it runs.
 
     Raises:
         FileNotFoundError: The file does not exist (the message names the stage to run).
@@ -70,7 +70,17 @@ def parquet_languages(path: str | Path, stage: str = "prepare_seed") -> set[str]
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run `dvc repro {stage}` first")
-    return {name for name in pq.read_schema(path).names if name in langmod.LANGUAGES}
+    return path
+
+
+def parquet_languages(path: str | Path) -> set[str]:
+    """Language columns (known FLORES codes) of a Parquet file, read from its schema only.
+
+    Raises:
+        FileNotFoundError: The file does not exist (the message names the stage to run).
+    """
+    schema = pq.read_schema(require_file(path))
+    return {name for name in schema.names if name in langmod.LANGUAGES}
 
 
 def keep_subsets(

@@ -28,6 +28,7 @@ from pipeline.evaluation.tasks.base import (
     LocalData,
     keep_subsets,
     non_empty,
+    require_file,
     subset_languages,
 )
 from pipeline.io import read_table
@@ -119,6 +120,7 @@ class BibleParaphraseClassification(AbsTaskPairClassification):
             raise ValueError(f"{self.metadata.name}: n_pairs must be at least 2, got {n_pairs}")
         self.data = data or LocalData()
         self.n_pairs = n_pairs
+        require_file(self.data.bible_test)
         self.hf_subsets = keep_subsets(
             self.metadata.name, self.metadata.hf_subsets, EDITION_PAIRS, languages
         )
