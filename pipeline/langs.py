@@ -3,8 +3,7 @@
 The project names every language by its FLORES-200 code (``deu_Latn``): corpus columns,
 params, stage names and file names all use it. This module converts it to the spellings
 other tools want: NLLB (the same code), M2M100 (``__de__``), Marian/OPUS-MT pairs (``de``),
-mteb (``deu-Latn``), gettext locale directories (``de``, ``zh_CN``) and the target tag of the
-project's own NMT model (``>>deu_Latn<<``).
+mteb (``deu-Latn``) and gettext locale directories (``de``, ``zh_CN``).
 """
 
 from __future__ import annotations
@@ -148,11 +147,6 @@ def to_iso1(code: str) -> str:
 def to_mteb(code: str) -> str:
     """Mteb language spelling, e.g. ``deu-Latn``."""
     return get(code).code.replace("_", "-")
-
-
-def target_tag(code: str) -> str:
-    """Target-language tag the project's own NMT model expects in front of the source."""
-    return f">>{get(code).code}<<"
 
 
 def from_locale(locale: str) -> str | None:

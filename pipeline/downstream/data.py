@@ -410,7 +410,7 @@ def load_corpus(path: str | Path, langs: LangsConfig, max_rows: int, seed: int) 
             f"{path} does not exist; DR-MIM's language-side terms need the multi-way corpus: "
             f"run `dvc repro build_corpus` (or keep only finetune/epar in downstream.methods)"
         )
-    present = parquet_languages(path, stage="build_corpus")
+    present = parquet_languages(path)
     columns = [lang for lang in (langs.source, *langs.pool) if lang in present]
     if len(columns) < 2:
         raise ValueError(f"{path} holds {columns} of the languages {[langs.source, *langs.pool]}; "

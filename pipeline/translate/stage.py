@@ -79,8 +79,6 @@ def _bleu_tokenizer(lang: str) -> str:
 
 def score(output: Path, lang: str, references: dict[object, str]) -> dict[str, float]:
     """Score a translated table (chrF, BLEU) against references joined by ``id``."""
-    import sacrebleu
-
     hypotheses, refs = [], []
     for batch in pq.ParquetFile(output).iter_batches(columns=["id", lang]):
         for row_id, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
@@ -90,9 +88,16 @@ def score(output: Path, lang: str, references: dict[object, str]) -> dict[str, f
     if not hypotheses:
         logger.warning("no id of %s has a %s reference: chrF/BLEU not computed", output, lang)
         return {"references_matched": 0}
-    chrf = sacrebleu.corpus_chrf(hypotheses, [refs]).score
-    bleu = sacrebleu.corpus_bleu(hypotheses, [refs], tokenize=_bleu_tokenizer(lang)).score
-    return {"chrf": round(chrf, 2), "bleu": round(bleu, 2), "references_matched": len(refs)}
+    return corpus_scores(hypotheses, refs, lang)
+
+
+def corpus_scores(hypotheses: list[str], references: list[str], lang: str) -> dict[str, float]:
+    """Corpus chrF and BLEU (sacrebleu; BLEU tokenised for ``lang``'s script)."""
+    import sacrebleu
+
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references]).score
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references], tokenize=_bleu_tokenizer(lang)).score
+    return {"chrf": round(chrf, 2), "bleu": round(bleu, 2), "references_matched": len(references)}
 
 
 @dataclasses.dataclass

@@ -43,6 +43,8 @@ from pipeline.runtime import resolve_device, seed_everything, write_meta
 logger = logging.getLogger(__name__)
 
 EOS_ID, UNK_ID = 0, 1
+# Target tag put in front of the source (a single vocabulary piece), as in OPUS-MT models.
+TARGET_TAG = ">>{code}<<"
 
 
 def _pairs(df: pd.DataFrame, source: str, targets: tuple[str, ...]) -> pd.DataFrame:
@@ -180,7 +182,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     train_df = read_table(cfg.train, columns=cols)
     dev_df = read_table(cfg.dev, columns=cols)
     sp_path = work / "spm.model"
-    tags = [langmod.target_tag(t) for t in targets]
+    tags = [TARGET_TAG.format(code=t) for t in targets]
     if not sp_path.is_file():
         texts = pd.concat([train_df[c] for c in cols]).tolist()
         random.Random(cfg.seed).shuffle(texts)
@@ -197,7 +199,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
         src_ids = sp.encode(pairs.src.tolist())
         tgt_ids = sp.encode(pairs.tgt.tolist())
         m = cfg.max_tokens - 1
-        src = [[sp.piece_to_id(langmod.target_tag(lang))] + s[: m - 1] + [EOS_ID]
+        src = [[sp.piece_to_id(TARGET_TAG.format(code=lang))] + s[: m - 1] + [EOS_ID]
                for lang, s in zip(pairs.lang, src_ids)]
         tgt = [t[:m] + [EOS_ID] for t in tgt_ids]
         return src, tgt
@@ -222,10 +224,6 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
         elapsed, history = state["elapsed"], state["history"]
         torch.set_rng_state(state["torch_rng"])
         logger.info("resumed at step %d (epoch %d, %.1f min)", step, epoch, elapsed / 60)
-    if state_path.is_file() and state.get("done"):
-        logger.info("training already finished at step %d", step)
-        return {"steps": step, "epochs": epoch, "minutes": round(elapsed / 60, 1),
-                **(history[-1] if history else {})}
 
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.1)
     batches = _Batches(src, tgt, cfg.batch_tokens, cfg.seed)
@@ -244,19 +242,20 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
         model.train()
         return tot / max(n, 1)
 
-    def save(done: bool) -> None:
+    def save() -> None:
         with atomic_path(state_path) as tmp:
             torch.save({
                 "model": model.state_dict(), "optim": opt.state_dict(), "step": step,
                 "epoch": epoch, "batch_pos": batch_pos, "elapsed": elapsed,
-                "history": history, "torch_rng": torch.get_rng_state(), "done": done,
+                "history": history, "torch_rng": torch.get_rng_state(),
             }, tmp)
 
     model.train()
     t0 = time.monotonic() - elapsed
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_nmt", unit="step")
     run_loss, run_tok, run_t = 0.0, 0, time.monotonic()
-    stop = False
+    # A resumed run whose budget (steps or minutes) is already spent only re-exports.
+    stop = step >= cfg.max_steps or elapsed >= cfg.max_minutes * 60
     while not stop:
         order = batches.epoch(epoch)
         while batch_pos < len(order):
@@ -287,7 +286,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
                 history.append(record)
                 logger.info("step %d: %s", step, record)
                 run_loss, run_tok, run_t = 0.0, 0, time.monotonic()
-                save(done=stop)
+                save()
             if stop:
                 break
         if not stop:
@@ -298,11 +297,49 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     _tokenizer_files(sp_path, hf_dir, vocab_size)
     with open(work / "history.json", "w") as fh:
         json.dump(history, fh, indent=1)
-    return {"steps": step, "epochs": epoch, "minutes": round(elapsed / 60, 1), **history[-1]}
+    last = history[-1] if history else {}
+    return {"steps": step, "epochs": epoch, "minutes": round(elapsed / 60, 1),
+            "train_loss": last.get("train_loss"), "dev_loss": last.get("dev_loss")}
+
+
+def export(cfg: TrainNmtConfig, langs: LangsConfig) -> Path:
+    """Convert ``<work_dir>/hf_model`` to a CTranslate2 directory at ``output_dir``."""
+    from pipeline.translate.convert import convert_hf_model
+
+    return convert_hf_model(
+        Path(cfg.work_dir) / "hf_model", cfg.output_dir, family="marian",
+        quantization=cfg.quantization,
+        extra_meta={"source_lang": langs.source, "target_langs": list(langs.pool),
+                    "target_tag": TARGET_TAG},
+    )
+
+
+def score_dev(cfg: TrainNmtConfig, langs: LangsConfig) -> dict[str, float]:
+    """Score the exported model (chrF, BLEU per language) on the first dev verses."""
+    from pipeline.translate.engine import load_translator
+    from pipeline.translate.stage import corpus_scores
+
+    dev = read_table(cfg.dev, columns=[langs.source, *langs.pool]).iloc[: cfg.dev_sentences]
+    translator = load_translator(
+        cfg.output_dir, device=cfg.device, intra_threads=cfg.threads, beam_size=cfg.beam_size
+    )
+    metrics: dict[str, float] = {}
+    for lang in tqdm(langs.pool, desc="dev chrF", unit="lang"):
+        keep = dev[lang].str.len() > 0
+        hyps = translator.translate(dev.loc[keep, langs.source].tolist(), lang)
+        scores = corpus_scores(hyps, dev.loc[keep, lang].tolist(), lang)
+        metrics[f"chrf_{lang}"] = scores["chrf"]
+        metrics[f"bleu_{lang}"] = scores["bleu"]
+        logger.info("dev %s: chrF %.1f BLEU %.1f", lang, scores["chrf"], scores["bleu"])
+    metrics["chrf_mean"] = round(float(np.mean([metrics[f"chrf_{x}"] for x in langs.pool])), 2)
+    metrics["dev_sentences"] = int(len(dev))
+    return metrics
 
 
 def run(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     """Stage ``train_nmt``: train (resumable), export to CTranslate2, score the dev split."""
     metrics = train(cfg, langs)
-    write_meta(Path(cfg.work_dir) / "meta.json", to_dict(cfg), langs=to_dict(langs))
+    out = export(cfg, langs)
+    metrics.update(score_dev(cfg, langs))
+    write_meta(out / "meta.json", to_dict(cfg), langs=to_dict(langs), training=metrics)
     return metrics
