@@ -135,6 +135,8 @@ def cpu_comparison(args: argparse.Namespace) -> dict:
         "max_seq_length": args.max_seq_length, "tokens_per_repeat": tokens / args.repeats,
         "sentences_embedded": {"multiway": args.rows * len(columns),
                                "pairwise": args.rows * 2 * len(pairs)},
+        "per_repeat_wall_cpu_s": {k: [[round(w, 2), round(c, 2)] for w, c in ts]
+                                  for k, ts in times.items()},
         "median_wall_s": {k: round(v[0], 2) for k, v in med.items()},
         "median_cpu_s": {k: round(v[1], 2) for k, v in med.items()},
         "speedup_wall": round(med["pairwise"][0] / med["multiway"][0], 2),
