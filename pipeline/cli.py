@@ -91,6 +91,10 @@ STAGES: dict[str, Stage] = {
         "Align an encoder on a corpus regime (multiway/enx/human) with a contrastive loss.",
         shared=("langs",), matrix=("encoder", "regime"),
     ),
+    "mine": Stage(
+        "MineConfig", "pipeline.evaluation.mining:run",
+        "Mine parallel sentences from two monolingual files (faiss k-NN, ratio margin).",
+    ),
     "evaluate": Stage(
         "EvaluateConfig", "pipeline.evaluation.run:run",
         "Score one encoder on an mteb task suite (results in mteb's layout + flat metrics).",

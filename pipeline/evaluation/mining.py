@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from pipeline.config import MineConfig
 from pipeline.io import write_table
 from pipeline.sources.text import collapse_whitespace
 
@@ -215,3 +216,12 @@ def mine(src_file: str | Path, tgt_file: str | Path, model: str, out: str | Path
         "mean_margin": float(table.score.mean()) if len(table) else float("nan"),
         "encode_seconds": encoded - start, "mine_seconds": mined - encoded,
     }
+
+
+def run(cfg: MineConfig) -> dict[str, Any]:
+    """``multiway mine``: :func:`mine` with the fields of a :class:`MineConfig`."""
+    if not cfg.source or not cfg.target:
+        raise ValueError("mine needs --source and --target text files (one sentence a line)")
+    return mine(cfg.source, cfg.target, cfg.model, cfg.output, k=cfg.k, threshold=cfg.threshold,
+                mode=cfg.mode, batch_size=cfg.batch_size, catalogue=cfg.catalogue,
+                device=cfg.device, threads=cfg.threads)

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from pipeline import cli
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys; from pipeline.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'transformers', 'ctranslate2', 'mteb', "
+        "'sentence_transformers') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_dvc_stage_has_a_script_and_a_subcommand():
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "stage")
+    assert set(sub.choices) == set(cli.STAGES)
+    dvc_stages = yaml.safe_load(open("dvc.yaml"))["stages"]
+    for name, stage in dvc_stages.items():
+        assert name in cli.STAGES
+        assert stage["cmd"].startswith(f"python stages/{name}.py")
+        __import__(f"stages.{name}")
+
+
+def test_flags_override_params(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, langs):
+        seen["cfg"], seen["langs"] = cfg, langs
+        return {"ok": 1}
+
+    monkeypatch.chdir(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"build_corpus": {"seed": 5, "max_repeat": 3},
+                                      "langs": {"pool": ["deu_Latn"]}}))
+    monkeypatch.setattr("pipeline.corpus.build.run", fake_run)
+    assert cli.main(["build_corpus", "--params", str(params), "--max-repeat", "7"]) == 0
+    assert seen["cfg"].seed == 5 and seen["cfg"].max_repeat == 7
+    assert seen["langs"].pool == ("deu_Latn",)
+    assert (tmp_path / "data/metrics/build_corpus.json").read_text().strip().startswith("{")
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"mine": {"k": 4}}))
+    assert cli.main(["mine", "--params", str(params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: mine needs --source and --target text files (one sentence a line)"]
+    assert cli.main(["mine", "--params", str(params), "--k", "four"]) == 2
+    assert "k: expected int, got str 'four'" in capsys.readouterr().err
+
+
+def test_matrix_stage_requires_its_key():
+    with pytest.raises(SystemExit):
+        cli.main(["translate"])
