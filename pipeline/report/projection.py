@@ -1,0 +1,125 @@
+"""A multi-way verse sample embedded by each model, projected to 2-D and summarised.
+
+The same verses in every language are encoded by each model; a PCA fitted per model maps
+them to the plane (:func:`pca_2d`), and :func:`alignment_stats` measures in the full
+embedding space what the picture suggests: whether a translation lies nearest to its own
+English verse, and how much closer it is to it than to the other English verses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import EvaluateConfig, ReportConfig
+from pipeline.io import read_table
+
+logger = logging.getLogger(__name__)
+
+#: ``encode(model name, sentences) -> (n, dim) array``.
+Encoder = Callable[[str, list[str]], np.ndarray]
+
+
+def sample_verses(path: str | Path, codes: Sequence[str], n: int,
+                  seed: int) -> tuple[pd.DataFrame, list[str]]:
+    """Draw ``n`` verses present (non-blank) in every available language of ``codes``.
+
+    Args:
+        path: Multi-way table (``id`` + one column per language).
+        codes: Languages wanted, the source first.
+        n: Verses to draw (fewer when the table has fewer complete rows).
+        seed: Seed of the draw.
+
+    Returns:
+        The sample (``id`` + the available language columns, in ``codes`` order, rows in
+        table order) and the languages of ``codes`` the table lacks.
+
+    Raises:
+        FileNotFoundError: The table does not exist.
+        ValueError: It lacks the source language (``codes[0]``) or an ``id`` column.
+    """
+    table = read_table(path)
+    if "id" not in table.columns or codes[0] not in table.columns:
+        raise ValueError(
+            f"{path} needs an 'id' and a '{codes[0]}' column for the projection; it has "
+            f"{list(table.columns)}"
+        )
+    have = [c for c in codes if c in table.columns]
+    missing = [c for c in codes if c not in table.columns]
+    complete = table[have].fillna("").apply(lambda col: col.astype(str).str.strip() != "")
+    rows = np.flatnonzero(complete.all(axis=1).to_numpy())
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
+    return table.iloc[pick][["id", *have]].reset_index(drop=True), missing
+
+
+def pca_2d(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Project rows onto their first two principal components.
+
+    Computed by SVD of the centred matrix (what ``sklearn.decomposition.PCA`` does; sklearn
+    itself takes longer to import than the projection takes to run). Each axis is oriented so
+    that its largest loading is positive, which makes the picture deterministic.
+
+    Args:
+        x: Points, shape ``(n, dim)``, ``n >= 2``.
+
+    Returns:
+        The coordinates ``(n, 2)`` and the fraction of variance each axis explains ``(2,)``.
+    """
+    centred = x - x.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = vt[:2]  # (2, dim)
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(axis=1)])
+    axes = axes * signs[:, None]
+    variance = s**2
+    return centred @ axes.T, variance[:2] / variance.sum()
+
+
+def alignment_stats(emb: np.ndarray, codes: Sequence[str]) -> pd.DataFrame:
+    """How well each language's verses find their English (first language) counterpart.
+
+    Args:
+        emb: Embeddings, shape ``(n_verses, n_langs, dim)``; language 0 is the source.
+        codes: The language of each column of ``emb``.
+
+    Returns:
+        One row per non-source language: ``lang``, ``top1`` (share of verses whose nearest
+        source verse by cosine is their own translation), ``cos_parallel`` (mean cosine to
+        the own source verse) and ``cos_other`` (mean cosine to the other source verses).
+    """
+    unit = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+    n = unit.shape[0]
+    off = ~np.eye(n, dtype=bool)
+    rows = []
+    for j, code in enumerate(codes[1:], start=1):
+        sim = unit[:, j] @ unit[:, 0].T  # (n_verses, n_verses): translation × source
+        rows.append({
+            "lang": code,
+            "top1": float((sim.argmax(axis=1) == np.arange(n)).mean()),
+            "cos_parallel": float(np.diag(sim).mean()),
+            "cos_other": float(sim[off].mean()) if n > 1 else float("nan"),
+        })
+    return pd.DataFrame(rows, columns=["lang", "top1", "cos_parallel", "cos_other"])
+
+
+def model_encoder(cfg: ReportConfig) -> Encoder:
+    """An :data:`Encoder` loading each model as ``evaluate`` does (catalogue key or directory).
+
+    A model is loaded for its one call and released afterwards (each is ~0.5 GB for the
+    small encoders). Sentences get the model's default prompt, as in mteb's symmetric tasks.
+    """
+    from pipeline.evaluation.run import load_model
+
+    where = EvaluateConfig(catalogue=cfg.catalogue, models_dir=cfg.models_dir, device=cfg.device)
+
+    def encode(name: str, sentences: list[str]) -> np.ndarray:
+        model = load_model(name, where)
+        vectors = model.encode(sentences, batch_size=cfg.batch_size, convert_to_numpy=True,
+                               show_progress_bar=False)
+        return np.asarray(vectors)
+
+    return encode

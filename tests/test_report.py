@@ -1,0 +1,440 @@
+"""The report stage on a tiny fake data tree (real key shapes, no models: a fake encoder)."""
+
+import json
+import re
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from matplotlib.figure import Figure as MplFigure
+
+from pipeline import config as c
+from pipeline.io import write_json, write_table
+from pipeline.report import build, collect, compare, projection, render
+from stages import report as stage
+
+POOL = ["deu_Latn", "fra_Latn"]
+UNSEEN = ["ita_Latn", "jpn_Jpan"]
+LANGS = c.LangsConfig(source="eng_Latn", pool=tuple(POOL))
+MODELS = {"base": "me5-tiny", "enx": "me5-tiny-enx", "multiway": "me5-tiny-multiway"}
+
+# Per-language main scores (0-1) per model and task; enx has no Japanese genre score.
+SCORES = {
+    "BibleTestBitextMining": {
+        "base": {"eng_Latn": .80, "deu_Latn": .90, "fra_Latn": .80, "ita_Latn": .70,
+                 "jpn_Jpan": .50},
+        "enx": {"eng_Latn": .85, "deu_Latn": .92, "fra_Latn": .86, "ita_Latn": .72,
+                "jpn_Jpan": .55},
+        "multiway": {"eng_Latn": .88, "deu_Latn": .95, "fra_Latn": .86, "ita_Latn": .74,
+                     "jpn_Jpan": .54},
+    },
+    "BibleGenreClassification": {
+        "base": {"eng_Latn": .60, "deu_Latn": .50, "fra_Latn": .40, "ita_Latn": .30,
+                 "jpn_Jpan": .20},
+        "enx": {"eng_Latn": .60, "deu_Latn": .55, "fra_Latn": .45, "ita_Latn": .35},
+        "multiway": {"eng_Latn": .62, "deu_Latn": .58, "fra_Latn": .50, "ita_Latn": .33,
+                     "jpn_Jpan": .22},
+    },
+}
+
+
+def evaluate_metrics(label: str) -> dict:
+    """Flat metrics shaped as pipeline.evaluation.run.flatten writes them."""
+    out: dict = {}
+    for task, per_model in SCORES.items():
+        scores = per_model[label]
+        for code, value in scores.items():
+            out[f"{task}/lang/{code}"] = value
+            if code != "eng_Latn":
+                out[f"{task}/{code}-eng_Latn"] = value  # a subset score (not used per language)
+        out[f"{task}/seen"] = 0.5
+        out[f"{task}/unseen"] = 0.4
+        out[f"{task}/mean"] = 0.45
+    out.update({"mean/seen": 0.5, "mean/unseen": 0.4, "mean/all": 0.45, "n_tasks": 2})
+    return out
+
+
+def verse(code: str, i: int) -> str:
+    return f"{code} verse {i}"
+
+
+def fake_encoder(missing: str = "me5-tiny-enx"):
+    """Embeds "<lang> verse <i>": verse direction plus a language direction.
+
+    The multi-way model's language component is small (translations nearly coincide), the
+    base model's large (one cloud per language); ``missing`` raises like a model not built.
+    """
+    rng = np.random.default_rng(0)
+    verse_vecs = rng.normal(size=(100, 16))
+    lang_vecs = {code: rng.normal(size=16) for code in ["eng_Latn", *POOL, *UNSEEN]}
+    calls = []
+
+    def encode(name: str, sentences: list[str]) -> np.ndarray:
+        calls.append((name, len(sentences)))
+        if name == missing:
+            raise FileNotFoundError(f"encoder directory not found: {name}")
+        weight = 0.1 if name.endswith("multiway") else 3.0
+        rows = []
+        for s in sentences:
+            code, _, i = s.split(" ")
+            rows.append(verse_vecs[int(i)] + weight * lang_vecs[code])
+        return np.array(rows)
+
+    encode.calls = calls  # type: ignore[attr-defined]
+    return encode
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def make_tree(root: Path) -> Path:
+    """The fake data tree and a params file pointing at it; returns the params path."""
+    metrics = root / "metrics"
+    write_json({"lines_read": 120, "lines_kept": 100, "dropped_empty": 5,
+                "dropped_duplicate": 15, "dropped_too_long": 0, "dropped_total": 20,
+                "chars_mean": 121.5}, metrics / "prepare_source.json")
+    write_json({"steps": 500, "minutes": 12.5, "train_loss": 3.1, "dev_loss": 3.4,
+                "chrf_deu_Latn": 41.2, "bleu_deu_Latn": 12.3, "chrf_fra_Latn": 44.8,
+                "bleu_fra_Latn": 14.0, "chrf_mean": 43.0}, metrics / "train_nmt.json")
+    for code, chrf in zip(POOL, (39.5, 47.25)):
+        write_json({"sentences": 100, "chrf": chrf, "bleu": 10.0, "sentences_per_s": 12.5,
+                    "target_tokens_per_s": 410.0}, metrics / f"translate@{code}.json")
+    for regime, (start, end) in {"enx": (1.2, 0.9), "multiway": (2.0, 2.1)}.items():
+        write_json({"steps": 40, "train_loss_first": start + .5, "train_loss_last": end + .5,
+                    "dev_loss_start": start, "dev_loss_end": end, "rows_seen": 1280,
+                    "train_seconds": 300.0, "sentences_per_second": 12.0,
+                    "stopped_by_time": False},
+                   metrics / f"train_encoder@{MODELS[regime]}.json")
+        curve = pd.DataFrame({"step": [2, 4, 6], "loss": [start + .5, start, end + .5],
+                              "learning_rate": [1e-5, 2e-5, 1e-5]})
+        (root / "plots").mkdir(exist_ok=True)
+        curve.to_csv(root / "plots" / f"{MODELS[regime]}.csv", index=False)
+    for label, name in MODELS.items():
+        write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
+        write_json({"suite": "offline", "tasks": list(SCORES)}, root / "eval" / name / "meta.json")
+    write_json({
+        "rows": {"in": 100, "out": 80, "train": 76, "dev": 4, "enx": 80, "human": 80},
+        "dropped_by_reason": {"empty": 0, "repeat": 5, "copy": 3, "script": 12,
+                              "too_short": 0, "too_long": 0},
+        "dropped_by_lang": {"deu_Latn": 8, "fra_Latn": 15},
+        "failures": {"deu_Latn": {"empty": 0, "repeat": 2, "copy": 3, "script": 4,
+                                  "too_short": 0, "too_long": 0},
+                     "fra_Latn": {"empty": 0, "repeat": 3, "copy": 1, "script": 12,
+                                  "too_short": 1, "too_long": 0}},
+        "mean_chars": {"eng_Latn": 120.5, "deu_Latn": 130.2, "fra_Latn": 128.0},
+        "enx_langs": {"deu_Latn": 40, "fra_Latn": 40},
+    }, root / "corpus" / "stats.json")
+    (root / "work").mkdir()
+    (root / "work" / "history.json").write_text(json.dumps([
+        {"step": 250, "epoch": 0, "minutes": 5.0, "train_loss": 5.0, "dev_loss": 4.5},
+        {"step": 500, "epoch": 1, "minutes": 12.5, "train_loss": 3.1, "dev_loss": 3.4},
+    ]))
+    # Japanese lacks verse 3: the projection samples complete rows only.
+    table = pd.DataFrame({"id": [f"v{i:02d}" for i in range(30)],
+                          **{code: [verse(code, i) for i in range(30)]
+                             for code in ["eng_Latn", *POOL, *UNSEEN]}})
+    table.loc[3, "jpn_Jpan"] = " "
+    write_table(table, root / "seed" / "bible_test.parquet")
+    down = root / "downstream" / "bible_genre" / "me5-tiny-multiway"
+    write_json({"drmim/accuracy/zero_shot": 0.61, "drmim/accuracy/zero_shot/std": 0.02,
+                "drmim/accuracy/seen": 0.66, "drmim/accuracy/unseen": 0.52,
+                "drmim/accuracy/deu_Latn": 0.7, "finetune/accuracy/zero_shot": 0.55,
+                "finetune/accuracy/zero_shot/std": 0.03, "runs": 4}, down / "metrics.json")
+    fig = MplFigure(figsize=(3, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    fig.savefig(down / "features.png", format="png")
+
+    params = {
+        "langs": {"source": "eng_Latn", "pool": POOL},
+        "report": {
+            "base": MODELS["base"],
+            "aligned": {"enx": MODELS["enx"], "multiway": MODELS["multiway"]},
+            "focus": "multiway",
+            "metrics_dir": str(metrics),
+            "corpus_stats": str(root / "corpus" / "stats.json"),
+            "plots_dir": str(root / "plots"),
+            "nmt_history": str(root / "work" / "history.json"),
+            "eval_dir": str(root / "eval"),
+            "downstream_dir": str(root / "downstream"),
+            "models_dir": str(root / "models"),
+            "projection_data": str(root / "seed" / "bible_test.parquet"),
+            "projection_sentences": 12,
+            "projection_unseen": UNSEEN,
+            "threads": 1,
+            "output_dir": str(root / "report"),
+        },
+    }
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    """The stage run through stages/report.py on the fake tree (fake projection encoder)."""
+    root = tmp_path_factory.mktemp("report_tree")
+    params = make_tree(root)
+    encode = fake_encoder()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(build, "model_encoder", lambda cfg: encode)
+        assert stage.main(["--params", str(params)]) == 0
+    out = root / "report"
+    return {"root": root, "params": params, "out": out, "encode": encode,
+            "md": (out / "report.md").read_text(), "html": (out / "report.html").read_text()}
+
+
+def load_cfg(params: Path, **overrides) -> c.ReportConfig:
+    data = yaml.safe_load(params.read_text())["report"]
+    data.update(overrides)
+    return c.from_mapping(c.ReportConfig, data)
+
+
+# ------------------------------------------------------------------- the report itself
+
+
+def table_row(md: str, first: str) -> list[str]:
+    """Cells of the first Markdown table row whose first cell is ``first``."""
+    for line in md.splitlines():
+        cells = [x.strip() for x in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r}")
+
+
+def section(md: str, heading: str) -> str:
+    start = md.index(heading)
+    nxt = md.find("\n### ", start + len(heading))
+    return md[start: nxt if nxt > 0 else None]
+
+
+def test_family_table_holds_hand_computed_means_and_relative_changes(built):
+    md = built["md"]
+    fam = [line for line in md.splitlines() if line.startswith("| Bitext mining | seen")]
+    # Seen = deu, fra: base (90+80)/2 = 85.0, enx (92+86)/2 = 89.0, multiway (95+86)/2 = 90.5;
+    # relative change (90.5-85)/85 = +6.47 %, (90.5-89)/89 = +1.69 %.
+    assert fam == ["| Bitext mining | seen | 1 | 85.0 | 89.0 | 90.5 | +6.5 % | +1.7 % |"]
+    # Classification unseen: enx lacks Japanese, so only Italian is comparable:
+    # base 30, enx 35, multiway 33 → +10.0 % and (33-35)/35 = -5.7 %.
+    assert "| Classification | unseen | 1 | 30.0 | 35.0 | 33.0 | +10.0 % | -5.7 % |" in md
+    # All tasks, unseen: bitext (60, 63.5, 64) and genre (30, 35, 33) → 45.0, 49.2(5), 48.5.
+    row = table_row(md, "All tasks")
+    assert row[:3] == ["All tasks", "seen", "2"]
+    unseen = [line for line in md.splitlines() if line.startswith("| All tasks | unseen")][0]
+    assert "| 45.0 |" in unseen and "| 48.5 |" in unseen
+    assert f"{(48.5 - 45) / 45 * 100:+.1f} %" in unseen
+
+
+def test_sentences_state_wins_ties_and_losses_from_the_data(built):
+    bitext = section(built["md"], "### BibleTestBitextMining")
+    assert ("BibleTestBitextMining: multiway beats enx on 1 of 2 seen languages (1 tied, "
+            "0 worse); mean 90.5 vs 89.0 points, +1.5 points (+1.7 % relative).") in bitext
+    assert ("multiway beats enx on 1 of 2 unseen languages (0 tied, 1 worse); mean 64.0 vs "
+            "63.5 points, +0.5 points (+0.8 % relative).") in bitext
+    assert ("multiway beats base on all 2 unseen languages (0 tied, 0 worse); mean 64.0 vs "
+            "60.0 points, +4.0 points (+6.7 % relative).") in bitext
+    genre = section(built["md"], "### BibleGenreClassification")
+    # Only Italian is scored by both multiway and enx among the unseen languages: a loss.
+    assert ("multiway beats enx on 0 of 1 unseen language (0 tied, 1 worse); mean 33.0 "
+            "vs 35.0 points, -2.0 points (-5.7 % relative).") in genre
+    # Per-language rows with the relative change against base and enx.
+    assert table_row(genre, "jpn_Jpan") == ["jpn_Jpan", "unseen", "20.0", "–", "22.0",
+                                            "+10.0 %", "n/a"]
+
+
+def test_corpus_and_training_sections(built):
+    md = built["md"]
+    assert "120 English lines read, 100 kept (mean 121.5 characters); 20 dropped: empty 5, " \
+           "duplicate 15." in md
+    assert "100 source sentences, 80 kept in every language (80.0 %)" in md
+    assert "The filter dropping most rows is 'script' (12 rows" in md
+    assert "fra_Latn fails most often (15 rows)" in md
+    assert table_row(md, "fra_Latn")[:7] == ["fra_Latn", "15", "0", "3", "1", "12", "1"]
+    mt = section(md, "### Machine translation quality")
+    assert table_row(mt, "deu_Latn")[:7] == ["deu_Latn", "41.2", "12.3", "39.5", "10.0",
+                                             "12.5", "410"]
+    assert "chrF (source translations) ranges from 39.5 (deu_Latn) to 47.2 (fra_Latn)" in md
+    assert "enx: dev loss fell from 1.200 to 0.900; multiway: dev loss rose from 2.000 to " \
+           "2.100." in md
+    assert "Suites: base: offline (2 tasks)" in md
+
+
+def test_projection_uses_complete_verses_and_reports_alignment(built):
+    md = built["md"]
+    # 12 verses × 5 languages per model; enx "is not built" and is reported, not fatal.
+    assert built["encode"].calls == [("me5-tiny", 60), ("me5-tiny-enx", 60),
+                                     ("me5-tiny-multiway", 60)]
+    assert "Model not available: enx (encoder directory not found: me5-tiny-enx)." in md
+    assert "12 Bible test verses in 5 languages" in md
+    # The fake multi-way model puts translations almost on top of each other.
+    assert re.search(r"unseen languages: top-1 base [\d.]+ %, multiway 100\.0 %", md)
+
+
+def test_downstream_section_is_data_driven(built):
+    md = built["md"]
+    assert table_row(md, "drmim") == ["drmim", "accuracy", "0.61 ± 0.02", "0.66", "0.52"]
+    assert "accuracy, zero-shot: best drmim (0.61), worst finetune (0.55)." in md
+    assert "![bible_genre on me5-tiny-multiway: features by language]" \
+           "(figures/downstream_bible_genre_me5-tiny-multiway.png)" in md
+
+
+def test_figures_are_readable_pngs_and_html_embeds_them(built):
+    figs = sorted((built["out"] / "figures").glob("*.png"))
+    names = {p.name for p in figs}
+    assert {"corpus.png", "training.png", "families.png", "projection.png",
+            "results_BibleTestBitextMining.png", "results_BibleGenreClassification.png",
+            "downstream_bible_genre_me5-tiny-multiway.png"} == names
+    for p in figs:
+        if not p.name.startswith("downstream"):
+            w, h = png_size(p)
+            assert w >= 600 and h >= 400, p
+    html = built["html"]
+    uris = re.findall(r'<img src="([^"]+)"', html)
+    assert len(uris) == len(figs)
+    assert all(u.startswith("data:image/png;base64,") for u in uris)
+    embedded = {render.png_data_uri(p) for p in figs}
+    assert set(uris) == embedded
+    # Self-contained: no link, script, stylesheet or URL of any kind.
+    assert not re.search(r"https?://|<link|<script|src=\"(?!data:)|url\(", html)
+    md_links = re.findall(r"\]\((figures/[^)]+)\)", built["md"])
+    assert sorted(md_links) == sorted(f"figures/{n}" for n in names)
+
+
+def test_scores_csv_is_the_tidy_table(built):
+    df = pd.read_csv(built["out"] / "scores.csv")
+    row = df[(df.task == "BibleTestBitextMining") & (df.lang == "ita_Latn")
+             & (df.model == "multiway")]
+    assert row.score.tolist() == pytest.approx([74.0])
+    assert row.group.tolist() == ["unseen"] and row.name.tolist() == ["me5-tiny-multiway"]
+    n = sum(len(v) for per in SCORES.values() for v in per.values())
+    assert len(df) == n
+
+
+# -------------------------------------------------------------- missing and malformed
+
+
+def test_missing_inputs_give_not_run_sections(tmp_path):
+    cfg = c.ReportConfig(metrics_dir=str(tmp_path / "m"), corpus_stats=str(tmp_path / "s.json"),
+                         plots_dir=str(tmp_path / "p"), nmt_history=str(tmp_path / "h.json"),
+                         eval_dir=str(tmp_path / "e"), downstream_dir=str(tmp_path / "d"),
+                         projection_data=str(tmp_path / "t.parquet"),
+                         output_dir=str(tmp_path / "out"))
+    build.run(cfg, LANGS, encode=fake_encoder())
+    md = (tmp_path / "out" / "report.md").read_text()
+    for what in ("source text", "multi-way corpus", "NMT training", "projection data"):
+        assert f"Not run: {what} (" in md
+    assert "Not run: neither train_nmt nor translate@<lang> metrics exist" in md
+    assert "Not run: no evaluate@<model> metrics" in md
+    assert "Not run: no downstream results" in md
+    assert table_row(md, "multiway")[2] == "not run"
+    assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_malformed_metrics_file_is_named(tmp_path, capsys):
+    params = make_tree(tmp_path)
+    bad = tmp_path / "metrics" / "evaluate@me5-tiny-enx.json"
+    bad.write_text('{"BibleTestBitextMining/lang/deu_Latn": 0.5,')
+    assert stage.main(["--params", str(params)]) == 2
+    assert f"error: {bad} is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("metrics/evaluate@me5-tiny.json", '{"BibleTestBitextMining/lang/xx_Latn": 0.5}',
+     r"evaluate@me5-tiny.json: key 'BibleTestBitextMining/lang/xx_Latn': unknown language"),
+    ("metrics/evaluate@me5-tiny.json", '{"mean/all": 0.5}', r"has no per-language score"),
+    ("metrics/evaluate@me5-tiny.json", '{"T/lang/deu_Latn": "high"}', r"must be a number"),
+    ("metrics/train_nmt.json", '{"chrf": {"deu_Latn": 40}}', r"is not a flat metrics file"),
+    ("plots/me5-tiny-enx.csv", "step,lr\n1,0.1\n", r"needs numeric columns 'step' and 'loss'"),
+    ("corpus/stats.json", '{"rows": {}}', r"is not a build_corpus stats file"),
+    ("work/history.json", '[{"step": 1}]', r"must be a list of records"),
+])
+def test_malformed_inputs_raise_value_errors_naming_the_file(tmp_path, name, content, message):
+    params = make_tree(tmp_path)
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / Path(name).parent)) + ".*"
+                       + message):
+        build.run(load_cfg(params, projection_sentences=0), LANGS, encode=fake_encoder())
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="report.focus 'human' is not a regime of "
+                                         "report.aligned \\(enx, multiway\\)"):
+        build.check_config(c.ReportConfig(focus="human"), LANGS)
+    with pytest.raises(ValueError, match="unknown language code 'ita'"):
+        build.check_config(c.ReportConfig(projection_unseen=("ita",)), LANGS)
+    with pytest.raises(ValueError, match="projection_sentences must be >= 0"):
+        build.check_config(c.ReportConfig(projection_sentences=-1), LANGS)
+
+
+# ------------------------------------------------------------------------- the pieces
+
+
+def test_pca_matches_the_covariance_eigenvectors():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 6)) @ rng.normal(size=(6, 6))
+    xy, explained = projection.pca_2d(x)
+    centred = x - x.mean(0)
+    values, vectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    top = vectors[:, ::-1][:, :2]
+    ref = centred @ top
+    for k in range(2):  # equal up to the sign of each axis
+        assert np.allclose(np.abs(xy[:, k]), np.abs(ref[:, k]))
+        assert np.abs(top[:, k]).argmax() == np.abs(xy[:, k] @ centred).argmax()
+    assert np.allclose(explained, values[::-1][:2] / values.sum())
+
+
+def test_alignment_stats_equal_a_brute_force_loop():
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(7, 3, 5))
+    stats = projection.alignment_stats(emb, ["eng_Latn", "deu_Latn", "jpn_Jpan"])
+
+    def cos(a, b):
+        return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+    for j, row in enumerate(stats.itertuples(), start=1):
+        sims = [[cos(emb[i, j], emb[k, 0]) for k in range(7)] for i in range(7)]
+        assert row.top1 == pytest.approx(np.mean([np.argmax(s) == i for i, s in enumerate(sims)]))
+        assert row.cos_parallel == pytest.approx(np.mean([sims[i][i] for i in range(7)]))
+        assert row.cos_other == pytest.approx(
+            np.mean([sims[i][k] for i in range(7) for k in range(7) if i != k]))
+
+
+def test_sample_verses_keeps_complete_rows_and_names_missing_languages(tmp_path):
+    table = pd.DataFrame({"id": ["a", "b", "c"], "eng_Latn": ["x", "y", "z"],
+                          "deu_Latn": ["x", None, "z"]})
+    write_table(table, tmp_path / "t.parquet")
+    sample, missing = projection.sample_verses(tmp_path / "t.parquet",
+                                               ["eng_Latn", "deu_Latn", "ita_Latn"], 5, 0)
+    assert sample.id.tolist() == ["a", "c"] and missing == ["ita_Latn"]
+    with pytest.raises(ValueError, match="needs an 'id' and a 'fra_Latn' column"):
+        projection.sample_verses(tmp_path / "t.parquet", ["fra_Latn"], 5, 0)
+
+
+def test_compare_counts_ties_within_display_precision():
+    matrix = pd.DataFrame({"a": [50.0, 60.0, 70.0, 80.0], "b": [50.04, 59.0, 71.0, np.nan]},
+                          index=["deu_Latn", "fra_Latn", "ita_Latn", "jpn_Jpan"])
+    seen = compare.compare(matrix, "T", "seen", "a", "b", LANGS)
+    assert (seen.wins, seen.ties, seen.losses) == (1, 1, 0)
+    unseen = compare.compare(matrix, "T", "unseen", "a", "b", LANGS)
+    assert (unseen.n, unseen.losses) == (1, 1)  # Japanese has no score for b
+    assert compare.relative_change(55.0, 50.0) == pytest.approx(10.0)
+    assert np.isnan(compare.relative_change(1.0, 0.0))
+
+
+def test_markdown_and_html_escape_cells():
+    blocks = [render.Table(("a|b", "<c>"), (("1|2", "x & y"),))]
+    md = render.to_markdown(blocks, Path("."))
+    assert "| a\\|b | <c> |" in md and "| 1\\|2 | x & y |" in md
+    html = render.to_html(blocks, "t")
+    assert "<th>&lt;c&gt;</th>" in html and "<td>x &amp; y</td>" in html
+
+
+def test_collect_reads_absent_files_as_none(tmp_path):
+    assert collect.read_metrics(tmp_path / "none.json") is None
+    assert collect.loss_curve(tmp_path / "none.csv") is None
+    assert collect.downstream_results(tmp_path) == []
