@@ -500,17 +500,17 @@ class TrainEncoderConfig:
     loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     batch_size: int = 32
     max_seq_length: int = 64
-    max_steps: int = 40
+    max_steps: int = 32
     max_minutes: float = 15.0
     learning_rate: float = 2.0e-5
-    warmup_steps: int = 4
+    warmup_steps: int = 3
     weight_decay: float = 0.01
     freeze_embeddings: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     dev_rows: int = 128
     logging_steps: int = 2
-    save_steps: int = 10
+    save_steps: int = 8
     save_total_limit: int = 1
     keep_checkpoints: bool = False
     device: str = "auto"
@@ -600,22 +600,22 @@ class ReportConfig:
     """``report``: ``report.md``, a self-contained ``report.html`` and figures from every stage.
 
     Attributes:
-        base: Name of the base encoder as evaluated (``evaluate@<base>``); also the catalogue
-            key or ``models_dir`` directory its projection embeddings are computed with.
-        aligned: Regime → name of the encoder aligned on it (``train_encoder`` output
-            directory and ``evaluate`` matrix item), in display order.
-        focus: The regime (a key of ``aligned``) whose relative change against the base and
-            against every other regime is reported.
-        families: mteb task name → task family heading; a task not listed gets its mteb
-            task type.
+        base: The base encoder: its ``evaluate`` item, catalogue key or model directory.
+            Its projection embeddings come from loading it like ``evaluate`` does.
+        aligned: Regime → aligned encoder (``train_encoder`` output, ``evaluate`` item).
+            Display order of the models.
+        focus: Regime compared with the base and the other regimes (relative change).
+            One of the keys of ``aligned``.
+        families: mteb task name → task family heading in the report.
+            A task not listed gets its mteb task type.
         metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
         corpus_stats: ``build_corpus``'s ``stats.json``.
         plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>.csv``).
-        nmt_history: ``train_nmt``'s ``history.json`` (train and dev loss per evaluation);
-            optional, it lives in the NMT work directory.
-        eval_dir: ``evaluate``'s output (``<model>/meta.json`` gives the suite and languages).
-        downstream_dir: Downstream results (``<task>/<encoder>/metrics.json`` and
-            ``features.png``); optional.
+        nmt_history: ``train_nmt``'s ``history.json`` (optional NMT loss curve).
+            It lives in the NMT work directory, outside DVC.
+        eval_dir: ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
+        downstream_dir: Downstream results (``<task>/<encoder>/metrics.json``), optional.
+            A ``features.png`` next to a ``metrics.json`` is shown too.
         models_dir: Trained encoders (for the projection).
         catalogue: Encoder catalogue (the base encoder is loaded by key).
         projection_data: Multi-way test table whose verses are embedded for the projection.

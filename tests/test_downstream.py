@@ -149,7 +149,7 @@ def tiny_cfg(world, **kw) -> DownstreamConfig:
         bible_source=str(world / "bible_source.parquet"),
         bible_test=str(world / "bible_test.parquet"), bible_db=str(world / "bible.db"),
         corpus=str(world / "multiway.parquet"), max_train_examples=64, max_test_examples=16,
-        max_corpus_rows=32, max_length=24, batch_size=16, epochs=3, lr=1e-3, head_lr=1e-2,
+        max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3, head_lr=1e-2,
         seeds=(0,), threads=1, eval_batch_size=32, output_dir=str(world / "out"),
         drmim=DrmimConfig(universal_dim=16, specific_dim=8, critic_dim=8, corpus_rows=4),
     )
@@ -432,8 +432,10 @@ def test_hub_pair_standin_aligns_examples_across_languages(world):
     en, de, cross = (task.test[k] for k in ("eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"))
     assert de.inputs[0] == tuple(translate(t, "deu_Latn") for t in en.inputs[0])
     assert cross.inputs[0] == (en.inputs[0][0], de.inputs[0][1])
-    with pytest.raises(FileNotFoundError, match="has no train.jsonl"):
-        D.load_task(tiny_cfg(world, task="xnli", dataset=str(world / "pawsx")))
+    with pytest.raises(FileNotFoundError, match="has no English config of xnli"):
+        D.load_task(tiny_cfg(world, task="xnli", dataset=str(world / "tydiqa")))
+    with pytest.raises(FileNotFoundError, match="needs the Hugging Face hub"):
+        D.load_rows("no-such-org/no-such-dataset", "en", "train")
 
 
 def test_qa_windows_hold_the_answer_and_metrics(world):
@@ -457,6 +459,8 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
 def test_config_errors(world):
     with pytest.raises(ValueError, match="unknown downstream task 'genre'.*bible_genre"):
         D.load_task(tiny_cfg(world, task="genre"))
+    with pytest.raises(ValueError, match=r"doc_stride must be in \[0, max_length / 2 - 2\)"):
+        tiny_cfg(world, max_length=24, doc_stride=12)
     with pytest.raises(ValueError, match="corpus_langs must be at least 2"):
         tiny_cfg(world, drmim=DrmimConfig(corpus_langs=1))
     cfg = from_mapping(DownstreamConfig, {"drmim": {"w_mi": 0.5}, "methods": ["finetune"]})
@@ -488,7 +492,8 @@ def test_summary_groups_and_spreads():
 
 def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
     cfg = tiny_cfg(world, methods=("finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle",
-                                   "drmim-no_tie", "epar", "epar-no_push"), seeds=(0, 1))
+                                   "drmim-no_tie", "epar", "epar-no_push"), seeds=(0, 1),
+                   epochs=8)
     metrics = run_downstream(cfg, world / "tiny-encoder", LANGS)
     out = world / "out" / "bible_genre" / "tiny-encoder"
     runs = json.loads((out / "runs.json").read_text())
@@ -509,7 +514,7 @@ def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
 def test_pair_and_qa_tasks_train_and_predict(world, task):
     dataset = {"pawsx": str(world / "pawsx"), "tydiqa": str(world / "tydiqa")}.get(task, "")
     cfg = tiny_cfg(world, task=task, dataset=dataset, methods=("finetune", "drmim", "epar"),
-                   max_length=32, figure="none", epochs=2)
+                   max_length=32, doc_stride=6, figure="none", epochs=2)
     metrics = run_downstream(cfg, world / "tiny-encoder", LANGS)
     names = ("f1", "exact_match") if task == "tydiqa" else ("accuracy",)
     for variant in cfg.methods:

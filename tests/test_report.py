@@ -228,6 +228,11 @@ def test_family_table_holds_hand_computed_means_and_relative_changes(built):
     unseen = [line for line in md.splitlines() if line.startswith("| All tasks | unseen")][0]
     assert "| 45.0 |" in unseen and "| 48.5 |" in unseen
     assert f"{(48.5 - 45) / 45 * 100:+.1f} %" in unseen
+    # Families and tasks follow the order of report.families.
+    lines = section(md, "### Per task family").splitlines()
+    families = [line.split("|")[1].strip() for line in lines if line.startswith("| ")][1:]
+    assert families == ["Bitext mining"] * 2 + ["Classification"] * 2 + ["All tasks"] * 2
+    assert md.index("### BibleTestBitextMining") < md.index("### BibleGenreClassification")
 
 
 def test_sentences_state_wins_ties_and_losses_from_the_data(built):
@@ -249,12 +254,13 @@ def test_sentences_state_wins_ties_and_losses_from_the_data(built):
 
 def test_corpus_and_training_sections(built):
     md = built["md"]
-    assert "120 English lines read, 100 kept (mean 121.5 characters); 20 dropped: empty 5, " \
-           "duplicate 15." in md
+    assert "120 English lines read, 100 kept (mean 121.5 characters); 20 dropped: duplicate 15, " \
+           "empty 5." in md
     assert "100 source sentences, 80 kept in every language (80.0 %)" in md
     assert "The filter dropping most rows is 'script' (12 rows" in md
     assert "fra_Latn fails most often (15 rows)" in md
-    assert table_row(md, "fra_Latn")[:7] == ["fra_Latn", "15", "0", "3", "1", "12", "1"]
+    # Filter columns in checking order: empty, repeat, copy, script, too_short, too_long.
+    assert table_row(md, "fra_Latn")[:8] == ["fra_Latn", "15", "0", "3", "1", "12", "1", "0"]
     mt = section(md, "### Machine translation quality")
     assert table_row(mt, "deu_Latn")[:7] == ["deu_Latn", "41.2", "12.3", "39.5", "10.0",
                                              "12.5", "410"]
@@ -279,7 +285,7 @@ def test_downstream_section_is_data_driven(built):
     md = built["md"]
     assert table_row(md, "drmim") == ["drmim", "accuracy", "0.61 ± 0.02", "0.66", "0.52"]
     assert "accuracy, zero-shot: best drmim (0.61), worst finetune (0.55)." in md
-    assert "![bible_genre on me5-tiny-multiway: features by language]" \
+    assert "![bible_genre on me5-tiny-multiway: features by language.]" \
            "(figures/downstream_bible_genre_me5-tiny-multiway.png)" in md
 
 
@@ -328,8 +334,8 @@ def test_missing_inputs_give_not_run_sections(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     for what in ("source text", "multi-way corpus", "NMT training", "projection data"):
         assert f"Not run: {what} (" in md
-    assert "Not run: neither train_nmt nor translate@<lang> metrics exist" in md
-    assert "Not run: no evaluate@<model> metrics" in md
+    assert "Not run: neither train_nmt nor translate@\\<lang> metrics exist" in md
+    assert "Not run: no evaluate@\\<model> metrics" in md
     assert "Not run: no downstream results" in md
     assert table_row(md, "multiway")[2] == "not run"
     assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
@@ -365,6 +371,8 @@ def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="report.focus 'human' is not a regime of "
                                          "report.aligned \\(enx, multiway\\)"):
         build.check_config(c.ReportConfig(focus="human"), LANGS)
+    with pytest.raises(ValueError, match="report.aligned has a regime called 'base'"):
+        build.check_config(c.ReportConfig(aligned={"base": "x", "multiway": "y"}), LANGS)
     with pytest.raises(ValueError, match="unknown language code 'ita'"):
         build.check_config(c.ReportConfig(projection_unseen=("ita",)), LANGS)
     with pytest.raises(ValueError, match="projection_sentences must be >= 0"):
@@ -429,7 +437,7 @@ def test_compare_counts_ties_within_display_precision():
 def test_markdown_and_html_escape_cells():
     blocks = [render.Table(("a|b", "<c>"), (("1|2", "x & y"),))]
     md = render.to_markdown(blocks, Path("."))
-    assert "| a\\|b | <c> |" in md and "| 1\\|2 | x & y |" in md
+    assert "| a\\|b | \\<c> |" in md and "| 1\\|2 | x & y |" in md
     html = render.to_html(blocks, "t")
     assert "<th>&lt;c&gt;</th>" in html and "<td>x &amp; y</td>" in html
 
@@ -438,3 +446,28 @@ def test_collect_reads_absent_files_as_none(tmp_path):
     assert collect.read_metrics(tmp_path / "none.json") is None
     assert collect.loss_curve(tmp_path / "none.csv") is None
     assert collect.downstream_results(tmp_path) == []
+
+
+def test_projection_without_a_complete_verse_says_so(tmp_path):
+    table = pd.DataFrame({"id": ["a"], "eng_Latn": ["x"], "deu_Latn": ["y"], "fra_Latn": [""]})
+    write_table(table, tmp_path / "t.parquet")
+    cfg = c.ReportConfig(projection_data=str(tmp_path / "t.parquet"), projection_unseen=())
+    encode = fake_encoder()
+    blocks = build.projection_section(cfg, LANGS, tmp_path, encode)
+    assert blocks[-1] == render.Paragraph(
+        f"No verse of {tmp_path / 't.parquet'} has text in every one of eng_Latn, deu_Latn, "
+        "fra_Latn; nothing to project.")
+    assert encode.calls == []
+
+
+def test_a_model_not_evaluated_leaves_its_column_empty(tmp_path):
+    params = make_tree(tmp_path)
+    (tmp_path / "metrics" / "evaluate@me5-tiny-enx.json").unlink()
+    build.run(load_cfg(params, projection_sentences=0), LANGS)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Not run: evaluate@me5-tiny-enx (their columns are empty)." in md
+    assert "Skipped (report.projection_sentences is 0)." in md
+    # Without enx, Japanese is comparable in the genre task again: (22+33)/2 vs (20+30)/2.
+    assert "| Classification | unseen | 1 | 25.0 | – | 27.5 | +10.0 % | n/a |" in md
+    bitext = section(md, "### BibleTestBitextMining")
+    assert "multiway beats enx" not in bitext and "multiway beats base on all 2 seen" in bitext

@@ -99,7 +99,8 @@ class DownstreamConfig:
         max_corpus_rows: Multi-way corpus rows kept (``split == 'train'``).
         data_seed: Seed of the data samples (fixed across runs).
         max_length: Token limit of a sequence (specials included).
-        doc_stride: Overlap of consecutive context windows (QA).
+        doc_stride: Overlap of consecutive context windows (QA); less than half of
+            ``max_length`` (questions are cut to half a window).
         max_answer_tokens: Longest predicted answer span (QA).
         trainable_layers: Top transformer layers fine-tuned; the layers below (and the
             embeddings) stay frozen, so their output is computed once per text.
@@ -142,7 +143,7 @@ class DownstreamConfig:
     max_corpus_rows: int = 400
     data_seed: int = 13
     max_length: int = 64
-    doc_stride: int = 32
+    doc_stride: int = 16
     max_answer_tokens: int = 30
     trainable_layers: int = 1
     cache_features: bool = True
@@ -174,6 +175,11 @@ class DownstreamConfig:
             raise ValueError("downstream.methods is empty; name at least one, e.g. [finetune]")
         if not self.seeds:
             raise ValueError("downstream.seeds is empty; name at least one seed, e.g. [0]")
+        if not 0 <= self.doc_stride < self.max_length // 2 - 2:
+            raise ValueError(
+                f"downstream.doc_stride must be in [0, max_length / 2 - 2) = "
+                f"[0, {self.max_length // 2 - 2}), got {self.doc_stride}"
+            )
         if self.drmim.corpus_langs < 2:
             raise ValueError(
                 f"downstream.drmim.corpus_langs must be at least 2 (the tie needs two "

@@ -289,7 +289,11 @@ def _hub_pairs(cfg: DownstreamConfig, task: str, configs: dict[str, str], first:
     ``align`` is the column that matches an example across languages (``None``: row order).
     """
     source = cfg.dataset or HUB_IDS[task]
-    en = next(c for c, lang in configs.items() if lang == SOURCE)
+    if Path(source).is_dir():  # a local copy may hold only some of the languages
+        configs = {c: lang for c, lang in configs.items() if (Path(source) / c).is_dir()}
+    en = next((c for c, lang in configs.items() if lang == SOURCE), None)
+    if en is None:
+        raise FileNotFoundError(f"{source} has no English config of {task} to train on")
     train = load_rows(source, en, "train")
     train = stratified_sample(train[train.label >= 0], "label", cfg.max_train_examples,
                               cfg.data_seed)
@@ -478,7 +482,14 @@ def encode_split(split: Split, kind: Kind, encoder: Encoder, cfg: DownstreamConf
         seqs = encode_texts(split.inputs, encoder, cfg.max_length)
         return Encoded(seqs, list(range(len(seqs))), labels=list(split.labels))
     tok = encoder.tokenizer
-    questions = [encoder.prefix + q for q, _ in split.inputs]
+    # A question may take at most half of a window, so a window always has room for the
+    # context stride (the tokenizer refuses windows shorter than the stride).
+    room = cfg.max_length // 2 - 2
+    questions = []
+    for q, _ in split.inputs:
+        q = encoder.prefix + q
+        cut = tok(q, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        questions.append(q[: cut[room - 1][1]] if len(cut) > room else q)
     contexts = [c for _, c in split.inputs]
     enc = tok(questions, contexts, truncation="only_second", max_length=cfg.max_length,
               stride=cfg.doc_stride, return_overflowing_tokens=True,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import re
 import shutil
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, ReportConfig
+from pipeline.corpus.filters import REASONS
 from pipeline.io import atomic_path
 from pipeline.report import collect, figures
 from pipeline.report.compare import (
@@ -71,14 +73,18 @@ def _not_run(what: str, path: str | Path, stage: str) -> Paragraph:
     return Paragraph(f"Not run: {what} ({path} does not exist; run `dvc repro {stage}`).")
 
 
+def _is_number(value: Any) -> bool:
+    # numbers.Real covers numpy scalars too; a bool is a flag, not a count.
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and not math.isnan(value))
+
+
 def _int(value: Any) -> str:
-    return f"{int(value):,}" if isinstance(value, (int, float)) and not math.isnan(value) else "–"
+    return f"{int(value):,}" if _is_number(value) else "–"
 
 
 def _num(value: Any, digits: int = 2) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        return "–"
-    return f"{value:.{digits}f}"
+    return f"{value:.{digits}f}" if _is_number(value) else "–"
 
 
 def _arrow(metrics: Mapping[str, Any], first: str, last: str) -> str:
@@ -89,19 +95,28 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text)
 
 
+def model_labels(cfg: ReportConfig) -> dict[str, str]:
+    """Display label → model name: ``base`` first, then the regimes of ``aligned``."""
+    return {"base": cfg.base, **cfg.aligned}
+
+
 def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
     """Reject settings the report cannot honour, naming the key and the fix.
 
     Raises:
-        ValueError: ``focus`` is not a regime of ``aligned``, a model name is empty, a
-            language code is unknown, or ``projection_sentences`` is negative.
+        ValueError: ``focus`` is not a regime of ``aligned``, a regime is called ``base``,
+            a model name is empty, a language code is unknown, or ``projection_sentences``
+            is negative.
     """
+    if "base" in cfg.aligned:
+        raise ValueError("report.aligned has a regime called 'base', the base encoder's "
+                         "label; rename the regime")
     if cfg.focus not in cfg.aligned:
         raise ValueError(
             f"report.focus '{cfg.focus}' is not a regime of report.aligned "
             f"({', '.join(cfg.aligned) or 'empty'}); set it to one of them"
         )
-    empty = [k for k, v in {"base": cfg.base, **cfg.aligned}.items() if not v.strip()]
+    empty = [k for k, v in model_labels(cfg).items() if not v.strip()]
     if empty:
         raise ValueError(f"report: empty model name for {empty}; give the evaluated name")
     langmod.validate((langs.source, *langs.pool))
@@ -133,113 +148,130 @@ def task_family(task: str, families: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------ corpus
 
 
+def _source_blocks(cfg: ReportConfig) -> list[Block]:
+    path = collect.metrics_file(cfg.metrics_dir, "prepare_source")
+    source = collect.read_metrics(path)
+    if source is None:
+        return [_not_run("source text", path, "prepare_source")]
+    drops = {k[len("dropped_"):]: v for k, v in source.items()
+             if k.startswith("dropped_") and k != "dropped_total" and _is_number(v) and v}
+    drops = dict(sorted(drops.items(), key=lambda kv: -kv[1]))
+    return [Paragraph(
+        f"{_int(source.get('lines_read'))} English lines read, "
+        f"{_int(source.get('lines_kept'))} kept (mean {_num(source.get('chars_mean'), 1)} "
+        f"characters); {_int(source.get('dropped_total'))} dropped"
+        + (": " + ", ".join(f"{k} {_int(v)}" for k, v in drops.items()) if drops else "")
+        + "."
+    )]
+
+
+def _filter_blocks(stats: dict[str, Any], langs: LangsConfig
+                   ) -> tuple[list[Block], pd.DataFrame]:
+    rows = stats["rows"]
+    n_in, n_out = rows.get("in", 0), rows.get("out", 0)
+    reasons = {k: v for k, v in stats["dropped_by_reason"].items() if v}
+    by_lang = stats["dropped_by_lang"]
+    text = (f"{_int(n_in)} source sentences, {_int(n_out)} kept in every language "
+            f"({(n_out / n_in * 100 if n_in else 0):.1f} %): {_int(rows.get('train'))} train, "
+            f"{_int(rows.get('dev'))} dev; the En-X baseline has {_int(rows.get('enx'))} "
+            f"rows and the human corpus {_int(rows.get('human'))}.")
+    if reasons:
+        top = max(reasons, key=reasons.get)
+        text += (f" The filter dropping most rows is '{top}' ({_int(reasons[top])} rows, "
+                 "counted under the first failing filter)")
+        if by_lang:
+            worst = max(by_lang, key=by_lang.get)
+            text += f"; {worst} fails most often ({_int(by_lang[worst])} rows)"
+        text += "."
+    else:
+        text += " No row was dropped."
+    failures = pd.DataFrame(stats["failures"]).T.fillna(0).astype(int)
+    # Checking order, as the drop counts are attributed (first failing filter).
+    failures = failures[[r for r in REASONS if r in failures.columns]
+                        + [r for r in failures.columns if r not in REASONS]]
+    head = (langs.source, *langs.pool)
+    codes = [c for c in head if c in stats["mean_chars"]]
+    codes += [c for c in stats["mean_chars"] if c not in head]
+    table_rows = []
+    for code in codes:
+        fails = failures.loc[code] if code in failures.index else None
+        table_rows.append((
+            code,
+            _int(by_lang.get(code)) if code != langs.source else "–",
+            *[_int(fails[f]) if fails is not None else "–" for f in failures.columns],
+            _num(stats["mean_chars"].get(code), 1),
+            _int(stats.get("enx_langs", {}).get(code)) if code != langs.source else "–",
+        ))
+    table = Table(
+        ("language", "rows failing", *[f"fail: {f}" for f in failures.columns], "mean chars",
+         "En-X rows"),
+        tuple(table_rows),
+        "Per language: rows where the translation fails any filter, failures per filter "
+        "(one translation may fail several), mean length of the kept texts, En-X draws.",
+    )
+    return [Paragraph(text), table], failures
+
+
+def _mt_blocks(cfg: ReportConfig, langs: LangsConfig
+               ) -> tuple[list[Block], pd.DataFrame | None]:
+    nmt = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_nmt"))
+    translated = collect.per_language_metrics(cfg.metrics_dir, "translate", langs.pool)
+    if nmt is None and not translated:
+        return [Paragraph(f"Not run: neither train_nmt nor translate@<lang> metrics exist in "
+                          f"{cfg.metrics_dir}.")], None
+    dev = nmt or {}
+    table_rows, series = [], {}
+    for code in langs.pool:
+        t = translated.get(code, {})
+        table_rows.append((
+            code, _num(dev.get(f"chrf_{code}"), 1), _num(dev.get(f"bleu_{code}"), 1),
+            _num(t.get("chrf"), 1), _num(t.get("bleu"), 1), _num(t.get("sentences_per_s"), 1),
+            _num(t.get("target_tokens_per_s"), 0),
+        ))
+    if nmt is not None:
+        series["NMT dev"] = {c: nmt.get(f"chrf_{c}") for c in langs.pool}
+    if any("chrf" in t for t in translated.values()):
+        series["source translations"] = {c: translated.get(c, {}).get("chrf")
+                                         for c in langs.pool}
+    blocks: list[Block] = [Table(
+        ("language", "NMT dev chrF", "NMT dev BLEU", "corpus chrF", "corpus BLEU",
+         "sentences/s", "tokens/s"),
+        tuple(table_rows),
+        "NMT dev: the trained model on held-out Bible chapters; corpus: the translated "
+        "source against its human translations (translate@<lang>); throughput of translate.",
+    )]
+    if not series:
+        return blocks, None
+    chrf = pd.DataFrame(series).astype(float)
+    last = chrf.iloc[:, -1].dropna()  # the corpus translations when scored, else NMT dev
+    if len(last) == 1:
+        blocks.append(Paragraph(f"chrF ({chrf.columns[-1]}) exists for {last.index[0]} only: "
+                                f"{last.iloc[0]:.1f}."))
+    elif len(last) > 1:
+        blocks.append(Paragraph(
+            f"chrF ({chrf.columns[-1]}) ranges from {last.min():.1f} ({last.idxmin()}) "
+            f"to {last.max():.1f} ({last.idxmax()}); mean {last.mean():.1f}."
+        ))
+    return blocks, chrf
+
+
 def corpus_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> list[Block]:
     """Source text, corpus filters and MT quality per language."""
-    blocks: list[Block] = [Heading("Corpus")]
-    source = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "prepare_source"))
-    blocks.append(Heading("Source text", 3))
-    if source is None:
-        blocks.append(_not_run("source text", collect.metrics_file(cfg.metrics_dir,
-                                                                    "prepare_source"),
-                               "prepare_source"))
-    else:
-        drops = {k[len("dropped_"):]: v for k, v in source.items()
-                 if k.startswith("dropped_") and k != "dropped_total" and v}
-        blocks.append(Paragraph(
-            f"{_int(source.get('lines_read'))} English lines read, "
-            f"{_int(source.get('lines_kept'))} kept (mean {_num(source.get('chars_mean'), 1)} "
-            f"characters); {_int(source.get('dropped_total'))} dropped"
-            + (": " + ", ".join(f"{k} {_int(v)}" for k, v in drops.items()) if drops else "")
-            + "."
-        ))
-
-    blocks.append(Heading("Multi-way corpus", 3))
+    blocks: list[Block] = [Heading("Corpus"), Heading("Source text", 3), *_source_blocks(cfg),
+                           Heading("Multi-way corpus", 3)]
     stats = collect.corpus_stats(cfg.corpus_stats)
     failures = None
     if stats is None:
         blocks.append(_not_run("multi-way corpus", cfg.corpus_stats, "build_corpus"))
     else:
-        rows = stats["rows"]
-        n_in, n_out = rows.get("in", 0), rows.get("out", 0)
-        reasons = {k: v for k, v in stats["dropped_by_reason"].items() if v}
-        text = (f"{_int(n_in)} source sentences, {_int(n_out)} kept in every language "
-                f"({(n_out / n_in * 100 if n_in else 0):.1f} %): {_int(rows.get('train'))} train, "
-                f"{_int(rows.get('dev'))} dev; the En-X baseline has {_int(rows.get('enx'))} "
-                f"rows and the human corpus {_int(rows.get('human'))}.")
-        if reasons:
-            top = max(reasons, key=reasons.get)
-            worst = max(stats["dropped_by_lang"], key=stats["dropped_by_lang"].get)
-            text += (f" The filter dropping most rows is '{top}' ({_int(reasons[top])} rows, "
-                     f"counted under the first failing filter); {worst} fails most often "
-                     f"({_int(stats['dropped_by_lang'][worst])} rows).")
-        else:
-            text += " No row was dropped."
-        blocks.append(Paragraph(text))
-        failures = pd.DataFrame(stats["failures"]).T.fillna(0).astype(int)
-        codes = [c for c in (langs.source, *langs.pool) if c in stats["mean_chars"]] + [
-            c for c in stats["mean_chars"] if c not in (langs.source, *langs.pool)]
-        filt = list(failures.columns)
-        table_rows = []
-        for code in codes:
-            fails = failures.loc[code] if code in failures.index else None
-            table_rows.append((
-                code,
-                _int(stats["dropped_by_lang"].get(code)) if code != langs.source else "–",
-                *[_int(fails[f]) if fails is not None else "–" for f in filt],
-                _num(stats["mean_chars"].get(code), 1),
-                _int(stats.get("enx_langs", {}).get(code)) if code != langs.source else "–",
-            ))
-        blocks.append(Table(
-            ("language", "rows failing", *[f"fail: {f}" for f in filt], "mean chars",
-             "En-X rows"),
-            tuple(table_rows),
-            "Per language: rows where the translation fails any filter, failures per filter "
-            "(one translation may fail several), mean length of the kept texts, En-X draws.",
-        ))
-
+        filter_blocks, failures = _filter_blocks(stats, langs)
+        blocks += filter_blocks
     blocks.append(Heading("Machine translation quality", 3))
-    nmt = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_nmt"))
-    translated = collect.per_language_metrics(cfg.metrics_dir, "translate", langs.pool)
-    chrf = None
-    if nmt is None and not translated:
-        blocks.append(Paragraph(
-            f"Not run: neither train_nmt nor translate@<lang> metrics exist in {cfg.metrics_dir}."
-        ))
-    else:
-        table_rows, series = [], {}
-        for code in langs.pool:
-            t, dev = translated.get(code, {}), nmt or {}
-            table_rows.append((
-                code, _num(dev.get(f"chrf_{code}"), 1), _num(dev.get(f"bleu_{code}"), 1),
-                _num(t.get("chrf"), 1), _num(t.get("bleu"), 1), _num(t.get("sentences_per_s"), 1),
-                _num(t.get("target_tokens_per_s"), 0),
-            ))
-        if nmt is not None:
-            series["NMT dev"] = {c: nmt.get(f"chrf_{c}", np.nan) for c in langs.pool}
-        if any("chrf" in t for t in translated.values()):
-            series["source translations"] = {c: translated.get(c, {}).get("chrf", np.nan)
-                                             for c in langs.pool}
-        blocks.append(Table(
-            ("language", "NMT dev chrF", "NMT dev BLEU", "corpus chrF", "corpus BLEU",
-             "sentences/s", "tokens/s"),
-            tuple(table_rows),
-            "NMT dev: the trained model on held-out Bible chapters; corpus: the translated "
-            "source against its human translations (translate@<lang>); throughput of translate.",
-        ))
-        chrf = pd.DataFrame(series).astype(float) if series else None
-        if chrf is not None:
-            best = chrf.iloc[:, -1].dropna()
-            if len(best):
-                blocks.append(Paragraph(
-                    f"chrF ({chrf.columns[-1]}) ranges from {best.min():.1f} ({best.idxmin()}) "
-                    f"to {best.max():.1f} ({best.idxmax()}); mean {best.mean():.1f}."
-                ))
-    if failures is not None:
+    mt_blocks, chrf = _mt_blocks(cfg, langs)
+    blocks += mt_blocks
+    if failures is not None or chrf is not None:
         path = figures.corpus_figure(failures, chrf, fig_dir / "corpus.png")
         blocks.append(Figure(path, "Corpus filter failures and MT chrF per language."))
-    elif chrf is not None:
-        path = figures.corpus_figure(pd.DataFrame(index=chrf.index), chrf, fig_dir / "corpus.png")
-        blocks.append(Figure(path, "MT chrF per language."))
     return blocks
 
 
@@ -309,17 +341,87 @@ def _suite_note(cfg: ReportConfig, models: Mapping[str, str]) -> str:
     return " Suites: " + ", ".join(f"{k}: {v}" for k, v in suites.items()) + "."
 
 
+def _ordered_tasks(tasks: list[str], cfg: ReportConfig) -> tuple[list[str], dict[str, str]]:
+    """Tasks grouped by family, in the order ``report.families`` lists them; task → family."""
+    family_of = {t: task_family(t, cfg.families) for t in tasks}
+    listed = list(cfg.families)
+    order = list(dict.fromkeys([*cfg.families.values(), *sorted(family_of.values())]))
+    ordered = sorted(family_of, key=lambda t: (order.index(family_of[t]),
+                                               listed.index(t) if t in listed else len(listed), t))
+    return ordered, family_of
+
+
+def _family_blocks(fam: pd.DataFrame, labels: list[str], focus: str,
+                   fig_dir: Path) -> list[Block]:
+    """The family × group table, one sentence per row, and its bar chart."""
+    others = [m for m in labels if m != focus]
+    blocks: list[Block] = [Heading("Per task family and language group", 3)]
+    if fam.empty:
+        return [*blocks, Paragraph("No language is scored by every evaluated model.")]
+    rows = fam.to_dict("records")
+    blocks.append(Table(
+        ("family", "group", "tasks", *labels, *[f"{focus} vs {o}" for o in others]),
+        tuple((r["family"], r["group"], str(r["n_tasks"]), *[fmt_score(r[m]) for m in labels],
+               *[fmt_change(relative_change(r[focus], r[o])) for o in others]) for r in rows),
+        "Mean score per task family and language group; last columns: relative change.",
+    ))
+    bullets = []
+    for r in rows:
+        parts = [f"vs {o} {fmt_score(r[o])} ({fmt_change(relative_change(r[focus], r[o]))})"
+                 for o in others if not math.isnan(r[o])]
+        if parts and not math.isnan(r[focus]):
+            bullets.append(f"{r['family']}, {r['group']} languages: {focus} "
+                           f"{fmt_score(r[focus])}; " + "; ".join(parts) + ".")
+    if bullets:
+        blocks.append(Bullets(tuple(bullets)))
+    path = figures.family_bars(fam, labels, fig_dir / "families.png")
+    blocks.append(Figure(path, "Mean score per task family and language group, per model."))
+    return blocks
+
+
+def _task_blocks(task: str, family: str, matrix: pd.DataFrame, focus: str,
+                 langs: LangsConfig, fig_dir: Path) -> list[Block]:
+    """One task: comparison sentences, per-language table with group means, bar chart."""
+    labels = list(matrix.columns)
+    others = [m for m in labels if m != focus]
+    said = [sentence(c) for group in ("seen", "unseen") for other in others
+            if (c := compare(matrix, task, group, focus, other, langs)) is not None]
+    groups = [language_group(c, langs) for c in matrix.index]
+    body = []
+    for code, group in zip(matrix.index, groups):
+        row = matrix.loc[code]
+        body.append((code, group, *[fmt_score(row[m]) for m in labels],
+                     *[fmt_change(relative_change(row[focus], row[o])) for o in others]))
+    common = comparable(matrix)
+    for group in ("seen", "unseen"):
+        part = common[[language_group(c, langs) == group for c in common.index]]
+        if len(part):
+            mean = part.mean(axis=0)
+            body.append((f"{group} mean ({len(part)})", group,
+                         *[fmt_score(mean[m]) for m in labels],
+                         *[fmt_change(relative_change(mean[focus], mean[o])) for o in others]))
+    path = figures.grouped_bars(matrix, groups, f"{task}: score per language", "score (points)",
+                                fig_dir / f"results_{_file_name(task)}.png")
+    return [
+        Heading(f"{task} ({family})", 3),
+        Bullets(tuple(said)) if said else Paragraph(
+            f"No comparison: {focus} or the models it is compared with have no scores here."),
+        Table(("language", "group", *labels, *[f"{focus} vs {o}" for o in others]), tuple(body)),
+        Figure(path, f"{task}: {' vs '.join(labels)} per language."),
+    ]
+
+
 def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
                     ) -> tuple[list[Block], pd.DataFrame]:
     """Family × group table, then per task: sentences, per-language table, bar chart.
 
     Returns:
-        The blocks and the tidy score table written to ``scores.csv``.
+        The blocks and the tidy score table written to ``scores.csv`` (``task``, ``family``,
+        ``lang``, ``group``, ``model`` label, model ``name``, ``score`` in points).
     """
-    models = {"base": cfg.base, **cfg.aligned}
+    models = model_labels(cfg)
     blocks: list[Block] = [Heading("Evaluation results")]
     scores = collect.evaluation_scores(cfg.metrics_dir, models)
-    missing = [name for label, name in models.items() if label not in set(scores.model)]
     if scores.empty:
         blocks.append(Paragraph(
             "Not run: no evaluate@<model> metrics in "
@@ -327,87 +429,32 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
         ))
         return blocks, pd.DataFrame()
     labels = list(models)
-    focus = cfg.focus
-    others = [m for m in labels if m != focus]
-    tasks = list(dict.fromkeys(scores.task))
-    family_of = {t: task_family(t, cfg.families) for t in tasks}
+    tasks, family_of = _ordered_tasks(list(dict.fromkeys(scores.task)), cfg)
     matrices = {t: score_matrix(scores, t, labels, langs) for t in tasks}
-
     blocks.append(Paragraph(
         f"Scores are mteb main scores × {SCALE:g} (points). Seen languages are the training "
         f"pool ({', '.join(langs.pool)}); unseen are all others; {langs.source} is the source "
         "language and is shown but not averaged. Group averages are macro-averages over the "
         "languages of the group that every evaluated model has a score for (evaluate's own "
         "seen/unseen metrics average task subsets instead, so they may differ slightly). "
-        f"Relative change = ({focus} − other) / other × 100 %. Differences under "
+        f"Relative change = ({cfg.focus} − other) / other × 100 %. Differences under "
         f"{TIE_POINTS} points count as ties." + _suite_note(cfg, models)
     ))
+    missing = [name for label, name in models.items() if label not in set(scores.model)]
     if missing:
         blocks.append(Paragraph("Not run: evaluate@" + ", evaluate@".join(missing)
                                 + " (their columns are empty)."))
-
-    task_means = group_means(matrices, langs)
-    fam = family_means(task_means, family_of)
-    rel_cols = [f"{focus} vs {o}" for o in others]
-    blocks.append(Heading("Per task family and language group", 3))
-    fam_rows = fam.to_dict("records")
-    blocks.append(Table(
-        ("family", "group", "tasks", *labels, *rel_cols),
-        tuple(
-            (r["family"], r["group"], str(r["n_tasks"]), *[fmt_score(r[m]) for m in labels],
-             *[fmt_change(relative_change(r[focus], r[o])) for o in others])
-            for r in fam_rows
-        ),
-        "Mean score per task family and language group; last columns: relative change.",
-    ))
-    bullets = []
-    for r in fam_rows:
-        if math.isnan(r[focus]):
-            continue
-        parts = [f"vs {o} {fmt_score(r[o])} ({fmt_change(relative_change(r[focus], r[o]))})"
-                 for o in others if not math.isnan(r[o])]
-        if parts:
-            bullets.append(f"{r['family']}, {r['group']} languages: {focus} {fmt_score(r[focus])}; "
-                           + "; ".join(parts) + ".")
-    if bullets:
-        blocks.append(Bullets(tuple(bullets)))
-    path = figures.family_bars(fam, labels, fig_dir / "families.png")
-    blocks.append(Figure(path, "Mean score per task family and language group, per model."))
-
-    tidy = []
+    fam = family_means(group_means(matrices, langs), family_of)
+    blocks += _family_blocks(fam, labels, cfg.focus, fig_dir)
     for task in tasks:
-        matrix = matrices[task]
-        groups = [language_group(c, langs) for c in matrix.index]
-        blocks.append(Heading(f"{task} ({family_of[task]})", 3))
-        said = []
-        for group in ("seen", "unseen"):
-            for other in others:
-                c = compare(matrix, task, group, focus, other, langs)
-                if c is not None:
-                    said.append(sentence(c))
-        blocks.append(Bullets(tuple(said)) if said else Paragraph(
-            f"No comparison: {focus} or the models it is compared with have no scores here."))
-        common = comparable(matrix)
-        body = []
-        for code, group in zip(matrix.index, groups):
-            row = matrix.loc[code]
-            body.append((code, group, *[fmt_score(row[m]) for m in labels],
-                         *[fmt_change(relative_change(row[focus], row[o])) for o in others]))
-            tidy += [{"task": task, "family": family_of[task], "lang": code, "group": group,
-                      "model": m, "name": models[m], "score": row[m]}
-                     for m in labels if not math.isnan(row[m])]
-        for group in ("seen", "unseen"):
-            part = common[[language_group(c, langs) == group for c in common.index]]
-            if len(part):
-                mean = part.mean(axis=0)
-                body.append((f"{group} mean ({len(part)})", group,
-                             *[fmt_score(mean[m]) for m in labels],
-                             *[fmt_change(relative_change(mean[focus], mean[o])) for o in others]))
-        blocks.append(Table(("language", "group", *labels, *rel_cols), tuple(body)))
-        path = figures.grouped_bars(matrix, groups, f"{task}: score per language",
-                                    "score (points)", fig_dir / f"results_{_file_name(task)}.png")
-        blocks.append(Figure(path, f"{task}: {' vs '.join(labels)} per language."))
-    return blocks, pd.DataFrame(tidy)
+        blocks += _task_blocks(task, family_of[task], matrices[task], cfg.focus, langs, fig_dir)
+    tidy = scores.assign(
+        family=scores.task.map(family_of),
+        group=scores.lang.map(lambda c: language_group(c, langs)),
+        name=scores.model.map(models),
+        score=scores.score * SCALE,
+    )[["task", "family", "lang", "group", "model", "name", "score"]]
+    return blocks, tidy
 
 
 # -------------------------------------------------------------------------- projection
@@ -424,11 +471,14 @@ def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
     wanted = list(dict.fromkeys((langs.source, *langs.pool, *cfg.projection_unseen)))
     sample, absent = sample_verses(cfg.projection_data, wanted, cfg.projection_sentences,
                                    cfg.seed)
+    if sample.empty:
+        return [*blocks, Paragraph(f"No verse of {cfg.projection_data} has text in every one "
+                                   f"of {', '.join(wanted)}; nothing to project.")]
     codes = [c for c in wanted if c in sample.columns]
     sentences = [text for code in codes for text in sample[code]]  # language-major
     groups = {c: language_group(c, langs) for c in codes}
     panels, stats_rows, unavailable = [], [], []
-    models = {"base": cfg.base, **cfg.aligned}
+    models = model_labels(cfg)
     for label, name in tqdm(models.items(), desc="projection", unit="model"):
         try:
             vectors = encode(name, sentences)

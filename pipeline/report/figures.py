@@ -55,7 +55,7 @@ def _shade_groups(ax, groups: Sequence[str]) -> None:
 
 
 def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel: str,
-                 path: Path) -> Path:
+                 path: Path, rotation: int = 45) -> Path:
     """Bars per language (x) and model (colour), the language groups shaded.
 
     Args:
@@ -64,9 +64,10 @@ def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel
         title: Figure title.
         ylabel: Y axis label.
         path: Output PNG.
+        rotation: Angle of the x labels.
     """
     n_rows, n_models = matrix.shape
-    fig = Figure(figsize=(max(7.0, 0.55 * n_rows * max(n_models, 2) / 2 + 2), 4.6))
+    fig = Figure(figsize=(max(8.0, 0.3 * n_rows * max(n_models, 2) + 3), 4.6))
     ax = fig.subplots()
     _shade_groups(ax, groups)
     width = 0.8 / max(n_models, 1)
@@ -74,47 +75,51 @@ def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel
     for k, (model, colour) in enumerate(zip(matrix.columns, _palette(n_models))):
         ax.bar(x - 0.4 + width * (k + 0.5), matrix[model].to_numpy(dtype=float), width,
                label=str(model), color=colour, zorder=2)
-    ax.set_xticks(x, [str(i) for i in matrix.index], rotation=45, ha="right", fontsize=9)
+    ax.set_xticks(x, [str(i) for i in matrix.index], rotation=rotation,
+                  ha="right" if rotation else "center", fontsize=9)
     ax.set_xlim(-0.6, n_rows - 0.4)
     ax.set_ylabel(ylabel)
     ax.set_title(title, pad=16)
     ax.grid(axis="y", alpha=0.4, zorder=1)
-    ax.legend(fontsize=9, loc="lower left", framealpha=0.9)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save(fig, path)
 
 
 def family_bars(means: pd.DataFrame, models: Sequence[str], path: Path) -> Path:
     """Family × group averages (x) per model (colour); see ``compare.family_means``."""
-    labels = [f"{f}\n{g}" for f, g in zip(means.family, means.group)]
-    matrix = means[list(models)].set_axis(labels)
-    return grouped_bars(matrix, list(means.group),
-                        "Mean score per task family and language group", "score (points)", path)
+    # The group is written above each shaded run, so the ticks name the family only.
+    matrix = means[list(models)].set_axis(list(means.family))
+    return grouped_bars(matrix, list(means.group), "Mean score per task family and language group",
+                        "score (points)", path, rotation=0)
 
 
-def corpus_figure(failures: pd.DataFrame, chrf: pd.DataFrame | None, path: Path) -> Path:
+def corpus_figure(failures: pd.DataFrame | None, chrf: pd.DataFrame | None,
+                  path: Path) -> Path:
     """Filter failures per language (stacked by filter) and MT chrF per language.
 
     Args:
-        failures: Rows languages, columns filters: translations failing each filter.
-        chrf: Rows languages, columns chrF sources (e.g. NMT dev, corpus); ``None`` for none.
+        failures: Rows languages, columns filters: translations failing each filter; or
+            ``None`` (no panel).
+        chrf: Rows languages, columns chrF sources (e.g. NMT dev, corpus); or ``None``.
         path: Output PNG.
     """
-    panels = 2 if chrf is not None and not chrf.empty else 1
-    fig = Figure(figsize=(6.0 * panels, 4.4))
-    axes = np.atleast_1d(fig.subplots(1, panels))
-    ax = axes[0]
-    bottom = np.zeros(len(failures))
-    x = np.arange(len(failures))
-    for name, colour in zip(failures.columns, _palette(len(failures.columns))):
-        values = failures[name].to_numpy(dtype=float)
-        ax.bar(x, values, 0.7, bottom=bottom, label=str(name), color=colour)
-        bottom += values
-    ax.set_xticks(x, list(failures.index), rotation=45, ha="right", fontsize=9)
-    ax.set_ylabel("translations failing the filter")
-    ax.set_title("Corpus filters per language")
-    ax.legend(fontsize=8)
-    if panels == 2:
-        ax = axes[1]
+    drawn = [d for d in (failures, chrf) if d is not None]
+    fig = Figure(figsize=(6.0 * len(drawn), 4.4))
+    axes = list(np.atleast_1d(fig.subplots(1, len(drawn))))
+    if failures is not None:
+        ax = axes.pop(0)
+        bottom = np.zeros(len(failures))
+        x = np.arange(len(failures))
+        for name, colour in zip(failures.columns, _palette(len(failures.columns))):
+            values = failures[name].to_numpy(dtype=float)
+            ax.bar(x, values, 0.7, bottom=bottom, label=str(name), color=colour)
+            bottom += values
+        ax.set_xticks(x, list(failures.index), rotation=45, ha="right", fontsize=9)
+        ax.set_ylabel("translations failing the filter")
+        ax.set_title("Corpus filters per language")
+        ax.legend(fontsize=8)
+    if chrf is not None:
+        ax = axes.pop(0)
         width = 0.8 / len(chrf.columns)
         x = np.arange(len(chrf))
         for k, (name, colour) in enumerate(zip(chrf.columns, _palette(len(chrf.columns)))):

@@ -112,11 +112,12 @@ def model_encoder(cfg: ReportConfig) -> Encoder:
     A model is loaded for its one call and released afterwards (each is ~0.5 GB for the
     small encoders). Sentences get the model's default prompt, as in mteb's symmetric tasks.
     """
-    from pipeline.evaluation.run import load_model
-
     where = EvaluateConfig(catalogue=cfg.catalogue, models_dir=cfg.models_dir, device=cfg.device)
 
     def encode(name: str, sentences: list[str]) -> np.ndarray:
+        # Imported on first use: it pulls in mteb (seconds), needless when nothing is encoded.
+        from pipeline.evaluation.run import load_model
+
         model = load_model(name, where)
         vectors = model.encode(sentences, batch_size=cfg.batch_size, convert_to_numpy=True,
                                show_progress_bar=False)

@@ -84,9 +84,14 @@ figcaption { font-size: .9rem; color: #555; }
 """
 
 
+def _md_text(text: str) -> str:
+    # "<lang>" would be read as an HTML tag and vanish in a rendered Markdown view.
+    return text.replace("<", "\\<")
+
+
 def _md_cell(text: str) -> str:
     # A pipe would end the cell; a newline would end the row.
-    return text.replace("|", "\\|").replace("\n", " ")
+    return _md_text(text).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(blocks: Sequence[Block], base_dir: Path) -> str:
@@ -102,20 +107,21 @@ def to_markdown(blocks: Sequence[Block], base_dir: Path) -> str:
     out: list[str] = []
     for block in blocks:
         if isinstance(block, Heading):
-            out.append(f"{'#' * block.level} {block.text}")
+            out.append(f"{'#' * block.level} {_md_text(block.text)}")
         elif isinstance(block, Paragraph):
-            out.append(block.text)
+            out.append(_md_text(block.text))
         elif isinstance(block, Bullets):
-            out.append("\n".join(f"- {item}" for item in block.items))
+            out.append("\n".join(f"- {_md_text(item)}" for item in block.items))
         elif isinstance(block, Table):
-            lines = [f"**{block.caption}**", ""] if block.caption else []
+            lines = [f"**{_md_text(block.caption)}**", ""] if block.caption else []
             lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
             lines.append("|" + "|".join("---" for _ in block.columns) + "|")
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
             out.append("\n".join(lines))
         else:
             rel = block.path.relative_to(base_dir).as_posix()
-            out.append(f"![{block.caption}]({rel})\n\n*{block.caption}*")
+            caption = _md_text(block.caption)
+            out.append(f"![{caption}]({rel})\n\n*{caption}*")
     return "\n\n".join(out) + "\n"
 
 
