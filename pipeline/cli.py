@@ -199,12 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar=cfgmod._type_name(hints[field.name]).upper(),
                 help=_flag_help(cls, field) + " (YAML value)",
             )
+    p = sub.add_parser("profile", help="Merge configs/profiles/<name>.yaml into params.yaml.",
+                       description="Merge a profile's overrides into params.yaml (e.g. paper).")
+    p.add_argument("name", help="profile name, e.g. paper")
+    p.add_argument("--params", default="params.yaml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """``multiway`` console entry point."""
     args = build_parser().parse_args(argv)
+    if args.stage == "profile":
+        from pipeline.profiles import apply_profile
+
+        return run_entry(lambda: logger.info(
+            "set %s", ", ".join(apply_profile(args.name, args.params))))
     stage = STAGES[args.stage]
     overrides = {
         k[len("set_"):]: yaml.safe_load(v)

@@ -20,7 +20,7 @@ def test_help_does_not_import_heavy_libraries():
 def test_every_dvc_stage_has_a_script_and_a_subcommand():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "stage")
-    assert set(sub.choices) == set(cli.STAGES)
+    assert set(sub.choices) == set(cli.STAGES) | {"profile"}
     dvc_stages = yaml.safe_load(open("dvc.yaml"))["stages"]
     for name, stage in dvc_stages.items():
         assert name in cli.STAGES
@@ -59,3 +59,23 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
 def test_matrix_stage_requires_its_key():
     with pytest.raises(SystemExit):
         cli.main(["translate"])
+
+
+def test_paper_profile_merges_into_valid_params_keeping_comments(tmp_path):
+    from pipeline import config as c
+    from pipeline.profiles import apply_profile
+
+    params = tmp_path / "params.yaml"
+    params.write_text(open("params.yaml").read())
+    changed = apply_profile("paper", params)
+    assert "translate.model_dir" in changed and "evaluate.suite" in changed
+    merged = c.load_params(params)
+    assert merged["translate"]["model_dir"] == "data/models/nmt/nllb-200-distilled-600M"
+    assert merged["evaluate"]["suite"] == "paper"
+    default = c.load_params("params.yaml")
+    assert merged["translate"]["shard_size"] == default["translate"]["shard_size"]
+    for name, stage in cli.STAGES.items():
+        c.from_mapping(getattr(c, stage.config), merged[name], where=name)
+    assert "# Knobs of the default" in params.read_text()
+    with pytest.raises(ValueError, match="unknown profile 'papr'; did you mean 'paper'"):
+        apply_profile("papr", params)

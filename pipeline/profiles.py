@@ -1,0 +1,70 @@
+"""Profiles: named sets of ``params.yaml`` overrides (``configs/profiles/<name>.yaml``).
+
+``multiway profile paper`` merges a profile into ``params.yaml`` in place, the way
+``dvc exp run --set-param`` edits it, keeping the file's comments and key order. Every
+changed section is checked against its config dataclass before anything is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml as pyyaml
+
+from pipeline import config as cfgmod
+from pipeline.io import atomic_path
+
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
+
+
+def profile_names(profiles_dir: str | Path = PROFILES_DIR) -> list[str]:
+    """Names of the available profiles."""
+    return sorted(p.stem for p in Path(profiles_dir).glob("*.yaml"))
+
+
+def apply_profile(name: str, params_path: str | Path = "params.yaml",
+                  profiles_dir: str | Path = PROFILES_DIR) -> list[str]:
+    """Merge profile ``name`` into ``params_path``.
+
+    Returns:
+        The dotted keys that were set.
+
+    Raises:
+        ValueError: Unknown profile, or the merged params fail their dataclass checks.
+    """
+    from ruamel.yaml import YAML
+
+    from pipeline.cli import SHARED, STAGES
+
+    path = Path(profiles_dir) / f"{name}.yaml"
+    if not path.is_file():
+        names = profile_names(profiles_dir)
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown profile '{name}'{hint} (available: {', '.join(names)})")
+    yaml = YAML()  # round-trip mode: comments and order survive
+    params = yaml.load(Path(params_path).read_text(encoding="utf-8"))
+    overrides = yaml.load(path.read_text(encoding="utf-8")) or {}
+    classes = {**{s: st.config for s, st in STAGES.items()}, **SHARED}
+    changed = []
+    for section, values in overrides.items():
+        if section not in classes:
+            raise ValueError(f"profile {path}: unknown section '{section}'")
+        for key, value in values.items():
+            params.setdefault(section, {})[key] = value
+            changed.append(f"{section}.{key}")
+        plain = pyyaml.safe_load(_dump(yaml, params[section]))
+        cfgmod.from_mapping(getattr(cfgmod, classes[section]), plain, where=f"{path}:{section}")
+    with atomic_path(params_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yaml.dump(params, fh)
+    return changed
+
+
+def _dump(yaml: object, data: object) -> str:
+    """Round-trip YAML of ``data`` as text (to re-read it as plain Python objects)."""
+    import io
+
+    buf = io.StringIO()
+    yaml.dump(data, buf)  # type: ignore[attr-defined]
+    return buf.getvalue()
