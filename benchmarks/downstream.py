@@ -52,7 +52,8 @@ def main() -> None:
         results[name] = run_downstream(cfg, path)
     total = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
     metric = "f1" if cfg.task == "tydiqa" else "accuracy"
-    print(f"\n| variant | {' | '.join(f'{n} zero-shot | {n} seen | {n} unseen' for n in results)} |")
+    header = " | ".join(f"{n} zero-shot | {n} seen | {n} unseen" for n in results)
+    print(f"\n| variant | {header} |")
     print("|---" * (1 + 3 * len(results)) + "|")
     for variant in cfg.methods:
         cells = []

@@ -371,6 +371,9 @@ class TranslateConfig:
         beam_size: Beam size (1 = greedy).
         max_batch_tokens: Token budget of a batch (``batch_type="tokens"``).
         max_decoding_length: Cap on output length in subwords.
+        no_repeat_ngram_size: Forbid any subword n-gram of this size from occurring twice in
+            an output (0 = off): guards against decoder repetition loops, which a small NMT
+            model produces often (build_corpus drops such rows).
         inter_threads: Parallel translators (CPU) or batches in flight (GPU).
         intra_threads: Threads per translator (CPU).
         shard_size: Source rows per output shard (resume granularity, memory bound).
@@ -387,6 +390,7 @@ class TranslateConfig:
     beam_size: int = 2
     max_batch_tokens: int = 2048
     max_decoding_length: int = 256
+    no_repeat_ngram_size: int = 4
     inter_threads: int = 1
     intra_threads: int = 2
     shard_size: int = 1000

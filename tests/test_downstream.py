@@ -223,17 +223,25 @@ def test_decorrelation_is_the_mean_squared_pearson_correlation():
     assert L.decorrelation(u, s).item() == pytest.approx(float((ref**2).mean()), abs=1e-4)
 
 
-def test_parallel_tie_matches_brute_force_and_ignores_single_rows():
-    u = torch.randn(5, 4)
-    rows = torch.tensor([0, 0, 1, 1, 2])  # row 2 has one sentence: no pair to tie
-    z = torch.nn.functional.normalize(u, dim=-1).numpy()
-    ref = [np.sum((z[i] - z[[j for j in range(4) if rows[j] == rows[i]]].mean(0)) ** 2)
-           for i in range(4)]
-    assert L.parallel_tie(u, rows).item() == pytest.approx(float(np.mean(ref)), abs=1e-5)
-    same = torch.randn(1, 4).repeat(3, 1) * torch.tensor([[1.0], [2.0], [3.0]])
-    assert L.parallel_tie(same, torch.zeros(3, dtype=torch.long)).item() == pytest.approx(0.0,
-                                                                                         abs=1e-6)
-    assert L.parallel_tie(u[:2], torch.tensor([0, 1])).item() == 0.0
+def test_parallel_tie_is_multiway_infonce_between_translations():
+    u = torch.randn(6, 4)
+    rows = torch.tensor([0, 0, 0, 1, 1, 1])  # 2 rows × 3 translations
+    z = torch.nn.functional.normalize(u, dim=-1)
+    s = (z @ z.T / 0.1).tolist()
+    ref = []
+    for a in range(6):
+        negatives = [s[a][k] for k in range(6) if rows[k] != rows[a]]
+        for p in range(6):
+            if p != a and rows[p] == rows[a]:
+                ref.append(-s[a][p] + math.log(math.exp(s[a][p])
+                                               + sum(math.exp(x) for x in negatives)))
+    assert L.parallel_tie(u, rows, 0.1).item() == pytest.approx(float(np.mean(ref)), abs=1e-5)
+    # Aligned translations (same vector per row, rows far apart) score lower than shuffled.
+    aligned = torch.eye(4)[[0, 0, 0, 1, 1, 1]] + 0.01 * torch.randn(6, 4)
+    assert L.parallel_tie(aligned, rows, 0.1) < L.parallel_tie(aligned[[0, 3, 1, 4, 2, 5]],
+                                                               rows, 0.1)
+    with pytest.raises(ValueError, match="2 or more consecutive sentences per row"):
+        L.parallel_tie(u[:5], rows[:5])
 
 
 def test_attention_pull_is_masked_kl_and_only_moves_the_perturbed_pass():

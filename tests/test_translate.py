@@ -11,6 +11,7 @@ from pathlib import Path
 
 import ctranslate2
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import sacrebleu
 import yaml
@@ -73,6 +74,15 @@ def test_engine_equals_raw_ctranslate2_token_for_token(family, nmt_models, nmt_h
     got = list(translator.translate_tokens(translator.encode(TEXTS, "deu_Latn"), "deu_Latn"))
     assert got == expected
 
+    # The repetition guard is passed through unchanged (random models loop, so it bites).
+    guarded = load_translator(nmt_models[family], intra_threads=1, beam_size=2,
+                              max_batch_tokens=64, max_decoding_length=24, no_repeat_ngram_size=2)
+    raw_guarded = raw.translate_batch(hf_tokens, target_prefix=[prefix] * len(TEXTS) if prefix
+                                      else None, beam_size=2, max_decoding_length=24,
+                                      no_repeat_ngram_size=2)
+    assert list(guarded.translate_tokens(guarded.encode(TEXTS, "deu_Latn"), "deu_Latn")) == [
+        r.hypotheses[0][len(prefix or []):] for r in raw_guarded]
+
     # Detokenisation = the HF tokenizer's, with language tokens (gibberish here) dropped.
     texts = translator.translate(TEXTS, "deu_Latn")
     for hyp, text in zip(expected, texts):
@@ -126,7 +136,8 @@ def test_stage_writes_source_order_and_scores_references(nmt_models, nmt_source,
     assert out.columns.tolist() == ["id", "deu_Latn"]
     assert out["id"].tolist() == source["id"].tolist()
     translator = load_translator(nmt_models["nllb"], intra_threads=1, beam_size=2,
-                                 max_batch_tokens=128, max_decoding_length=24)
+                                 max_batch_tokens=128, max_decoding_length=24,
+                                 no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     assert out["deu_Latn"].tolist() == translator.translate(source["eng_Latn"].tolist(),
                                                             "deu_Latn")
     assert not (tmp_path / "out/deu_Latn.parts").exists()
@@ -231,8 +242,10 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
         with pytest.raises(RuntimeError):
             stage.run(cfg, LANGS, "deu_Latn")
     shard = parts / "shard-000001.parquet"
+    column = pq.ParquetFile(shard).metadata.row_group(0).column(1)
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # flip a byte inside the data pages
+    # Flip a byte in the middle of the translation column's pages (not the footer).
+    data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     (parts / "shard-000002.parquet").write_bytes(b"PAR1 truncated")
     metrics = stage.run(cfg, LANGS, "deu_Latn")

@@ -32,8 +32,9 @@ class DrmimConfig:
         critic_dim: Width of the separable MI critic's embeddings.
         mi_max_items: Cap on the items (sentences, or tokens for QA) one MI bound compares
             (its cost is quadratic); a seeded random subset is used beyond it.
-        w_tie: Weight of the parallel tie (translations' universal features pulled to their
-            row centroid).
+        w_tie: Weight of the parallel tie (multi-way InfoNCE between the universal features
+            of a row's translations).
+        tie_temperature: Softmax temperature of the tie.
         corpus_rows: Multi-way corpus rows per training step.
         corpus_langs: Languages drawn per row and step (2 or more, for the tie).
     """
@@ -48,7 +49,8 @@ class DrmimConfig:
     mi_estimator: Literal["infonce", "jsd"] = "infonce"
     critic_dim: int = 64
     mi_max_items: int = 256
-    w_tie: float = 0.5
+    w_tie: float = 0.1
+    tie_temperature: float = 0.05
     corpus_rows: int = 8
     corpus_langs: int = 3
 
@@ -150,9 +152,9 @@ class DownstreamConfig:
     prefix: str = "auto"
     pooling: Literal["auto", "mean", "cls"] = "auto"
     batch_size: int = 32
-    epochs: int = 2
-    lr: float = 1.0e-4
-    head_lr: float = 2.0e-3
+    epochs: int = 3
+    lr: float = 1.0e-3
+    head_lr: float = 1.0e-2
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     dropout: float = 0.1

@@ -13,8 +13,8 @@ features, ``s`` specific features, ``n`` items (sentences or tokens), ``d`` feat
 - :func:`jsd_bound` — :math:`E_P[-\mathrm{sp}(-T)] - E_{P\otimes Q}[\mathrm{sp}(T)] + \log 4
   \le 2\,\mathrm{JSD}(P\,\|\,P_u\otimes P_o)` (Hjelm et al., 2019, shifted by ``log 4`` so that
   independence gives 0).
-- :func:`parallel_tie` — mean squared distance of L2-normalised translations to their row
-  centroid.
+- :func:`parallel_tie` — multi-way InfoNCE between translations (the project's alignment
+  loss) on the universal features.
 - :func:`attention_pull` — KL(clean ‖ perturbed) of attention rows, per layer, head and
   query token (the clean pass is the target and gets no gradient).
 - :func:`robust_targets`, :func:`soft_cross_entropy` — EPAR's robust target and its loss.
@@ -118,25 +118,40 @@ class SeparableCritic(torch.nn.Module):
         return self.f(u) @ self.g(o).T
 
 
-def parallel_tie(u: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Mean squared distance of each (L2-normalised) translation to its row's centroid.
+def parallel_tie(u: torch.Tensor, rows: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Multi-way InfoNCE between the universal features of translations.
+
+    Every sentence is an anchor; the other translations of its row are its positives, every
+    sentence of another row a negative: the project's alignment loss
+    (:func:`pipeline.losses.multiway_infonce.multiway_pair_losses`) on cosine similarities.
+    Unlike pulling translations to their row centroid, it has no collapsed optimum (equal
+    vectors for all rows score ``log(1 + negatives)``), so it does not fight the task loss.
 
     Args:
-        u: ``(n, d)`` universal features of corpus sentences.
-        rows: ``(n,)`` row index of each sentence (sentences of one row are translations).
+        u: ``(n, d)`` universal features, grouped by row: the same number of consecutive
+            sentences per row.
+        rows: ``(n,)`` row index of each sentence.
+        temperature: Softmax temperature.
 
     Returns:
-        Scalar; rows with a single sentence contribute nothing. 0 when there is no row with
-        two or more sentences.
+        Scalar: the mean over (anchor, positive) pairs.
+
+    Raises:
+        ValueError: The sentences are not grouped in equal consecutive runs per row.
     """
-    z = F.normalize(u, dim=-1)
-    _, inverse, counts = torch.unique(rows, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(counts), z.shape[1], dtype=z.dtype, device=z.device)
-    centroids = sums.index_add(0, inverse, z) / counts[:, None].to(z.dtype)
-    keep = counts[inverse] > 1
-    if not keep.any():
-        return z.sum() * 0.0
-    return (z - centroids[inverse]).pow(2).sum(-1)[keep].mean()
+    from pipeline.losses.multiway_infonce import multiway_pair_losses
+
+    per_row = int((rows == rows[0]).sum())
+    n_rows = len(rows) // per_row
+    expected = torch.arange(n_rows, device=rows.device).repeat_interleave(per_row)
+    if per_row < 2 or n_rows * per_row != len(rows) or not torch.equal(
+        torch.unique_consecutive(rows, return_inverse=True)[1], expected
+    ):
+        raise ValueError("parallel_tie needs 2 or more consecutive sentences per row, the same "
+                         "number for every row")
+    z = F.normalize(u, dim=-1).view(n_rows, per_row, -1)  # (rows, per_row, d)
+    slots = torch.arange(per_row, device=u.device).repeat(n_rows)
+    return multiway_pair_losses(z, expected, slots, temperature).mean()
 
 
 def attention_pull(

@@ -181,8 +181,10 @@ class DrMim(Method):
                  off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
         super().__init__(top, kind, n_labels, cfg, off, n_langs)
         d, c = self.hidden, cfg.drmim
-        self.universal = nn.Sequential(nn.Linear(d, c.universal_dim), nn.Tanh())
-        self.specific = nn.Sequential(nn.Linear(d, c.specific_dim), nn.Tanh())
+        # Linear projections: with every part switched off, the head on the universal part
+        # is a (low-rank) linear head, i.e. the baseline's, so differences come from the parts.
+        self.universal = nn.Linear(d, c.universal_dim)
+        self.specific = nn.Linear(d, c.specific_dim)
         self.lang_specific = nn.Linear(c.specific_dim, max(n_langs, 1))
         self.lang_adversary = nn.Linear(c.universal_dim, max(n_langs, 1))
         self.critic = L.SeparableCritic(c.universal_dim, self.n_out, c.critic_dim)
@@ -259,7 +261,7 @@ class DrMim(Method):
             bound = L.MI_BOUNDS[c.mi_estimator](self.critic(u_items, o_items))
             terms["mi"] = -c.w_mi * bound
         if self.on("tie"):
-            terms["tie"] = c.w_tie * L.parallel_tie(u_sent, corpus.rows)
+            terms["tie"] = c.w_tie * L.parallel_tie(u_sent, corpus.rows, c.tie_temperature)
         return terms
 
     def _mi_output(self, logits: torch.Tensor) -> torch.Tensor:

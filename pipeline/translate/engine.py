@@ -45,17 +45,23 @@ class DecodingOptions:
         max_batch_tokens: Token budget of one batch (source tokens × examples, padded).
         max_decoding_length: Cap on output length in subwords (further capped by the
             model's position embeddings).
+        no_repeat_ngram_size: Forbid any subword n-gram of this size from occurring twice in
+            an output (0 = off); the standard guard against decoder repetition loops.
     """
 
     beam_size: int = 2
     max_batch_tokens: int = 2048
     max_decoding_length: int = 256
+    no_repeat_ngram_size: int = 0
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "max_batch_tokens", "max_decoding_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        size = self.no_repeat_ngram_size
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"no_repeat_ngram_size must be 0 (off) or positive, got {size!r}")
 
 
 def resolve_compute_type(device: str, compute_type: str = "auto") -> str:
@@ -137,6 +143,7 @@ class CT2Translator:
             max_batch_size=self.options.max_batch_tokens,
             batch_type="tokens",
             beam_size=self.options.beam_size,
+            no_repeat_ngram_size=self.options.no_repeat_ngram_size,
             max_decoding_length=self.max_decoding_length,
             max_input_length=self.max_input_length,
         )
@@ -159,8 +166,8 @@ class CT2Translator:
 def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type: str = "auto",
                     inter_threads: int = 1, intra_threads: int = 0, family: str = "auto",
                     source_lang: str | None = None, beam_size: int = 2,
-                    max_batch_tokens: int = 2048, max_decoding_length: int = 256
-                    ) -> CT2Translator:
+                    max_batch_tokens: int = 2048, max_decoding_length: int = 256,
+                    no_repeat_ngram_size: int = 0) -> CT2Translator:
     """Open a CTranslate2 NMT model directory.
 
     Args:
@@ -176,6 +183,7 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
         beam_size: Beam size.
         max_batch_tokens: Token budget of a batch.
         max_decoding_length: Cap on output length in subwords.
+        no_repeat_ngram_size: Forbid repeated subword n-grams of this size (0 = off).
 
     Returns:
         The translator.
@@ -187,7 +195,8 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
     import ctranslate2
 
     model_dir = Path(model_dir)
-    options = DecodingOptions(beam_size, max_batch_tokens, max_decoding_length)
+    options = DecodingOptions(beam_size, max_batch_tokens, max_decoding_length,
+                              no_repeat_ngram_size)
     meta = ModelMeta.read(model_dir, family)
     tokenizer = load_tokenizer(model_dir, meta)
     device = resolve_device(device)

@@ -208,6 +208,7 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
         inter_threads=cfg.inter_threads, intra_threads=cfg.intra_threads, family=cfg.family,
         source_lang=langs.source, beam_size=cfg.beam_size, max_batch_tokens=cfg.max_batch_tokens,
         max_decoding_length=cfg.max_decoding_length,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
     )
     translator.check(lang)
     references = _load_references(cfg.references, lang)
@@ -218,6 +219,7 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
         "compute_type": translator.compute_type, "beam_size": cfg.beam_size,
         "max_batch_tokens": cfg.max_batch_tokens,
         "max_decoding_length": translator.max_decoding_length, "shard_size": cfg.shard_size,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
     }
     output = Path(cfg.output_dir) / f"{lang}.parquet"
     metrics = translate_file(translator, source, langs.source, lang, output, cfg.shard_size,
