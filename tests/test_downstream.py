@@ -149,8 +149,8 @@ def tiny_cfg(world, **kw) -> DownstreamConfig:
         bible_source=str(world / "bible_source.parquet"),
         bible_test=str(world / "bible_test.parquet"), bible_db=str(world / "bible.db"),
         corpus=str(world / "multiway.parquet"), max_train_examples=64, max_test_examples=16,
-        max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3, head_lr=1e-2,
-        seeds=(0,), threads=1, eval_batch_size=32, output_dir=str(world / "out"),
+        max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3,
+        head_lr=1e-2, seeds=(0,), threads=1, eval_batch_size=32, output_dir=str(world / "out"),
         drmim=DrmimConfig(universal_dim=16, specific_dim=8, critic_dim=8, corpus_rows=4),
     )
     base.update(kw)
@@ -345,7 +345,6 @@ def test_variant_names_and_errors():
 def _batches(world, kind="classification"):
     enc = load_encoder(world / "tiny-encoder")
     store = FeatureStore(enc, 1)
-    gen = torch.Generator().manual_seed(0)
     task_seqs = D.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
     h, mask = store.get(task_seqs)
     batch = TaskBatch(h, mask, labels=torch.arange(len(task_seqs)) % 4)
@@ -356,17 +355,17 @@ def _batches(world, kind="classification"):
                              for lang in ("eng_Latn", "deu_Latn")], enc, 24)
     ch, cmask = store.get(c_seqs)
     corpus = CorpusBatch(ch, cmask, torch.tensor([0, 1] * 3), torch.tensor([0, 0, 1, 1, 2, 2]))
-    return enc, batch, corpus, gen
+    return enc, batch, corpus
 
 
 @pytest.mark.parametrize("kind", ["classification", "qa"])
 def test_switching_a_part_off_removes_exactly_its_terms(world, kind):
-    enc, batch, corpus, _ = _batches(world, kind)
+    enc, batch, corpus = _batches(world, kind)
     cfg = tiny_cfg(world)
     groups = {"disentangle": {"lang", "adversary", "decorrelation"}, "mi": {"mi"},
               "tie": {"tie"}}
 
-    def terms(name, method="drmim"):
+    def terms(name):
         torch.manual_seed(0)
         model = parse_variant(name).build(TopBlock(enc, 1), kind, 4, cfg, n_langs=2).eval()
         out = model.losses(batch, corpus, torch.Generator().manual_seed(0))
@@ -390,7 +389,7 @@ def test_switching_a_part_off_removes_exactly_its_terms(world, kind):
 
 
 def test_drmim_without_corpus_batches_is_refused(world):
-    enc, batch, _, _ = _batches(world)
+    enc, batch, _ = _batches(world)
     model = parse_variant("drmim").build(TopBlock(enc, 1), "classification", 4, tiny_cfg(world),
                                          n_langs=2)
     with pytest.raises(ValueError, match="needs corpus batches"):

@@ -449,12 +449,10 @@ class Encoded:
     offsets: list[list[tuple[int, int] | None]] = dataclasses.field(default_factory=list)
 
 
-def _seq(enc: dict, i: int | None = None) -> Seq:
-    ids = enc["input_ids"] if i is None else enc["input_ids"][i]
+def _seq(enc: dict, i: int) -> Seq:
+    """Sequence ``i`` of a batch encoding (token type ids when the tokenizer gives them)."""
     types = enc.get("token_type_ids")
-    if types is not None and i is not None:
-        types = types[i]
-    return tuple(ids), tuple(types or ())
+    return tuple(enc["input_ids"][i]), tuple(types[i]) if types is not None else ()
 
 
 def encode_texts(texts: Sequence[tuple[str, ...]], encoder: Encoder, max_length: int) -> list[Seq]:

@@ -271,15 +271,6 @@ class DrMim(Method):
             return logits.clamp(min=-1e4)  # padding logits are masked to the dtype minimum
         return logits.softmax(-1)
 
-    def mi_estimate(self, batch: TaskBatch) -> torch.Tensor:
-        """The MI bound between universal features and outputs on a batch (diagnostics)."""
-        states, _ = self.top(batch.h, batch.mask)
-        u = self.universal(self.represent(states, batch.mask))
-        o = self._mi_output(self.outputs(u, batch.mask))
-        return L.MI_BOUNDS[self.cfg.drmim.mi_estimator](
-            self.critic(self._items(u, batch.mask), self._items(o, batch.mask))
-        )
-
 
 class Epar(Method):
     """``epar``: Embedding-Push, Attention-Pull and Robust targets on English data only."""

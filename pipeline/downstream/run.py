@@ -138,7 +138,8 @@ def plot_features(method: DrMim, store: FeatureStore, task: TaskData,
             ss.append(s.float().cpu().numpy())
             names += [subset] * len(u)
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
-    cmap = plt.get_cmap("tab20")
+    # 40 distinct colours: the 22 Bible languages must not share one.
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
     for ax, feats, title in ((axes[0], np.concatenate(us), "universal"),
                              (axes[1], np.concatenate(ss), "language-specific")):
         if cfg.figure == "tsne":
@@ -148,7 +149,8 @@ def plot_features(method: DrMim, store: FeatureStore, task: TaskData,
             xy = PCA(2, random_state=0).fit_transform(feats)
         for k, subset in enumerate(subsets):
             pick = np.array(names) == subset
-            ax.scatter(xy[pick, 0], xy[pick, 1], s=6, color=cmap(k % 20), label=subset)
+            ax.scatter(xy[pick, 0], xy[pick, 1], s=6, color=colours[k % len(colours)],
+                       label=subset)
         ax.set_title(f"{title} features ({cfg.figure.upper()})")
     axes[1].legend(markerscale=3, fontsize=7, ncol=2, loc="best")
     fig.suptitle(f"DR-MIM on {task.name}: test examples coloured by language")
