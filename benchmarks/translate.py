@@ -138,6 +138,10 @@ def write_source(path: Path, sentences: list[str]) -> Path:
     return path
 
 
+# The stage's default repetition guard, applied by all three engines so they do the same work.
+NO_REPEAT = 4
+
+
 def stage_config(source: Path, ct2: Path, out: Path, args: argparse.Namespace, shard_size: int):
     from pipeline.config import TranslateConfig
 
@@ -145,7 +149,7 @@ def stage_config(source: Path, ct2: Path, out: Path, args: argparse.Namespace, s
         source=str(source), model_dir=str(ct2), device="cpu", compute_type="int8", beam_size=1,
         max_batch_tokens=args.batch_tokens, max_decoding_length=args.max_length,
         inter_threads=1, intra_threads=args.threads, shard_size=shard_size, references=None,
-        output_dir=str(out),
+        output_dir=str(out), no_repeat_ngram_size=NO_REPEAT,
     )
 
 
@@ -183,7 +187,7 @@ def bench_raw_ct2(sentences: list[str], ct2: Path, args) -> dict:
     start, cpu = time.perf_counter(), time.process_time()
     produced = sum(len(r.hypotheses[0]) for r in translator.translate_iterable(
         tokens, max_batch_size=args.batch_tokens, batch_type="tokens", beam_size=1,
-        max_decoding_length=args.max_length))
+        max_decoding_length=args.max_length, no_repeat_ngram_size=NO_REPEAT))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {"sentences": len(tokens), "target_tokens": produced, "seconds": round(seconds, 3),
             "tokens_per_s": round(produced / seconds, 1), "cpu_seconds": round(cpu, 3),
@@ -205,7 +209,8 @@ def bench_hf(sentences: list[str], hf: Path, args) -> dict:
             batch = tokenizer(texts[i:i + args.hf_batch], return_tensors="pt", padding=True)
             start, cpu_start = time.perf_counter(), time.process_time()
             out = model.generate(**batch, num_beams=1, do_sample=False,
-                                 max_new_tokens=args.max_length)
+                                 max_new_tokens=args.max_length,
+                                 no_repeat_ngram_size=NO_REPEAT)
             seconds += time.perf_counter() - start
             cpu += time.process_time() - cpu_start
             for row in out[:, 1:].tolist():  # drop the decoder start token
