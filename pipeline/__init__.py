@@ -1,0 +1,1 @@
+"""multiway-align: multi-way corpora, encoder alignment, mteb evaluation, zero-shot transfer."""
