@@ -100,6 +100,16 @@ STAGES: dict[str, Stage] = {
         "Score one encoder on an mteb task suite (results in mteb's layout + flat metrics).",
         shared=("langs",), matrix=("model",),
     ),
+    "train_drmim": Stage(
+        "TrainDrmimConfig", "pipeline.downstream.stage:run",
+        "Fine-tune on English labels (finetune/DR-MIM/EPAR, ablations, seeds); predict all.",
+        shared=("langs",), matrix=("task", "encoder"),
+    ),
+    "evaluate_downstream": Stage(
+        "EvaluateDownstreamConfig", "pipeline.downstream.evaluate:run",
+        "Score train_drmim's predictions per language (mean ± std over seeds), feature figure.",
+        shared=("langs",), matrix=("task", "encoder"),
+    ),
     "report": Stage(
         "ReportConfig", "pipeline.report.build:run",
         "Write report.md and a self-contained report.html (tables, figures) from all stages.",

@@ -17,14 +17,19 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import LangsConfig, from_mapping
+from pipeline.config import (
+    DrmimConfig,
+    EvaluateDownstreamConfig,
+    LangsConfig,
+    TrainDrmimConfig,
+    from_mapping,
+)
 from pipeline.downstream import data as D
+from pipeline.downstream import evaluate, stage
 from pipeline.downstream import losses as L
-from pipeline.downstream.config import DownstreamConfig, DrmimConfig
 from pipeline.downstream.encoder import FeatureStore, TopBlock, load_encoder, pad_batch
+from pipeline.downstream.evaluate import qa_scores, subset_group, summarize
 from pipeline.downstream.methods import CorpusBatch, TaskBatch, parse_variant
-from pipeline.downstream.run import run_downstream, subset_group, summarize
-from pipeline.downstream.train import qa_scores
 
 torch.set_num_threads(1)
 
@@ -144,17 +149,28 @@ def world(tmp_path_factory):
     return root
 
 
-def tiny_cfg(world, **kw) -> DownstreamConfig:
+def tiny_cfg(world, **kw) -> TrainDrmimConfig:
     base = dict(
         bible_source=str(world / "bible_source.parquet"),
         bible_test=str(world / "bible_test.parquet"), bible_db=str(world / "bible.db"),
         corpus=str(world / "multiway.parquet"), max_train_examples=64, max_test_examples=16,
         max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3,
-        head_lr=1e-2, seeds=(0,), threads=1, eval_batch_size=32, output_dir=str(world / "out"),
+        head_lr=1e-2, seeds=(0,), threads=1, eval_batch_size=32, models_dir=str(world),
+        output_dir=str(world / "runs"), work_dir=str(world / "work"),
         drmim=DrmimConfig(universal_dim=16, specific_dim=8, critic_dim=8, corpus_rows=4),
     )
     base.update(kw)
-    return DownstreamConfig(**base)
+    return TrainDrmimConfig(**base)
+
+
+def train_and_score(world, cfg: TrainDrmimConfig, task: str = "bible_genre",
+                    figure: str = "pca") -> tuple[dict, dict]:
+    """Both stages on the tiny encoder: ``train_drmim``'s and ``evaluate_downstream``'s metrics."""
+    trained = stage.run(cfg, LANGS, task, "tiny-encoder")
+    scored = evaluate.run(EvaluateDownstreamConfig(runs_dir=cfg.output_dir, figure=figure,
+                                                   output_dir=str(world / "scores")),
+                          LANGS, task, "tiny-encoder")
+    return trained, scored
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -400,7 +416,7 @@ def test_drmim_without_corpus_batches_is_refused(world):
 
 
 def test_bible_genre_task_trains_on_english_and_tests_every_language(world):
-    task = D.load_task(tiny_cfg(world))
+    task = D.load_task("bible_genre", tiny_cfg(world))
     assert task.kind == "classification" and len(task.label_names) == 8
     assert list(task.test) == ["eng_Latn", "deu_Latn", "kor_Hang"]
     assert len(task.train) == 64 and len(task.test["deu_Latn"]) == 16
@@ -409,12 +425,12 @@ def test_bible_genre_task_trains_on_english_and_tests_every_language(world):
                                                            "deu_Latn")
     assert all(not w.startswith(("de", "ko")) for (t,) in task.train.inputs for w in t.split())
     assert sorted(set(task.train.labels)) == [0, 2, 4, 6]  # law, wisdom, gospels, epistles
-    only = D.load_task(tiny_cfg(world, languages=("kor_Hang",)))
+    only = D.load_task("bible_genre", tiny_cfg(world, languages=("kor_Hang",)))
     assert list(only.test) == ["eng_Latn", "kor_Hang"]
 
 
 def test_bible_paraphrase_pairs_within_and_across_languages(world):
-    task = D.load_task(tiny_cfg(world, task="bible_paraphrase"))
+    task = D.load_task("bible_paraphrase", tiny_cfg(world))
     assert task.kind == "pair"
     assert set(task.test) == {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn", "eng_Latn-kor_Hang"}
     test = pd.read_parquet(world / "bible_test.parquet")
@@ -434,21 +450,21 @@ def test_bible_paraphrase_pairs_within_and_across_languages(world):
 
 
 def test_hub_pair_standin_aligns_examples_across_languages(world):
-    task = D.load_task(tiny_cfg(world, task="pawsx", dataset=str(world / "pawsx")))
+    task = D.load_task("pawsx", tiny_cfg(world, dataset=str(world / "pawsx")))
     assert set(task.test) == {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"}
     en, de, cross = (task.test[k] for k in ("eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"))
     assert de.inputs[0] == tuple(translate(t, "deu_Latn") for t in en.inputs[0])
     assert cross.inputs[0] == (en.inputs[0][0], de.inputs[0][1])
     with pytest.raises(FileNotFoundError, match="has no English config of xnli"):
-        D.load_task(tiny_cfg(world, task="xnli", dataset=str(world / "tydiqa")))
+        D.load_task("xnli", tiny_cfg(world, dataset=str(world / "tydiqa")))
     with pytest.raises(FileNotFoundError, match="needs the Hugging Face hub"):
         D.load_rows("no-such-org/no-such-dataset", "en", "train")
 
 
 def test_qa_windows_hold_the_answer_and_metrics(world):
-    cfg = tiny_cfg(world, task="tydiqa", dataset=str(world / "tydiqa"), max_length=20,
+    cfg = tiny_cfg(world, dataset=str(world / "tydiqa"), max_length=20,
                    doc_stride=6)
-    task = D.load_task(cfg)
+    task = D.load_task("tydiqa", cfg)
     assert set(task.test) == {"eng_Latn", "kor_Hang"} and len(task.train) == 24  # English only
     enc = load_encoder(world / "tiny-encoder")
     train = D.encode_split(task.train, "qa", enc, cfg, train=True)
@@ -465,18 +481,18 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
 
 def test_config_errors(world):
     with pytest.raises(ValueError, match="unknown downstream task 'genre'.*bible_genre"):
-        D.load_task(tiny_cfg(world, task="genre"))
+        D.load_task("genre", tiny_cfg(world))
     with pytest.raises(ValueError, match=r"doc_stride must be in \[0, max_length / 2 - 2\)"):
         tiny_cfg(world, max_length=24, doc_stride=12)
     with pytest.raises(ValueError, match="corpus_langs must be at least 2"):
         tiny_cfg(world, drmim=DrmimConfig(corpus_langs=1))
-    cfg = from_mapping(DownstreamConfig, {"drmim": {"w_mi": 0.5}, "methods": ["finetune"]})
+    cfg = from_mapping(TrainDrmimConfig, {"drmim": {"w_mi": 0.5}, "methods": ["finetune"]})
     assert cfg.drmim.w_mi == 0.5 and cfg.methods == ("finetune",)
     with pytest.raises(ValueError, match="unknown key 'w_mii'"):
-        from_mapping(DownstreamConfig, {"drmim": {"w_mii": 0.5}})
+        from_mapping(TrainDrmimConfig, {"drmim": {"w_mii": 0.5}})
     with pytest.raises(FileNotFoundError, match="run `dvc repro build_corpus`"):
-        run_downstream(tiny_cfg(world, corpus=str(world / "none.parquet")),
-                       world / "tiny-encoder", LANGS)
+        stage.run(tiny_cfg(world, corpus=str(world / "none.parquet")), LANGS, "bible_genre",
+                  "tiny-encoder")
 
 
 def test_summary_groups_and_spreads():
@@ -497,32 +513,81 @@ def test_summary_groups_and_spreads():
 # ----------------------------------------------------------------------------- tiny runs
 
 
+def test_scores_from_predictions():
+    preds = pd.DataFrame([
+        {"variant": "v", "seed": 0, "subset": "deu_Latn", "example": k, "prediction": p,
+         "gold": g} for k, (p, g) in enumerate(((1, 1), (0, 1), (2, 2), (3, 0)))
+    ])
+    scores = evaluate.score_predictions(preds, "classification")
+    assert scores.to_dict("records") == [{"variant": "v", "seed": 0, "subset": "deu_Latn",
+                                          "metric": "accuracy", "value": 50.0}]
+    qa = pd.DataFrame([{"variant": "v", "seed": 0, "subset": "kor_Hang", "example": 0,
+                        "prediction": "the song", "gold": ["song", "psalm"]},
+                       {"variant": "v", "seed": 0, "subset": "kor_Hang", "example": 1,
+                        "prediction": "", "gold": ["letter"]}])
+    values = evaluate.score_predictions(qa, "qa").set_index("metric").value
+    assert values["f1"] == 50.0 and values["exact_match"] == 50.0
+
+
 def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
     cfg = tiny_cfg(world, methods=("finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle",
                                    "drmim-no_tie", "epar", "epar-no_push"), seeds=(0, 1),
                    epochs=8)
-    metrics = run_downstream(cfg, world / "tiny-encoder", LANGS)
-    out = world / "out" / "bible_genre" / "tiny-encoder"
-    runs = json.loads((out / "runs.json").read_text())
-    assert len(runs) == metrics["runs"] == 14
+    trained, metrics = train_and_score(world, cfg)
+    runs_dir = world / "runs" / "bible_genre" / "tiny-encoder"
+    runs = json.loads((runs_dir / "runs.json").read_text())
+    assert len(runs) == trained["runs"] == 14
     for run in runs:
         assert run["last_loss"] < run["first_loss"], run["variant"]
     for variant in cfg.methods:
         for subset in ("eng_Latn", "deu_Latn", "kor_Hang", "zero_shot", "seen", "unseen"):
             assert 0 <= metrics[f"{variant}/accuracy/{subset}"] <= 100
     # English is learnable from the genre keyword: every run beats chance (25 %) there.
+    out = world / "scores" / "bible_genre" / "tiny-encoder"
     scores = pd.read_parquet(out / "scores.parquet")
     assert scores[scores.subset == "eng_Latn"].value.min() > 25
-    for name in ("table.md", "features.png", "meta.json", "metrics.json"):
+    for name in ("table.md", "features.png", "metrics.json"):
         assert (out / name).is_file()
+    features = pd.read_parquet(runs_dir / "features.parquet")
+    assert set(features.subset) == {"eng_Latn", "deu_Latn", "kor_Hang"}
+    assert not (world / "work" / "bible_genre" / "tiny-encoder").exists()  # cleaned up
+
+
+def test_an_interrupted_item_resumes_from_its_finished_runs(world, monkeypatch):
+    cfg = tiny_cfg(world, methods=("finetune", "drmim"), output_dir=str(world / "resume"))
+    calls = []
+    real = stage.train_variant
+
+    def crash_on_drmim(variant, *args, **kwargs):
+        calls.append(variant.name)
+        if variant.name == "drmim" and calls.count("drmim") == 1:
+            raise KeyboardInterrupt
+        return real(variant, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "train_variant", crash_on_drmim)
+    with pytest.raises(KeyboardInterrupt):
+        stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+    assert (world / "work" / "bible_genre" / "tiny-encoder" / "finetune-seed0.json").is_file()
+    trained = stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+    assert calls == ["finetune", "drmim", "drmim"]  # finetune was not trained again
+    assert trained["runs"] == 2
+    preds = pd.read_parquet(world / "resume" / "bible_genre" / "tiny-encoder" /
+                            "predictions.parquet")
+    assert set(preds.variant) == {"finetune", "drmim"}
+
+
+def test_evaluate_needs_train_drmim_first(world):
+    with pytest.raises(FileNotFoundError, match="run train_drmim@bible_genre-none first"):
+        evaluate.run(EvaluateDownstreamConfig(runs_dir=str(world / "nowhere")), LANGS,
+                     "bible_genre", "none")
 
 
 @pytest.mark.parametrize("task", ["bible_paraphrase", "pawsx", "tydiqa"])
 def test_pair_and_qa_tasks_train_and_predict(world, task):
     dataset = {"pawsx": str(world / "pawsx"), "tydiqa": str(world / "tydiqa")}.get(task, "")
-    cfg = tiny_cfg(world, task=task, dataset=dataset, methods=("finetune", "drmim", "epar"),
-                   max_length=32, doc_stride=6, figure="none", epochs=2)
-    metrics = run_downstream(cfg, world / "tiny-encoder", LANGS)
+    cfg = tiny_cfg(world, dataset=dataset, methods=("finetune", "drmim", "epar"),
+                   max_length=32, doc_stride=6, epochs=2)
+    _, metrics = train_and_score(world, cfg, task, figure="none")
     names = ("f1", "exact_match") if task == "tydiqa" else ("accuracy",)
     for variant in cfg.methods:
         for name in names:

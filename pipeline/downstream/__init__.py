@@ -1,8 +1,9 @@
 """Zero-shot cross-lingual transfer on top of the (aligned) encoders: DR-MIM, EPAR, baseline.
 
-Train a task head on English labels only, test it in every other language.
+Train a task head on English labels only, test it in every other language. The stage
+configs (:class:`~pipeline.config.TrainDrmimConfig` with the nested DR-MIM/EPAR knobs,
+:class:`~pipeline.config.EvaluateDownstreamConfig`) live in :mod:`pipeline.config`.
 
-- :mod:`pipeline.downstream.config` — :class:`DownstreamConfig` (and the DR-MIM/EPAR knobs).
 - :mod:`pipeline.downstream.data` — tasks (Bible genre and paraphrase offline; PAWS-X, XNLI,
   TyDiQA-GoldP from the hub), the multi-way corpus, tokenisation.
 - :mod:`pipeline.downstream.encoder` — frozen bottom (features computed once) and trainable
@@ -11,21 +12,11 @@ Train a task head on English labels only, test it in every other language.
   bounds, parallel tie, attention pull, robust targets, embedding push).
 - :mod:`pipeline.downstream.methods` — ``finetune``, ``drmim``, ``epar`` and their switchable
   parts.
-- :mod:`pipeline.downstream.train` — the training loop, prediction, accuracy and QA F1/EM.
-- :mod:`pipeline.downstream.run` — :func:`run_downstream`: all variants × seeds on one encoder.
+- :mod:`pipeline.downstream.train` — the training loop and prediction.
+- :mod:`pipeline.downstream.stage` — stage ``train_drmim``: all variants × seeds on one
+  encoder and task, predictions in every language.
+- :mod:`pipeline.downstream.evaluate` — stage ``evaluate_downstream``: accuracy or QA F1/EM
+  per language, means and spreads over seeds, the feature figure.
 
-The design of the methods is in ``docs/downstream.md``. Nothing heavy is imported here.
+The design of the methods is in ``docs/downstream.md``.
 """
-
-from pipeline.downstream.config import DownstreamConfig, DrmimConfig, EparConfig
-
-__all__ = ["DownstreamConfig", "DrmimConfig", "EparConfig", "run_downstream"]
-
-
-def __getattr__(name: str):
-    # run_downstream pulls in torch and transformers: import it on first use only.
-    if name == "run_downstream":
-        from pipeline.downstream.run import run_downstream
-
-        return run_downstream
-    raise AttributeError(name)

@@ -20,7 +20,7 @@ Tasks are registered in :data:`TASKS`:
 - ``tydiqa`` (hub, paper profile): TyDiQA-GoldP extractive QA; English training questions,
   validation questions per language.
 
-Hub tasks read ``DownstreamConfig.dataset`` (empty: their hub id) with ``datasets``, or a
+Hub tasks read ``TrainDrmimConfig.dataset`` (empty: their hub id) with ``datasets``, or a
 local directory of the same schema laid out as ``<dir>/<config>/<split>.jsonl`` (the tests'
 tiny stand-ins).
 """
@@ -36,8 +36,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from pipeline.config import LangsConfig
-from pipeline.downstream.config import DownstreamConfig
+from pipeline.config import LangsConfig, TrainDrmimConfig
 from pipeline.downstream.encoder import Encoder, Seq
 from pipeline.evaluation.tasks.base import SOURCE, non_empty, parquet_languages
 from pipeline.io import read_table
@@ -124,7 +123,7 @@ def stratified_sample(df: pd.DataFrame, label: str, n: int, seed: int) -> pd.Dat
 # ----------------------------------------------------------------------------- Bible tasks
 
 
-def _bible_test_languages(cfg: DownstreamConfig) -> list[str]:
+def _bible_test_languages(cfg: TrainDrmimConfig) -> list[str]:
     available = parquet_languages(cfg.bible_test)
     if SOURCE not in available:
         raise ValueError(f"{cfg.bible_test} has no {SOURCE} column")
@@ -132,7 +131,7 @@ def _bible_test_languages(cfg: DownstreamConfig) -> list[str]:
     return [lang for lang in langs if keep_subset(lang, cfg.languages)]
 
 
-def load_bible_genre(cfg: DownstreamConfig) -> TaskData:
+def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
     """``bible_genre``: English verses of ``bible_source`` → verses of ``bible_test``."""
     # Imported here: the module pulls in mteb (~4 s), which nothing else here needs.
     from pipeline.evaluation.tasks.bible_genre import GENRES, book_genre
@@ -203,7 +202,7 @@ def _with_second_editions(table: pd.DataFrame, db: str | Path,
     return out.reset_index(drop=True)
 
 
-def load_bible_paraphrase(cfg: DownstreamConfig) -> TaskData:
+def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
     """``bible_paraphrase``: English edition pairs → pairs within and across languages."""
     from pipeline.evaluation.tasks.bible_paraphrase import CROSS_PAIRS, EDITION_PAIRS
     from pipeline.sources.seed import default_bible_db
@@ -282,7 +281,7 @@ def load_rows(source: str, config: str, split: str) -> pd.DataFrame:
         ) from None
 
 
-def _hub_pairs(cfg: DownstreamConfig, task: str, configs: dict[str, str], first: str,
+def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first: str,
                second: str, label_names: tuple[str, ...], align: str | None) -> TaskData:
     """Pair-classification hub task: English train, per-language and cross-language tests.
 
@@ -326,13 +325,13 @@ def _hub_pairs(cfg: DownstreamConfig, task: str, configs: dict[str, str], first:
                     subsets, ("accuracy",))
 
 
-def load_pawsx(cfg: DownstreamConfig) -> TaskData:
+def load_pawsx(cfg: TrainDrmimConfig) -> TaskData:
     """``pawsx``: PAWS-X paraphrase identification (examples aligned across languages by id)."""
     return _hub_pairs(cfg, "pawsx", PAWSX_LANGS, "sentence1", "sentence2",
                       ("different", "paraphrase"), align="id")
 
 
-def load_xnli(cfg: DownstreamConfig) -> TaskData:
+def load_xnli(cfg: TrainDrmimConfig) -> TaskData:
     """``xnli``: XNLI (test sets are translations of one set, aligned by row order)."""
     return _hub_pairs(cfg, "xnli", XNLI_LANGS, "premise", "hypothesis",
                       ("entailment", "neutral", "contradiction"), align=None)
@@ -344,7 +343,7 @@ def _qa_split(df: pd.DataFrame) -> Split:
     return Split(list(zip(df.question, df.context)), answers=answers, answer_starts=starts)
 
 
-def load_tydiqa(cfg: DownstreamConfig) -> TaskData:
+def load_tydiqa(cfg: TrainDrmimConfig) -> TaskData:
     """``tydiqa``: TyDiQA-GoldP; English training questions, validation per language."""
     source = cfg.dataset or HUB_IDS["tydiqa"]
 
@@ -366,7 +365,7 @@ def load_tydiqa(cfg: DownstreamConfig) -> TaskData:
     return TaskData("tydiqa", "qa", (), _qa_split(train), subsets, ("f1", "exact_match"))
 
 
-TASKS: dict[str, Callable[[DownstreamConfig], TaskData]] = {
+TASKS: dict[str, Callable[[TrainDrmimConfig], TaskData]] = {
     "bible_genre": load_bible_genre,
     "bible_paraphrase": load_bible_paraphrase,
     "pawsx": load_pawsx,
@@ -375,15 +374,15 @@ TASKS: dict[str, Callable[[DownstreamConfig], TaskData]] = {
 }
 
 
-def load_task(cfg: DownstreamConfig) -> TaskData:
-    """Load ``cfg.task``.
+def load_task(name: str, cfg: TrainDrmimConfig) -> TaskData:
+    """Load the registered task ``name`` with the sizes and paths of ``cfg``.
 
     Raises:
         ValueError: The task is not registered (the message lists the registered ones).
     """
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown downstream task '{cfg.task}' (known: {', '.join(TASKS)})")
-    task = TASKS[cfg.task](cfg)
+    if name not in TASKS:
+        raise ValueError(f"unknown downstream task '{name}' (known: {', '.join(TASKS)})")
+    task = TASKS[name](cfg)
     logger.info("task %s: %d English training examples, %d test subsets (%s)", task.name,
                 len(task.train), len(task.test), ", ".join(task.test))
     return task
@@ -468,7 +467,7 @@ def encode_texts(texts: Sequence[tuple[str, ...]], encoder: Encoder, max_length:
     return [_seq(enc, i) for i in range(len(texts))]
 
 
-def encode_split(split: Split, kind: Kind, encoder: Encoder, cfg: DownstreamConfig,
+def encode_split(split: Split, kind: Kind, encoder: Encoder, cfg: TrainDrmimConfig,
                  train: bool) -> Encoded:
     """Tokenise a split; QA contexts become overlapping windows.
 

@@ -1,7 +1,7 @@
 """The encoder split in two: a frozen bottom computed once per text, a trainable top block.
 
 The fine-tuned part of the encoder is its top ``k`` transformer layers
-(``DownstreamConfig.trainable_layers``). Everything below (embeddings and the lower layers)
+(``TrainDrmimConfig.trainable_layers``). Everything below (embeddings and the lower layers)
 is frozen, so its output for a token sequence never changes: :class:`FeatureStore` computes
 it once per distinct sequence and every method, seed and epoch reuses it. That is what makes
 the whole comparison (6 variants × 3 seeds × 2 encoders) affordable on a 2-core CPU; with

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import TrainDrmimConfig
 from pipeline.downstream import losses as L
-from pipeline.downstream.config import DownstreamConfig
 from pipeline.downstream.encoder import TopBlock
 
 
@@ -97,7 +97,7 @@ class Method(nn.Module):
     #: Parts that read multi-way corpus batches.
     corpus_parts: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: DownstreamConfig,
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
                  off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
         super().__init__()
         self.top = top
@@ -177,7 +177,7 @@ class DrMim(Method):
     parts = ("disentangle", "mi", "tie")
     corpus_parts = ("disentangle", "mi", "tie")
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: DownstreamConfig,
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
                  off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
         super().__init__(top, kind, n_labels, cfg, off, n_langs)
         d, c = self.hidden, cfg.drmim
@@ -277,7 +277,7 @@ class Epar(Method):
 
     parts = ("push", "pull", "robust")
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: DownstreamConfig,
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
                  off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
         super().__init__(top, kind, n_labels, cfg, off, n_langs)
         self.register_buffer("centroid", torch.zeros(self.hidden))
@@ -348,7 +348,7 @@ class Variant:
         """Whether the variant trains on multi-way corpus batches."""
         return any(p not in self.off for p in METHODS[self.method].corpus_parts)
 
-    def build(self, top: TopBlock, kind: str, n_labels: int, cfg: DownstreamConfig,
+    def build(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
               n_langs: int) -> Method:
         """Instantiate the method module."""
         return METHODS[self.method](top, kind, n_labels, cfg, self.off, n_langs)

@@ -1,4 +1,4 @@
-"""Training one variant for one seed, prediction and scoring.
+"""Training one variant for one seed, and its predictions.
 
 A run copies the encoder's top layers into a fresh :class:`~pipeline.downstream.encoder.TopBlock`,
 builds the method around it and trains it on English batches (plus multi-way corpus batches
@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
-import string
 import time
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.downstream.config import DownstreamConfig
+from pipeline.config import TrainDrmimConfig
 from pipeline.downstream.data import Encoded, Split, TaskData
 from pipeline.downstream.encoder import Encoder, FeatureStore, Seq, TopBlock
 from pipeline.downstream.methods import CorpusBatch, Method, TaskBatch, Variant
@@ -129,7 +125,7 @@ def train_variant(
     store: FeatureStore,
     task: TaskData,
     train: Encoded,
-    cfg: DownstreamConfig,
+    cfg: TrainDrmimConfig,
     seed: int,
     corpus: Sequence[Sequence[Seq]] | None = None,
 ) -> tuple[Method, RunLog]:
@@ -260,45 +256,10 @@ def best_spans(logits: list[torch.Tensor], enc: Encoded, contexts: Sequence[str]
     return [best.get(k, (0.0, ""))[1] for k in range(len(contexts))]
 
 
-_PUNCT = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD-style answer normalisation.
-
-    Lower case, no punctuation (of any script), no English articles, single spaces.
-    """
-    text = "".join(ch for ch in text.lower()
-                   if ch not in _PUNCT and not unicodedata.category(ch).startswith("P"))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def qa_scores(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
-    """Token F1 and exact match of a prediction against its best-matching gold answer."""
-    pred = normalize_answer(prediction).split()
-    best_f1, best_em = 0.0, 0.0
-    for gold in golds:
-        ref = normalize_answer(gold).split()
-        best_em = max(best_em, float(pred == ref))
-        common = Counter(pred) & Counter(ref)
-        overlap = sum(common.values())
-        if overlap:
-            p, r = overlap / len(pred), overlap / len(ref)
-            best_f1 = max(best_f1, 2 * p * r / (p + r))
-        elif not pred and not ref:
-            best_f1 = max(best_f1, 1.0)
-    return best_f1, best_em
-
-
-def score_split(method: Method, store: FeatureStore, enc: Encoded, split: Split,
-                cfg: DownstreamConfig) -> dict[str, float]:
-    """Accuracy (classification, pairs) or F1 and exact match (QA, in %) of one subset."""
+def predict_split(method: Method, store: FeatureStore, enc: Encoded, split: Split,
+                  cfg: TrainDrmimConfig) -> list[int] | list[str]:
+    """Predicted class (classification, pairs) or answer text (QA) of every example."""
     logits = predict(method, store, enc, cfg.eval_batch_size)
     if method.kind == "qa":
-        answers = best_spans(logits, enc, [c for _, c in split.inputs], cfg.max_answer_tokens)
-        pairs = [qa_scores(a, g) for a, g in zip(answers, split.answers)]
-        return {"f1": 100 * float(np.mean([f for f, _ in pairs])),
-                "exact_match": 100 * float(np.mean([e for _, e in pairs]))}
-    pred = torch.stack(logits).argmax(-1).numpy()
-    return {"accuracy": 100 * float(np.mean(pred == np.asarray(enc.labels)))}
+        return best_spans(logits, enc, [c for _, c in split.inputs], cfg.max_answer_tokens)
+    return torch.stack(logits).argmax(-1).tolist()

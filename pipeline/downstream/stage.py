@@ -1,0 +1,214 @@
+"""Stage ``train_drmim@<task>-<encoder>``: each variant × seed trained on English, predicted.
+
+Order of work: load the task (and the multi-way corpus when a variant needs it), load the
+encoder, tokenise everything, compute the frozen-bottom features of every distinct sequence
+once, then train each variant with each seed on those features and predict every test
+subset. ``evaluate_downstream`` (:mod:`pipeline.downstream.evaluate`) scores the
+predictions. Outputs, under ``<output_dir>/<task>/<encoder name>/``:
+
+- ``predictions.parquet`` — long table: variant, seed, subset, example, prediction, gold
+  (class indices; answer text and the gold answers for QA);
+- ``runs.json`` — per run: steps, seconds, tokens/s, first/last loss, mean loss terms;
+- ``features.parquet`` — universal and specific features of the first full DR-MIM run for
+  ``figure_examples`` test examples per language (for the figure);
+- ``meta.json`` — resolved config, encoder, task kind and sizes, versions, git revision,
+  timings.
+
+Resumable: each finished run is kept in ``<work_dir>/<task>/<encoder name>/`` until the
+stage completes; a restart with the same config reuses those runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pipeline.config import LangsConfig, TrainDrmimConfig, to_dict
+from pipeline.downstream.data import (
+    Encoded,
+    TaskData,
+    encode_split,
+    encode_texts,
+    load_corpus,
+    load_task,
+    subset_languages,
+)
+from pipeline.downstream.encoder import FeatureStore, load_encoder
+from pipeline.downstream.methods import DrMim, parse_variant
+from pipeline.downstream.train import predict_split, train_variant
+from pipeline.io import read_json, read_table, write_json, write_table
+from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
+                  encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+    """Universal and specific features of test examples (single-language subsets only).
+
+    Returns:
+        One row per example: ``subset``, ``universal`` and ``specific`` (float lists);
+        the first ``cfg.figure_examples`` examples of each subset.
+    """
+    rows: list[dict[str, Any]] = []
+    for subset in task.test:
+        if len(subset_languages(subset)) != 1:
+            continue
+        seqs = encoded[subset].seqs[: cfg.figure_examples]
+        for start in range(0, len(seqs), cfg.eval_batch_size):
+            h, mask = store.get(seqs[start:start + cfg.eval_batch_size])
+            u, s = method.split(h, mask)
+            rows += [{"subset": subset, "universal": a, "specific": b}
+                     for a, b in zip(u.float().cpu().tolist(), s.float().cpu().tolist())]
+    return pd.DataFrame.from_records(rows)
+
+
+def gold_of(task: TaskData, subset: str) -> list[Any]:
+    """Gold class per example, or the list of gold answers per example (QA)."""
+    split = task.test[subset]
+    return [list(a) for a in split.answers] if task.kind == "qa" else list(split.labels)
+
+
+def _resume_dir(cfg: TrainDrmimConfig, task: str, encoder: str, fingerprint: dict) -> Path:
+    """The work directory of this stage item, emptied when it holds runs of another config."""
+    work = Path(cfg.work_dir) / task / Path(encoder).name
+    stamp = work / "config.json"
+    if stamp.is_file() and read_json(stamp) != fingerprint:
+        logger.info("%s holds runs of another config: starting over", work)
+        shutil.rmtree(work)
+    if not stamp.is_file():
+        write_json(fingerprint, stamp)
+    return work
+
+
+def encoder_dir(cfg: TrainDrmimConfig, encoder: str) -> Path:
+    """``<models_dir>/<encoder>`` when it exists, else ``encoder`` itself as a path."""
+    local = Path(cfg.models_dir) / encoder
+    return local if local.is_dir() else Path(encoder)
+
+
+def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> dict[str, Any]:
+    """Train every variant of ``cfg.methods`` with every seed on one encoder; predict.
+
+    Args:
+        cfg: The stage config.
+        langs: Source and pool languages (the multi-way corpus columns DR-MIM reads).
+        task: A registered task (``pipeline.downstream.data.TASKS``).
+        encoder: A directory name under ``cfg.models_dir``, or an encoder directory.
+
+    Returns:
+        ``runs``, ``seconds/features``, ``seconds/total`` (wall), ``cpu_seconds/features``,
+        ``cpu_seconds/total`` (process CPU time), ``features/sequences`` and
+        ``train_seconds/<variant>`` (mean over seeds).
+
+    Raises:
+        ValueError: A method name or part is unknown, or a setting does not fit the encoder.
+        FileNotFoundError: The encoder, the task data or the corpus is missing.
+    """
+    variants = [parse_variant(name) for name in cfg.methods]
+    if len({v.name for v in variants}) < len(variants):
+        raise ValueError(f"train_drmim.methods lists a variant twice: {list(cfg.methods)}")
+    path = encoder_dir(cfg, encoder)
+    limit_threads(cfg.threads)
+    seed_everything(cfg.data_seed)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    out_dir = Path(cfg.output_dir) / task / path.name
+    data = load_task(task, cfg)
+    corpus = None
+    if any(v.uses_corpus for v in variants):
+        corpus = load_corpus(cfg.corpus, langs, cfg.max_corpus_rows, cfg.data_seed)
+    model = load_encoder(path, cfg.prefix, cfg.pooling, resolve_device(cfg.device))
+    work = _resume_dir(cfg, task, str(path), {"config": to_dict(cfg), "langs": to_dict(langs),
+                                               "encoder": str(path.resolve())})
+    pending = [(seed, v) for seed in cfg.seeds for v in variants
+               if not (work / f"{v.name}-seed{seed}.json").is_file()]
+    if len(pending) < len(cfg.seeds) * len(variants):
+        logger.info("resuming: %d of %d runs already done in %s (delete it to start over)",
+                    len(cfg.seeds) * len(variants) - len(pending),
+                    len(cfg.seeds) * len(variants), work)
+    store = FeatureStore(model, cfg.trainable_layers, cfg.eval_batch_size, cfg.cache_features)
+    train = encode_split(data.train, data.kind, model, cfg, train=True)
+    if not train.seqs:
+        raise ValueError(f"task {task}: no training example fits max_length "
+                         f"{cfg.max_length} (no QA window holds its answer); raise it")
+    tests = {name: encode_split(split, data.kind, model, cfg, train=False)
+             for name, split in data.test.items()}
+    corpus_seqs = None
+    if corpus is not None:
+        corpus_seqs = [encode_texts([(t,) for t in corpus[c]], model, cfg.max_length)
+                       for c in corpus.columns]
+    feat_start, feat_cpu = time.perf_counter(), time.process_time()
+    computed = 0
+    if pending:
+        every = train.seqs + [s for enc in tests.values() for s in enc.seqs]
+        every += [s for col in corpus_seqs or [] for s in col]
+        computed = store.add(every)
+        logger.info("frozen features of %d sequences in %.1f s", computed,
+                    time.perf_counter() - feat_start)
+    feature_seconds = time.perf_counter() - feat_start
+    feature_cpu = time.process_time() - feat_cpu
+
+    features_file = work / "features.parquet"
+    want_features = cfg.figure_examples > 0 and not features_file.is_file()
+    for seed, variant in pending:
+        method, log = train_variant(variant, model, store, data, train, cfg, seed, corpus_seqs)
+        eval_start, eval_cpu = time.perf_counter(), time.process_time()
+        records = [{"variant": variant.name, "seed": seed, "subset": subset, "example": k,
+                    "prediction": pred, "gold": gold}
+                   for subset, split in data.test.items()
+                   for k, (pred, gold) in enumerate(zip(
+                       predict_split(method, store, tests[subset], split, cfg),
+                       gold_of(data, subset)))]
+        run_log = dataclasses.asdict(log)
+        run_log.update({
+            "eval_seconds": round(time.perf_counter() - eval_start, 2),
+            "eval_cpu_seconds": round(time.process_time() - eval_cpu, 2),
+            "train_cpu_seconds": round(log.train_cpu_seconds, 2),
+            "train_tokens_per_second": round(log.train_tokens / max(log.train_seconds, 1e-9)),
+            "train_seconds": round(log.train_seconds, 2),
+        })
+        logger.info("%s seed %d: %d steps in %.1f s, predict %.1f s, loss %.3f → %.3f",
+                    variant.name, seed, log.steps, log.train_seconds, run_log["eval_seconds"],
+                    log.first_loss, log.last_loss)
+        if want_features and isinstance(method, DrMim) and method.on("disentangle"):
+            write_table(feature_table(method, store, data, tests, cfg), features_file)
+            want_features = False
+        write_table(pd.DataFrame.from_records(records), work / f"{variant.name}-seed{seed}.parquet")
+        write_json(run_log, work / f"{variant.name}-seed{seed}.json")  # the run's "done" mark
+
+    names = [f"{v.name}-seed{seed}" for seed in cfg.seeds for v in variants]
+    predictions = pd.concat([read_table(work / f"{n}.parquet") for n in names],
+                            ignore_index=True)
+    runs = [read_json(work / f"{n}.json") for n in names]
+    total = time.perf_counter() - started
+    cpu_total = time.process_time() - cpu_started
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(predictions, out_dir / "predictions.parquet")
+    write_json(runs, out_dir / "runs.json")
+    if features_file.is_file():
+        shutil.copyfile(features_file, out_dir / "features.parquet")
+    metrics: dict[str, Any] = {
+        "runs": len(runs), "seconds/features": round(feature_seconds, 1),
+        "seconds/total": round(total, 1), "cpu_seconds/features": round(feature_cpu, 1),
+        "cpu_seconds/total": round(cpu_total, 1), "features/sequences": computed,
+    }
+    for v in variants:
+        own = [r["train_seconds"] for r in runs if r["variant"] == v.name]
+        metrics[f"train_seconds/{v.name}"] = round(sum(own) / len(own), 2)
+    write_meta(out_dir / "meta.json", to_dict(cfg), task=task, task_kind=data.kind,
+               metrics=list(data.metrics), encoder=str(path), langs=to_dict(langs),
+               task_sizes={"train": len(data.train), **{k: len(v) for k, v in data.test.items()}},
+               seconds={"features": round(feature_seconds, 1), "total": round(total, 1),
+                        "cpu_features": round(feature_cpu, 1), "cpu_total": round(cpu_total, 1)})
+    shutil.rmtree(work)
+    logger.info("train_drmim %s on %s: %d runs (%d new) in %.0f s; predictions in %s", task,
+                path, len(runs), len(pending), total, out_dir)
+    return metrics
