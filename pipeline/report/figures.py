@@ -85,6 +85,38 @@ def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel
     return save(fig, path)
 
 
+def variant_bars(means: pd.DataFrame, stds: pd.DataFrame, title: str, ylabel: str,
+                 path: Path) -> Path:
+    """Bars per variant (x) and encoder (colour) with standard-deviation error bars.
+
+    Args:
+        means: Rows variants, columns encoders (NaN: no bar).
+        stds: The spreads, same shape.
+        title: Figure title.
+        ylabel: Y axis label.
+        path: Output PNG.
+    """
+    n_rows, n_models = means.shape
+    fig = Figure(figsize=(max(7.0, 1.1 * n_rows + 3), 4.4))
+    ax = fig.subplots()
+    width = 0.8 / max(n_models, 1)
+    x = np.arange(n_rows)
+    for k, (model, colour) in enumerate(zip(means.columns, _palette(n_models))):
+        values = means[model].to_numpy(dtype=float)
+        ax.bar(x - 0.4 + width * (k + 0.5), values, width, label=str(model), color=colour,
+               yerr=stds[model].to_numpy(dtype=float), capsize=3, zorder=2)
+    finite = means.to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size:  # the differences are small: start the axis near the lowest bar
+        ax.set_ylim(max(0.0, finite.min() - 8), min(100.0, finite.max() + 5))
+    ax.set_xticks(x, [str(i) for i in means.index], rotation=20, ha="right", fontsize=9)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.4, zorder=1)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save(fig, path)
+
+
 def family_bars(means: pd.DataFrame, models: Sequence[str], path: Path) -> Path:
     """Family × group averages (x) per model (colour); see ``compare.family_means``."""
     # The group is written above each shaded run, so the ticks name the family only.
