@@ -125,7 +125,13 @@ def metrics_path(name: str, item: str | None = None) -> Path:
 
 def _load(section: str, cls: type, params: dict[str, Any], path: str, overrides: dict) -> Any:
     data = dict(params.get(section) or {})
-    data.update(overrides)
+    hints = typing.get_type_hints(cls)
+    for key, value in overrides.items():
+        # A nested section (train_drmim's drmim:) takes the given keys, keeping the others.
+        if (dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict)
+                and isinstance(data.get(key), dict)):
+            value = {**data[key], **value}
+        data[key] = value
     return cfgmod.from_mapping(cls, data, where=f"{path}:{section}")
 
 
@@ -180,11 +186,18 @@ def run_stage(name: str, argv: list[str] | None = None) -> int:
 
 
 def _flag_help(cls: type, field: dataclasses.Field) -> str:
-    doc = cls.__doc__ or ""
+    """The field's entry in the class docstring's Attributes, continuation lines included."""
+    lines = (cls.__doc__ or "").splitlines()
     marker = f"{field.name}:"
-    for line in doc.splitlines():
+    for i, line in enumerate(lines):
         if line.strip().startswith(marker):
-            return line.strip()[len(marker):].strip()
+            indent = len(line) - len(line.lstrip())
+            text = [line.strip()[len(marker):].strip()]
+            for more in lines[i + 1:]:
+                if not more.strip() or len(more) - len(more.lstrip()) <= indent:
+                    break
+                text.append(more.strip())
+            return " ".join(text)
     return ""
 
 
@@ -207,7 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 f"--{field.name.replace('_', '-')}", dest=f"set_{field.name}",
                 metavar=cfgmod._type_name(hints[field.name]).upper(),
-                help=_flag_help(cls, field) + " (YAML value)",
+                help=_flag_help(cls, field) + (
+                    " (YAML mapping: the keys given replace those of the section)"
+                    if dataclasses.is_dataclass(hints[field.name]) else " (YAML value)"),
             )
     p = sub.add_parser("profile", help="Merge configs/profiles/<name>.yaml into params.yaml.",
                        description="Merge a profile's overrides into params.yaml (e.g. paper).")

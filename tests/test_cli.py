@@ -46,6 +46,22 @@ def test_flags_override_params(tmp_path, monkeypatch):
     assert (tmp_path / "data/metrics/build_corpus.json").read_text().strip().startswith("{")
 
 
+def test_a_nested_section_flag_merges_into_params(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(cfg, langs, task, encoder):
+        seen.update(cfg=cfg, task=task, encoder=encoder)
+        return None
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"train_drmim": {"drmim": {"w_tie": 0.5, "w_mi": 0.2}}}))
+    monkeypatch.setattr("pipeline.downstream.stage.run", fake_run)
+    assert cli.main(["train_drmim", "--params", str(params), "--task", "bible_genre",
+                     "--encoder", "e", "--drmim", "{w_mi: 0.7}"]) == 0
+    assert (seen["cfg"].drmim.w_tie, seen["cfg"].drmim.w_mi) == (0.5, 0.7)
+    assert (seen["task"], seen["encoder"]) == ("bible_genre", "e")
+
+
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"mine": {"k": 4}}))

@@ -554,8 +554,10 @@ def _downstream_keys(metrics: Mapping[str, Any], source: str
             pairs[(parts[0], parts[1])] = None
         elif parts[2] not in _GROUPS and parts[2] != source:
             subsets[parts[2]] = None
-    # The baseline first, the others in file order.
-    return sorted(pairs, key=lambda p: p[0] != "finetune"), list(subsets)
+    # The baseline first, then each method followed by its ablations (``drmim-no_mi``).
+    order = sorted(pairs, key=lambda p: (p[0] != "finetune", p[0].split("-")[0], "-" in p[0],
+                                         p[0], p[1]))
+    return order, list(subsets)
 
 
 def _versus_finetune(label: str, metrics: Mapping[str, Any], variants: list[str],
