@@ -2,7 +2,7 @@
 
 Everything runs on a tiny random BERT (2 layers, width 32) with a word-level tokenizer built
 here from the fixture sentences, on synthetic Bible-shaped tables, a tiny ``bible.db`` and
-tiny local stand-ins of the hub tasks (PAWS-X, TyDiQA-GoldP) with the hub schema.
+tiny local stand-ins of the hub tasks (PAWS-X, XNLI, TyDiQA-GoldP) with the hub schema.
 """
 
 from __future__ import annotations
@@ -100,6 +100,15 @@ def world(tmp_path_factory):
                      "sentence2": translate(verse(1, 1 + i % 3, 1 + (i + i % 2) % 8), lang),
                      "label": int(i % 2 == 0)} for i in range(n)]
             pd.DataFrame(recs).to_json(hub / cfg_name / f"{split}.jsonl", orient="records",
+                                       lines=True)
+    xnli = root / "xnli"  # premise/hypothesis/label (3 classes), rows aligned by order
+    for cfg_name, lang in (("en", "eng_Latn"), ("de", "deu_Latn")):
+        (xnli / cfg_name).mkdir(parents=True)
+        for split, n in (("train", 48), ("test", 12)):
+            recs = [{"premise": translate(verse(45, 1 + i % 3, 1 + i % 8), lang),
+                     "hypothesis": translate(verse(45, 1 + i % 3, 1 + (i + i % 3) % 8), lang),
+                     "label": i % 3} for i in range(n)]
+            pd.DataFrame(recs).to_json(xnli / cfg_name / f"{split}.jsonl", orient="records",
                                        lines=True)
     qa = root / "tydiqa" / "secondary_task"
     qa.mkdir(parents=True)
@@ -582,9 +591,9 @@ def test_evaluate_needs_train_drmim_first(world):
                      "bible_genre", "none")
 
 
-@pytest.mark.parametrize("task", ["bible_paraphrase", "pawsx", "tydiqa"])
+@pytest.mark.parametrize("task", ["bible_paraphrase", "pawsx", "xnli", "tydiqa"])
 def test_pair_and_qa_tasks_train_and_predict(world, task):
-    dataset = {"pawsx": str(world / "pawsx"), "tydiqa": str(world / "tydiqa")}.get(task, "")
+    dataset = str(world / task) if task in ("pawsx", "xnli", "tydiqa") else ""
     cfg = tiny_cfg(world, dataset=dataset, methods=("finetune", "drmim", "epar"),
                    max_length=32, doc_stride=6, epochs=2)
     _, metrics = train_and_score(world, cfg, task, figure="none")

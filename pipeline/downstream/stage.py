@@ -41,12 +41,14 @@ from pipeline.downstream.data import (
     subset_languages,
 )
 from pipeline.downstream.encoder import FeatureStore, load_encoder
-from pipeline.downstream.methods import DrMim, parse_variant
+from pipeline.downstream.methods import DrMim, Method, parse_variant
 from pipeline.downstream.train import predict_split, train_variant
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
 
 logger = logging.getLogger(__name__)
+
+PREDICTION_COLUMNS = ["variant", "seed", "subset", "example", "prediction", "gold"]
 
 
 @torch.no_grad()
@@ -71,10 +73,24 @@ def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
     return pd.DataFrame.from_records(rows)
 
 
-def gold_of(task: TaskData, subset: str) -> list[Any]:
-    """Gold class per example, or the list of gold answers per example (QA)."""
-    split = task.test[subset]
-    return [list(a) for a in split.answers] if task.kind == "qa" else list(split.labels)
+def predict_all(method: Method, store: FeatureStore, task: TaskData,
+                encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+    """One trained run's predictions on every test subset, next to the gold answers.
+
+    Returns:
+        Columns ``subset``, ``example`` (index in the subset), ``prediction`` and ``gold``:
+        class indices, or for QA the predicted text and the list of gold answers.
+    """
+    frames = []
+    for subset, split in task.test.items():
+        gold = ([list(a) for a in split.answers] if task.kind == "qa"
+                else list(split.labels))
+        frames.append(pd.DataFrame({
+            "subset": subset, "example": range(len(gold)),
+            "prediction": predict_split(method, store, encoded[subset], split, cfg),
+            "gold": gold,
+        }))
+    return pd.concat(frames, ignore_index=True)
 
 
 def _resume_dir(cfg: TrainDrmimConfig, task: str, encoder: str, fingerprint: dict) -> Path:
@@ -161,12 +177,7 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     for seed, variant in pending:
         method, log = train_variant(variant, model, store, data, train, cfg, seed, corpus_seqs)
         eval_start, eval_cpu = time.perf_counter(), time.process_time()
-        records = [{"variant": variant.name, "seed": seed, "subset": subset, "example": k,
-                    "prediction": pred, "gold": gold}
-                   for subset, split in data.test.items()
-                   for k, (pred, gold) in enumerate(zip(
-                       predict_split(method, store, tests[subset], split, cfg),
-                       gold_of(data, subset)))]
+        preds = predict_all(method, store, data, tests, cfg)
         run_log = dataclasses.asdict(log)
         run_log.update({
             "eval_seconds": round(time.perf_counter() - eval_start, 2),
@@ -181,7 +192,8 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         if want_features and isinstance(method, DrMim) and method.on("disentangle"):
             write_table(feature_table(method, store, data, tests, cfg), features_file)
             want_features = False
-        write_table(pd.DataFrame.from_records(records), work / f"{variant.name}-seed{seed}.parquet")
+        write_table(preds.assign(variant=variant.name, seed=seed)[PREDICTION_COLUMNS],
+                    work / f"{variant.name}-seed{seed}.parquet")
         write_json(run_log, work / f"{variant.name}-seed{seed}.json")  # the run's "done" mark
 
     names = [f"{v.name}-seed{seed}" for seed in cfg.seeds for v in variants]
