@@ -7,7 +7,7 @@ silently wrong report). The shapes read here are those written by ``pipeline/cli
 (``data/metrics/<stage>[@<item>].json``), ``pipeline/corpus/build.py`` (``stats.json``),
 ``pipeline/train/stage.py`` (loss curves), ``pipeline/translate/train_nmt.py``
 (``history.json``), ``pipeline/evaluation/run.py`` (``flatten`` keys and ``meta.json``) and
-``pipeline/downstream/run.py`` (``<task>/<encoder>/metrics.json``).
+``pipeline/downstream/evaluate.py`` (``<task>/<encoder>/metrics.json``).
 """
 
 from __future__ import annotations
