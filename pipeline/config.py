@@ -266,6 +266,10 @@ class PrepareSourceConfig:
         max_chars: Longer lines are dropped.
         limit: Stop once this many lines are kept (after filtering); ``None`` keeps all.
         output: Output Parquet (``id`` and one column named by the source language).
+        dependency: The path DVC watches to rerun the stage when the input changes: the
+            input itself when it is local (checked); for a hub dataset, whose identity is
+            already in the params (``input``, ``hf_config``, ``hf_split``), any stable local
+            file, e.g. the profile that names it (DVC needs a path that exists).
     """
 
     input: str = "data/seed/bible_source.parquet"
@@ -279,6 +283,7 @@ class PrepareSourceConfig:
     max_chars: int = 1000
     limit: int | None = None
     output: str = "data/source/eng_Latn.parquet"
+    dependency: str = "data/seed/bible_source.parquet"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,7 @@ def txt(tmp_path):
 
 
 def cfg_for(tmp_path, **kw):
+    kw.setdefault("dependency", kw.get("input", PrepareSourceConfig.dependency))
     return PrepareSourceConfig(output=str(tmp_path / "out" / "eng.parquet"), **kw)
 
 
@@ -96,7 +97,8 @@ def test_small_batches_give_the_same_table(txt, tmp_path, monkeypatch):
     whole = cfg_for(tmp_path, input=str(txt))
     run(whole, LANGS)
     monkeypatch.setattr(prepare, "_BATCH_ROWS", 2)
-    batched = PrepareSourceConfig(input=str(txt), output=str(tmp_path / "batched.parquet"))
+    batched = PrepareSourceConfig(input=str(txt), output=str(tmp_path / "batched.parquet"),
+                                  dependency=str(txt))
     run(batched, LANGS)
     assert pq.ParquetFile(batched.output).metadata.num_row_groups > 1
     pd.testing.assert_frame_equal(pd.read_parquet(batched.output),
@@ -274,7 +276,8 @@ def test_stage_entry_writes_output_and_metrics(txt, tmp_path, monkeypatch, capsy
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({
         "langs": {"source": "eng_Latn", "pool": ["deu_Latn"]},
-        "prepare_source": {"input": str(txt), "output": "data/source/eng_Latn.parquet"},
+        "prepare_source": {"input": str(txt), "dependency": str(txt),
+                           "output": "data/source/eng_Latn.parquet"},
     }))
     assert main(["--params", str(params)]) == 0
     metrics = json.loads((tmp_path / "data/metrics/prepare_source.json").read_text())
@@ -283,3 +286,9 @@ def test_stage_entry_writes_output_and_metrics(txt, tmp_path, monkeypatch, capsy
     assert main(["--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "error: input file not found: nope.txt" in err and "Traceback" not in err
+
+
+def test_a_local_input_must_be_the_dvc_dependency(txt, tmp_path):
+    with pytest.raises(ValueError, match=f"set dependency: {txt}"):
+        run(cfg_for(tmp_path, input=str(txt), dependency="data/seed/bible_source.parquet"), LANGS)
+    assert not (tmp_path / "out" / "eng.parquet").exists()

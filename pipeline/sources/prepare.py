@@ -103,6 +103,13 @@ def _check_config(cfg: PrepareSourceConfig) -> None:
         )
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"limit must be a positive number of lines or null, got {cfg.limit}")
+    local = Path(cfg.input)
+    if local.exists() and local.resolve() != Path(cfg.dependency).resolve():
+        raise ValueError(
+            f"prepare_source.dependency is {cfg.dependency!r} but the input is the local path "
+            f"{cfg.input!r}: set dependency: {cfg.input} so that DVC reruns the stage when "
+            f"the input changes"
+        )
 
 
 def _read_txt(path: Path) -> Iterator[Row]:
