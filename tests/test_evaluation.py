@@ -171,7 +171,7 @@ def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
         threads=1,
     )
     metrics = run(cfg, str(tiny_encoder_dir))
-    return cfg, metrics, out / "st"
+    return cfg, metrics, out
 
 
 def fixture_task(name: str, local_data: LocalData, seed: int):
@@ -190,7 +190,16 @@ def fixture_task(name: str, local_data: LocalData, seed: int):
 
 def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
     cfg, metrics, out = offline_run
-    (rev_dir,) = (out / "results" / "multiway-align__st").iterdir()
+    import mteb
+
+    model_dir = out / "results" / "multiway-align__st"
+    (rev_dir,) = (p for p in model_dir.iterdir() if p.is_dir())
+    # One result cache that mteb's own tooling reads: models, tasks, scores.
+    cache = mteb.ResultCache(out)
+    assert cache.get_models(include_remote=False) == [("multiway-align__st", rev_dir.name)]
+    assert sorted(cache.get_task_names(include_remote=False)) == sorted(
+        ["BibleTestBitextMining", "GettextBitextMining", "BibleGenreClassification",
+         "BibleParaphraseClassification"])
     for task in ("BibleTestBitextMining", "GettextBitextMining", "BibleGenreClassification",
                  "BibleParaphraseClassification"):
         result = json.loads((rev_dir / f"{task}.json").read_text())
@@ -199,7 +208,8 @@ def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
             expected = pytest.approx(entry["main_score"], abs=1e-6)
             assert metrics[f"{task}/{entry['hf_subset']}"] == expected
     assert metrics["n_tasks"] == 4
-    meta = json.loads((out / "meta.json").read_text())
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["model"]["model"] == meta["model"]["path"]  # evaluated by its directory
     assert meta["seen"] == list(SEEN) and meta["unseen"] == ["ita_Latn"]
     assert meta["config"]["suite"] == "offline"
     # The tiny random encoder is neither perfect nor useless on the fixture data.
@@ -362,8 +372,7 @@ def test_paper_suite_resolves_to_mteb_tasks_in_the_evaluated_languages():
 
 
 def test_configuration_mistakes_are_reported_in_one_line(tmp_path, local_data):
-    from pipeline.config import EvaluateConfig
-    from pipeline.evaluation.run import load_model
+    from pipeline.encoders.catalog import load_encoder
     from pipeline.evaluation.suites import Suite, get_suite, resolve_tasks
     from pipeline.evaluation.tasks import get_project_task
 
@@ -381,5 +390,5 @@ def test_configuration_mistakes_are_reported_in_one_line(tmp_path, local_data):
     with pytest.raises(FileNotFoundError,
                        match="nope.parquet does not exist; run `dvc repro prepare_seed`"):
         get_project_task("BibleGenreClassification", data=missing)
-    with pytest.raises(FileNotFoundError, match="model 'no-such-encoder' is not an encoder key"):
-        load_model("no-such-encoder", EvaluateConfig(models_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="unknown encoder 'no-such-encoder'.*or a hub id"):
+        load_encoder("no-such-encoder", models_dir=tmp_path)

