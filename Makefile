@@ -19,8 +19,10 @@ $(VENV_STAMP): pyproject.toml
 repro: $(VENV_STAMP)
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/dvc repro
 
+# Two workers (one per core, one thread each); a test module stays on one worker, so its
+# module fixtures are built once (the paper-profile run is one module of ~4 minutes).
 test: $(VENV_STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile
 
 lint: $(VENV_STAMP)
 	.venv/bin/ruff check pipeline stages tests benchmarks

@@ -95,3 +95,31 @@ def test_paper_profile_merges_into_valid_params_keeping_comments(tmp_path):
     assert "# Knobs of the default" in params.read_text()
     with pytest.raises(ValueError, match="unknown profile 'papr'; did you mean 'paper'"):
         apply_profile("papr", params)
+
+
+def test_default_profile_undoes_the_paper_profile_byte_for_byte(tmp_path):
+    from pipeline.profiles import apply_profile
+
+    original = open("params.yaml", encoding="utf-8").read()
+    params = tmp_path / "params.yaml"
+    params.write_text(original, encoding="utf-8")
+    apply_profile("default", params)
+    assert params.read_text(encoding="utf-8") == original  # already the default
+    apply_profile("paper", params)
+    assert params.read_text(encoding="utf-8") != original
+    apply_profile("default", params)
+    assert params.read_text(encoding="utf-8") == original
+
+
+def test_default_profile_covers_every_key_of_every_profile():
+    from pipeline.profiles import PROFILES_DIR, profile_names
+
+    default = yaml.safe_load((PROFILES_DIR / "default.yaml").read_text())
+    shipped = yaml.safe_load(open("params.yaml"))
+    for name in profile_names():
+        for section, values in yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text()).items():
+            missing = set(values) - set(default.get(section, {}))
+            assert not missing, f"profile {name}: {section}.{sorted(missing)} not in default.yaml"
+    for section, values in default.items():
+        for key, value in values.items():
+            assert shipped[section][key] == value, f"{section}.{key}"

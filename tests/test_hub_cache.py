@@ -27,6 +27,7 @@ from tests.fixtures.hub import (
     XLMR_ID,
     sentence,
 )
+from tests.fixtures.hub import hub_env as hub_fixtures_env
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ["eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab", "kor_Hang"]
@@ -297,3 +298,75 @@ def test_mteb_paper_tasks_offline(hub_cache, tmp_path):
     assert all(0.0 <= metrics[f"Tatoeba/{s}"] <= 1.0 for s in TATOEBA_SUBSETS)
     assert all(-1.0 <= metrics[f"STS17/{s}"] <= 1.0 for s in STS17_SUBSETS if s != "nl-en")
     assert (tmp_path / "eval" / "results").is_dir()
+
+
+# ------------------------------------------------- a hub id given directly to the CLI
+
+
+def _cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """``multiway <args>`` in a fresh interpreter with ``env``, from ``cwd``."""
+    full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def _ok(done: subprocess.CompletedProcess) -> None:
+    assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+
+
+def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
+    _, env = hub_cache
+    catalogue = str(ROOT / "configs/encoders.yaml")
+    (tmp_path / "suite.yaml").write_text("paper:\n  tasks:\n    Tatoeba:\n")
+    _ok(_cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
+             "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval",
+             "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1"))
+    meta = json.loads((tmp_path / "eval/results/multiway-align__xlm-roberta-base/meta.json")
+                      .read_text())
+    assert meta["model"]["source"] == XLMR_ID
+    assert meta["model"]["commit"] == MODEL_REVISIONS[XLMR_ID]
+    scores = json.loads((tmp_path / "data/metrics/evaluate@xlm-roberta-base.json").read_text())
+    assert "Tatoeba/deu-eng" in scores
+
+    de = [sentence("de", i) for i in range(40)]
+    en = [sentence("en", i) for i in range(40)]
+    (tmp_path / "de.txt").write_text("\n".join(de) + "\n")
+    (tmp_path / "en.txt").write_text("\n".join(en) + "\n")
+    _ok(_cli(env, tmp_path, "mine", "--source", "de.txt", "--target", "en.txt",
+             "--model", E5_ID, "--catalogue", catalogue, "--output", "pairs.parquet",
+             "--threshold", "null", "--threads", "1"))
+    import pandas as pd
+
+    pairs = pd.read_parquet(tmp_path / "pairs.parquet")
+    assert len(pairs) > 0 and set(pairs.src) <= set(de)
+
+    _ok(_cli(env, tmp_path, "train_drmim", "--task", "xnli", "--encoder", MBERT_ID,
+             "--catalogue", catalogue, "--methods", "[finetune]", "--seeds", "[0]",
+             "--languages", "[deu_Latn]", "--max-train-examples", "16",
+             "--max-test-examples", "8", "--max-length", "32", "--doc-stride", "4",
+             "--trainable-layers", "1", "--epochs", "1", "--batch-size", "8",
+             "--figure-examples", "0", "--threads", "1", "--output-dir", "runs",
+             "--work-dir", "work"))
+    predictions = pd.read_parquet(
+        tmp_path / "runs/xnli/bert-base-multilingual-cased/predictions.parquet")
+    assert {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"} <= set(predictions.subset)
+
+
+def test_hub_id_missing_from_the_cache_fails_in_one_line(tmp_path):
+    empty = hub_fixtures_env(tmp_path / "empty")
+    catalogue = str(ROOT / "configs/encoders.yaml")
+    (tmp_path / "a.txt").write_text("Hallo Welt\n")
+    runs = {
+        "evaluate": ("evaluate", "--model", XLMR_ID, "--catalogue", catalogue, "--suite", "paper",
+                     "--suites-file", str(ROOT / "configs/mteb.yaml")),
+        "mine": ("mine", "--source", "a.txt", "--target", "a.txt", "--model", XLMR_ID,
+                 "--catalogue", catalogue),
+        "train_drmim": ("train_drmim", "--task", "xnli", "--encoder", XLMR_ID,
+                        "--catalogue", catalogue),
+    }
+    for name, args in runs.items():
+        done = _cli(empty, tmp_path, *args)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (name, done.stderr)
+        assert lines[-1].startswith("error: ") and XLMR_ID in lines[-1], (name, lines[-1])
+        assert f"hf download {XLMR_ID}" in lines[-1], (name, lines[-1])

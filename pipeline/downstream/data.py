@@ -273,7 +273,9 @@ def load_rows(source: str, config: str, split: str) -> pd.DataFrame:
 
     try:
         return datasets.load_dataset(source, config, split=split).to_pandas()
-    except OSError as exc:  # offline, not cached, unknown id (FileNotFoundError/ConnectionError)
+    # OSError: offline and not cached, unknown id (FileNotFoundError/ConnectionError);
+    # ValueError: cached, but without this config or split.
+    except (OSError, ValueError) as exc:
         raise FileNotFoundError(
             f"cannot load dataset {source} ({config}/{split}): {str(exc).splitlines()[0]}; it "
             f"needs the Hugging Face hub (or its cache), or set downstream.dataset to a local "

@@ -393,7 +393,7 @@ def set_model_card(
     name: str,
     base: EncoderSpec | None,
     languages: Sequence[str] = (),
-    train_datasets: Sequence[Mapping[str, str]] = (),
+    corpus: str | None = None,
     tags: Sequence[str] = (),
 ) -> None:
     """Fill the sentence-transformers model card (``README.md`` written by ``model.save``).
@@ -405,7 +405,8 @@ def set_model_card(
             card); ``None`` for a model named by path.
         languages: FLORES-200 codes of the training languages (ISO 639-1 on the card);
             empty means the base model's languages.
-        train_datasets: ``{"name": ...}`` entries describing the training data.
+        corpus: Name of the training corpus, given to the dataset entry the trainer
+            recorded (columns, sizes, examples).
         tags: Extra tags (e.g. the regime).
     """
     from pipeline import langs as langmod
@@ -426,7 +427,8 @@ def set_model_card(
         if base.is_hub:
             card.base_model = base.source
             card.base_model_revision = base.revision
-    card.train_datasets = [dict(d) for d in train_datasets]
+    for entry in card.train_datasets if corpus is not None else ():
+        entry["name"] = corpus
     card.tags = [*dict.fromkeys([*card.tags, "multiway-align", *tags])]
 
 

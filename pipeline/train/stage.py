@@ -238,9 +238,8 @@ def run(
     out = Path(cfg.output_dir) / name
     set_model_card(
         model, name, base.spec, languages=data.columns, tags=[regime],
-        train_datasets=[{"name": f"multiway-align '{regime}' corpus: "
-                                 f"{data.stats['train_rows']} rows × {columns} columns "
-                                 f"({', '.join(data.columns)})"}],
+        corpus=f"multiway-align '{regime}' corpus ({path.name}, {data.stats['train_rows']} rows, "
+               f"{columns} columns)",
     )
     save_encoder(
         model,
