@@ -851,6 +851,9 @@ class ReportConfig:
             Display order of the models.
         focus: Regime compared with the base and the other regimes (relative change).
             One of the keys of ``aligned``.
+        encoders: Encoders of the side-by-side table (the paper's table): each is shown as
+            ``<encoder>`` and ``<encoder>-<regime>`` for the regimes of ``aligned``; empty
+            leaves the table out.
         families: mteb task name → task family heading in the report.
             A task not listed gets its mteb task type.
         metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
@@ -880,6 +883,7 @@ class ReportConfig:
         }
     )
     focus: str = "multiway"
+    encoders: tuple[str, ...] = ()
     families: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
             "BibleTestBitextMining": "Bitext mining",

@@ -168,4 +168,8 @@ def test_drmim_and_epar_scores_and_the_report(paper_run):
                 assert any(k.startswith(f"{variant}/") for k in metrics), (task, variant)
     report = (repo / "data/report/report.md").read_text()
     assert "xlmr-base-multiway" in report and "STS17" in report and "tydiqa" in report
+    side = report.split("## Encoders side by side")[1].split("\n## ")[0]
+    for key in ENCODERS:  # the paper's table: every encoder before and after alignment
+        for model in (key, f"{key}-enx", f"{key}-multiway"):
+            assert f": {model} |" in side, model
     assert (repo / "data/report/report.html").is_file()

@@ -488,3 +488,25 @@ def test_a_model_not_evaluated_leaves_its_column_empty(tmp_path):
     assert "| Classification | unseen | 1 | 25.0 | – | 27.5 | +10.0 % | n/a |" in md
     bitext = section(md, "### BibleTestBitextMining")
     assert "multiway beats enx" not in bitext and "multiway beats base on all 2 seen" in bitext
+
+
+def test_encoders_side_by_side_table(tmp_path):
+    from pipeline.io import write_json
+
+    metrics = tmp_path / "metrics"
+    for label, name in MODELS.items():
+        write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
+    aligned = {"enx": "me5-tiny-enx", "multiway": "me5-tiny-multiway"}
+    cfg = c.ReportConfig(metrics_dir=str(metrics), aligned=aligned,
+                         encoders=("me5-tiny", "never-run"))
+    heading, note, table = build.encoders_section(cfg, LANGS)
+    assert heading.text == "Encoders side by side" and "relative change of multiway" in note.text
+    assert table.columns[:2] == ("encoder", "model")
+    assert "Bitext mining, seen" in table.columns and "All tasks, unseen" in table.columns
+    rows = {row[1]: row for row in table.rows}
+    col = table.columns.index("Bitext mining, seen")
+    # Seen bitext (deu, fra): base 85.0, multiway 90.5 → +6.5 % over base; multiway bare.
+    assert rows["base: me5-tiny"][col] == "85.0 (+6.5 %)"
+    assert rows["multiway: me5-tiny-multiway"][col] == "90.5"
+    assert all(v == "–" for v in rows["base: never-run"][2:])
+    assert build.encoders_section(c.ReportConfig(), LANGS) == []

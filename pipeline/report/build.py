@@ -457,6 +457,56 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     return blocks, tidy
 
 
+def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
+    """The paper's table: each encoder of ``cfg.encoders`` before and after alignment.
+
+    Rows are ``<encoder>`` and ``<encoder>-<regime>`` for the regimes of ``cfg.aligned``;
+    columns the task families' mean scores over seen and unseen languages, with the relative
+    change of ``cfg.focus`` over each other model. Empty ``cfg.encoders`` skips the section.
+    """
+    if not cfg.encoders:
+        return []
+    families: dict[str, pd.DataFrame] = {}
+    names: dict[str, dict[str, str]] = {}
+    for encoder in cfg.encoders:
+        names[encoder] = {"base": encoder, **{r: f"{encoder}-{r}" for r in cfg.aligned}}
+        scores = collect.evaluation_scores(cfg.metrics_dir, names[encoder])
+        if not scores.empty:
+            tasks, family_of = _ordered_tasks(list(dict.fromkeys(scores.task)), cfg)
+            labels = list(names[encoder])
+            matrices = {t: score_matrix(scores, t, labels, langs) for t in tasks}
+            families[encoder] = family_means(group_means(matrices, langs), family_of)
+    blocks: list[Block] = [Heading("Encoders side by side")]
+    if not families:
+        return [*blocks, Paragraph("Not run: no evaluate@<model> metrics for "
+                                   f"{', '.join(cfg.encoders)}.")]
+    columns = list(dict.fromkeys((r["family"], r["group"]) for fam in families.values()
+                                 for r in fam.to_dict("records")))
+    rows = []
+    for encoder, models in names.items():
+        cells = {(r["family"], r["group"]): r for r in families.get(
+            encoder, pd.DataFrame()).to_dict("records")}
+        for label, name in models.items():
+            values = []
+            for key in columns:
+                r = cells.get(key)
+                if r is None or math.isnan(r[label]):
+                    values.append("–")
+                elif label == cfg.focus or math.isnan(r[cfg.focus]):
+                    values.append(fmt_score(r[label]))
+                else:
+                    change = fmt_change(relative_change(r[cfg.focus], r[label]))
+                    values.append(f"{fmt_score(r[label])} ({change})")
+            rows.append((encoder, f"{label}: {name}", *values))
+    blocks.append(Paragraph(
+        "Mean score per task family over seen and unseen languages, for every encoder before "
+        f"alignment and after each regime; in brackets, the relative change of {cfg.focus} "
+        f"over that model: ({cfg.focus} − model) / model × 100 %. A dash: not evaluated."))
+    blocks.append(Table(("encoder", "model", *[f"{f}, {g}" for f, g in columns]), tuple(rows),
+                        "Encoders × regimes (the paper's table)."))
+    return blocks
+
+
 # -------------------------------------------------------------------------- projection
 
 
@@ -689,6 +739,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
     blocks += training_section(cfg, fig_dir)
     results, scores = results_section(cfg, langs, fig_dir)
     blocks += results
+    blocks += encoders_section(cfg, langs)
     blocks += projection_section(cfg, langs, fig_dir, encode or model_encoder(cfg))
     blocks += downstream_section(cfg, langs, fig_dir)
 
