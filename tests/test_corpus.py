@@ -442,3 +442,126 @@ def test_filter_rows_keeps_a_clean_row():
     assert keep.tolist() == [True, False]
     assert stats["dropped_by_reason"] == {**dict.fromkeys(filters.REASONS, 0), "script": 1}
     assert stats["dropped_by_lang"] == {"kor_Hang": 1}
+
+
+# ---------------------------------------------------------------- streaming vs in memory
+
+
+def test_failure_matrix_equals_failures_row_by_row():
+    import pyarrow as pa
+
+    src = [EN_GEN, EN_JOHN, "", EN_GEN, EN_GEN, EN_JOHN, "   ", EN_GEN, EN_GEN, None, EN_GEN]
+    texts = [
+        DE_GEN, EN_JOHN, "Hallo", None, "", "\x1c\u0085 \u3000", "Wort " * 80,
+        "\u200bIm\ufeff Anfang\u200b", RU_GEN, "Im Anfang.", "Im Anfang Im Anfang Im Anfang"
+        " Im Anfang Im Anfang schuf Gott die Himmel.",
+    ]
+    for script in ("Latn", "Cyrl", "Hans"):
+        got = filters.failure_matrix(pa.array(texts), pa.array(src), script, CFG)
+        for i, (text, sent) in enumerate(zip(texts, src, strict=True)):
+            want = filters.failures(text, sent or "", script, CFG)
+            assert [r for k, r in enumerate(filters.REASONS) if got[k, i]] == want, (script, i)
+
+
+def _reference_build(cfg, pool):
+    """The corpus as the in-memory build made it: pandas join, failures() row by row."""
+    src = read_table(cfg.source, ["id", "eng_Latn"])
+    src["eng_Latn"] = src["eng_Latn"].fillna("")
+    texts = {lang: read_table(f"{cfg.translated_dir}/{lang}.parquet").set_index("id")[lang]
+             .reindex(src["id"].to_numpy()).fillna("").tolist() for lang in pool}
+    fails = np.zeros((len(filters.REASONS), len(src)), dtype=bool)
+    failures = {lang: dict.fromkeys(filters.REASONS, 0) for lang in pool}
+    by_lang = dict.fromkeys(pool, 0)
+    for lang in pool:
+        for i, (text, sent) in enumerate(zip(texts[lang], src["eng_Latn"], strict=True)):
+            failed = filters.failures(text, sent, lang.split("_")[1], cfg)
+            by_lang[lang] += bool(failed)
+            for reason in failed:
+                failures[lang][reason] += 1
+                fails[filters.REASONS.index(reason), i] = True
+    keep = ~fails.any(axis=0)
+    first = fails.argmax(axis=0)[~keep]
+    multiway = pd.DataFrame({
+        "id": src["id"][keep].to_numpy(),
+        "split": np.array(assign_split(src["id"], cfg.dev_fraction, cfg.seed))[keep],
+        "eng_Latn": src["eng_Latn"][keep].to_numpy(),
+        **{lang: np.array(texts[lang], dtype=object)[keep] for lang in pool},
+    })
+    enx = sample_enx(multiway, "eng_Latn", pool, cfg.seed)
+    refs = read_table(cfg.references)[["id", *pool]]
+    human = multiway[["id", "split", "eng_Latn"]].merge(refs, on="id", how="inner")
+    human = human[human[list(pool)].fillna("").apply(lambda c: c.str.strip() != "").all(axis=1)]
+    stats = {
+        "dropped_by_reason": {r: int((first == k).sum()) for k, r in enumerate(filters.REASONS)},
+        "dropped_by_lang": by_lang, "failures": failures,
+        "mean_chars": {c: float(multiway[c].str.len().mean()) for c in ("eng_Latn", *pool)},
+        "enx_langs": {lang: int((enx["lang"] == lang).sum()) for lang in pool},
+    }
+    return {"multiway": multiway, "enx": enx, "human": human.reset_index(drop=True)}, stats
+
+
+def _mixed_inputs(root, n=300):
+    """Rows failing every filter first (and in combinations), a shuffled and an aligned
+    translation file, a null translation, references partly missing, empty or shuffled."""
+    rng = np.random.default_rng(1)
+    ids = [f"v{i:04d}" for i in range(n)]
+    en = [f"{EN_JOHN[: 40 + i % 60]} {i}" for i in range(n)]
+    good = {"deu_Latn": [f"{DE_GEN} Vers {i} und mehr Worte hier." for i in range(n)],
+            "kor_Hang": [f"{KO_JOHN[: 20 + i % 30]} {i}" for i in range(n)]}
+    bad = {
+        "empty": lambda i, lang: rng.choice([None, "", " \t"]),
+        "repeat": lambda i, lang: " ".join([good[lang][i].split()[0]] * 9),
+        "copy": lambda i, lang: en[i],
+        "script": lambda i, lang: RU_GEN * 2,
+        "too_short": lambda i, lang: good[lang][i][:3],
+        "too_long": lambda i, lang: " ".join(f"W{k}" for k in range(120)),
+    }
+    texts = {lang: list(good[lang]) for lang in good}
+    for i in range(n):
+        for lang in good:
+            if rng.random() < 0.12:
+                texts[lang][i] = bad[rng.choice(list(bad))](i, lang)
+    write_table(pd.DataFrame({"id": ids, "eng_Latn": en}), root / "source.parquet")
+    for lang, order in (("deu_Latn", rng.permutation(n)), ("kor_Hang", np.arange(n))):
+        write_table(pd.DataFrame({"id": np.array(ids)[order], lang: np.array(texts[lang])[order]}),
+                    root / "translated" / f"{lang}.parquet")
+    refs = pd.DataFrame({"id": ids + ["extra"], **{
+        lang: [f"human {lang} {i}" if i % 17 else " " for i in range(n + 1)] for lang in good}})
+    write_table(refs.drop(index=[5, 50]).sample(frac=1, random_state=2), root / "refs.parquet")
+    return BuildCorpusConfig(
+        source=str(root / "source.parquet"), translated_dir=str(root / "translated"),
+        references=str(root / "refs.parquet"), dev_fraction=0.2, seed=3,
+        output_dir=str(root / "corpus")), tuple(good)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_streamed_build_equals_in_memory_reference(tmp_path, monkeypatch, small):
+    from pipeline.corpus import stream
+
+    cfg, pool = _mixed_inputs(tmp_path)
+    if small:  # many batches, row groups and reorder buckets
+        monkeypatch.setattr(stream, "BATCH_ROWS", 7)
+        monkeypatch.setattr(stream, "ROW_GROUP_ROWS", 50)
+        monkeypatch.setattr(stream, "BUCKET_ROWS", 32)
+    metrics = build.run(cfg, LangsConfig(pool=pool))
+    tables, want = _reference_build(cfg, pool)
+    stats = read_json(tmp_path / "corpus" / "stats.json")
+    for key, value in want.items():
+        assert stats[key] == value, key
+    assert all(want["dropped_by_reason"][r] > 0 for r in filters.REASONS)
+    assert metrics["human_rows"] == len(tables["human"]) < metrics["rows_out"]
+    for name, table in tables.items():
+        path = tmp_path / "corpus" / f"{name}.parquet"
+        assert read_table(path).equals(table), name
+        if not small:  # one row group: the very bytes the in-memory build wrote
+            write_table(table, tmp_path / f"{name}.parquet")
+            assert path.read_bytes() == (tmp_path / f"{name}.parquet").read_bytes(), name
+
+
+def test_duplicated_source_id(tmp_path):
+    cfg = _write_inputs(tmp_path)
+    src = read_table(cfg.source)
+    write_table(pd.concat([src, src.iloc[[3, 3, 7]]]), cfg.source)
+    with pytest.raises(ValueError, match=r"source.parquet has 3 duplicated id\(s\) \('s003', "
+                                         r"'s007'\); ids must be unique"):
+        build.run(cfg, LangsConfig(pool=POOL))

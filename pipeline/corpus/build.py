@@ -20,24 +20,53 @@ Outputs in ``output_dir`` (texts are never modified):
 - ``stats.json``: row counts, rows dropped by first failing filter and by language,
   per-(language, filter) failure counts, mean characters per language, En-X language counts.
 - ``meta.json``: resolved config, versions, git revision.
+
+The build streams (:mod:`pipeline.corpus.stream`): the source and every translation are read
+in aligned batches of :data:`~pipeline.corpus.stream.BATCH_ROWS` rows, filtered batch by
+batch and written row group by row group, so memory does not grow with the corpus beyond a
+few bytes per row (id hashes, the En-X draw). A translation file in another order than the
+source (the translate stage keeps the source order) is first put into source order through
+temporary files in the system temp directory (about the file's size); the human references
+likewise into corpus order. Three passes: filter and write ``multiway.parquet``; read it
+back for ``enx.parquet`` (the En-X draw needs the split sizes first); read it back with the
+references for ``human.parquet``. The Parquet files have row groups of
+:data:`~pipeline.corpus.stream.ROW_GROUP_ROWS` rows; a corpus of at most that many rows
+(the default profile's) is byte for byte what writing the whole table at once gives.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import langs as langs_mod
 from pipeline.config import BuildCorpusConfig, LangsConfig, to_dict
-from pipeline.corpus.filters import REASONS, failures
-from pipeline.corpus.split import SPLITS, assign_split, sample_enx
-from pipeline.io import read_table, write_json, write_table
+from pipeline.corpus.filters import REASONS, failure_matrix
+from pipeline.corpus.split import SPLITS, assign_split, enx_draws
+from pipeline.corpus.stream import (
+    HashIndex,
+    Rows,
+    TableWriter,
+    duplicates,
+    id_hashes,
+    iter_tables,
+    open_parquet,
+    reordered,
+    smallest_ids,
+)
+from pipeline.io import atomic_path, write_json
 from pipeline.runtime import write_meta
 
 logger = logging.getLogger(__name__)
@@ -57,45 +86,66 @@ def _sample(values: set[str], k: int = 3) -> str:
     return ", ".join(repr(v) for v in sorted(values)[:k])
 
 
-def _unique_ids(df: pd.DataFrame, path: str | Path) -> pd.DataFrame:
-    df = df.assign(id=df["id"].astype(str))
-    dup = df["id"].duplicated()
-    if dup.any():
+def _check_unique(parquet: pq.ParquetFile, hashes: np.ndarray, path: str | Path) -> None:
+    dup = duplicates(parquet, hashes)
+    if dup:
         raise ValueError(
-            f"{path} has {int(dup.sum())} duplicated id(s) ({_sample(set(df['id'][dup]))}); "
+            f"{path} has {sum(dup.values()) - len(dup)} duplicated id(s) ({_sample(set(dup))}); "
             "ids must be unique"
         )
-    return df
 
 
-def read_source(path: str | Path, source: str) -> pd.DataFrame:
-    """Read the source table (``id`` as str, unique) with missing texts as ``""``.
+def _same_ids(a: pq.ParquetFile, b: pq.ParquetFile) -> bool:
+    """True when two files hold the same ids in the same order (read in pieces)."""
+    if a.metadata.num_rows != b.metadata.num_rows:
+        return False
+    rows = Rows(iter_tables(a, ["id"]))
+    return all(rows.take(t.num_rows)["id"].equals(t["id"]) for t in iter_tables(b, ["id"]))
+
+
+def _no_null(array: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray | pa.Array:
+    return pc.fill_null(array, pa.scalar("", array.type))  # a missing text is an empty one
+
+
+class _Source:
+    """The source table, checked: ``id`` unique, its hashes kept for the translations' check.
 
     Args:
         path: Source Parquet from ``prepare_source``.
-        source: Source language column.
-
-    Returns:
-        Columns ``id`` and ``source``.
+        column: Source language column.
 
     Raises:
         FileNotFoundError: The file does not exist.
         ValueError: A column is missing or an id is duplicated.
     """
-    df = _unique_ids(read_table(path, columns=["id", source]), path)
-    return df.assign(**{source: df[source].fillna("")})
+
+    def __init__(self, path: str | Path, column: str) -> None:
+        self.path, self.column = Path(path), column
+        self.parquet = open_parquet(path, ["id", column])
+        self.rows = self.parquet.metadata.num_rows
+        self.hashes = id_hashes(self.parquet)
+        _check_unique(self.parquet, self.hashes, path)
+        self._index: HashIndex | None = None
+
+    def index(self) -> HashIndex:
+        """Lookup of source positions by id hash (built on first use: 16 bytes a row)."""
+        if self._index is None:
+            self._index = HashIndex(self.hashes)
+        return self._index
 
 
-def read_translation(translated_dir: str | Path, lang: str, source_ids: pd.Series) -> pd.Series:
-    """Read one language's translations, aligned to the source ids.
+def translation_rows(translated_dir: str | Path, lang: str, src: _Source,
+                     tmp_dir: str | Path) -> Iterator[pa.Table]:
+    """Check one language's translations and stream them in source order.
 
     Args:
         translated_dir: Directory holding ``<lang>.parquet``.
         lang: FLORES code of the language.
-        source_ids: The source ids, in source order.
+        src: The source.
+        tmp_dir: Scratch directory for putting a file in another order into source order.
 
     Returns:
-        The translations in source order (index = position in the source), nulls as ``""``.
+        Tables of ``id`` and ``lang`` (nulls kept) covering the source rows in order.
 
     Raises:
         FileNotFoundError: The translation file is missing (names the stage to run).
@@ -106,23 +156,90 @@ def read_translation(translated_dir: str | Path, lang: str, source_ids: pd.Serie
         raise FileNotFoundError(
             f"translation file {path} is missing; run `dvc repro translate@{lang}`"
         )
-    df = _unique_ids(read_table(path, columns=["id", lang]), path)
-    have, want = set(df["id"]), set(source_ids)
-    if have != want:
-        missing, extra = want - have, have - want
+    parquet = open_parquet(path, ["id", lang])
+    if _same_ids(src.parquet, parquet):  # what the translate stage writes: nothing to move
+        return iter_tables(parquet, ["id", lang])
+    hashes = id_hashes(parquet)
+    _check_unique(parquet, hashes, path)
+    pos = src.index().positions(hashes)
+    extra = pos < 0
+    missing = np.ones(src.rows, dtype=bool)
+    missing[pos[~extra]] = False
+    if extra.any() or missing.any():
         raise ValueError(
-            f"{path} ids do not match the source: {len(missing)} source id(s) missing "
-            f"({_sample(missing)}), {len(extra)} unknown id(s) ({_sample(extra)}); "
+            f"{path} ids do not match the source: {int(missing.sum())} source id(s) missing "
+            f"({_sample(set(smallest_ids(src.parquet, missing)))}), {int(extra.sum())} unknown "
+            f"id(s) ({_sample(set(smallest_ids(parquet, extra)))}); "
             f"re-run `dvc repro translate@{lang}` on the current source"
         )
-    texts = df.set_index("id")[lang].reindex(source_ids.to_numpy()).reset_index(drop=True)
-    return texts.fillna("")  # a null translation is an empty one
+    return reordered(parquet, ["id", lang], pos, src.rows, tmp_dir)
+
+
+def _aligned(table: pa.Table, ids: pa.ChunkedArray | pa.Array, what: str) -> pa.Table:
+    # Rows were matched by 64-bit id hash; unequal ids here can only be a hash collision.
+    other = table["id"]
+    if pc.any(pc.not_equal(other, ids)).as_py():
+        raise RuntimeError(f"{what}: ids out of step with the source (an id hash collision?)")
+    return table
+
+
+def _empty_stats(langs: list[str]) -> dict[str, Any]:
+    return {
+        "dropped_by_reason": dict.fromkeys(REASONS, 0),
+        "dropped_by_lang": dict.fromkeys(langs, 0),
+        "failures": {lang: dict.fromkeys(REASONS, 0) for lang in langs},
+    }
+
+
+def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key in ("dropped_by_reason", "dropped_by_lang"):
+        for k, v in part[key].items():
+            total[key][k] += v
+    for lang, counts in part["failures"].items():
+        for reason, v in counts.items():
+            total["failures"][lang][reason] += v
+
+
+def filter_batch(sources: pa.Array | pa.ChunkedArray,
+                 translations: Mapping[str, pa.Array | pa.ChunkedArray],
+                 cfg: BuildCorpusConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run every filter on every translation of a batch of rows and decide which to keep.
+
+    Args:
+        sources: The English sources of the rows.
+        translations: Language → translations aligned with ``sources``.
+        cfg: Filter thresholds.
+
+    Returns:
+        A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
+        (each dropped row counted once, under the first failing filter in
+        :data:`~pipeline.corpus.filters.REASONS` order), ``dropped_by_lang`` (rows where
+        the language fails anything) and ``failures`` (language → filter → translations
+        failing it; one translation may fail several filters). All counts add up over
+        batches.
+    """
+    n = len(sources)
+    # fails[r][i]: row i has at least one translation failing filter REASONS[r].
+    fails = np.zeros((len(REASONS), n), dtype=bool)
+    stats = _empty_stats(list(translations))
+    source_bigrams: list[Any] = [None] * n  # shared by the languages' copy filters
+    for lang, texts in translations.items():
+        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).script, cfg,
+                                    source_bigrams)
+        fails |= lang_fails
+        stats["failures"][lang] = {r: int(c) for r, c in zip(REASONS, lang_fails.sum(axis=1),
+                                                             strict=True)}
+        stats["dropped_by_lang"][lang] = int(lang_fails.any(axis=0).sum())
+    keep = ~fails.any(axis=0)
+    first = fails.argmax(axis=0)[~keep]  # index of the first failing filter per dropped row
+    stats["dropped_by_reason"] = {r: int((first == k).sum()) for k, r in enumerate(REASONS)}
+    return keep, stats
 
 
 def filter_rows(
     src: pd.DataFrame, translations: dict[str, pd.Series], source: str, cfg: BuildCorpusConfig
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run every filter on every translation and decide which rows to keep.
+    """:func:`filter_batch` on in-memory tables.
 
     Args:
         src: Source table (``id``, ``source``).
@@ -131,34 +248,12 @@ def filter_rows(
         cfg: Filter thresholds.
 
     Returns:
-        A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
-        (each dropped row counted once, under the first failing filter in
-        :data:`~pipeline.corpus.filters.REASONS` order), ``dropped_by_lang`` (rows where
-        the language fails anything) and ``failures`` (language → filter → translations
-        failing it; one translation may fail several filters).
+        The keep-mask and drop statistics of :func:`filter_batch`.
     """
-    n = len(src)
-    # fails[r][i]: row i has at least one translation failing filter REASONS[r].
-    fails = np.zeros((len(REASONS), n), dtype=bool)
-    per_lang: dict[str, dict[str, int]] = {}
-    by_lang: dict[str, int] = {}
-    for lang, texts in translations.items():
-        script = langs_mod.get(lang).script
-        counts: Counter[str] = Counter()
-        lang_fails = np.zeros(n, dtype=bool)
-        rows = zip(texts.to_numpy(), src[source].to_numpy(), strict=True)
-        for i, (text, sent) in enumerate(tqdm(rows, total=n, desc=f"filter {lang}", unit="sent")):
-            failed = failures(text, sent, script, cfg)
-            counts.update(failed)
-            for reason in failed:
-                fails[REASONS.index(reason), i] = True
-            lang_fails[i] = bool(failed)
-        per_lang[lang] = {r: counts[r] for r in REASONS}
-        by_lang[lang] = int(lang_fails.sum())
-    keep = ~fails.any(axis=0)
-    first = fails.argmax(axis=0)[~keep]  # index of the first failing filter per dropped row
-    by_reason = {r: int((first == k).sum()) for k, r in enumerate(REASONS)}
-    return keep, {"dropped_by_reason": by_reason, "dropped_by_lang": by_lang, "failures": per_lang}
+    def arrow(texts: pd.Series) -> pa.Array:
+        return pa.array(texts.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
+
+    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg)
 
 
 def _no_rows_error(n: int, stats: dict[str, Any]) -> ValueError:
@@ -170,21 +265,68 @@ def _no_rows_error(n: int, stats: dict[str, Any]) -> ValueError:
     )
 
 
-def build_human(
-    multiway: pd.DataFrame, references: str | Path, source: str, pool: tuple[str, ...]
-) -> pd.DataFrame | None:
-    """The multi-way rows with human translations (from ``references``) instead of MT.
+def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConfig,
+                    path: Path) -> dict[str, Any]:
+    """Pass 1: join, filter and split batch by batch into ``path``; the counts for stats."""
+    columns = ["id", "split", src.column, *rows]
+    writer = TableWriter(path, columns)
+    stats = _empty_stats(list(rows))
+    splits: Counter[str] = Counter()
+    chars = dict.fromkeys(columns[2:], 0)
+    with tqdm(total=src.rows, desc="filter", unit="sent") as bar:
+        for batch in iter_tables(src.parquet, ["id", src.column]):
+            sources = _no_null(batch[src.column])
+            texts = {}
+            for lang, lang_rows in rows.items():
+                table = _aligned(lang_rows.take(batch.num_rows), batch["id"], lang)
+                texts[lang] = _no_null(table[lang])
+            keep, part = filter_batch(sources, texts, cfg)
+            _add_stats(stats, part)
+            kept = pa.table({"id": batch["id"], src.column: sources, **texts}).filter(keep)
+            # A row's split depends only on its id, so it is the same whichever rows survive.
+            split = assign_split(kept["id"].to_pylist(), cfg.dev_fraction, cfg.seed)
+            splits.update(split)
+            writer.write(kept.append_column("split", pa.array(split, pa.large_string())))
+            for c in chars:
+                chars[c] += int(pc.sum(pc.utf8_length(kept[c])).as_py() or 0)
+            bar.update(batch.num_rows)
+    if not writer.rows:
+        raise _no_rows_error(src.rows, stats)
+    writer.close()
+    return {"stats": stats, "rows": writer.rows, "splits": splits,
+            "mean_chars": {c: v / writer.rows for c, v in chars.items()}}
 
-    Args:
-        multiway: The filtered multi-way corpus (``id``, ``split``, ``source``, ``pool``).
-        references: Parquet with ``id`` and human translations per language.
-        source: Source language column (kept from ``multiway``: the original English).
-        pool: Pool languages, all of which must be in ``references``.
 
-    Returns:
-        Same columns as ``multiway``, rows in its order, restricted to ids whose references
-        are all present and non-empty; ``None`` when a pool language has no reference
-        column (logged).
+def _write_enx(multiway: Path, source: str, pool: tuple[str, ...], splits: Mapping[str, int],
+               seed: int, path: Path) -> dict[str, int]:
+    """Pass 2: the En-X baseline from the multi-way file (as :func:`sample_enx` draws it)."""
+    draws = enx_draws(splits, len(pool), seed)
+    done = dict.fromkeys(SPLITS, 0)  # rows of each split already given a language
+    codes = pa.array(pool, pa.large_string())
+    writer = TableWriter(path, ["id", "split", "lang", source, "x"])
+    for table in iter_tables(open_parquet(multiway), ["id", "split", source, *pool]):
+        split = np.asarray(table["split"].to_pylist(), dtype=object)
+        col = np.zeros(table.num_rows, dtype=np.int64)
+        for s in SPLITS:
+            mask = split == s
+            col[mask] = draws[s][done[s]: done[s] + int(mask.sum())]
+            done[s] += int(mask.sum())
+        index = pa.array(col)
+        x = pc.choose(index, *(table[lang].combine_chunks() for lang in pool))
+        writer.write(table.select(["id", "split", source])
+                     .append_column("lang", codes.take(index)).append_column("x", x))
+    writer.close()
+    counts = np.bincount(np.concatenate(list(draws.values())), minlength=len(pool))
+    return {lang: int(c) for lang, c in zip(pool, counts, strict=True)}
+
+
+def _complete(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    # The in-memory build's test, through pandas (str.strip() of its string dtype), per batch.
+    return (texts.to_pandas().fillna("").str.strip() != "").to_numpy(dtype=bool)
+
+
+def _references(references: str | Path, pool: tuple[str, ...]) -> pq.ParquetFile | None:
+    """Open and check the human references; ``None`` when a pool language has no column.
 
     Raises:
         FileNotFoundError: ``references`` does not exist.
@@ -196,21 +338,62 @@ def build_human(
             f"build_corpus.references {path} does not exist; fix the path or set it to null "
             "to skip the human corpus"
         )
-    refs = read_table(path)
-    absent = [lang for lang in pool if lang not in refs.columns]
+    refs = open_parquet(path)
+    names = refs.schema_arrow.names
+    absent = [lang for lang in pool if lang not in names]
     if absent:
         logger.warning("no human corpus: %s lacks pool language(s) %s", path, absent)
         return None
-    if "id" not in refs.columns:
-        raise ValueError(f"{path} has no 'id' column; it has {list(refs.columns)}")
-    refs = _unique_ids(refs[["id", *pool]], path)
-    human = multiway[["id", "split", source]].merge(refs, on="id", how="inner")
-    complete = human[list(pool)].fillna("").apply(lambda c: c.str.strip() != "").all(axis=1)
-    human = human[complete].reset_index(drop=True)
-    if len(human) < len(multiway):
+    if "id" not in names:
+        raise ValueError(f"{path} has no 'id' column; it has {names}")
+    _check_unique(refs, id_hashes(refs), path)
+    return refs
+
+
+def _complete(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    # The in-memory build's test, through pandas (str.strip() of its string dtype), per batch.
+    return (texts.to_pandas().fillna("").str.strip() != "").to_numpy(dtype=bool)
+
+
+def _write_human(refs: pq.ParquetFile, refs_path: Path, multiway: Path, source: str,
+                 pool: tuple[str, ...], tmp_dir: str | Path, path: Path) -> int:
+    """Pass 3: the multi-way rows with human translations (from ``refs``) instead of MT.
+
+    Args:
+        refs: The checked references (:func:`_references`).
+        refs_path: Their path (for messages).
+        multiway: The filtered multi-way corpus (``id``, ``split``, ``source``, ``pool``).
+        source: Source language column (kept from ``multiway``: the original English).
+        pool: Pool languages.
+        tmp_dir: Scratch directory for putting the references into corpus order.
+        path: Output file: same columns as ``multiway``, rows in its order, restricted to
+            ids whose references are all present and non-empty.
+
+    Returns:
+        Rows written.
+    """
+    corpus = open_parquet(multiway)
+    total = corpus.metadata.num_rows
+    columns = ["id", *pool]
+    if _same_ids(corpus, refs):
+        ref_rows = Rows(iter_tables(refs, columns))
+    else:
+        pos = HashIndex(id_hashes(corpus)).positions(id_hashes(refs))
+        ref_rows = Rows(reordered(refs, columns, pos, total, tmp_dir))
+    writer = TableWriter(path, ["id", "split", source, *pool])
+    for table in iter_tables(corpus, ["id", "split", source]):
+        ref = _aligned(ref_rows.take(table.num_rows), table["id"], str(refs_path))
+        complete = np.ones(table.num_rows, dtype=bool)
+        for lang in pool:  # rows without a reference are null here, hence incomplete
+            complete &= _complete(ref[lang])
+        for lang in pool:
+            table = table.append_column(lang, ref[lang])
+        writer.write(table.filter(complete))
+    writer.close()
+    if writer.rows < total:
         logger.warning("human corpus: %d of %d rows lack a (non-empty) reference in %s",
-                       len(multiway) - len(human), len(multiway), path)
-    return human
+                       total - writer.rows, total, refs_path)
+    return writer.rows
 
 
 def run(cfg: BuildCorpusConfig, langs: LangsConfig) -> dict[str, Any]:
@@ -237,57 +420,52 @@ def run(cfg: BuildCorpusConfig, langs: LangsConfig) -> dict[str, Any]:
         raise ValueError(f"langs.pool contains the source language {source}; remove it")
     out = Path(cfg.output_dir)
 
-    src = read_source(cfg.source, source)
-    # A row's split depends only on its id, so it is the same whichever rows survive.
-    splits = np.array(assign_split(src["id"], cfg.dev_fraction, cfg.seed))
-    translations = {lang: read_translation(cfg.translated_dir, lang, src["id"]) for lang in pool}
-    keep, stats = filter_rows(src, translations, source, cfg)
-    if not keep.any():
-        raise _no_rows_error(len(src), stats)
+    src = _Source(cfg.source, source)
+    assign_split([], cfg.dev_fraction, cfg.seed)  # a bad dev_fraction fails before the reads
+    with tempfile.TemporaryDirectory(prefix="build_corpus-") as tmp, ExitStack() as outputs:
+        rows = {lang: Rows(translation_rows(cfg.translated_dir, lang, src, tmp)) for lang in pool}
+        # Temporary files renamed onto the outputs only when all of them are complete.
+        multiway = outputs.enter_context(atomic_path(out / "multiway.parquet"))
+        built = _write_multiway(src, rows, cfg, multiway)
+        enx_langs = _write_enx(multiway, source, pool, built["splits"], cfg.seed,
+                               outputs.enter_context(atomic_path(out / "enx.parquet")))
+        refs = _references(cfg.references, pool) if cfg.references else None
+        human_rows = None
+        if refs is not None:
+            human_rows = _write_human(refs, Path(cfg.references), multiway, source, pool, tmp,
+                                      outputs.enter_context(atomic_path(out / "human.parquet")))
+        elif (out / "human.parquet").exists():
+            # A human corpus from an earlier run with references would otherwise look current.
+            (out / "human.parquet").unlink()
 
-    multiway = pd.DataFrame({
-        "id": src["id"][keep].to_numpy(),
-        "split": splits[keep],
-        source: src[source][keep].to_numpy(),
-        **{lang: translations[lang][keep].to_numpy() for lang in pool},
-    })
-    enx = sample_enx(multiway, source, pool, cfg.seed)
-    human = build_human(multiway, cfg.references, source, pool) if cfg.references else None
-
-    write_table(multiway, out / "multiway.parquet")
-    write_table(enx, out / "enx.parquet")
-    if human is not None:
-        write_table(human, out / "human.parquet")
-    elif (out / "human.parquet").exists():
-        # A human corpus from an earlier run with references would otherwise look current.
-        (out / "human.parquet").unlink()
-
-    split_counts = multiway["split"].value_counts()
-    rows = {
-        "in": len(src), "out": len(multiway),
-        **{s: int(split_counts.get(s, 0)) for s in SPLITS},
-        "enx": len(enx), "human": 0 if human is None else len(human),
+    rows_out = built["rows"]
+    stats = built["stats"]
+    out_rows = {
+        "in": src.rows, "out": rows_out,
+        **{s: int(built["splits"].get(s, 0)) for s in SPLITS},
+        "enx": rows_out, "human": human_rows or 0,
     }
     stats = {
-        "rows": rows,
+        "rows": out_rows,
         **stats,
-        "mean_chars": {c: float(multiway[c].str.len().mean()) for c in (source, *pool)},
-        "enx_langs": {lang: int((enx["lang"] == lang).sum()) for lang in pool},
+        "mean_chars": built["mean_chars"],
+        "enx_langs": enx_langs,
     }
     write_json(stats, out / "stats.json")
     write_meta(out / "meta.json", to_dict(cfg), langs=to_dict(langs))
     logger.info(
         "multi-way corpus: kept %d of %d rows (%d train, %d dev); dropped by filter %s",
-        rows["out"], rows["in"], rows["train"], rows["dev"], stats["dropped_by_reason"],
+        out_rows["out"], out_rows["in"], out_rows["train"], out_rows["dev"],
+        stats["dropped_by_reason"],
     )
     return {
-        "rows_in": rows["in"],
-        "rows_out": rows["out"],
-        "rows_train": rows["train"],
-        "rows_dev": rows["dev"],
-        "dropped": rows["in"] - rows["out"],
+        "rows_in": out_rows["in"],
+        "rows_out": out_rows["out"],
+        "rows_train": out_rows["train"],
+        "rows_dev": out_rows["dev"],
+        "dropped": out_rows["in"] - out_rows["out"],
         **{f"dropped_{r}": c for r, c in stats["dropped_by_reason"].items()},
         **{f"dropped_{lang}": c for lang, c in stats["dropped_by_lang"].items()},
-        "enx_rows": rows["enx"],
-        "human_rows": rows["human"],
+        "enx_rows": out_rows["enx"],
+        "human_rows": out_rows["human"],
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,22 @@ def assign_split(ids: Iterable[str], dev_fraction: float, seed: int) -> list[str
     return ["dev" if _unit_hash(seed, str(i)) < dev_fraction else "train" for i in ids]
 
 
+def balanced_indices(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of :func:`balanced_draw`: ``n`` draws from ``range(k)``, counts within one.
+
+    Args:
+        n: Number of draws.
+        k: Number of choices.
+        rng: Source of randomness (two permutations are drawn: of ``k``, then of ``n``).
+
+    Returns:
+        ``n`` indices in ``[0, k)``.
+    """
+    order = rng.permutation(k)  # which choices get the leftover draws
+    # Draw i is element perm[i] of the round robin order[0], order[1], ..., order[j % k].
+    return order[rng.permutation(n) % k]
+
+
 def balanced_draw(n: int, choices: Sequence[str], rng: np.random.Generator) -> list[str]:
     """Draw ``n`` items from ``choices`` so that their counts differ by at most one.
 
@@ -53,9 +69,26 @@ def balanced_draw(n: int, choices: Sequence[str], rng: np.random.Generator) -> l
     Returns:
         ``n`` items.
     """
-    order = list(rng.permutation(len(choices)))  # which choices get the leftover draws
-    round_robin = [choices[order[i % len(choices)]] for i in range(n)]
-    return [round_robin[i] for i in rng.permutation(n)]
+    return [choices[i] for i in balanced_indices(n, len(choices), rng)]
+
+
+def enx_draws(split_counts: Mapping[str, int], k: int, seed: int) -> dict[str, np.ndarray]:
+    """The En-X language of every multi-way row, split by split, as indices into the pool.
+
+    Only the number of rows per split is needed, so a corpus streamed from disk gets the
+    same draw as :func:`sample_enx` on the whole table.
+
+    Args:
+        split_counts: Rows per split (missing splits have none).
+        k: Pool size.
+        seed: Seed of the draw.
+
+    Returns:
+        Split → pool index of X for each of its rows, in corpus order.
+    """
+    rng = np.random.default_rng(seed)
+    # Balanced within each split, not only overall; drawn in SPLITS order.
+    return {split: balanced_indices(int(split_counts.get(split, 0)), k, rng) for split in SPLITS}
 
 
 def sample_enx(corpus: pd.DataFrame, source: str, pool: Sequence[str], seed: int) -> pd.DataFrame:
@@ -76,17 +109,16 @@ def sample_enx(corpus: pd.DataFrame, source: str, pool: Sequence[str], seed: int
         Columns ``id``, ``split``, ``lang`` (FLORES code of X), ``source`` (English) and
         ``x`` (the text in ``lang``), in the row order of ``corpus``.
     """
-    rng = np.random.default_rng(seed)
-    langs = pd.Series(index=corpus.index, dtype=object)
-    for split in SPLITS:  # balanced within each split, not only overall
-        mask = corpus["split"] == split
-        langs[mask] = balanced_draw(int(mask.sum()), pool, rng)
+    masks = {split: (corpus["split"] == split).to_numpy() for split in SPLITS}
+    draws = enx_draws({split: int(m.sum()) for split, m in masks.items()}, len(pool), seed)
+    col = np.zeros(len(corpus), dtype=np.intp)
+    for split, mask in masks.items():
+        col[mask] = draws[split]
     texts = corpus[list(pool)].to_numpy()
-    col = pd.Index(pool).get_indexer(langs.to_numpy())
     return pd.DataFrame({
         "id": corpus["id"].to_numpy(),
         "split": corpus["split"].to_numpy(),
-        "lang": langs.to_numpy(),
+        "lang": np.array(pool, dtype=object)[col],
         source: corpus[source].to_numpy(),
         "x": texts[np.arange(len(corpus)), col],
     })
