@@ -13,7 +13,7 @@ $(VENV_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[offline,dev]"
+	$(PY) -m pip install -q -e ".[offline,dev,scale]"
 	touch $(VENV_STAMP)
 
 repro: $(VENV_STAMP)

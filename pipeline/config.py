@@ -387,6 +387,16 @@ class TranslateConfig:
         references: Table with ``id`` + language columns of human translations; chrF/BLEU
             are computed against it when set and the language is present.
         output_dir: Output ``<output_dir>/<lang>.parquet``; shards in ``<lang>.parts/``.
+        device_index: GPUs of the ``local`` backend (CTranslate2 ``device_index``): one
+            model replica per GPU (× ``inter_threads``), batches spread over all of them;
+            ignored on CPU.
+        backend: ``local`` (one CTranslate2 translator in the stage's process) or ``ray``
+            (a pool of translator actors on the Ray cluster named by ``RAY_ADDRESS``, else
+            on a local Ray instance the stage starts and stops; needs the ``scale``
+            extra). Same shards, same output file.
+        ray_actors: Translator actors of the ``ray`` backend; 0 = one per GPU of the
+            cluster (device ``cuda``), else one per ``ray_actor_threads`` CPUs.
+        ray_actor_threads: CPU threads of each ``ray`` actor (Ray CPUs it reserves).
     """
 
     source: str = "data/source/eng_Latn.parquet"
@@ -403,6 +413,10 @@ class TranslateConfig:
     shard_size: int = 1000
     references: str | None = "data/seed/bible_source.parquet"
     output_dir: str = "data/translated"
+    device_index: tuple[int, ...] = (0,)
+    backend: Literal["local", "ray"] = "local"
+    ray_actors: int = 0
+    ray_actor_threads: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -825,6 +839,22 @@ class MineConfig:
         catalogue: Encoder catalogue (for keys).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch and faiss.
+        index: faiss k-NN index: ``flat`` (exact), or approximate for large inputs:
+            ``ivf`` (inverted lists of full vectors), ``ivfpq`` (inverted lists of 32-byte
+            fast-scan codes, candidates re-scored exactly; the one for millions of
+            sentences) or
+            ``hnsw`` (graph).
+        nlist: Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near √(sentences).
+        nprobe: Lists searched per query (``ivf``/``ivfpq``): more is slower and finds more.
+        pq_m: 4-bit codes per vector of ``ivfpq``; 0 picks dim / 6 (64 for 384 dimensions).
+        ef_search: Candidate list size of ``hnsw`` queries: more is slower and finds more.
+        rerank: ``ivfpq`` re-scores k × rerank candidates exactly and keeps the best k.
+        seed: Seed of the sample that trains ``ivf``/``ivfpq``.
+        shard_size: Sentences encoded per chunk and stored per embedding shard.
+        dtype: Embedding shards on disk: ``float16`` (half the size) or ``float32``
+            (the encoder's values exactly).
+        work_dir: Directory for the embedding shards (kept); empty: a temporary directory
+            next to ``output``, removed afterwards.
     """
 
     source: str = ""
@@ -838,6 +868,16 @@ class MineConfig:
     catalogue: str = "configs/encoders.yaml"
     device: str = "auto"
     threads: int = 2
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
+    nlist: int = 0
+    nprobe: int = 64
+    pq_m: int = 0
+    ef_search: int = 64
+    rerank: int = 4
+    seed: int = 0
+    shard_size: int = 65536
+    dtype: Literal["float16", "float32"] = "float16"
+    work_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -368,3 +368,50 @@ def test_bad_input_stage_script_exits_2(case, nmt_models, nmt_source, tmp_path, 
     assert len(errors) == 1 and re.search(message, errors[0])
     assert not (tmp_path / "out").exists() and not (tmp_path / "data").exists()
 
+
+
+# --- backends: the ray backend's one-line error, many GPUs for the local one -----------------
+
+
+def test_ray_backend_without_ray_is_a_one_line_error(nmt_models, nmt_source, tmp_path,
+                                                     monkeypatch, capsys):
+    from stages.translate import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    cfg = make_cfg(tmp_path, nmt_models["marian"], nmt_source, backend="ray")
+    with pytest.raises(ValueError, match=r"translate.backend is 'ray' but Ray is not "
+                                         r"installed; install it with pip install -e "
+                                         r"'\.\[scale\]'") as info:
+        stage.run(cfg, LANGS, "deu_Latn")
+    assert "\n" not in str(info.value)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--params", str(params_file(tmp_path, cfg)), "--lang", "deu_Latn"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(errors) == 1 and "Ray is not installed" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_device_index_is_checked_and_ignored_on_cpu(nmt_models, nmt_source, tmp_path):
+    cfg = make_cfg(tmp_path, nmt_models["marian"], nmt_source, device_index=(1, 0))
+    assert stage.run(cfg, LANGS, "deu_Latn")["shards"] == 4  # CPU: no GPU ids used
+    for bad in ((), (0, 0), (-1,)):
+        with pytest.raises(ValueError, match="device_index must be a non-empty list of "
+                                             "distinct GPU ids"):
+            load_translator(nmt_models["marian"], device_index=bad)
+
+
+def test_a_shard_is_read_alone_as_the_stream_cuts_it(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.translate.shards import iter_row_chunks, read_row_chunk
+
+    frame = source_frame(53)
+    for group in (1, 5, 16, 100):
+        path = tmp_path / f"rg{group}.parquet"
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path,
+                       row_group_size=group)
+        for size in (1, 7, 16, 53, 60):
+            chunks = list(iter_row_chunks(path, ["id", "eng_Latn"], size))
+            for index, chunk in enumerate(chunks):
+                assert read_row_chunk(path, ["id", "eng_Latn"], size, index).equals(chunk)
+            assert read_row_chunk(path, ["id"], size, len(chunks)).num_rows == 0

@@ -8,6 +8,8 @@
   ``convert_nmt``, also used by ``train_nmt``).
 - :mod:`~pipeline.translate.shards` — sharded, resumable Parquet output.
 - :mod:`~pipeline.translate.stage` — stage ``translate@<lang>``.
+- :mod:`~pipeline.translate.ray_backend` — its ``ray`` backend (CTranslate2 actors on
+  a Ray cluster; needs the ``scale`` extra).
 - :mod:`~pipeline.translate.train_nmt` — stage ``train_nmt`` (the project's own model).
 
 Nothing is imported here, so importing one submodule does not load the others' libraries.

@@ -163,11 +163,22 @@ class CT2Translator:
         return [self.decode(t) for t in self.translate_tokens(sources, target_lang)]
 
 
+def _check_device_index(device_index: Sequence[int]) -> list[int]:
+    """The GPU ids of ``device_index`` as a list (non-empty, distinct, non-negative)."""
+    gpus = list(device_index)
+    if not gpus or len(set(gpus)) != len(gpus) or any(
+            isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in gpus):
+        raise ValueError(f"device_index must be a non-empty list of distinct GPU ids (0, 1, "
+                         f"...), got {gpus!r}")
+    return gpus
+
+
 def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type: str = "auto",
                     inter_threads: int = 1, intra_threads: int = 0, family: str = "auto",
                     source_lang: str | None = None, beam_size: int = 2,
                     max_batch_tokens: int = 2048, max_decoding_length: int = 256,
-                    no_repeat_ngram_size: int = 0) -> CT2Translator:
+                    no_repeat_ngram_size: int = 0, device_index: Sequence[int] = (0,)
+                    ) -> CT2Translator:
     """Open a CTranslate2 NMT model directory.
 
     Args:
@@ -175,7 +186,7 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
             ``multiway_nmt.json``.
         device: ``auto``, ``cpu`` or ``cuda``.
         compute_type: ``auto`` (int8 on CPU, bfloat16/float16 on GPU) or a CT2 type.
-        inter_threads: Parallel translators (CPU) or batches in flight (GPU).
+        inter_threads: Parallel translators (CPU) or batches in flight per GPU.
         intra_threads: Threads per translator on CPU (0 = CTranslate2's default).
         family: ``auto`` (from ``multiway_nmt.json``) or the tokenisation family of a
             directory converted by other tools.
@@ -184,6 +195,8 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
         max_batch_tokens: Token budget of a batch.
         max_decoding_length: Cap on output length in subwords.
         no_repeat_ngram_size: Forbid repeated subword n-grams of this size (0 = off).
+        device_index: GPUs to place a replica on (``inter_threads`` replicas each); batches
+            of one ``translate_iterable`` call are spread over all of them. Ignored on CPU.
 
     Returns:
         The translator.
@@ -201,9 +214,11 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
     tokenizer = load_tokenizer(model_dir, meta)
     device = resolve_device(device)
     compute_type = resolve_compute_type(device, compute_type)
+    gpus = _check_device_index(device_index)
     try:
         raw = ctranslate2.Translator(
             str(model_dir), device=device, compute_type=compute_type,
+            device_index=gpus if device == "cuda" else 0,
             inter_threads=inter_threads, intra_threads=intra_threads,
         )
     except (RuntimeError, ValueError) as exc:
@@ -212,7 +227,8 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
             f"CTranslate2 cannot load {model_dir} ({first_line}); reconvert it with "
             "`multiway convert_nmt` (or retrain it with train_nmt)"
         ) from None
-    logger.info("loaded %s model %s on %s (%s, %d×%d threads)", meta.family, model_dir, device,
+    where = f"cuda:{','.join(map(str, gpus))}" if device == "cuda" else device
+    logger.info("loaded %s model %s on %s (%s, %d×%d threads)", meta.family, model_dir, where,
                 compute_type, inter_threads, intra_threads)
     return CT2Translator(model_dir, meta, tokenizer, raw, device, compute_type, options,
                          source_lang)

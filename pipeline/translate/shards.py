@@ -49,6 +49,39 @@ def iter_row_chunks(path: str | Path, columns: list[str], size: int) -> Iterator
         yield pa.Table.from_batches(pending)
 
 
+def read_row_chunk(path: str | Path, columns: list[str], size: int, index: int) -> pa.Table:
+    """Chunk ``index`` of :func:`iter_row_chunks` (rows ``index*size`` onwards), read alone.
+
+    Only the row groups that overlap the chunk are decoded, batch by batch, so a worker
+    that is handed one shard neither reads the file from its start nor holds more than the
+    chunk and one batch.
+    """
+    parquet = pq.ParquetFile(path)
+    start = index * size
+    stop = min(start + size, parquet.metadata.num_rows)
+    groups, offset, first = [], 0, 0
+    for group in range(parquet.metadata.num_row_groups):
+        rows = parquet.metadata.row_group(group).num_rows
+        if offset < stop and offset + rows > start:
+            first = first if groups else offset
+            groups.append(group)
+        offset += rows
+    schema = parquet.schema_arrow
+    empty = pa.schema([schema.field(c) for c in columns]).empty_table()
+    if not groups:
+        return empty
+    kept: list[pa.RecordBatch] = []
+    position = first  # row number of the next batch's first row
+    for batch in parquet.iter_batches(batch_size=size, row_groups=groups, columns=columns):
+        begin, end = max(start - position, 0), min(stop - position, batch.num_rows)
+        if end > begin:
+            kept.append(batch.slice(begin, end - begin))
+        position += batch.num_rows
+        if position >= stop:
+            break
+    return pa.Table.from_batches(kept, schema=empty.schema) if kept else empty
+
+
 class ShardStore:
     """Numbered Parquet shards of one output file, tied to a job fingerprint.
 

@@ -8,6 +8,11 @@ killed at any point and started again keeps the finished shards and produces the
 file as an uninterrupted run; each shard is translated on its own, so its batches, and
 therefore its output, do not depend on where a run started. Every input and the model are
 checked before anything is written.
+
+``translate.backend`` picks who translates the shards: ``local`` (one CTranslate2
+translator in this process, on one or several GPUs via ``device_index``) or ``ray`` (a pool
+of actors on a Ray cluster, :mod:`~pipeline.translate.ray_backend`). Both write the same
+shards, so the output file is the same, and either resumes the other's shards.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import ctranslate2
@@ -116,17 +122,32 @@ class _Work:
         self.bar.set_postfix_str(f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
 
 
+def iter_translations(translator: CT2Translator, texts: Sequence[str | None], lang: str
+                      ) -> Iterator[tuple[int, str, int]]:
+    """Translate the rows of one shard, all in one ``translate_iterable`` call.
+
+    Empty (or blank) rows are not decoded: their translation is ``""`` and they are not
+    yielded. Every backend translates a shard through this function, so a shard's batches,
+    and therefore its output, are the same whichever process translates it.
+
+    Yields:
+        ``(row, translation, target tokens)`` for each non-empty row, in row order.
+    """
+    keep = [i for i, text in enumerate(texts) if text and text.strip()]
+    sources = translator.encode([texts[i] for i in keep], lang)  # type: ignore[misc]
+    for i, tokens in zip(keep, translator.translate_tokens(sources, lang)):
+        yield i, translator.decode(tokens), len(tokens)
+
+
 def _translate_shard(translator: CT2Translator, texts: list[str | None], lang: str,
                      work: _Work) -> list[str]:
     """Translate one shard; empty source rows give empty translations without decoding."""
     start, cpu = time.perf_counter(), time.process_time()
-    keep = [i for i, text in enumerate(texts) if text and text.strip()]
     out = [""] * len(texts)
-    work.bar.update(len(texts) - len(keep))
-    sources = translator.encode([texts[i] for i in keep], lang)  # type: ignore[misc]
-    for n, (i, tokens) in enumerate(zip(keep, translator.translate_tokens(sources, lang)), 1):
-        out[i] = translator.decode(tokens)
-        work.tokens += len(tokens)
+    work.bar.update(sum(1 for text in texts if not (text and text.strip())))
+    for n, (i, text, tokens) in enumerate(iter_translations(translator, texts, lang), 1):
+        out[i] = text
+        work.tokens += tokens
         work.bar.update(1)
         if n % _POSTFIX_EVERY == 0:
             work.show_rate(start)
@@ -182,8 +203,40 @@ def translate_file(translator: CT2Translator, source: Path, source_column: str, 
     }
 
 
+def fingerprint(cfg: TranslateConfig, source_column: str, lang: str, device: str,
+                compute_type: str, max_decoding_length: int) -> dict[str, object]:
+    """Everything that determines the output of ``translate@<lang>`` (see :class:`ShardStore`).
+
+    The backend, thread counts and GPU ids are left out: they do not change a shard, so
+    shards written by one backend are kept by the other.
+    """
+    return {
+        "version": OUTPUT_VERSION, "ctranslate2": ctranslate2.__version__,
+        "source": file_hash(cfg.source), "source_column": source_column,
+        "model": file_hash(cfg.model_dir), "lang": lang, "device": device,
+        "compute_type": compute_type, "beam_size": cfg.beam_size,
+        "max_batch_tokens": cfg.max_batch_tokens,
+        "max_decoding_length": max_decoding_length, "shard_size": cfg.shard_size,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+    }
+
+
+def _check_settings(cfg: TranslateConfig) -> None:
+    """One-line errors for settings that no library checks before work starts."""
+    for key in ("shard_size", "ray_actor_threads"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"translate.{key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.ray_actors < 0:
+        raise ValueError(f"translate.ray_actors must be >= 0 (0 = automatic), got "
+                         f"{cfg.ray_actors}")
+
+
 def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]:
     """Stage ``translate@<lang>``.
+
+    With ``backend: ray`` the model is loaded here on CPU once, to check it (and the
+    language) before anything is written or any Ray worker starts; the translation itself
+    runs in :mod:`~pipeline.translate.ray_backend`'s actors.
 
     Args:
         cfg: The ``translate`` section.
@@ -192,38 +245,44 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
 
     Returns:
         Flat metrics: sentence/shard counts, seconds, sentences/s, target tokens/s, and
-        ``chrf``/``bleu`` when ``references`` has a ``lang`` column.
+        ``chrf``/``bleu`` when ``references`` has a ``lang`` column (with ``ray``, also
+        the number of actors and their summed translation time).
 
     Raises:
         FileNotFoundError: Missing source, references or model.
-        ValueError: Unknown language, unsupported language pair, bad model or settings.
+        ValueError: Unknown language, unsupported language pair, bad model or settings,
+            ``backend: ray`` without Ray installed.
     """
     langs_mod.get(lang)
-    if cfg.shard_size < 1:
-        raise ValueError(f"translate.shard_size must be >= 1, got {cfg.shard_size}")
+    _check_settings(cfg)
     source = Path(cfg.source)
     _source_schema(source, langs.source)
+    distributed = cfg.backend == "ray"
+    if distributed:
+        from pipeline.translate import ray_backend
+
+        ray_backend.import_ray()
+    # The ray backend's driver only checks the model: on CPU, whatever the actors run on.
     translator = load_translator(
-        cfg.model_dir, device=cfg.device, compute_type=cfg.compute_type,
+        cfg.model_dir, device="cpu" if distributed else cfg.device,
+        compute_type=cfg.compute_type if cfg.device == "cpu" or not distributed else "auto",
         inter_threads=cfg.inter_threads, intra_threads=cfg.intra_threads, family=cfg.family,
         source_lang=langs.source, beam_size=cfg.beam_size, max_batch_tokens=cfg.max_batch_tokens,
         max_decoding_length=cfg.max_decoding_length,
-        no_repeat_ngram_size=cfg.no_repeat_ngram_size,
+        no_repeat_ngram_size=cfg.no_repeat_ngram_size, device_index=cfg.device_index,
     )
     translator.check(lang)
     references = _load_references(cfg.references, lang)
-    fingerprint: dict[str, object] = {
-        "version": OUTPUT_VERSION, "ctranslate2": ctranslate2.__version__,
-        "source": file_hash(source), "source_column": langs.source,
-        "model": file_hash(cfg.model_dir), "lang": lang, "device": translator.device,
-        "compute_type": translator.compute_type, "beam_size": cfg.beam_size,
-        "max_batch_tokens": cfg.max_batch_tokens,
-        "max_decoding_length": translator.max_decoding_length, "shard_size": cfg.shard_size,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
-    }
     output = Path(cfg.output_dir) / f"{lang}.parquet"
-    metrics = translate_file(translator, source, langs.source, lang, output, cfg.shard_size,
-                             fingerprint)
+    if distributed:
+        max_decoding_length = translator.max_decoding_length
+        del translator  # the driver does not translate: free the model before actors start
+        metrics = ray_backend.translate_file(cfg, langs.source, lang, output, max_decoding_length)
+    else:
+        metrics = translate_file(
+            translator, source, langs.source, lang, output, cfg.shard_size,
+            fingerprint(cfg, langs.source, lang, translator.device, translator.compute_type,
+                        translator.max_decoding_length))
     logger.info("%s: %d sentences (%d shards, %d reused) in %.1f s, %.1f sent/s, %.0f tok/s",
                 output, metrics["sentences"], metrics["shards"], metrics["shards_reused"],
                 metrics["seconds"], metrics["sentences_per_s"], metrics["target_tokens_per_s"])

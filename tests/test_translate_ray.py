@@ -1,0 +1,186 @@
+"""The ``ray`` backend of ``translate``: same shards and file as the local backend.
+
+One local 2-CPU Ray instance serves the whole module (started once; in-process stage runs
+reuse it, the stage subprocesses reach it through ``RAY_ADDRESS``).
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io import read_table, write_table
+from pipeline.translate import ray_backend, stage
+from tests.fixtures.nmt import source_frame
+from tests.test_translate import LANGS, ROOT, fail_after, make_cfg, params_file
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """A local Ray instance with 2 CPUs for the module; yields its address."""
+    context = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def mixed_source(tmp_path_factory) -> Path:
+    """75 rows with empty ones, in row groups of 7 (no shard boundary is a group's)."""
+    frame = source_frame(75)
+    frame.loc[[3, 20, 21, 74], "eng_Latn"] = ["", "  ", "", ""]
+    path = tmp_path_factory.mktemp("mixed") / "src.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=7)
+    return path
+
+
+def test_ray_output_is_the_local_output_byte_for_byte(ray_address, nmt_models, mixed_source,
+                                                      tmp_path):
+    local = make_cfg(tmp_path, nmt_models["marian"], mixed_source, shard_size=16,
+                     output_dir=str(tmp_path / "local"))
+    distributed = dataclasses.replace(local, backend="ray", ray_actors=2,
+                                      output_dir=str(tmp_path / "ray"))
+    expected = stage.run(local, LANGS, "deu_Latn")
+    metrics = stage.run(distributed, LANGS, "deu_Latn")
+
+    assert (tmp_path / "ray/deu_Latn.parquet").read_bytes() == \
+        (tmp_path / "local/deu_Latn.parquet").read_bytes()
+    assert not (tmp_path / "ray/deu_Latn.parts").exists()
+    for key in ("sentences", "shards", "translated_sentences", "target_tokens"):
+        assert metrics[key] == expected[key], key
+    assert metrics["shards"] == 5 and metrics["ray_actors"] == 2
+    assert metrics["seconds"] > 0 and metrics["actor_seconds"] > 0
+    out = read_table(tmp_path / "ray/deu_Latn.parquet")
+    assert out.loc[[3, 20, 21, 74], "deu_Latn"].tolist() == ["", "", "", ""]
+
+
+def test_shards_of_one_backend_are_resumed_by_the_other(ray_address, nmt_models, nmt_source,
+                                                        tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, nmt_models["nllb"], nmt_source)
+    reference = make_cfg(tmp_path, nmt_models["nllb"], nmt_source,
+                         output_dir=str(tmp_path / "ref"))
+    stage.run(reference, LANGS, "deu_Latn")
+    with monkeypatch.context() as m:
+        fail_after(m, 2)  # the local backend stops after 2 of 4 shards
+        with pytest.raises(RuntimeError, match="injected failure"):
+            stage.run(cfg, LANGS, "deu_Latn")
+    metrics = stage.run(dataclasses.replace(cfg, backend="ray"), LANGS, "deu_Latn")
+    assert metrics["shards_reused"] == 2 and metrics["translated_sentences"] == 60 - 32
+    assert (tmp_path / "out/deu_Latn.parquet").read_bytes() == \
+        (tmp_path / "ref/deu_Latn.parquet").read_bytes()
+
+
+
+def test_ray_resume_after_sigkill(ray_address, nmt_models, tmp_path):
+    """Kill a ray-backend stage process once its first shard is on disk, then restart it.
+
+    Both runs reach the module's Ray instance through ``RAY_ADDRESS``; the killed driver's
+    actors die with it.
+    """
+    write_table(source_frame(1200), tmp_path / "big.parquet")
+    cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet", shard_size=30,
+                   output_dir="out", backend="ray", ray_actors=2)
+    params = params_file(tmp_path, cfg)
+    cmd = [sys.executable, str(ROOT / "stages/translate.py"), "--params", str(params),
+           "--lang", "deu_Latn"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+           "RAY_ADDRESS": ray_address}
+    parts = tmp_path / "out/deu_Latn.parts"
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (parts / "shard-000000.parquet").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "stage ended too early"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list(parts.glob("shard-*.parquet")))
+    assert 1 <= done < 40 and not (tmp_path / "out/deu_Latn.parquet").exists()
+
+    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                               timeout=300)
+    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    metrics = json.loads((tmp_path / "data/metrics/translate@deu_Latn.json").read_text())
+    assert metrics["shards_reused"] >= 1 and metrics["shards"] == 40
+
+    reference_cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet",
+                             shard_size=30, output_dir=str(tmp_path / "ref"))
+    stage.run(reference_cfg, LANGS, "deu_Latn")
+    pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"),
+                                  read_table(tmp_path / "ref/deu_Latn.parquet"))
+    assert not parts.exists()
+
+
+def test_bad_model_fails_before_ray_work(ray_address, nmt_models, nmt_source, tmp_path):
+    model = tmp_path / "corrupt"
+    model.mkdir()
+    for path in nmt_models["marian"].iterdir():
+        (model / path.name).write_bytes(path.read_bytes())
+    (model / "model.bin").write_bytes(b"not a model")
+    cfg = make_cfg(tmp_path, model, nmt_source, backend="ray")
+    with pytest.raises(ValueError, match="CTranslate2 cannot load .*; reconvert it") as info:
+        stage.run(cfg, LANGS, "deu_Latn")
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_actor_errors_come_back_as_the_same_one_line_error(nmt_models, nmt_source, tmp_path):
+    job = ray_backend.ShardJob(
+        source=str(nmt_source), source_column="eng_Latn", lang="deu_Latn", shard_size=16,
+        model_dir=str(tmp_path / "not-on-this-node"), family="auto", device="cpu",
+        compute_type="int8", beam_size=2, max_batch_tokens=128, max_decoding_length=24,
+        no_repeat_ngram_size=0, inter_threads=1, intra_threads=1)
+    row = ray_backend.ShardTranslator(job)(pa.table({"shard": [1]})).to_pylist()[0]
+    assert row["shard"] == 1 and row["ids"] == [] and "Traceback" in row["trace"]
+    with pytest.raises(FileNotFoundError, match="not-on-this-node does not exist") as info:
+        ray_backend._raise_actor_error(row["shard"], row["error"], row["trace"])
+    assert "\n" not in str(info.value)
+
+    ok = ray_backend.ShardTranslator(dataclasses.replace(job, model_dir=str(nmt_models["marian"])))
+    row = ok(pa.table({"shard": [3]})).to_pylist()[0]  # the last, short shard: rows 48-59
+    assert row["error"] is None and row["tokens"] > 0
+    assert row["ids"] == read_table(nmt_source)["id"].tolist()[48:60] and len(row["texts"]) == 12
+
+
+class FakeRay:
+    """Records ``init`` / ``shutdown`` (the real session is the module's)."""
+
+    def __init__(self):
+        self.calls = []
+        self.data = object()
+
+    def is_initialized(self):
+        return False
+
+    def init(self, **kwargs):
+        self.calls.append(("init", kwargs))
+
+    def shutdown(self):
+        self.calls.append(("shutdown", {}))
+
+
+def test_ray_session_starts_a_local_instance_or_joins_ray_address(monkeypatch):
+    fake = FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.data", fake.data)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with ray_backend.ray_session(4) as session:
+        assert session is fake and [c for c, _ in fake.calls] == ["init"]
+    assert fake.calls == [("init", {"address": "local", "num_cpus": 4, "include_dashboard": False,
+                                    "logging_level": 30}), ("shutdown", {})]
+
+    fake.calls.clear()
+    monkeypatch.setenv("RAY_ADDRESS", "head:6379")
+    with ray_backend.ray_session(4):
+        pass
+    assert fake.calls == [("init", {"address": "head:6379", "logging_level": 30}),
+                          ("shutdown", {})]
