@@ -260,15 +260,19 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
     assert stage.run(greedy, LANGS, "deu_Latn")["shards_reused"] == 0
 
 
-def test_resume_after_sigkill(nmt_models, tmp_path):
-    """Kill the stage process for real once its first shard is on disk, then restart it."""
+def kill_and_resume(nmt_models, tmp_path: Path, env_extra: dict | None = None,
+                    **cfg_extra) -> None:
+    """Kill the stage process for real once its first shard is on disk, then restart it.
+
+    The restarted run must reuse the finished shards and give the uninterrupted output.
+    """
     write_table(source_frame(1200), tmp_path / "big.parquet")
     cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet", shard_size=30,
-                   output_dir="out")
+                   output_dir="out", **cfg_extra)
     params = params_file(tmp_path, cfg)
     cmd = [sys.executable, str(ROOT / "stages/translate.py"), "--params", str(params),
            "--lang", "deu_Latn"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     parts = tmp_path / "out/deu_Latn.parts"
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -293,6 +297,10 @@ def test_resume_after_sigkill(nmt_models, tmp_path):
     pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"),
                                   read_table(tmp_path / "ref/deu_Latn.parquet"))
     assert not parts.exists()
+
+
+def test_resume_after_sigkill(nmt_models, tmp_path):
+    kill_and_resume(nmt_models, tmp_path)
 
 
 # --- bad inputs: one line, no output ---------------------------------------------------------

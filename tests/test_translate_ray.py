@@ -5,23 +5,17 @@ reuse it, the stage subprocesses reach it through ``RAY_ADDRESS``).
 """
 
 import dataclasses
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import read_table, write_table
+from pipeline.io import read_table
 from pipeline.translate import ray_backend, stage
 from tests.fixtures.nmt import source_frame
-from tests.test_translate import LANGS, ROOT, fail_after, make_cfg, params_file
+from tests.test_translate import LANGS, fail_after, kill_and_resume, make_cfg
 
 ray = pytest.importorskip("ray")
 
@@ -82,43 +76,13 @@ def test_shards_of_one_backend_are_resumed_by_the_other(ray_address, nmt_models,
 
 
 def test_ray_resume_after_sigkill(ray_address, nmt_models, tmp_path):
-    """Kill a ray-backend stage process once its first shard is on disk, then restart it.
+    """The local backend's kill test with the ray backend.
 
     Both runs reach the module's Ray instance through ``RAY_ADDRESS``; the killed driver's
     actors die with it.
     """
-    write_table(source_frame(1200), tmp_path / "big.parquet")
-    cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet", shard_size=30,
-                   output_dir="out", backend="ray", ray_actors=2)
-    params = params_file(tmp_path, cfg)
-    cmd = [sys.executable, str(ROOT / "stages/translate.py"), "--params", str(params),
-           "--lang", "deu_Latn"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-           "RAY_ADDRESS": ray_address}
-    parts = tmp_path / "out/deu_Latn.parts"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (parts / "shard-000000.parquet").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "stage ended too early"
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = len(list(parts.glob("shard-*.parquet")))
-    assert 1 <= done < 40 and not (tmp_path / "out/deu_Latn.parquet").exists()
-
-    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=300)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
-    metrics = json.loads((tmp_path / "data/metrics/translate@deu_Latn.json").read_text())
-    assert metrics["shards_reused"] >= 1 and metrics["shards"] == 40
-
-    reference_cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet",
-                             shard_size=30, output_dir=str(tmp_path / "ref"))
-    stage.run(reference_cfg, LANGS, "deu_Latn")
-    pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"),
-                                  read_table(tmp_path / "ref/deu_Latn.parquet"))
-    assert not parts.exists()
+    kill_and_resume(nmt_models, tmp_path, {"RAY_ADDRESS": ray_address}, backend="ray",
+                    ray_actors=2)
 
 
 def test_bad_model_fails_before_ray_work(ray_address, nmt_models, nmt_source, tmp_path):
