@@ -54,12 +54,12 @@ def main() -> None:
             scored = evaluate.run(eval_cfg, langs, task, encoder)
             items.append({
                 "task": task, "encoder": encoder, "runs": trained["runs"],
-                "features/sequences": trained["features/sequences"],
+                "features/sequences": trained["runtime"]["features/sequences"],
                 "train": {"wall": round(t1 - t0, 1), "cpu": round(c1 - c0, 1),
-                          "features_wall": trained["seconds/features"]},
+                          "features_wall": trained["runtime"]["seconds/features"]},
                 "evaluate": {"wall": round(time.perf_counter() - t1, 1),
                              "cpu": round(time.process_time() - c1, 1)},
-                "train_seconds": {k.split("/", 1)[1]: v for k, v in trained.items()
+                "train_seconds": {k.split("/", 1)[1]: v for k, v in trained["runtime"].items()
                                   if k.startswith("train_seconds/")},
                 "zero_shot": {k.split("/")[0]: v for k, v in scored.items()
                               if k.endswith("/zero_shot")},

@@ -99,18 +99,19 @@ def run_variant(name: str, source: Path, work: Path, args) -> tuple[dict, Path]:
     start = time.perf_counter()
     metrics = stage.run(cfg, LangsConfig(pool=(LANG,)), LANG)
     wall = time.perf_counter() - start
-    tokens = metrics["target_tokens"]
+    work = metrics["runtime"]
+    tokens = work["target_tokens"]
     row = {"sentences": metrics["sentences"], "shards": metrics["shards"],
-           "target_tokens": tokens, "seconds": metrics["seconds"],
-           "tokens_per_s": metrics["target_tokens_per_s"],
-           "cpu_seconds": metrics["cpu_seconds"],
+           "target_tokens": tokens, "seconds": work["translate_seconds"],
+           "tokens_per_s": work["target_tokens_per_s"],
+           "cpu_seconds": work["translate_cpu_seconds"],
            "whole_call_seconds": round(wall, 3),
            "whole_call_tokens_per_s": round(tokens / wall, 1)}
-    if "actor_seconds" in metrics:  # translation time in the actors, start-up excluded
-        row["actor_seconds"] = metrics["actor_seconds"]
-        row["ray_actors"] = metrics["ray_actors"]
+    if "actor_seconds" in work:  # translation time in the actors, start-up excluded
+        row["actor_seconds"] = work["actor_seconds"]
+        row["ray_actors"] = work["ray_actors"]
         row["steady_tokens_per_s"] = round(
-            tokens / (metrics["actor_seconds"] / metrics["ray_actors"]), 1)
+            tokens / (work["actor_seconds"] / work["ray_actors"]), 1)
     return row, out / f"{LANG}.parquet"
 
 

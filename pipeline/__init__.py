@@ -1,1 +1,52 @@
-"""multiway-align: multi-way corpora, encoder alignment, mteb evaluation, zero-shot transfer."""
+"""multiway-align: multi-way corpora, encoder alignment, mteb evaluation, zero-shot transfer.
+
+Importing the package pins the instruction set of the numeric libraries it uses on CPU, so
+a run gives the same bytes on any x86-64 CPU with AVX2, an Intel Xeon with AVX-512 and an AMD
+EPYC without it alike (torch's matrix products: see ``MULTIWAY_CPU_ISA`` below). Left alone,
+each library picks its kernels by CPU vendor and model: CTranslate2 multiplies int8 matrices
+with Intel MKL on Intel CPUs and with oneDNN elsewhere; oneDNN, torch, OpenBLAS (numpy),
+numpy's own loops and faiss take AVX-512 code where the CPU has it; and the sums come out in
+another order. The pins must be in the environment before those libraries load, hence here:
+a stage's first import is this package.
+
+``MULTIWAY_CPU_ISA`` chooses: ``avx2`` (default) pins everything but torch's matrix
+products, which MKL computes with kernels of its own choice (the same on every machine of one
+CPU model, not on Intel vs AMD); ``strict`` pins those too, at a cost in training speed;
+``native`` turns the pins off (each library's fastest kernels, outputs that depend on the
+CPU). A variable already set in the environment is left as it is. What the pins cost in
+speed is measured by ``benchmarks/cpu_isa.py`` (docs/benchmarks.md).
+"""
+
+import os
+
+CPU_PINS = {
+    # CTranslate2: oneDNN (vendor-neutral) instead of MKL for GEMM, AVX2 kernels of its own.
+    "CT2_USE_MKL": "0",
+    "CT2_FORCE_CPU_ISA": "AVX2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    # torch's own kernels; numpy's OpenBLAS and SIMD loops; faiss's distance kernels.
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "OPENBLAS_CORETYPE": "Haswell",
+    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
+    "FAISS_SIMD_LEVEL": "AVX2",
+}
+# torch multiplies matrices with MKL, which picks its kernels by CPU vendor and model; only
+# its COMPATIBLE branch gives the same bits on Intel and AMD, and it makes training ~2.8x
+# slower, so only the strict mode sets it.
+STRICT_PINS = {"MKL_CBWR": "COMPATIBLE"}
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return any(line.startswith("flags") and " avx2" in line for line in fh)
+    except OSError:
+        return False
+
+
+_MODE = os.environ.get("MULTIWAY_CPU_ISA", "avx2").lower()
+if _MODE not in ("avx2", "strict", "native"):
+    raise SystemExit(f"error: MULTIWAY_CPU_ISA must be avx2, strict or native, got {_MODE!r}")
+if _MODE != "native" and _cpu_has_avx2():
+    for _key, _value in {**CPU_PINS, **(STRICT_PINS if _MODE == "strict" else {})}.items():
+        os.environ.setdefault(_key, _value)

@@ -14,7 +14,9 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import resource
 import sys
+import time
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import yaml
 
 from pipeline import config as cfgmod
 from pipeline.io import write_json
-from pipeline.runtime import run_entry
+from pipeline.runtime import run_context, run_entry
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,12 @@ class Stage:
 
     Attributes:
         config: Name of the config dataclass in :mod:`pipeline.config`.
-        run: ``module:function`` called as ``fn(cfg, **shared, **matrix)``; returns metrics.
+        run: ``module:function`` called as ``fn(cfg, **shared, **matrix)``; returns the
+            stage's metrics (or ``None``: nothing to write). What a rerun reproduces
+            (scores, counts, config echoes) goes in the flat dict itself, which lands in
+            ``data/metrics/`` (tracked by DVC); what changes from run to run (seconds, rates,
+            work resumed or redone) goes in its ``"runtime"`` sub-dict, which :func:`execute`
+            pops into ``data/runtime/`` (nothing depends on it), beside its own measurements.
         help: One line for ``multiway --help``.
         shared: Shared params sections passed as keyword arguments (e.g. ``langs``).
         matrix: Names of the matrix keys, in dvc.yaml's order (``translate@deu_Latn`` →
@@ -53,9 +60,13 @@ class Stage:
 SHARED = {"langs": "LangsConfig"}
 
 STAGES: dict[str, Stage] = {
+    "extract_gettext": Stage(
+        "ExtractGettextConfig", "pipeline.sources.gettext:run",
+        "Extract the host's gettext catalogs into one message table (frozen, committed).",
+    ),
     "prepare_seed": Stage(
         "PrepareSeedConfig", "pipeline.sources.seed:run",
-        "Extract the offline seed corpora: Bible editions (chapter splits) and gettext catalogs.",
+        "Extract the offline seed corpora: Bible editions (chapter splits), gettext messages.",
         shared=("langs",),
     ),
     "prepare_source": Stage(
@@ -120,9 +131,40 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def metrics_path(name: str, item: str | None = None) -> Path:
-    """``data/metrics/<stage>[@<item>].json``: the flat metrics file DVC tracks for a stage."""
-    return Path("data/metrics") / (f"{name}@{item}.json" if item else f"{name}.json")
+#: Key of the run-dependent part of a run function's metrics (see :class:`Stage`).
+RUNTIME = "runtime"
+
+
+def metrics_path(name: str, item: str | None = None, root: str | Path = "data",
+                 kind: str = "metrics") -> Path:
+    """``<root>/<kind>/<stage>[@<item>].json``: a stage's metrics or runtime file.
+
+    ``data/metrics/`` holds the flat metrics DVC tracks; ``data/runtime/`` what varies from
+    run to run (times, rates, memory, machine, date, git revision), untracked.
+    """
+    return Path(root) / kind / (f"{name}@{item}.json" if item else f"{name}.json")
+
+
+def _results_root(cls: type, cfg: Any, own: Any) -> Path:
+    """Where a run's metrics and runtime go: ``data``, unless the output was moved.
+
+    A run whose output field (``output_dir`` or ``output``) differs from the params' own
+    (e.g. ``multiway translate --output-dir /tmp/x``) writes them next to its output
+    (``/tmp/x/metrics/``, ``/tmp/x/runtime/``), never over the tracked ``data/metrics/``.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    field = next((f for f in ("output_dir", "output") if f in names), None)
+    if field is None or getattr(cfg, field) == getattr(own, field):
+        return Path("data")
+    out = Path(getattr(cfg, field))
+    return out if field == "output_dir" else out.parent
+
+
+def _usage() -> tuple[float, float]:
+    """CPU seconds and peak RSS (MiB) of this process and its finished children."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return (sum(u.ru_utime + u.ru_stime for u in usage),
+            max(u.ru_maxrss for u in usage) / 1024)  # ru_maxrss is in KiB on Linux
 
 
 def _load(section: str, cls: type, params: dict[str, Any], path: str, overrides: dict) -> Any:
@@ -141,18 +183,26 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
             matrix: dict[str, str] | None = None) -> dict[str, Any]:
     """Load a stage's config (params file + overrides), run it, write its metrics JSON.
 
+    The run's metrics go to ``data/metrics/<stage>[@<item>].json``; its ``runtime`` part
+    (see :class:`Stage`), with the wall and CPU seconds and peak RSS measured here and the
+    machine, date and git revision, to ``data/runtime/<stage>[@<item>].json``. A run whose
+    output was moved by an override writes both next to that output instead.
+
     Args:
         name: Stage name (a key of :data:`STAGES`).
-        params_path: ``params.yaml``; a missing file means "all defaults".
+        params_path: The params file; unknown sections fail. A missing file fails too,
+            except the default ``params.yaml`` (then every section takes its defaults).
         overrides: Field → value, applied on top of the params section.
         matrix: Matrix key → value (e.g. ``{"lang": "deu_Latn"}``) for matrix stages.
 
     Returns:
-        The metrics the stage returned (``None``: nothing written, e.g. on the non-main
-        processes of a distributed run).
+        The metrics the stage returned, without their ``runtime`` part (``None``: nothing
+        written, e.g. on the non-main processes of a distributed run).
     """
     stage = STAGES[name]
-    params = cfgmod.load_params(params_path) if Path(params_path).is_file() else {}
+    # Only the default params.yaml may be absent (a run outside a project: all defaults).
+    defaults = params_path == "params.yaml" and not Path(params_path).exists()
+    params = {} if defaults else cfgmod.load_params(params_path, [*STAGES, *SHARED])
     cls = getattr(cfgmod, stage.config)
     cfg = _load(name, cls, params, params_path, overrides or {})
     kwargs: dict[str, Any] = {
@@ -166,9 +216,17 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     # A hub id or a path given from the CLI names its metrics file by its last component.
     item = "-".join(Path(matrix[key].rstrip("/")).name for key in stage.matrix) or None
     module, func = stage.run.split(":")
+    start, (cpu, _) = time.perf_counter(), _usage()
     metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
-    if metrics is not None:
-        write_json(metrics, metrics_path(name, item))
+    if metrics is None:
+        return None
+    cpu_end, peak_rss = _usage()
+    runtime = {**metrics.pop(RUNTIME, {}), "wall_seconds": round(time.perf_counter() - start, 3),
+               "cpu_seconds": round(cpu_end - cpu, 3), "peak_rss_mb": round(peak_rss, 1),
+               **run_context()}
+    root = _results_root(cls, cfg, _load(name, cls, params, params_path, {}))
+    write_json(metrics, metrics_path(name, item, root))
+    write_json(runtime, metrics_path(name, item, root, "runtime"))
     return metrics
 
 

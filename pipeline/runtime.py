@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import hashlib
 import importlib.metadata
+import importlib.util
+import json
 import logging
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.io import write_json
+from pipeline.io import read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +83,24 @@ def git_revision() -> str:
         return "unknown"
 
 
+def run_context() -> dict[str, Any]:
+    """What differs between runs of the same code and data: machine, date, git revision.
+
+    For ``data/runtime/`` (see :func:`pipeline.cli.execute`) and logs only: no DVC output
+    may hold any of it, or every rerun would change its hash.
+    """
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), cpu)
+    return {
+        "cpu_model": cpu, "cpu_count": os.cpu_count(), "hostname": platform.node(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_revision(),
+    }
+
+
 def package_versions() -> dict[str, str]:
     """Installed versions of the packages results depend on."""
     out = {"python": platform.python_version()}
@@ -102,12 +125,82 @@ def file_hash(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+#: Written into a resumable stage's work directory first: what its state was made from.
+FINGERPRINT_FILE = "fingerprint.json"
+
+
+def fingerprint(**parts: Any) -> str:
+    """SHA-256 of the canonical JSON (sorted keys) of ``parts``.
+
+    Args:
+        **parts: JSON-able values an output depends on: config, input hashes
+            (:func:`file_hash`), resolved device and precision, :func:`code_version`.
+
+    Returns:
+        The hex digest.
+    """
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def code_version(*modules: str) -> str:
+    """SHA-256 of the Python source of ``modules`` (a package: every ``*.py`` under it)."""
+    h = hashlib.sha256()
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"code_version: no module named '{name}'")
+        origin = Path(spec.origin)
+        root = origin.parent
+        files = sorted(root.rglob("*.py")) if spec.submodule_search_locations else [origin]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(root)}".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def claim_work_dir(work: str | Path, what: str, **parts: Any) -> bool:
+    """Tie a resumable stage's work directory to the fingerprint of ``parts``.
+
+    State made from the same parts is kept for resuming. Any other state (another
+    fingerprint, or none recorded) is deleted with one log line naming the parts that
+    changed, never resumed. The fingerprint is written before any new state, so state on
+    disk always belongs to the fingerprint next to it.
+
+    Args:
+        work: The work directory (created when missing).
+        what: What the state is, for the log line (``checkpoints``, ``shards``).
+        **parts: What the state depends on, as for :func:`fingerprint`.
+
+    Returns:
+        True when ``work`` holds state of the same fingerprint (resume), else False.
+    """
+    work = Path(work)
+    stamp = work / FINGERPRINT_FILE
+    new = {name: fingerprint(**{name: value}) for name, value in parts.items()}
+    if work.is_dir() and any(work.iterdir()):
+        try:
+            old = read_json(stamp)["parts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old = {}
+        if old == new:
+            return True
+        changed = sorted(k for k in new.keys() | old.keys() if old.get(k) != new.get(k))
+        logger.warning("discarding stale %s in %s: fingerprint changed (%s)", what, work,
+                       ", ".join(changed) if old else "none recorded")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_json({"parts": new}, stamp)
+    return False
+
+
 def write_meta(path: str | Path, config: dict[str, Any], **extra: Any) -> None:
-    """Write ``meta.json``: resolved config, versions, git revision and any extra fields."""
-    write_json(
-        {"config": config, "versions": package_versions(), "git": git_revision(), **extra},
-        path,
-    )
+    """Write ``meta.json``: resolved config, package versions and any extra fields.
+
+    A DVC output: nothing in it may change between reruns (no git revision, date or time;
+    those are in ``data/runtime/``).
+    """
+    write_json({"config": config, "versions": package_versions(), **extra}, path)
 
 
 def run_entry(fn: Callable[[], Any]) -> int:

@@ -1,10 +1,14 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pipeline import cli
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_does_not_import_heavy_libraries():
@@ -44,6 +48,51 @@ def test_flags_override_params(tmp_path, monkeypatch):
     assert seen["cfg"].seed == 5 and seen["cfg"].max_repeat == 7
     assert seen["langs"].pool == ("deu_Latn",)
     assert (tmp_path / "data/metrics/build_corpus.json").read_text().strip().startswith("{")
+
+
+def test_runtime_part_of_the_metrics_goes_to_an_untracked_file(tmp_path, monkeypatch):
+    def fake_run(cfg, langs):
+        return {"rows": 3, "runtime": {"rows_per_s": 1.5}}
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"build_corpus": {"seed": 5}}))
+    monkeypatch.setattr("pipeline.corpus.build.run", fake_run)
+    assert cli.execute("build_corpus", "params.yaml") == {"rows": 3}
+    assert json.loads((tmp_path / "data/metrics/build_corpus.json").read_text()) == {"rows": 3}
+    runtime = json.loads((tmp_path / "data/runtime/build_corpus.json").read_text())
+    assert runtime["rows_per_s"] == 1.5 and runtime["peak_rss_mb"] > 0
+    assert {"wall_seconds", "cpu_seconds", "cpu_model", "hostname", "date", "git"} <= set(runtime)
+    assert ".gitignore" in subprocess.run(
+        ["git", "check-ignore", "-v", "data/runtime/x.json"], cwd=ROOT, capture_output=True,
+        text=True).stdout  # ignored by git, and no DVC stage declares it
+    assert "data/runtime" not in (ROOT / "dvc.yaml").read_text()
+
+
+def test_ad_hoc_output_keeps_its_metrics_next_to_it(tmp_path, monkeypatch):
+    def fake_run(cfg, langs, lang):
+        return {"sentences": 2, "runtime": {"translate_seconds": 0.1}}
+
+    monkeypatch.chdir(ROOT)  # the project itself: its tracked metrics must stay untouched
+    tracked = ROOT / "data/metrics/translate@deu_Latn.json"
+    before = (git_status("data/metrics"), tracked.read_bytes() if tracked.exists() else None)
+    monkeypatch.setattr("pipeline.translate.stage.run", fake_run)
+    out = tmp_path / "x"
+    assert cli.main(["translate", "--lang", "deu_Latn", "--output-dir", str(out)]) == 0
+    assert (git_status("data/metrics"), tracked.read_bytes() if tracked.exists() else None) \
+        == before
+    assert json.loads((out / "metrics/translate@deu_Latn.json").read_text()) == {"sentences": 2}
+    assert "translate_seconds" in json.loads((out / "runtime/translate@deu_Latn.json").read_text())
+    # The params' own output path is no override: the tracked location.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"translate": {"output_dir": "o"}}))
+    assert cli.main(["translate", "--lang", "deu_Latn", "--output-dir", "o"]) == 0
+    assert (tmp_path / "data/metrics/translate@deu_Latn.json").is_file()
+    assert not (tmp_path / "o/metrics").exists()
+
+
+def git_status(path: str) -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--", path], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
 
 
 def test_a_nested_section_flag_merges_into_params(tmp_path, monkeypatch):

@@ -217,6 +217,30 @@ def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
     assert 0.0 < min(scores) and max(scores) < 1.0
 
 
+def test_result_files_hold_no_run_dependent_values_and_mteb_still_loads_them(offline_run):
+    import mteb
+    from mteb.results import TaskResult
+
+    from pipeline.evaluation.run import RUN_DEPENDENT
+
+    _, metrics, out = offline_run
+    (rev_dir,) = (p for p in (out / "results" / "multiway-align__st").iterdir() if p.is_dir())
+    tasks = sorted(p.stem for p in rev_dir.glob("*.json") if p.stem != "model_meta")
+    assert len(tasks) == 4
+    for task in tasks:
+        assert all(json.loads((rev_dir / f"{task}.json").read_text())[key] is None
+                   for key in RUN_DEPENDENT)
+        result = TaskResult.from_disk(rev_dir / f"{task}.json")
+        assert result.evaluation_time is None and result.date is None
+        assert result.scores["test"][0]["main_score"] == pytest.approx(
+            metrics[f"{task}/{result.scores['test'][0]['hf_subset']}"], abs=1e-6)
+    loaded = mteb.ResultCache(out).load_results(include_remote=False, require_model_meta=True)
+    assert sorted(r.task_name for m in loaded.model_results for r in m.task_results) == tasks
+    # The times are in the runtime part of the metrics (data/runtime/), not in the files.
+    assert sorted(metrics["runtime"]) == [f"evaluation_seconds/{t}" for t in tasks]
+    assert all(v > 0 for v in metrics["runtime"].values())
+
+
 def test_bitext_accuracy_equals_numpy_on_the_same_embeddings(offline_run, local_data, tiny_encoder):
     cfg, metrics, _ = offline_run
     task = fixture_task("BibleTestBitextMining", local_data, cfg.seed)

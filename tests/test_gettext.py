@@ -4,9 +4,12 @@ import struct
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sources.gettext import clean_message, is_prose, read_catalogs
+from pipeline.config import ExtractGettextConfig
+from pipeline.sources.gettext import clean_message, is_prose, read_catalogs, run
 
 HEADER = (
     "Content-Type: text/plain; charset=UTF-8\n"
@@ -156,6 +159,29 @@ SYSTEM_CATALOG = Path("/usr/share/locale/de/LC_MESSAGES/coreutils.mo")
 def test_real_coreutils_catalogs():
     got = read_catalogs("/usr/share/locale", ["coreutils"])
     assert got.deu_Latn.notna().sum() > 1000
+    assert got.id.is_unique and got.eng_Latn.is_unique
+    assert not got.eng_Latn.str.contains(r"%s|%d|\n").any()
+    six = ["deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "zho_Hans", "jpn_Jpan"]
+    assert got[six].notna().all(axis=1).sum() > 1000
+
+
+def test_run_writes_the_table_and_its_metrics(locale_root, tmp_path):
+    out = tmp_path / "gettext/messages.parquet"
+    cfg = ExtractGettextConfig(gettext_dir=str(locale_root), domains=("demo", "other"),
+                               output=str(out))
+    assert run(cfg) == {"messages": 6, "languages": 3}
+    assert pq.ParquetFile(out).metadata.row_group(0).column(0).compression == "ZSTD"
+    got = pq.read_table(out)
+    assert got.equals(pa.Table.from_pandas(read_catalogs(locale_root, ["demo", "other"]),
+                                           preserve_index=False))
+    assert [p.name for p in out.parent.iterdir()] == ["messages.parquet"]  # no temp file left
+
+
+def test_committed_message_table():
+    """The frozen extract_gettext output in git: what prepare_seed reads on every host."""
+    cfg = ExtractGettextConfig()
+    got = pq.read_table(cfg.output).to_pandas()
+    assert set(got.domain) == set(cfg.domains)
     assert got.id.is_unique and got.eng_Latn.is_unique
     assert not got.eng_Latn.str.contains(r"%s|%d|\n").any()
     six = ["deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "zho_Hans", "jpn_Jpan"]

@@ -256,15 +256,15 @@ def test_no_pair_above_the_threshold_gives_valid_json_metrics(tmp_path, tiny_enc
                                                               monkeypatch):
     from pipeline import cli
 
-    monkeypatch.chdir(tmp_path)  # the stage writes data/metrics/mine.json here
+    monkeypatch.chdir(tmp_path)  # an ad-hoc output: metrics/mine.json next to p.parquet
     (tmp_path / "a.txt").write_text("Hallo Welt\nGuten Tag\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("Hello world\nGood day\n", encoding="utf-8")
-    assert cli.main(["mine", "--params", "none.yaml", "--source", "a.txt", "--target", "b.txt",
+    assert cli.main(["mine", "--source", "a.txt", "--target", "b.txt",  # no params.yaml here
                      "--model", str(tiny_encoder_dir), "--output", "p.parquet", "--k", "1",
                      "--threshold", "99", "--device", "cpu", "--threads", "1",
                      "--catalogue", str(ROOT / "configs/encoders.yaml"),
                      "--index", "ivf", "--nprobe", "1"]) == 0
-    text = (tmp_path / "data/metrics/mine.json").read_text()
+    text = (tmp_path / "metrics/mine.json").read_text()
     stats = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in {text}"))
     assert stats["pairs"] == 0 and stats["mean_margin"] is None and stats["index"] == "ivf"
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 0

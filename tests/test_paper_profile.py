@@ -6,7 +6,7 @@ The stand-ins (``tests/fixtures/hub.py``) sit in a temporary Hugging Face cache 
 ``datasets.load_dataset`` for the English source, XNLI and TyDiQA-GoldP; NLLB-200 converted by
 ``convert_nmt``; XLM-R, mBERT and multilingual-E5 base pinned by ``import_encoder`` at the
 catalogue's revisions; mteb's own Tatoeba and STS17 loaders. The run happens in a copy of
-the repository's tracked files, so the working tree is never touched. The overlay only
+the repository (tests/fixtures/repo.py), so the working tree is never touched. The overlay only
 shrinks sizes (fewer languages, rows, steps, seeds and variants) and relaxes the corpus
 filters (a random NMT model translates into noise); the matrices are the paper profile's,
 except that the downstream comparison runs two of its three tasks on two encoders.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +25,8 @@ import pytest
 import yaml
 
 from tests.fixtures.hub import E5_ID, MBERT_ID, MODEL_REVISIONS, XLMR_ID
+from tests.fixtures.repo import copy_worktree
 
-ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 ENCODERS = {"xlmr-base": XLMR_ID, "mbert-base": MBERT_ID, "me5-base": E5_ID}
 REGIMES = ("multiway", "enx")
@@ -76,13 +75,7 @@ def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int) -> str:
 def paper_run(hub_cache, tmp_path_factory):
     """``(repo, dry-run listing, env)`` after the paper profile ran in a copy of the repo."""
     _, hub_env = hub_cache
-    repo = tmp_path_factory.mktemp("paper") / "repo"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                             check=True).stdout.decode().split("\0")
-    for name in filter(None, tracked):
-        if (ROOT / name).is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, repo / name)
+    repo = copy_worktree(tmp_path_factory.mktemp("paper") / "repo")
     env = {**os.environ, **hub_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo),
            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)

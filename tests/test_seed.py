@@ -1,8 +1,12 @@
 import sqlite3
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline.config import LangsConfig, PrepareSeedConfig
+from pipeline.io import read_json, write_table
 from pipeline.sources import seed
 
 
@@ -69,3 +73,47 @@ def test_real_database_editions_match_their_languages():
     con.close()
     assert set(seed.EDITIONS) == set(counts)
     assert set(counts.values()) == {31102}
+
+
+@pytest.fixture
+def messages(tmp_path):
+    """extract_gettext's table, zstd-compressed like the committed one."""
+    table = pa.table({
+        "id": ["demo:1", "demo:2", "other:3"], "domain": ["demo", "demo", "other"],
+        "eng_Latn": ["Open File", "Quit program", "Other domain"],
+        "deu_Latn": ["Datei öffnen", None, "Andere Domäne"], "fra_Latn": [None, "Quitter", None],
+    })
+    path = tmp_path / "gettext/messages.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path, compression="zstd")
+    return path
+
+
+def test_run_copies_the_committed_gettext_table(tiny_db, messages, tmp_path):
+    cfg = PrepareSeedConfig(
+        bible_db=str(tiny_db), editions={"eng_Latn": "4", "deu_Latn": "e"},
+        gettext=str(messages), output_dir=str(tmp_path / "seed"),
+    )
+    metrics = seed.run(cfg, LangsConfig(source="eng_Latn", pool=("deu_Latn",)))
+    out = tmp_path / "seed"
+    # The same bytes as the project's own writer gives the table: no host catalog is read.
+    write_table(pq.read_table(messages), tmp_path / "expected.parquet")
+    assert (out / "gettext.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
+    assert (metrics["gettext_messages"], metrics["gettext_languages"]) == (3, 2)
+    assert metrics["bible_verses"] == 36
+    card = read_json(out / "card.json")["gettext"]
+    assert card == {"source": f"{messages} (extract_gettext: <locale>/LC_MESSAGES/<domain>.mo)",
+                    "domains": ["demo", "other"], "messages": 3}
+
+
+def test_read_gettext_names_the_file_and_the_fix(messages, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*nope\.parquet; restore it with "
+                                                r"`git checkout -- .*nope\.parquet`"):
+        seed.read_gettext(tmp_path / "nope.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not parquet")
+    with pytest.raises(ValueError, match=r"bad\.parquet is not a readable Parquet .*git checkout"):
+        seed.read_gettext(bad)
+    pq.write_table(pq.read_table(messages).drop_columns(["domain"]), bad)
+    with pytest.raises(ValueError, match=r"bad\.parquet lacks column\(s\) \['domain'\]"):
+        seed.read_gettext(bad)

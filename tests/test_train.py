@@ -8,13 +8,16 @@ What is shown:
 - a run interrupted right after its step-8 checkpoint (an exception raised in ``on_save``, the
   state a kill leaves) and rerun resumes from step 8 (second epoch) and ends with exactly the
   weights and the loss curve of an uninterrupted run (same data order, RNG, optimiser and
-  scheduler state).
+  scheduler state);
+- checkpoints of another fingerprint (config, base weights) are discarded, not resumed;
+- a run cut short by ``max_minutes`` fails after its checkpoint, unless ``allow_partial``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import logging
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -27,7 +30,13 @@ from pipeline.io import read_json, write_table
 from pipeline.runtime import file_hash
 from pipeline.train.data import load_regime
 from pipeline.train.stage import _prepare_work_dir, run
-from pipeline.train.trainer import TimeBudget, build_loss, freeze_word_embeddings, last_checkpoint
+from pipeline.train.trainer import (
+    COMPLETE_FILE,
+    TimeBudget,
+    build_loss,
+    freeze_word_embeddings,
+    last_checkpoint,
+)
 
 WORDS = {
     "eng_Latn": "cat dog bird man woman child apple house boat tree book car "
@@ -172,7 +181,8 @@ def trained(workspace):
                                  "--encoder", "tiny", "--regime", "multiway"])
     assert rc == 0
     metrics = read_json(workspace["root"] / "data/metrics/train_encoder@tiny-multiway.json")
-    return {"metrics": metrics, "embeddings": capture.embeddings,
+    runtime = read_json(workspace["root"] / "data/runtime/train_encoder@tiny-multiway.json")
+    return {"metrics": metrics, "runtime": runtime, "embeddings": capture.embeddings,
             "out": workspace["root"] / "models" / "tiny-multiway"}
 
 
@@ -241,22 +251,31 @@ def test_last_checkpoint_skips_and_removes_incomplete(tmp_path):
     for step, complete in ((2, True), (10, True), (12, False)):
         d = tmp_path / f"checkpoint-{step}"
         d.mkdir()
+        (d / "trainer_state.json").write_text("{}")  # written before the weights are done
         if complete:
-            (d / "trainer_state.json").write_text("{}")
+            (d / COMPLETE_FILE).write_text(f"{step}\n")
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert not (tmp_path / "checkpoint-12").exists()
     assert last_checkpoint(tmp_path / "missing") is None
 
 
-def test_changed_fingerprint_starts_afresh(tmp_path):
-    (tmp_path / "checkpoint-3").mkdir(parents=True)
-    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
-    (tmp_path / "run.json").write_text(json.dumps({"fingerprint": "a"}))
-    assert _prepare_work_dir(tmp_path, "a") == tmp_path / "checkpoint-3"
-    assert _prepare_work_dir(tmp_path, "b") is None
-    assert not (tmp_path / "checkpoint-3").exists()
-    assert read_json(tmp_path / "run.json") == {"fingerprint": "b"}
+def test_changed_fingerprint_discards_the_checkpoints(tmp_path, caplog):
+    work = tmp_path / "work"
+    parts = {"config": {"lr": 1}, "base": {"sha256": "a"}, "device": "cpu"}
+    assert _prepare_work_dir(work, parts) is None  # nothing yet: the fingerprint is written
+    (work / "checkpoint-3").mkdir()
+    (work / "checkpoint-3" / COMPLETE_FILE).write_text("3\n")
+    assert _prepare_work_dir(work, parts) == work / "checkpoint-3"
+    with caplog.at_level(logging.WARNING):
+        assert _prepare_work_dir(work, {**parts, "base": {"sha256": "b"}}) is None
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"discarding stale checkpoints in {work}: fingerprint changed (base)"]
+    assert sorted(p.name for p in work.iterdir()) == ["fingerprint.json"]
+    # State without a recorded fingerprint (an older layout) is not resumed either.
+    (work / "fingerprint.json").unlink()
+    (work / "checkpoint-3").mkdir()
+    assert _prepare_work_dir(work, parts) is None and not (work / "checkpoint-3").exists()
 
 
 def test_time_budget_checkpoints_and_stops():
@@ -297,9 +316,10 @@ def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, traine
     from sentence_transformers import SentenceTransformer
 
     m = trained["metrics"]
-    assert m["steps"] == 12 and m["resumed_from_step"] == 0 and not m["stopped_by_time"]
+    assert m["steps"] == 12 and m["stopped_by"] == "max_steps"
+    assert trained["runtime"]["resumed_from_step"] == 0 and "resumed_from_step" not in m
     assert m["dev_loss_end"] < m["dev_loss_start"] - 0.1  # chance level is log(22) = 3.09
-    assert m["rows_seen"] == 12 * 8 and m["columns"] == 3 and m["frozen_params"] == 0
+    assert m["rows_trained"] == 12 * 8 and m["columns"] == 3 and m["frozen_params"] == 0
 
     out = trained["out"]
     reloaded = SentenceTransformer(str(out), device="cpu")
@@ -310,7 +330,7 @@ def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, traine
     assert meta["corpus"]["sha256"] == file_hash(workspace["corpus_dir"] / "multiway.parquet")
     assert meta["columns"] == list(COLUMNS) and meta["prompt"] == "query: "
     assert meta["loss"]["name"] == "multiway_infonce"
-    assert meta["config"]["max_steps"] == 12 and "torch" in meta["versions"] and meta["git"]
+    assert meta["config"]["max_steps"] == 12 and "torch" in meta["versions"] and "git" not in meta
 
     curve = pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv")
     assert list(curve["step"]) == list(range(1, 13))
@@ -320,9 +340,18 @@ def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, traine
     assert not (workspace["root"] / "work" / "tiny-multiway").exists()  # checkpoints removed
 
 
-def test_interrupted_run_resumes_to_the_uninterrupted_model(workspace, trained):
+def assert_same_weights(model_dir, reference_dir) -> None:
+    """The two saved models hold exactly the same tensors."""
     from sentence_transformers import SentenceTransformer
 
+    state = SentenceTransformer(str(model_dir), device="cpu").state_dict()
+    expected = SentenceTransformer(str(reference_dir), device="cpu").state_dict()
+    assert state.keys() == expected.keys()
+    for name, tensor in state.items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_model(workspace, trained):
     root = workspace["root"] / "killed"
     cfg, langs = load_cfg(workspace, output_dir=str(root / "models"),
                           plots_dir=str(root / "plots"), work_dir=str(root / "work"))
@@ -335,18 +364,58 @@ def test_interrupted_run_resumes_to_the_uninterrupted_model(workspace, trained):
     metrics = run(cfg, langs, "tiny", "multiway")
     # Step 8 is inside the second epoch (5 batches of 8 rows per epoch): its batch order must
     # come from seed + epoch, not from a generator that the restart has reset.
-    assert metrics["resumed_from_step"] == 8 and metrics["steps"] == 12
+    assert metrics["runtime"]["resumed_from_step"] == 8 and metrics["steps"] == 12
     assert metrics["dev_loss_start"] == trained["metrics"]["dev_loss_start"]
-    resumed = SentenceTransformer(str(root / "models" / "tiny-multiway"), device="cpu")
-    reference = SentenceTransformer(str(trained["out"]), device="cpu")
-    ref_state = reference.state_dict()
-    for name, tensor in resumed.state_dict().items():
-        assert torch.equal(tensor, ref_state[name]), name
+    assert_same_weights(root / "models" / "tiny-multiway", trained["out"])
     pd.testing.assert_frame_equal(
         pd.read_csv(root / "plots" / "tiny-multiway.csv"),
         pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv"),
     )
     assert metrics["dev_loss_end"] == pytest.approx(trained["metrics"]["dev_loss_end"], abs=1e-6)
+
+
+def test_time_budget_fails_the_stage_unless_partial_is_allowed(workspace, trained):
+    root = workspace["root"] / "budget"
+    dirs = {"output_dir": str(root / "models"), "plots_dir": str(root / "plots"),
+            "work_dir": str(root / "work")}
+    cfg, langs = load_cfg(workspace, max_minutes=1e-9, **dirs)
+    with pytest.raises(ValueError, match=r"train_encoder tiny-multiway: max_minutes \(1e-09\) "
+                                         r"stopped training at step 1 of 12 .* set "
+                                         r"allow_partial: true"):
+        run(cfg, langs, "tiny", "multiway")
+    assert last_checkpoint(root / "work" / "tiny-multiway").name == "checkpoint-1"
+    assert not (root / "models" / "tiny-multiway").exists()
+    # The budget is per run and resume-neutral: a rerun continues to the uninterrupted model.
+    cfg, langs = load_cfg(workspace, **dirs)
+    assert run(cfg, langs, "tiny", "multiway")["stopped_by"] == "max_steps"
+    assert_same_weights(root / "models" / "tiny-multiway", trained["out"])
+
+    cfg, langs = load_cfg(workspace, max_minutes=1e-9, allow_partial=True,
+                          **{**dirs, "work_dir": str(root / "partial")})
+    metrics = run(cfg, langs, "tiny", "multiway")
+    assert metrics["steps"] == 1 and metrics["stopped_by"] == "max_minutes"
+
+
+def test_base_weights_are_part_of_the_fingerprint(workspace, tmp_path):
+    from pipeline.encoders.catalog import Located
+    from pipeline.train.stage import fingerprint_parts
+
+    cfg, langs = load_cfg(workspace)
+    base = tmp_path / "base"
+    shutil.copytree(workspace["model_dir"], base)
+
+    def parts():
+        return fingerprint_parts(cfg, langs, Located("base", None, path=base), "multiway", "c",
+                                 "cpu", 1)
+
+    before = parts()
+    weights = base / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one weight changes
+    weights.write_bytes(bytes(data))
+    after = parts()
+    assert [k for k in before if before[k] != after[k]] == ["base"]
+    assert before["precision"] == "fp32" and len(before["code"]) == 64
 
 
 def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):

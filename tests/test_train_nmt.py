@@ -1,4 +1,5 @@
 import json
+import logging
 
 import pandas as pd
 import pytest
@@ -56,18 +57,52 @@ def test_tags_are_single_pieces_and_pad_is_last(tiny_cfg):
     assert {">>deu_Latn<<", ">>fra_Latn<<"} <= set(vocab)
 
 
-def test_resumed_training_equals_uninterrupted(tiny_cfg, tmp_path):
+def test_run_cut_by_the_time_budget_fails_and_resumes_to_the_uninterrupted_model(tiny_cfg,
+                                                                                tmp_path):
     straight = tiny_cfg(work_dir=str(tmp_path / "a"))
     train_nmt.train(straight, LANGS)
-    first = tiny_cfg(work_dir=str(tmp_path / "b"), max_steps=3)
-    train_nmt.train(first, LANGS)  # stops after the step-3 checkpoint, as a kill would
+    with pytest.raises(ValueError, match=r"train_nmt: max_minutes \(1e-06\) stopped training at "
+                                         r"step 1 of 6 .* set allow_partial: true"):
+        train_nmt.train(tiny_cfg(work_dir=str(tmp_path / "b"), max_minutes=1e-6), LANGS)
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 1
+    assert not (tmp_path / "b" / "hf_model").exists()
+    # The budget is per run and resume-neutral: a rerun continues from the checkpoint.
     resumed = train_nmt.train(tiny_cfg(work_dir=str(tmp_path / "b")), LANGS)
-    assert resumed["steps"] == 6
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert resumed["steps"] == 6 and resumed["stopped_by"] == "max_steps"
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_changed_config_or_data_discards_checkpoint_and_sentencepiece(tiny_cfg, tmp_path,
+                                                                     caplog):
+    cfg = tiny_cfg(max_steps=3)
+    train_nmt.train(cfg, LANGS)
+    work = tmp_path / "work"
+    spm = (work / "spm.model").read_bytes()
+    with caplog.at_level(logging.INFO):
+        assert train_nmt.train(tiny_cfg(max_steps=3, threads=2), LANGS)["steps"] == 3
+    assert "resumed at step 3" in caplog.text and "discarding" not in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_nmt.train(tiny_cfg(max_steps=3, vocab_size=50), LANGS)
+    assert f"discarding stale checkpoint and sentencepiece model in {work}: fingerprint " \
+           "changed (config)" in caplog.text
+    assert "resumed" not in caplog.text and (work / "spm.model").read_bytes() != spm
+
+    _table(80, 1).to_parquet(tmp_path / "train.parquet")  # the same config, other data
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train_nmt.train(tiny_cfg(max_steps=3, vocab_size=50), LANGS)
+    assert "fingerprint changed (train)" in caplog.text and "resumed" not in caplog.text
+
+
+def test_allow_partial_accepts_a_run_cut_by_the_time_budget(tiny_cfg):
+    partial = train_nmt.train(tiny_cfg(max_minutes=1e-6, allow_partial=True), LANGS)
+    assert partial["steps"] == 1 and partial["stopped_by"] == "max_minutes"
 
 
 def test_stage_trains_exports_and_scores(tiny_cfg):

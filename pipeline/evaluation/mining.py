@@ -737,7 +737,8 @@ def mine(src_file: str | Path, tgt_file: str | Path, model: str, out: str | Path
             ``out``, removed at the end.
 
     Returns:
-        Counts, the mean margin of the kept pairs (``None`` without pairs) and timings.
+        Counts, the mean margin of the kept pairs (``None`` without pairs), and timings
+        under ``runtime``.
     """
     from pipeline.encoders.catalog import load_encoder
     from pipeline.runtime import limit_threads, resolve_device
@@ -782,7 +783,7 @@ def mine(src_file: str | Path, tgt_file: str | Path, model: str, out: str | Path
         # JSON has no NaN: no pair, no mean.
         "mean_margin": float(table.score.mean()) if len(table) else None,
         "index": params.kind,
-        "encode_seconds": encoded - start, "mine_seconds": mined - encoded,
+        "runtime": {"encode_seconds": encoded - start, "mine_seconds": mined - encoded},
     }
 
 

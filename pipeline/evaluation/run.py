@@ -28,12 +28,15 @@ from pipeline.config import EvaluateConfig, LangsConfig, to_dict
 from pipeline.encoders.catalog import load_encoder, locate, model_label
 from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
 from pipeline.evaluation.tasks.base import LocalData
-from pipeline.io import read_json
+from pipeline.io import atomic_path, read_json
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
 
 logger = logging.getLogger(__name__)
 
 ORGANISATION = "multiway-align"
+# What mteb writes into a result file that changes on every run: set to null (mteb loads
+# it so) for the cache to be a reproducible DVC output; the times go to data/runtime/.
+RUN_DEPENDENT = ("evaluation_time", "kg_co2_emissions", "date", "evaluation_phases")
 
 
 
@@ -116,15 +119,18 @@ def evaluate(
         adapted_from: Hub id of the base model (mteb's ``adapted_from``), if any.
 
     Returns:
-        One mteb ``TaskResult`` per task.
+        One mteb ``TaskResult`` per task (with its evaluation time; the files written
+        have none: :data:`RUN_DEPENDENT`).
     """
     import mteb
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb.results import TaskResult
 
+    revision = weights_digest(encoder)
     wrapper = SentenceTransformerEncoderWrapper(encoder)
     wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
-        update={"name": f"{ORGANISATION}/{name}", "revision": weights_digest(encoder),
+        update={"name": f"{ORGANISATION}/{name}", "revision": revision,
                 "adapted_from": adapted_from}
     )
     with tempfile.TemporaryDirectory(prefix="mteb-embeddings-") as tmp, _quiet_embedding_cache():
@@ -140,7 +146,13 @@ def evaluate(
             )
         finally:
             cached.close()
-    return list(result.task_results)
+    results = list(result.task_results)
+    for task_result in results:
+        path = result_dir(output_dir, name) / revision / f"{task_result.task_name}.json"
+        frozen = TaskResult.from_disk(path).model_copy(update=dict.fromkeys(RUN_DEPENDENT))
+        with atomic_path(path) as tmp:
+            frozen.to_disk(tmp)  # mteb's own format (NaN scores included)
+    return results
 
 
 def flatten(results: Iterable[Any], seen: Collection[str]) -> dict[str, float]:
@@ -200,7 +212,8 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
             empty); defaults to :class:`~pipeline.config.LangsConfig`'s defaults.
 
     Returns:
-        Flat metrics (see :func:`flatten`) and ``n_tasks``.
+        Flat metrics (see :func:`flatten`) and ``n_tasks``; mteb's evaluation time per
+        task under ``runtime``.
     """
     langs = langs or LangsConfig()
     seen = tuple(cfg.seen) or (langs.source, *langs.pool)
@@ -221,6 +234,8 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
                        adapted_from=where.get("source"))
     metrics = flatten(results, seen)
     metrics["n_tasks"] = len(results)
+    metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time
+                          for r in results}
     write_meta(result_dir(cfg.output_dir, label) / "meta.json", to_dict(cfg), model=where,
                suite=suite.name, seen=list(seen), unseen=list(unseen),
                tasks=[r.task_name for r in results])

@@ -5,7 +5,9 @@ and encoder alignment), evaluation results (per task family and language group, 
 task and language, with the relative change of the focus regime against the base encoder
 and every other regime), a 2-D projection of embeddings, and downstream transfer. Every
 statement of a result is generated from the numbers; a stage whose output is absent gives a
-"not run" line instead of its section.
+"not run" line instead of its section. Nothing in it varies between reruns (no times,
+rates, dates or git revision; those are in ``data/runtime/``), so a rerun on the same
+inputs writes the same bytes.
 
 The stage returns no metrics: ``data/metrics/report.json`` would lie inside the report's
 own dependency (``metrics_dir``), which DVC rejects; the numbers are in ``scores.csv``.
@@ -62,11 +64,14 @@ from pipeline.report.render import (
     to_html,
     to_markdown,
 )
-from pipeline.runtime import git_revision, limit_threads
+from pipeline.runtime import limit_threads
 
 logger = logging.getLogger(__name__)
 
 TITLE = "multiway-align: corpus, alignment and evaluation report"
+# The report is a DVC output, identical on every rerun: no times, dates or git revisions.
+RUNTIME_NOTE = ("Times, speed and memory of each stage run are in data/runtime/ "
+                "(untracked; they vary with the machine).")
 
 
 def _not_run(what: str, path: str | Path, stage: str) -> Paragraph:
@@ -225,8 +230,7 @@ def _mt_blocks(cfg: ReportConfig, langs: LangsConfig
         t = translated.get(code, {})
         table_rows.append((
             code, _num(dev.get(f"chrf_{code}"), 1), _num(dev.get(f"bleu_{code}"), 1),
-            _num(t.get("chrf"), 1), _num(t.get("bleu"), 1), _num(t.get("sentences_per_s"), 1),
-            _num(t.get("target_tokens_per_s"), 0),
+            _num(t.get("chrf"), 1), _num(t.get("bleu"), 1),
         ))
     if nmt is not None:
         series["NMT dev"] = {c: nmt.get(f"chrf_{c}") for c in langs.pool}
@@ -234,11 +238,10 @@ def _mt_blocks(cfg: ReportConfig, langs: LangsConfig
         series["source translations"] = {c: translated.get(c, {}).get("chrf")
                                          for c in langs.pool}
     blocks: list[Block] = [Table(
-        ("language", "NMT dev chrF", "NMT dev BLEU", "corpus chrF", "corpus BLEU",
-         "sentences/s", "tokens/s"),
+        ("language", "NMT dev chrF", "NMT dev BLEU", "corpus chrF", "corpus BLEU"),
         tuple(table_rows),
         "NMT dev: the trained model on held-out Bible chapters; corpus: the translated "
-        "source against its human translations (translate@<lang>); throughput of translate.",
+        f"source against its human translations (translate@<lang>). {RUNTIME_NOTE}",
     )]
     if not series:
         return blocks, None
@@ -288,7 +291,7 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
                                "train_nmt"))
     else:
         blocks.append(Paragraph(
-            f"NMT: {_int(nmt.get('steps'))} steps ({_num(nmt.get('minutes'), 1)} min), final "
+            f"NMT: {_int(nmt.get('steps'))} steps, final "
             f"train loss {_num(nmt.get('train_loss'), 3)}, "
             f"dev loss {_num(nmt.get('dev_loss'), 3)}, "
             f"mean dev chrF {_num(nmt.get('chrf_mean'), 1)}."
@@ -301,14 +304,13 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
         if curve is not None:
             curves[regime] = curve
         if metrics is None:
-            rows.append((regime, name, *["not run"] * 6))
+            rows.append((regime, name, *["not run"] * 4))
             continue
         rows.append((
             regime, name, _int(metrics.get("steps")),
             _arrow(metrics, "train_loss_first", "train_loss_last"),
             _arrow(metrics, "dev_loss_start", "dev_loss_end"),
-            _int(metrics.get("rows_seen")), _num(metrics.get("train_seconds"), 0),
-            _num(metrics.get("sentences_per_second"), 1),
+            _int(metrics.get("rows_trained")),
         ))
         start, end = metrics.get("dev_loss_start"), metrics.get("dev_loss_end")
         if isinstance(start, (int, float)) and isinstance(end, (int, float)):
@@ -316,8 +318,8 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
             moves.append(f"{regime}: dev loss {verb} from {start:.3f} to {end:.3f}")
     blocks.append(Table(
         ("regime", "model", "steps", "train loss first → last", "dev loss start → end",
-         "rows seen", "seconds", "sentences/s"),
-        tuple(rows), "Encoder alignment runs (train_encoder).",
+         "rows trained"),
+        tuple(rows), f"Encoder alignment runs (train_encoder). {RUNTIME_NOTE}",
     ))
     if moves:
         blocks.append(Paragraph("; ".join(moves) + "."))
@@ -432,8 +434,9 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     tasks, family_of = _ordered_tasks(list(dict.fromkeys(scores.task)), cfg)
     matrices = {t: score_matrix(scores, t, labels, langs) for t in tasks}
     blocks.append(Paragraph(
-        f"Scores are mteb main scores × {SCALE:g} (points). Seen languages are the training "
-        f"pool ({', '.join(langs.pool)}); unseen are all others; {langs.source} is the source "
+        f"Scores are mteb main scores × {SCALE:g} (points). Seen languages are the alignment "
+        f"pool, langs.pool ({', '.join(langs.pool)}); unseen are all others; {langs.source} "
+        "is the source "
         "language and is shown but not averaged. Group averages are macro-averages over the "
         "languages of the group that every evaluated model has a score for (evaluate's own "
         "seen/unseen metrics average task subsets instead, so they may differ slightly). "
@@ -646,7 +649,8 @@ def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> 
         "Each task head is fine-tuned on English labels only (train_drmim) and scored in "
         "every other language (evaluate_downstream). Mean ± standard deviation over seeds; "
         "zero-shot = every non-English test subset, seen = subsets whose languages are all in "
-        "the alignment pool, unseen = the others. The method design is in docs/downstream.md."))
+        "the alignment pool or English, unseen = the others. The method design is in "
+        "docs/downstream.md."))
     labels = {name: label for label, name in model_labels(cfg).items()}
     scopes = {langs.source: "English", **_GROUPS}
     tasks: dict[str, list[collect.DownstreamResult]] = {}
@@ -731,8 +735,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
         Heading(TITLE, 1),
         Paragraph(
             f"Base encoder {cfg.base}; aligned encoders {models}; compared regime: {cfg.focus}. "
-            f"Source {langs.source}, training pool {', '.join(langs.pool)}. "
-            f"Git revision {git_revision()}."
+            f"Source {langs.source}, training pool {', '.join(langs.pool)}."
         ),
     ]
     blocks += corpus_section(cfg, langs, fig_dir)

@@ -1,9 +1,12 @@
 """Human translations from gettext catalogs (``<root>/<locale>/LC_MESSAGES/<domain>.mo``).
 
 Software messages translated by people: an out-of-domain, many-way parallel set that is
-already on every Debian machine. Messages are cleaned the same way on both sides (format
+already on most Debian machines. Messages are cleaned the same way on both sides (format
 specifiers, accelerators, escaped newlines and whitespace removed) and turned into one wide
 table: ``id``, ``domain``, ``eng_Latn`` and one column per FLORES language.
+
+The catalogs differ between hosts (package versions, installed locales), so the frozen stage
+``extract_gettext`` (:func:`run`) writes the table once into git; ``prepare_seed`` reads that.
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import langs as langmod
+from pipeline.config import ExtractGettextConfig
+from pipeline.io import atomic_path
 from pipeline.sources.text import collapse_whitespace
 
 logger = logging.getLogger(__name__)
@@ -173,3 +180,19 @@ def read_catalogs(root: str | Path, domains: Sequence[str]) -> pd.DataFrame:
     table = table.sort_values(["domain", _SOURCE], ignore_index=True)
     logger.info("gettext: %d messages, %d languages", len(table), len(codes))
     return table
+
+
+def run(cfg: ExtractGettextConfig) -> dict:
+    """Stage ``extract_gettext``: write the message table of this host's catalogs.
+
+    The table is committed to git (zstd-compressed to keep it small); its content, not its
+    compression, is what ``prepare_seed`` copies into ``data/seed/gettext.parquet``.
+
+    Returns:
+        Metrics: ``messages`` and ``languages`` (besides English).
+    """
+    table = read_catalogs(cfg.gettext_dir, cfg.domains)
+    with atomic_path(cfg.output) as tmp:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp,
+                       compression="zstd", compression_level=19)
+    return {"messages": len(table), "languages": len(table.columns) - 3}

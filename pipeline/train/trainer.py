@@ -9,7 +9,8 @@ mixed precision, DDP and checkpointing):
 - :func:`freeze_word_embeddings`: the CPU lever (the word-embedding matrix is most of a
   multilingual encoder's parameters, and with AdamW most of its memory and update time);
 - :func:`build_loss`: a registered loss with its ``loss_params`` and the column names;
-- :func:`last_checkpoint`: the newest *complete* checkpoint to resume from after a kill;
+- :class:`MarkComplete` and :func:`last_checkpoint`: checkpoints marked complete once fully
+  written, and the newest complete one to resume from after a kill;
 - :class:`TimeBudget`: a wall-time guard that checkpoints and stops;
 - :func:`loss_curve`: the logged loss and its named terms, as a table for DVC plots.
 
@@ -42,6 +43,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from pipeline.config import TrainEncoderConfig
+from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -49,8 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Written last into a checkpoint by the trainer: its presence marks a complete checkpoint.
-STATE_FILE = "trainer_state.json"
+#: Written into a checkpoint once the trainer has finished saving it (:class:`MarkComplete`).
+COMPLETE_FILE = "COMPLETE"
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
@@ -208,8 +210,9 @@ def training_arguments(
 def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``checkpoint_dir``, removing incomplete ones.
 
-    A run killed while writing a checkpoint leaves a directory without ``trainer_state.json``
-    (the trainer writes it last); resuming from it would fail or load a half-written model.
+    A run killed while writing a checkpoint leaves a directory without the ``COMPLETE``
+    marker (:class:`MarkComplete` writes it after the trainer has saved everything);
+    resuming from it would fail or load a half-written model.
 
     Args:
         checkpoint_dir: The trainer's ``output_dir``.
@@ -225,12 +228,27 @@ def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
         step = path.name[len(CHECKPOINT_PREFIX):]
         if not (path.is_dir() and step.isdigit()):
             continue
-        if (path / STATE_FILE).is_file():
+        if (path / COMPLETE_FILE).is_file():
             complete.append((int(step), path))
         else:
             logger.warning("removing incomplete checkpoint %s (killed while writing it)", path)
             shutil.rmtree(path)
     return max(complete)[1] if complete else None
+
+
+class MarkComplete(TrainerCallback):
+    """Write the ``COMPLETE`` marker into each checkpoint once the trainer has saved it.
+
+    ``on_save`` runs after the trainer's ``_save_checkpoint`` has written the weights,
+    optimiser, scheduler, RNG and trainer state; the marker is written atomically.
+    """
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Mark ``checkpoint-<step>`` complete (main process only)."""
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            with atomic_path(checkpoint / COMPLETE_FILE) as tmp:
+                tmp.write_text(f"{state.global_step}\n")
 
 
 class TimeBudget(TrainerCallback):

@@ -431,7 +431,8 @@ def run(cfg: ConvertNmtConfig, model: str) -> dict[str, float]:
             local directory.
 
     Returns:
-        ``converted`` (1 or 0 when the cache was up to date), ``seconds``, ``size_mb``.
+        ``converted`` (1 or 0 when the cache was up to date), ``size_mb``, and
+        ``seconds`` under ``runtime``.
     """
     catalog = load_catalog()
     name, source, entry = resolve_model(model, catalog)
@@ -446,5 +447,5 @@ def run(cfg: ConvertNmtConfig, model: str) -> dict[str, float]:
     if converted:
         write_meta(out_dir / "meta.json", to_dict(cfg), source=source)
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
-    return {"converted": int(converted), "seconds": round(time.perf_counter() - start, 3),
-            "size_mb": round(size / 2**20, 2)}
+    return {"converted": int(converted), "size_mb": round(size / 2**20, 2),
+            "runtime": {"seconds": round(time.perf_counter() - start, 3)}}

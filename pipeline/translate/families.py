@@ -236,14 +236,22 @@ class FamilyTokenizer(ABC):
 class _SentencePieceFamily(FamilyTokenizer):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        self.source_sp = self._load(self.meta.source_spm, "source")
+        self.target_sp = self._load(self.meta.target_spm, "target")
+
+    def _load(self, name: str | None, side: str) -> Any:
+        """Open a sentencepiece model file; a corrupt one fails in one line naming it."""
         import sentencepiece as spm
 
-        self.source_sp = spm.SentencePieceProcessor(
-            model_file=str(self._file(self.meta.source_spm, "source sentencepiece model"))
-        )
-        self.target_sp = spm.SentencePieceProcessor(
-            model_file=str(self._file(self.meta.target_spm, "target sentencepiece model"))
-        )
+        path = self._file(name, f"{side} sentencepiece model")
+        try:
+            return spm.SentencePieceProcessor(model_file=str(path))
+        except (RuntimeError, OSError) as exc:
+            raise ValueError(
+                f"{path} is not a valid sentencepiece model ({exc}); the model directory is "
+                f"written by train_nmt or convert_nmt: restore a committed one with `git "
+                f"checkout -- {self.model_dir}`, or {_FIX}"
+            ) from None
 
     def _pieces(self, texts: Sequence[str]) -> list[list[str]]:
         return self.source_sp.encode(list(texts), out_type=str)

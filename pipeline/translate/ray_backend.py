@@ -314,11 +314,12 @@ def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: 
         max_decoding_length: The model's effective cap on output length (fingerprint).
 
     Returns:
-        The local backend's metrics (``seconds``: wall time from the pool's start to the
-        last shard, actor start-up included; ``cpu_seconds``: the actors' CPU time), plus
-        ``ray_actors`` and ``actor_seconds`` (translation time summed over actors).
+        The local backend's metrics (in ``runtime``, ``translate_seconds`` is the wall time
+        from the pool's start to the last shard, actor start-up included, and
+        ``translate_cpu_seconds`` the actors' CPU time), plus ``ray_actors`` and
+        ``actor_seconds`` (translation time summed over actors) in ``runtime``.
     """
-    from pipeline.translate.stage import fingerprint
+    from pipeline.translate.stage import fingerprint, work_done
 
     source = Path(cfg.source).resolve()
     local_cpus = cfg.ray_actors * cfg.ray_actor_threads or None
@@ -365,12 +366,8 @@ def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: 
                                          cfg.ray_actor_threads, 1 if cuda else 0)
             seconds = time.perf_counter() - start if pending else 0.0
     store.merge(shards, output, schema)
-    return {
-        "sentences": total, "shards": shards, "shards_reused": shards - len(pending),
-        "translated_sentences": work.sentences, "target_tokens": work.tokens,
-        "seconds": round(seconds, 3), "cpu_seconds": round(work.cpu_seconds, 3),
-        "sentences_per_s": round(work.sentences / seconds, 2) if seconds else 0.0,
-        "target_tokens_per_s": round(work.tokens / seconds, 2) if seconds else 0.0,
-        "ray_actors": actors if pending else 0,
-        "actor_seconds": round(work.actor_seconds, 3),
-    }
+    runtime = work_done(shards - len(pending), work.sentences, work.tokens, seconds,
+                        work.cpu_seconds)
+    runtime.update(ray_actors=actors if pending else 0,
+                   actor_seconds=round(work.actor_seconds, 3))
+    return {"sentences": total, "shards": shards, "runtime": runtime}

@@ -1,10 +1,11 @@
 """Sharded, resumable Parquet output.
 
 A long job writes its output as numbered shards in a directory (``<out>.parts/``), each
-written atomically (temp file + rename) with Parquet page checksums. A manifest holds the
-fingerprint of the job (inputs, model, settings): a restarted job with the same fingerprint
-keeps every shard that still verifies (readable, checksums intact, the expected ids in the
-expected order) and redoes the rest; a job with another fingerprint starts over. When all
+written atomically (temp file + rename) with Parquet page checksums. The directory holds the
+fingerprint of the job (inputs, model, settings; :func:`pipeline.runtime.claim_work_dir`): a
+restarted job with the same fingerprint keeps every shard that still verifies (readable,
+checksums intact, the expected ids in the expected order) and redoes the rest; a job with
+another fingerprint discards the shards and starts over. When all
 shards are there they are streamed, one at a time, into the final file (atomically), and
 the shard directory is removed. Memory therefore stays at one shard, whatever the size of
 the input, and a job killed at any moment ends, once restarted, with the same output.
@@ -21,11 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import atomic_path
+from pipeline.runtime import claim_work_dir
 
 logger = logging.getLogger(__name__)
-
-MANIFEST = "manifest.json"
 
 
 def iter_row_chunks(path: str | Path, columns: list[str], size: int) -> Iterator[pa.Table]:
@@ -100,19 +100,9 @@ class ShardStore:
         Returns:
             The number of shard files found from an earlier run of the same job.
         """
-        manifest = self.directory / MANIFEST
-        if self.directory.exists():
-            try:
-                same = read_json(manifest) == self.fingerprint
-            except (OSError, ValueError):
-                same = False
-            if not same:
-                logger.warning("discarding %s: it holds shards of a different job", self.directory)
-                shutil.rmtree(self.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        claim_work_dir(self.directory, "shards", **self.fingerprint)
         for stale in self.directory.glob(".*.tmp"):  # temp files of a killed write
             stale.unlink()
-        write_json(self.fingerprint, manifest)
         found = len(list(self.directory.glob("shard-*.parquet")))
         if found:
             logger.info("resuming: %d shard(s) of an interrupted run in %s", found, self.directory)

@@ -173,7 +173,8 @@ def translate_file(translator: CT2Translator, source: Path, source_column: str, 
             interrupted run may be kept).
 
     Returns:
-        Counts and throughput of the work done in this run.
+        ``sentences`` and ``shards``, and under ``runtime`` what this run did: shards
+        reused, sentences and target tokens translated, seconds, CPU seconds, rates.
     """
     id_type = pq.read_schema(source).field("id").type
     schema = pa.schema([("id", id_type), (lang, pa.string())])
@@ -193,13 +194,22 @@ def translate_file(translator: CT2Translator, source: Path, source_column: str, 
             texts = _translate_shard(translator, chunk[source_column].to_pylist(), lang, work)
             store.write(index, pa.table([ids, pa.array(texts, pa.string())], schema=schema))
     store.merge(shards, output, schema)
-    seconds = work.seconds
+    return {"sentences": total, "shards": shards, "runtime": work_done(
+        reused, work.sentences, work.tokens, work.seconds, work.cpu_seconds)}
+
+
+def work_done(reused: int, sentences: int, tokens: int, seconds: float, cpu_seconds: float
+              ) -> dict[str, float]:
+    """The runtime part of translate's metrics: what this run translated, how fast.
+
+    It depends on where an interrupted run stopped and on the machine, so it stays out of
+    the tracked metrics (see :class:`pipeline.cli.Stage`).
+    """
     return {
-        "sentences": total, "shards": shards, "shards_reused": reused,
-        "translated_sentences": work.sentences, "target_tokens": work.tokens,
-        "seconds": round(seconds, 3), "cpu_seconds": round(work.cpu_seconds, 3),
-        "sentences_per_s": round(work.sentences / seconds, 2) if seconds else 0.0,
-        "target_tokens_per_s": round(work.tokens / seconds, 2) if seconds else 0.0,
+        "shards_reused": reused, "translated_sentences": sentences, "target_tokens": tokens,
+        "translate_seconds": round(seconds, 3), "translate_cpu_seconds": round(cpu_seconds, 3),
+        "sentences_per_s": round(sentences / seconds, 2) if seconds else 0.0,
+        "target_tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
     }
 
 
@@ -244,9 +254,9 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
         lang: Target FLORES code (the matrix item).
 
     Returns:
-        Flat metrics: sentence/shard counts, seconds, sentences/s, target tokens/s, and
-        ``chrf``/``bleu`` when ``references`` has a ``lang`` column (with ``ray``, also
-        the number of actors and their summed translation time).
+        Flat metrics: sentence and shard counts, ``chrf``/``bleu`` when ``references`` has
+        a ``lang`` column, and under ``runtime`` the work of this run (:func:`work_done`;
+        with ``ray``, also the number of actors and their summed translation time).
 
     Raises:
         FileNotFoundError: Missing source, references or model.
@@ -283,9 +293,10 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
             translator, source, langs.source, lang, output, cfg.shard_size,
             fingerprint(cfg, langs.source, lang, translator.device, translator.compute_type,
                         translator.max_decoding_length))
+    work = metrics["runtime"]
     logger.info("%s: %d sentences (%d shards, %d reused) in %.1f s, %.1f sent/s, %.0f tok/s",
-                output, metrics["sentences"], metrics["shards"], metrics["shards_reused"],
-                metrics["seconds"], metrics["sentences_per_s"], metrics["target_tokens_per_s"])
+                output, metrics["sentences"], metrics["shards"], work["shards_reused"],
+                work["translate_seconds"], work["sentences_per_s"], work["target_tokens_per_s"])
     if references:
         metrics.update(score(output, lang, references))
     return metrics

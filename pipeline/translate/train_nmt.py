@@ -15,14 +15,19 @@ models. Conventions, as in OPUS-MT multi-target models:
 - the target tag is the first source token: ``>>deu_Latn<< ▁In ▁the ▁beginning ... </s>``.
 
 Training is a plain token-batched loop (label-smoothed cross-entropy, AdamW, inverse square
-root schedule) with a wall-time budget; it checkpoints every ``eval_every`` steps and resumes
-from the last checkpoint when restarted. At the end the HF model is saved to
+root schedule) with a wall-time budget per run; it checkpoints every ``eval_every`` steps
+(atomically) and resumes from the last checkpoint when restarted. ``<work_dir>`` holds the
+fingerprint of everything the model depends on (:func:`fingerprint_parts`); state of another
+fingerprint (checkpoint, sentencepiece model) is discarded, never resumed. A run that
+``max_minutes`` stops before ``max_steps`` fails after its checkpoint (a rerun continues),
+unless ``allow_partial`` accepts it. At the end the HF model is saved to
 ``<work_dir>/hf_model``, converted to CTranslate2 (int8) in ``output_dir`` and scored with
 chrF and BLEU on the dev split, per language.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -37,14 +42,25 @@ from tqdm.auto import tqdm
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, TrainNmtConfig, to_dict
-from pipeline.io import atomic_path, read_table
-from pipeline.runtime import resolve_device, seed_everything, write_meta
+from pipeline.io import atomic_path, read_table, write_json
+from pipeline.runtime import (
+    claim_work_dir,
+    code_version,
+    file_hash,
+    package_versions,
+    resolve_device,
+    seed_everything,
+    write_meta,
+)
 
 logger = logging.getLogger(__name__)
 
 EOS_ID, UNK_ID = 0, 1
 # Target tag put in front of the source (a single vocabulary piece), as in OPUS-MT models.
 TARGET_TAG = ">>{code}<<"
+# Fields that do not change the trained model: a rerun may change them and still resume.
+_RESUME_NEUTRAL = ("max_minutes", "allow_partial", "dev_sentences", "beam_size", "device",
+                   "threads", "quantization", "output_dir", "work_dir")
 
 
 def _pairs(df: pd.DataFrame, source: str, targets: tuple[str, ...]) -> pd.DataFrame:
@@ -58,18 +74,17 @@ def _pairs(df: pd.DataFrame, source: str, targets: tuple[str, ...]) -> pd.DataFr
     return pd.concat(rows, ignore_index=True)
 
 
-def train_sentencepiece(texts: list[str], tags: list[str], vocab_size: int, prefix: Path) -> Path:
-    """Train the shared unigram sentencepiece model; the tags become single pieces.
+def train_sentencepiece(texts: list[str], tags: list[str], vocab_size: int, path: Path) -> None:
+    """Train the shared unigram sentencepiece model into ``path`` (atomically).
 
-    Returns:
-        Path of the ``.model`` file.
+    The target tags become single pieces.
     """
     import sentencepiece as spm
 
-    prefix.parent.mkdir(parents=True, exist_ok=True)
+    model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
-        model_prefix=str(prefix),
+        model_writer=model,
         vocab_size=vocab_size,
         model_type="unigram",
         character_coverage=0.9995,
@@ -79,7 +94,8 @@ def train_sentencepiece(texts: list[str], tags: list[str], vocab_size: int, pref
         input_sentence_size=300_000, shuffle_input_sentence=True,
         num_threads=2, minloglevel=2,
     )
-    return prefix.with_suffix(".model")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(model.getvalue())
 
 
 class _Batches:
@@ -164,11 +180,29 @@ def _tokenizer_files(sp_model: Path, hf_dir: Path, vocab_size: int) -> None:
     }))
 
 
+def fingerprint_parts(cfg: TrainNmtConfig, langs: LangsConfig, device: str) -> dict:
+    """Everything the trained model depends on (the resume guard's fingerprint).
+
+    Config (fields in ``_RESUME_NEUTRAL`` left out), languages, the train and dev tables'
+    hashes, the resolved device, this module's code and the package versions.
+    """
+    return {
+        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "langs": to_dict(langs), "train": file_hash(cfg.train), "dev": file_hash(cfg.dev),
+        "device": device, "code": code_version(__name__), "versions": package_versions(),
+    }
+
+
 def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     """Train (or resume) the Marian model; save the HF model to ``<work_dir>/hf_model``.
 
     Returns:
-        Training metrics (steps, epochs, minutes, final train and dev loss).
+        Training metrics (steps, epochs, what stopped training, final train and dev loss;
+        the wall minutes under ``runtime``).
+
+    Raises:
+        ValueError: ``max_minutes`` stopped training before ``max_steps`` and
+            ``allow_partial`` is false (the checkpoint is saved first).
     """
     targets = langmod.validate(langs.pool)
     work = Path(cfg.work_dir)
@@ -181,13 +215,15 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     cols = [langs.source, *targets]
     train_df = read_table(cfg.train, columns=cols)
     dev_df = read_table(cfg.dev, columns=cols)
+    claim_work_dir(work, "checkpoint and sentencepiece model",
+                   **fingerprint_parts(cfg, langs, device))
     sp_path = work / "spm.model"
     tags = [TARGET_TAG.format(code=t) for t in targets]
     if not sp_path.is_file():
         texts = pd.concat([train_df[c] for c in cols]).tolist()
         random.Random(cfg.seed).shuffle(texts)
         logger.info("training sentencepiece (%d pieces) on %d texts", cfg.vocab_size, len(texts))
-        train_sentencepiece(texts, tags, cfg.vocab_size, work / "spm")
+        train_sentencepiece(texts, tags, cfg.vocab_size, sp_path)
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(sp_path))
@@ -217,7 +253,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     step, epoch, batch_pos, elapsed = 0, 0, 0, 0.0
     history: list[dict] = []
     if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
+        state = torch.load(state_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optim"])
         step, epoch, batch_pos = state["step"], state["epoch"], state["batch_pos"]
@@ -250,12 +286,16 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
                 "history": history, "torch_rng": torch.get_rng_state(),
             }, tmp)
 
+    def out_of_time() -> bool:
+        return cfg.max_minutes > 0 and time.monotonic() - run_start >= cfg.max_minutes * 60
+
     model.train()
-    t0 = time.monotonic() - elapsed
+    run_start = time.monotonic()
+    t0 = run_start - elapsed
     bar = tqdm(total=cfg.max_steps, initial=step, desc="train_nmt", unit="step")
     run_loss, run_tok, run_t = 0.0, 0, time.monotonic()
-    # A resumed run whose budget (steps or minutes) is already spent only re-exports.
-    stop = step >= cfg.max_steps or elapsed >= cfg.max_minutes * 60
+    # A resumed run whose max_steps are already done only re-exports.
+    stop = step >= cfg.max_steps
     while not stop:
         order = batches.epoch(epoch)
         while batch_pos < len(order):
@@ -278,7 +318,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{run_loss / run_tok:.3f}",
                                 tok_s=f"{run_tok / (time.monotonic() - run_t):.0f}", ep=epoch)
-            stop = step >= cfg.max_steps or elapsed >= cfg.max_minutes * 60
+            stop = step >= cfg.max_steps or out_of_time()
             if step % cfg.eval_every == 0 or stop:
                 record = {"step": step, "epoch": epoch, "minutes": round(elapsed / 60, 2),
                           "train_loss": round(run_loss / max(run_tok, 1), 4),
@@ -292,13 +332,19 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
         if not stop:
             epoch, batch_pos = epoch + 1, 0
     bar.close()
+    if step < cfg.max_steps and not cfg.allow_partial:
+        raise ValueError(
+            f"train_nmt: max_minutes ({cfg.max_minutes}) stopped training at step {step} of "
+            f"{cfg.max_steps} (checkpoint saved in {work}); rerun to continue from it, raise "
+            "max_minutes, or set allow_partial: true"
+        )
     hf_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(hf_dir)
     _tokenizer_files(sp_path, hf_dir, vocab_size)
-    with open(work / "history.json", "w") as fh:
-        json.dump(history, fh, indent=1)
+    write_json(history, work / "history.json")
     last = history[-1] if history else {}
-    return {"steps": step, "epochs": epoch, "minutes": round(elapsed / 60, 1),
+    return {"steps": step, "epochs": epoch, "runtime": {"minutes": round(elapsed / 60, 1)},
+            "stopped_by": "max_steps" if step >= cfg.max_steps else "max_minutes",
             "train_loss": last.get("train_loss"), "dev_loss": last.get("dev_loss")}
 
 
@@ -339,7 +385,8 @@ def score_dev(cfg: TrainNmtConfig, langs: LangsConfig) -> dict[str, float]:
 def run(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     """Stage ``train_nmt``: train (resumable), export to CTranslate2, score the dev split."""
     metrics = train(cfg, langs)
+    runtime = metrics.pop("runtime")
     out = export(cfg, langs)
     metrics.update(score_dev(cfg, langs))
     write_meta(out / "meta.json", to_dict(cfg), langs=to_dict(langs), training=metrics)
-    return metrics
+    return {**metrics, "runtime": runtime}
