@@ -3,8 +3,8 @@
 Runs the same three workloads in fresh subprocesses under the three settings of
 ``MULTIWAY_CPU_ISA``, alternating them ``--repeats`` times and keeping each one's fastest run:
 
-- ``native``: no pins: each library's fastest kernels for this CPU (on an Intel CPU with
-  AVX-512: CTranslate2 on MKL, AVX-512 everywhere).
+- ``native``: no pins: each library's own choice for this CPU (on an Intel CPU with
+  AVX-512: CTranslate2's matrix products on MKL, AVX-512 kernels in MKL, numpy and faiss).
 - ``avx2`` (the default of every stage): CTranslate2 on oneDNN with AVX2, which is also what
   CTranslate2 picks by itself on an AVX2-only AMD CPU; AVX2 for torch's, numpy's and faiss's
   own kernels; torch's matrix products left to MKL.

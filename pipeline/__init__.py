@@ -24,29 +24,35 @@ CPU_PINS = {
     "CT2_USE_MKL": "0",
     "CT2_FORCE_CPU_ISA": "AVX2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
-    # torch's own kernels; numpy's OpenBLAS and SIMD loops; faiss's distance kernels.
+    # torch's own kernels; numpy's OpenBLAS; faiss's distance kernels.
     "ATEN_CPU_CAPABILITY": "avx2",
     "OPENBLAS_CORETYPE": "Haswell",
-    "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR",
     "FAISS_SIMD_LEVEL": "AVX2",
 }
+# numpy's own SIMD loops; set only where the CPU has AVX-512 (numpy warns about disabling a
+# feature the CPU lacks).
+AVX512_PINS = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
 # torch multiplies matrices with MKL, which picks its kernels by CPU vendor and model; only
-# its COMPATIBLE branch gives the same bits on Intel and AMD, and it makes training ~2.8x
+# its COMPATIBLE branch gives the same bits on Intel and AMD, and it makes training about 3x
 # slower, so only the strict mode sets it.
 STRICT_PINS = {"MKL_CBWR": "COMPATIBLE"}
 
 
-def _cpu_has_avx2() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            return any(line.startswith("flags") and " avx2" in line for line in fh)
+            return next((set(line.split(":", 1)[1].split()) for line in fh
+                         if line.startswith("flags")), set())
     except OSError:
-        return False
+        return set()
 
 
 _MODE = os.environ.get("MULTIWAY_CPU_ISA", "avx2").lower()
 if _MODE not in ("avx2", "strict", "native"):
     raise SystemExit(f"error: MULTIWAY_CPU_ISA must be avx2, strict or native, got {_MODE!r}")
-if _MODE != "native" and _cpu_has_avx2():
-    for _key, _value in {**CPU_PINS, **(STRICT_PINS if _MODE == "strict" else {})}.items():
+_FLAGS = _cpu_flags() if _MODE != "native" else set()
+if "avx2" in _FLAGS:
+    _pins = {**CPU_PINS, **(AVX512_PINS if "avx512f" in _FLAGS else {}),
+             **(STRICT_PINS if _MODE == "strict" else {})}
+    for _key, _value in _pins.items():
         os.environ.setdefault(_key, _value)
