@@ -413,6 +413,9 @@ def set_model_card(
 
     card = model.model_card_data
     card.model_name = name
+    # The trainer's callback starts a clock the card prints as "Training Time": the README
+    # is part of a DVC output, so it must not change from one run to the next.
+    card._training_start_time = None
     card.local_files_only = True  # never ask the hub for dataset or base-model details
     card.generate_widget_examples = False
     iso = []
