@@ -281,9 +281,13 @@ def test_changed_fingerprint_discards_the_checkpoints(tmp_path, caplog):
 def test_time_budget_checkpoints_and_stops():
     from transformers import TrainerControl, TrainerState
 
-    control, state = TrainerControl(), TrainerState()
+    control, state = TrainerControl(), TrainerState(global_step=3, max_steps=10)
     TimeBudget(0).on_step_end(None, state, control)
     assert not control.should_training_stop
+    # The last step completes the run: over budget there is not a cut.
+    last = TimeBudget(1e-9)
+    last.on_step_end(None, TrainerState(global_step=10, max_steps=10), control)
+    assert not last.triggered and not control.should_training_stop
     budget = TimeBudget(1e-9)
     budget.on_step_end(None, state, control)
     assert budget.triggered and control.should_training_stop and control.should_save
@@ -299,9 +303,10 @@ def test_time_budget_agrees_across_processes(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
     try:
         control, args = TrainerControl(), types.SimpleNamespace(device=torch.device("cpu"))
-        TimeBudget(60).on_step_end(args, TrainerState(), control)
+        state = TrainerState(global_step=1, max_steps=2)
+        TimeBudget(60).on_step_end(args, state, control)
         assert not control.should_training_stop
-        TimeBudget(1e-9).on_step_end(args, TrainerState(), control)
+        TimeBudget(1e-9).on_step_end(args, state, control)
         assert control.should_training_stop
     finally:
         dist.destroy_process_group()

@@ -275,7 +275,9 @@ class TimeBudget(TrainerCallback):
         """Request a checkpoint and a stop once the budget is spent (on every process at once)."""
         if self.max_seconds <= 0:
             return control
-        over = time.monotonic() - self.start > self.max_seconds
+        # The last step completes the run, however long it took.
+        over = (time.monotonic() - self.start > self.max_seconds
+                and state.global_step < state.max_steps)
         if dist.is_available() and dist.is_initialized():
             # Processes whose clocks cross the limit one step apart would otherwise leave
             # the others waiting in a collective forever: stop when any process is over.
