@@ -133,7 +133,7 @@ def test_blocks_run_as_written(fresh_copy):
             script.append(line)
         done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", "\n".join(script)],
                               cwd=repo, env=env, capture_output=True, text=True,
-                              timeout=600, check=False)
+                              timeout=900, check=False)
         assert done.returncode == 0, f"README block {number} failed:\n{body}\n" \
                                      f"{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
         assert "Traceback" not in done.stderr, done.stderr[-6000:]
