@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Collection
@@ -178,6 +179,14 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             return value
         raise bad
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 (PyYAML) reads 2e-5 as a string (it wants 2.0e-5): take it as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+            if not math.isfinite(value):
+                raise bad
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         raise bad

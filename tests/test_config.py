@@ -17,6 +17,16 @@ def test_wrong_type_names_key_type_and_value():
         c.from_mapping(c.TranslateConfig, {"beam_size": "four"})
 
 
+def test_floats_in_scientific_notation_without_a_dot():
+    # PyYAML reads "2e-5" (params.yaml or a --learning-rate flag) as a string.
+    section = yaml.safe_load("learning_rate: 2e-5")
+    assert section == {"learning_rate": "2e-5"}
+    assert c.from_mapping(c.TrainEncoderConfig, section).learning_rate == 2e-5
+    for bad in ("fast", "nan", "inf"):
+        with pytest.raises(ValueError, match=f"learning_rate: expected float, got str '{bad}'"):
+            c.from_mapping(c.TrainEncoderConfig, {"learning_rate": bad})
+
+
 def test_literal_and_optional_fields():
     cfg = c.from_mapping(c.TranslateConfig, {"references": None, "family": "nllb"})
     assert cfg.references is None and cfg.family == "nllb"
