@@ -17,6 +17,12 @@ mode (dropout on) with the word embeddings frozen, as in the default ``train_enc
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train.py               # me5-small, 7 langs
     .venv/bin/python benchmarks/train.py --model path/to/st_model --rows 8 --repeats 2
 
+Layers part (``--trainable-layers 0 4 2 1``): what ``train_encoder.trainable_layers`` saves
+on one multi-way step of ``rows`` × N sentences: CPU seconds and peak resident memory with
+every layer trained vs only the top k (``layers_comparison``).
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train.py --trainable-layers 0 4 2 1 --rows 32
+
 GPU part (``--gpu``): an XLM-R-base-sized encoder (12 layers, 768 hidden, 250,002 vocabulary;
 random weights, random token ids of 16–``--seq-len`` tokens) trained with AdamW under bf16
 autocast and ``cached_multiway_infonce`` (GradCache) at an effective batch of ``--gpu-rows`` ×
@@ -144,6 +150,83 @@ def cpu_comparison(args: argparse.Namespace) -> dict:
     }
 
 
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM (the peak resident size) of this process.
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def layers_comparison(args: argparse.Namespace) -> dict:
+    """One multi-way step (forward + backward) per ``--trainable-layers`` setting.
+
+    ``train_encoder.trainable_layers``: 0 trains every layer (word embeddings frozen, as in
+    the default run), k freezes the embeddings and all but the top k layers. Same rows for
+    every setting; settings alternate (order flipped every repeat); median wall/CPU seconds,
+    and the peak resident size during the step (VmHWM reset before it).
+    """
+    from pipeline.config import LangsConfig, load_section
+    from pipeline.encoders.catalog import load_encoder
+    from pipeline.losses.multiway_infonce import MultiwayInfoNCELoss
+    from pipeline.train.trainer import freeze_lower_layers, freeze_word_embeddings
+
+    langs = load_section(ROOT / "params.yaml", "langs", LangsConfig)
+    columns = [langs.source, *langs.pool]
+    source, df = corpus_rows(args.corpus, columns)
+    model = load_encoder(args.model, args.catalogue, device="cpu")
+    model.max_seq_length = args.max_seq_length
+    model.train()
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
+    loss = MultiwayInfoNCELoss(model, temperature=0.05, languages=columns)
+
+    def configure(k: int) -> int:
+        for param in model.parameters():
+            param.requires_grad_(True)
+        freeze_word_embeddings(model)
+        if k:
+            freeze_lower_layers(model, k)
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def step(feats) -> None:
+        sum(loss(feats).values()).backward()
+        model.zero_grad(set_to_none=True)
+
+    settings = args.trainable_layers
+    times: dict[int, list[tuple[float, float]]] = {k: [] for k in settings}
+    peaks: dict[int, list[float]] = {k: [] for k in settings}
+    trainable = {}
+    for r in range(args.repeats + 1):  # repeat 0 warms up and is not counted
+        block = df.iloc[r * args.rows:(r + 1) * args.rows]
+        feats = [model.preprocess(block[c].tolist(), prompt=prompt) for c in columns]
+        for k in settings if r % 2 else settings[::-1]:
+            trainable[k] = configure(k)
+            _reset_peak_rss()
+            result = timed(lambda feats=feats: step(feats))
+            if r:
+                times[k].append(result)
+                peaks[k].append(_peak_rss_mb())
+            print(f"repeat {r}: trainable_layers {k}: wall {result[0]:6.1f} s  "
+                  f"cpu {result[1]:6.1f} s", file=sys.stderr, flush=True)
+    full = statistics.median(c for _, c in times[settings[0]])
+    return {
+        "model": args.model, "corpus": source, "n_langs": len(columns),
+        "rows": args.rows, "repeats": args.repeats, "max_seq_length": args.max_seq_length,
+        "settings": [{
+            "trainable_layers": k, "trainable_params": trainable[k],
+            "median_wall_s": round(statistics.median(w for w, _ in times[k]), 2),
+            "median_cpu_s": round(statistics.median(c for _, c in times[k]), 2),
+            "cpu_vs_first": round(statistics.median(c for _, c in times[k]) / full, 2),
+            "peak_rss_mb": round(max(peaks[k])),
+        } for k in settings],
+        "machine": machine(),
+    }
+
+
 def gpu_throughput(args: argparse.Namespace) -> dict:
     """XLM-R-base-sized random encoder, bf16 autocast, cached multi-way loss (module docstring)."""
     import torch
@@ -231,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-seq-length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 2)))
+    parser.add_argument("--trainable-layers", type=int, nargs="+",
+                        help="instead: one multi-way step per setting (0 = every layer)")
     parser.add_argument("--gpu", action="store_true", help="run the GPU throughput part instead")
     parser.add_argument("--device", default="cuda", help="device of the --gpu part")
     parser.add_argument("--gpu-rows", type=int, default=512)
@@ -247,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    result = gpu_throughput(args) if args.gpu else cpu_comparison(args)
+    if args.gpu:
+        result = gpu_throughput(args)
+    elif args.trainable_layers:
+        result = layers_comparison(args)
+    else:
+        result = cpu_comparison(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

@@ -482,6 +482,11 @@ class BuildCorpusConfig:
             Japanese, Thai) repeats more than this many times in a row (decoder loop).
         min_script_fraction: Drop when fewer than this fraction of letters are in the
             language's script.
+        language_id: Drop when a language identifier ranks another language first:
+            ``pool`` (candidates: the source and the pool), ``all`` (every language the
+            identifier knows) or ``off`` (``pipeline.corpus.langid``).
+        language_id_margin: ... only when that language leads the second by this much
+            (lingua's relative distance, 0 to 0.99; closer calls are not flagged).
         dev_fraction: Fraction of rows (by id) held out as the dev split.
         seed: Seed of the split and of the En-X language draw.
         output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``,
@@ -496,6 +501,8 @@ class BuildCorpusConfig:
     max_copy_ratio: float = 0.5
     max_repeat: int = 4
     min_script_fraction: float = 0.5
+    language_id: str = "pool"
+    language_id_margin: float = 0.5
     dev_fraction: float = 0.05
     seed: int = 13
     output_dir: str = "data/corpus"
@@ -553,6 +560,9 @@ class TrainEncoderConfig:
         weight_decay: AdamW weight decay.
         freeze_embeddings: Do not train the word-embedding matrix (most of a multilingual
             encoder's weights: the main speed lever on CPU).
+        trainable_layers: Train only this many top transformer layers; the embeddings and
+            the layers below are frozen (backward pass and kept activations shrink to the
+            top layers: CPU time and memory). 0 trains every layer.
         precision: ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``,
             ``bf16`` or ``fp16``.
         gradient_checkpointing: Recompute activations in the backward pass (GPU memory for time).
@@ -589,6 +599,7 @@ class TrainEncoderConfig:
     warmup_steps: int = 3
     weight_decay: float = 0.01
     freeze_embeddings: bool = True
+    trainable_layers: int = 0
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     dev_rows: int = 128

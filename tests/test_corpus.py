@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.config import BuildCorpusConfig, LangsConfig
-from pipeline.corpus import build, filters
+from pipeline.corpus import build, filters, langid
 from pipeline.corpus.split import assign_split, balanced_draw, sample_enx
 from pipeline.io import read_json, read_table, write_table
 from stages import build_corpus as stage
@@ -117,15 +117,15 @@ def test_max_repeat_run_examples(tokens, expected):
 def test_repetition_loop_is_dropped():
     src = "And he said to them: go and see the land of promise."
     loop = "Und er sagte zu ihnen: geht und seht das Land, das Land, das Land, das Land, das Land"
-    assert filters.failures(loop, src, "Latn", CFG)[0] == "repeat"
+    assert filters.failures(loop, src, "deu_Latn", CFG)[0] == "repeat"
     ok = "Und er sagte zu ihnen: das Land, das Land, das Land, das Land."  # 4 times: allowed
-    assert "repeat" not in filters.failures(ok, src, "Latn", CFG)
+    assert "repeat" not in filters.failures(ok, src, "deu_Latn", CFG)
 
 
 def test_repetition_in_unspaced_scripts_counts_characters_not_punctuation():
     src = "They loved him and he loved them."
-    assert "repeat" in filters.failures("他们爱他爱他爱他爱他爱他爱他", src, "Hans", CFG)
-    assert "repeat" not in filters.failures("他们爱他......他也爱他们。", src, "Hans", CFG)
+    assert "repeat" in filters.failures("他们爱他爱他爱他爱他爱他爱他", src, "zho_Hans", CFG)
+    assert "repeat" not in filters.failures("他们爱他......他也爱他们。", src, "zho_Hans", CFG)
 
 
 # ---------------------------------------------------------------- copy, length, all
@@ -135,37 +135,69 @@ def test_copied_source_is_dropped():
     assert filters.copy_ratio(EN_GEN, EN_GEN) == 1.0
     assert filters.copy_ratio(DE_GEN, EN_GEN) == 0.0
     assert filters.copy_ratio("Amen.", "Amen.") == 0.0  # one word: no bigrams to judge
-    assert filters.failures(EN_GEN, EN_GEN, "Latn", CFG) == ["copy"]
+    assert filters.failures(EN_GEN, EN_GEN, "deu_Latn", CFG) == ["copy"]
     # Into Russian a copy also has the wrong script; "copy" is reported first.
-    assert filters.failures(EN_GEN, EN_GEN, "Cyrl", CFG) == ["copy", "script"]
+    assert filters.failures(EN_GEN, EN_GEN, "rus_Cyrl", CFG) == ["copy", "script"]
 
 
 def test_wrong_script_is_dropped():
-    assert filters.failures(RU_GEN, EN_GEN, "Hang", CFG) == ["script"]
-    assert filters.failures(RU_GEN, EN_GEN, "Cyrl", CFG) == []
+    assert filters.failures(RU_GEN, EN_GEN, "kor_Hang", CFG) == ["script"]
+    assert filters.failures(RU_GEN, EN_GEN, "rus_Cyrl", CFG) == []
+
+
+FR_GEN = "Au commencement, Dieu créa les cieux et la terre."
+ES_GEN = "En el principio creó Dios los cielos y la tierra."
+EN_LOVE = "For God so loved the world, that he gave his one and only Son."
+
+
+def test_wrong_language_in_the_right_script_is_dropped():
+    detector = langid.detector("pool", ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn"))
+    # French where Spanish was asked for: Latin script, a plausible length, no copy.
+    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", CFG, detector) == ["language"]
+    assert filters.failures(ES_GEN, EN_GEN, "spa_Latn", CFG, detector) == []
+    assert filters.failures(DE_GEN, EN_GEN, "deu_Latn", CFG, detector) == []
+    # English left untranslated (no bigram shared with this source, so not a "copy").
+    assert filters.failures(EN_LOVE, EN_GEN, "fra_Latn", CFG, detector) == ["language"]
+    # Without a detector the filter is off.
+    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", CFG) == []
+    assert langid.wrong_language([FR_GEN, ES_GEN, "1:1 ..."], "spa_Latn", detector).tolist() \
+        == [True, False, False]
+
+
+def test_language_filter_modes_and_unknown_languages():
+    assert langid.detector("off", ("eng_Latn", "deu_Latn")) is None
+    with pytest.raises(ValueError, match="language_id must be one of pool, all, off"):
+        langid.detector("fast", ("eng_Latn",))
+    with pytest.raises(ValueError, match=r"language_id_margin must be in \[0, 1\), got 1.5"):
+        langid.detector("pool", ("eng_Latn",), 1.5)
+    with pytest.raises(ValueError, match="no model for glg_Latn; set build_corpus.language_id"):
+        langid.detector("pool", ("eng_Latn", "glg_Latn"))
+    # Codes lingua files elsewhere: Standard Arabic under "ar", Traditional Chinese by ISO 639-3.
+    assert langid.lingua_language("arb_Arab").name == "ARABIC"
+    assert langid.lingua_language("zho_Hant").name == "CHINESE"
 
 
 def test_korean_and_chinese_pass_the_length_ratio_thanks_to_the_script_factor():
-    assert filters.failures(KO_JOHN, EN_JOHN, "Hang", CFG) == []
-    assert filters.failures(ZH_GEN, EN_GEN, "Hans", CFG) == []
+    assert filters.failures(KO_JOHN, EN_JOHN, "kor_Hang", CFG) == []
+    assert filters.failures(ZH_GEN, EN_GEN, "zho_Hans", CFG) == []
     # Without the factor, the Chinese verse would be "too short".
     assert filters.length_ratio(ZH_GEN, EN_GEN, "Latn") < CFG.min_length_ratio
     strict = dataclasses.replace(CFG, min_length_ratio=0.5)
-    assert filters.failures(KO_GEN, EN_GEN, "Hang", strict) == []
+    assert filters.failures(KO_GEN, EN_GEN, "kor_Hang", strict) == []
     assert filters.length_ratio(KO_GEN, EN_GEN, "Latn") < 0.5
     assert filters.length_ratio(KO_GEN, EN_GEN, "Hang") == pytest.approx(
         len(KO_GEN) / (len(EN_GEN) * 0.45))
 
 
 def test_length_ratio_bounds():
-    assert filters.failures("Im Anfang.", EN_JOHN, "Latn", CFG) == ["too_short"]
+    assert filters.failures("Im Anfang.", EN_JOHN, "deu_Latn", CFG) == ["too_short"]
     long = " ".join(f"Wort{i}" for i in range(60))
-    assert filters.failures(long, EN_GEN, "Latn", CFG) == ["too_long"]
+    assert filters.failures(long, EN_GEN, "deu_Latn", CFG) == ["too_long"]
 
 
 @pytest.mark.parametrize("text", [None, "", "  \n"])
 def test_empty_output_is_only_empty(text):
-    assert filters.failures(text, EN_GEN, "Latn", CFG) == ["empty"]
+    assert filters.failures(text, EN_GEN, "deu_Latn", CFG) == ["empty"]
 
 
 # ---------------------------------------------------------------- split and En-X
@@ -245,6 +277,8 @@ BAD = {
     5: {"deu_Latn": " ".join(["Hirte", "Fluss", "Morgen", "Wasser", "Stein"] * 20),  # too_long
         "kor_Hang": "   "},  # empty (comes first in REASONS order)
     6: {"rus_Cyrl": "Пастух."},  # too_short
+    # English left in the German column (Latin script, no bigram of the source): language
+    7: {"deu_Latn": "A herdsman went down toward the stream early one morning, line seven says."},
 }
 
 
@@ -280,15 +314,17 @@ def test_join_and_drop_counts(built):
     cfg, metrics, out = built
     stats = read_json(out / "stats.json")
     assert stats["dropped_by_reason"] == {
-        "empty": 2, "repeat": 1, "copy": 1, "script": 1, "too_short": 1, "too_long": 0}
-    assert stats["dropped_by_lang"] == {"deu_Latn": 3, "rus_Cyrl": 2, "kor_Hang": 2}
+        "empty": 2, "repeat": 1, "copy": 1, "script": 1, "language": 1, "too_short": 1,
+        "too_long": 0}
+    assert stats["dropped_by_lang"] == {"deu_Latn": 4, "rus_Cyrl": 2, "kor_Hang": 2}
     assert stats["failures"] == {
-        "deu_Latn": {"empty": 1, "repeat": 0, "copy": 0, "script": 1, "too_short": 0,
-                     "too_long": 1},
-        "rus_Cyrl": {"empty": 0, "repeat": 0, "copy": 1, "script": 1, "too_short": 1,
-                     "too_long": 0},
-        "kor_Hang": {"empty": 1, "repeat": 1, "copy": 0, "script": 0, "too_short": 0,
-                     "too_long": 0},
+        # The Russian and English texts of rows 4 and 2 fail "language" too.
+        "deu_Latn": {"empty": 1, "repeat": 0, "copy": 0, "script": 1, "language": 2,
+                     "too_short": 0, "too_long": 1},
+        "rus_Cyrl": {"empty": 0, "repeat": 0, "copy": 1, "script": 1, "language": 1,
+                     "too_short": 1, "too_long": 0},
+        "kor_Hang": {"empty": 1, "repeat": 1, "copy": 0, "script": 0, "language": 0,
+                     "too_short": 0, "too_long": 0},
     }
     kept = [i for i in range(N) if i not in BAD]
     multiway = read_table(out / "multiway.parquet")
@@ -303,9 +339,10 @@ def test_join_and_drop_counts(built):
         "rows_in": N, "rows_out": len(kept),
         "rows_train": int((multiway["split"] == "train").sum()),
         "rows_dev": int((multiway["split"] == "dev").sum()),
-        "dropped": 6, "dropped_empty": 2, "dropped_repeat": 1, "dropped_copy": 1,
-        "dropped_script": 1, "dropped_too_short": 1, "dropped_too_long": 0,
-        "dropped_deu_Latn": 3, "dropped_rus_Cyrl": 2, "dropped_kor_Hang": 2,
+        "dropped": 7, "dropped_empty": 2, "dropped_repeat": 1, "dropped_copy": 1,
+        "dropped_script": 1, "dropped_language": 1, "dropped_too_short": 1,
+        "dropped_too_long": 0, "dropped_deu_Latn": 4, "dropped_rus_Cyrl": 2,
+        "dropped_kor_Hang": 2,
         "enx_rows": len(kept), "human_rows": len(kept) - 1,
     }
     assert stats["rows"] == {"in": N, "out": len(kept), "train": metrics["rows_train"],
@@ -456,11 +493,13 @@ def test_failure_matrix_equals_failures_row_by_row():
         "\u200bIm\ufeff Anfang\u200b", RU_GEN, "Im Anfang.", "Im Anfang Im Anfang Im Anfang"
         " Im Anfang Im Anfang schuf Gott die Himmel.",
     ]
-    for script in ("Latn", "Cyrl", "Hans"):
-        got = filters.failure_matrix(pa.array(texts), pa.array(src), script, CFG)
+    detector = langid.detector("pool", ("eng_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans"))
+    for lang in ("deu_Latn", "rus_Cyrl", "zho_Hans"):
+        got = filters.failure_matrix(pa.array(texts), pa.array(src), lang, CFG,
+                                     detector=detector)
         for i, (text, sent) in enumerate(zip(texts, src, strict=True)):
-            want = filters.failures(text, sent or "", script, CFG)
-            assert [r for k, r in enumerate(filters.REASONS) if got[k, i]] == want, (script, i)
+            want = filters.failures(text, sent or "", lang, CFG, detector)
+            assert [r for k, r in enumerate(filters.REASONS) if got[k, i]] == want, (lang, i)
 
 
 def _reference_build(cfg, pool):
@@ -472,9 +511,10 @@ def _reference_build(cfg, pool):
     fails = np.zeros((len(filters.REASONS), len(src)), dtype=bool)
     failures = {lang: dict.fromkeys(filters.REASONS, 0) for lang in pool}
     by_lang = dict.fromkeys(pool, 0)
+    detector = langid.detector(cfg.language_id, ("eng_Latn", *pool), cfg.language_id_margin)
     for lang in pool:
         for i, (text, sent) in enumerate(zip(texts[lang], src["eng_Latn"], strict=True)):
-            failed = filters.failures(text, sent, lang.split("_")[1], cfg)
+            failed = filters.failures(text, sent, lang, cfg, detector)
             by_lang[lang] += bool(failed)
             for reason in failed:
                 failures[lang][reason] += 1
@@ -513,6 +553,7 @@ def _mixed_inputs(root, n=300):
         "repeat": lambda i, lang: " ".join([good[lang][i].split()[0]] * 9),
         "copy": lambda i, lang: en[i],
         "script": lambda i, lang: RU_GEN * 2,
+        "language": lambda i, lang: f"Then a shepherd walked down to the river at dawn, verse {i}.",
         "too_short": lambda i, lang: good[lang][i][:3],
         "too_long": lambda i, lang: " ".join(f"W{k}" for k in range(120)),
     }

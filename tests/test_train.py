@@ -15,6 +15,7 @@ What is shown:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import shutil
@@ -425,6 +426,25 @@ def test_base_weights_are_part_of_the_fingerprint(workspace, tmp_path):
     after = parts()
     assert [k for k in before if before[k] != after[k]] == ["base"]
     assert before["precision"] == "fp32" and len(before["code"]) == 64
+
+
+def test_trainable_layers_freezes_the_embeddings_and_the_layers_below(workspace):
+    from sentence_transformers import SentenceTransformer
+
+    root = workspace["root"] / "top"
+    cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, trainable_layers=1,
+                          output_dir=str(root / "models"), plots_dir=str(root / "plots"),
+                          work_dir=str(root / "work"))
+    metrics = run(cfg, langs, "tiny", "multiway")
+    base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
+    new = SentenceTransformer(str(root / "models" / "tiny-multiway"), device="cpu").state_dict()
+    changed = {k for k in new if not torch.equal(new[k], base[k])}
+    assert changed and all(k.startswith("0.model.encoder.layer.1.") for k in changed)
+    frozen = [k for k in new if k.startswith(("0.model.embeddings.", "0.model.encoder.layer.0."))]
+    assert metrics["frozen_params"] >= sum(new[k].numel() for k in frozen)
+    with pytest.raises(ValueError, match="trainable_layers must be between 1 and the encoder's "
+                                         "2 layers"):
+        run(dataclasses.replace(cfg, trainable_layers=3), langs, "tiny", "multiway")
 
 
 def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):

@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from pipeline import langs as langs_mod
 from pipeline.config import BuildCorpusConfig, LangsConfig, to_dict
+from pipeline.corpus import langid
 from pipeline.corpus.filters import REASONS, failure_matrix
 from pipeline.corpus.split import SPLITS, assign_split, enx_draws
 from pipeline.corpus.stream import (
@@ -77,6 +78,7 @@ _FIX = {
     "repeat": "raise build_corpus.max_repeat or check the translations",
     "copy": "raise build_corpus.max_copy_ratio or check that the model translates",
     "script": "lower build_corpus.min_script_fraction or check the target-language tags",
+    "language": "check the target-language tags, or set build_corpus.language_id: off",
     "too_short": "lower build_corpus.min_length_ratio or check the translations",
     "too_long": "raise build_corpus.max_length_ratio or check the translations",
 }
@@ -202,13 +204,16 @@ def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
 
 def filter_batch(sources: pa.Array | pa.ChunkedArray,
                  translations: Mapping[str, pa.Array | pa.ChunkedArray],
-                 cfg: BuildCorpusConfig) -> tuple[np.ndarray, dict[str, Any]]:
+                 cfg: BuildCorpusConfig, detector: Any | None = None,
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run every filter on every translation of a batch of rows and decide which to keep.
 
     Args:
         sources: The English sources of the rows.
         translations: Language → translations aligned with ``sources``.
         cfg: Filter thresholds.
+        detector: The language identifier (:func:`pipeline.corpus.langid.detector`), or
+            ``None`` without the ``language`` filter.
 
     Returns:
         A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
@@ -224,8 +229,8 @@ def filter_batch(sources: pa.Array | pa.ChunkedArray,
     stats = _empty_stats(list(translations))
     source_bigrams: list[Any] = [None] * n  # shared by the languages' copy filters
     for lang, texts in translations.items():
-        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).script, cfg,
-                                    source_bigrams)
+        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).code, cfg,
+                                    source_bigrams, detector)
         fails |= lang_fails
         stats["failures"][lang] = {r: int(c) for r, c in zip(REASONS, lang_fails.sum(axis=1),
                                                              strict=True)}
@@ -253,7 +258,10 @@ def filter_rows(
     def arrow(texts: pd.Series) -> pa.Array:
         return pa.array(texts.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
 
-    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg)
+    detector = langid.detector(cfg.language_id, (source, *translations),
+                               cfg.language_id_margin)
+    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg,
+                        detector)
 
 
 def _no_rows_error(n: int, stats: dict[str, Any]) -> ValueError:
@@ -273,6 +281,7 @@ def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConf
     stats = _empty_stats(list(rows))
     splits: Counter[str] = Counter()
     chars = dict.fromkeys(columns[2:], 0)
+    detector = langid.detector(cfg.language_id, (src.column, *rows), cfg.language_id_margin)
     with tqdm(total=src.rows, desc="filter", unit="sent") as bar:
         for batch in iter_tables(src.parquet, ["id", src.column]):
             sources = _no_null(batch[src.column])
@@ -280,7 +289,7 @@ def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConf
             for lang, lang_rows in rows.items():
                 table = _aligned(lang_rows.take(batch.num_rows), batch["id"], lang)
                 texts[lang] = _no_null(table[lang])
-            keep, part = filter_batch(sources, texts, cfg)
+            keep, part = filter_batch(sources, texts, cfg, detector)
             _add_stats(stats, part)
             kept = pa.table({"id": batch["id"], src.column: sources, **texts}).filter(keep)
             # A row's split depends only on its id, so it is the same whichever rows survive.

@@ -13,6 +13,8 @@ be tested on hand-made examples; :func:`failures` runs all of them with the thre
   translation's word bigrams also occur in the source.
 - ``script``: fewer than ``min_script_fraction`` of the letters belong to the language's
   script (wrong-language output, or a copy into a non-Latin language).
+- ``language``: a language identifier ranks another language first (wrong-language output
+  in the right script; :mod:`pipeline.corpus.langid`, off when no detector is given).
 - ``too_short`` / ``too_long``: the character-length ratio translation/source, divided by
   the script's expected ratio (:data:`LENGTH_FACTORS`), is outside
   [``min_length_ratio``, ``max_length_ratio``].
@@ -33,14 +35,18 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.config import BuildCorpusConfig
+from pipeline.corpus.langid import wrong_language
 
-REASONS: tuple[str, ...] = ("empty", "repeat", "copy", "script", "too_short", "too_long")
+REASONS: tuple[str, ...] = (
+    "empty", "repeat", "copy", "script", "language", "too_short", "too_long",
+)
 """Filter names in checking order (the first failing one is a row's drop reason)."""
 
 # First word of a character's Unicode name -> ISO 15924 code of the script it belongs to.
@@ -267,24 +273,27 @@ def repeat_tokens(text: str, script: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
-def failures(translation: str | None, source: str, script: str,
-             cfg: BuildCorpusConfig) -> list[str]:
+def failures(translation: str | None, source: str, lang: str, cfg: BuildCorpusConfig,
+             detector: Any | None = None) -> list[str]:
     """All filters one translation fails, in :data:`REASONS` order.
 
     Args:
         translation: The machine translation (``None`` counts as empty).
         source: The English source sentence.
-        script: Script part of the target language's FLORES code.
+        lang: The target language's FLORES code (its script part picks the script rules).
         cfg: The thresholds (``max_repeat``, ``max_copy_ratio``, ``min_script_fraction``,
             ``min_length_ratio``, ``max_length_ratio``).
+        detector: A language identifier (:func:`pipeline.corpus.langid.detector`); ``None``
+            skips the ``language`` filter.
 
     Returns:
         The failed filter names; ``["empty"]`` alone for an empty output (the other filters
         mean nothing there), ``[]`` for a translation that passes.
 
     Raises:
-        ValueError: ``script`` is not supported.
+        ValueError: The script of ``lang`` is not supported.
     """
+    script = lang.split("_")[1]
     _check_script(script)
     if translation is None or not translation.strip():
         return ["empty"]
@@ -295,6 +304,8 @@ def failures(translation: str | None, source: str, script: str,
         failed.append("copy")
     if script_fraction(translation, script) < cfg.min_script_fraction:
         failed.append("script")
+    if detector is not None and wrong_language([translation], lang, detector)[0]:
+        failed.append("language")
     ratio = length_ratio(translation, source, script)
     if ratio < cfg.min_length_ratio:
         failed.append("too_short")
@@ -325,26 +336,28 @@ def strip_lengths(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray,
-                   script: str, cfg: BuildCorpusConfig,
+                   lang: str, cfg: BuildCorpusConfig,
                    source_bigrams: Sequence[set[tuple[str, str]] | None] | None = None,
-                   ) -> np.ndarray:
+                   detector: Any | None = None) -> np.ndarray:
     """:func:`failures` over a batch: which filters each translation fails.
 
     Args:
         translations: Machine translations (nulls count as empty).
         sources: Their English sources, aligned (nulls count as empty).
-        script: Script part of the target language's FLORES code.
+        lang: The target language's FLORES code.
         cfg: The thresholds.
         source_bigrams: Optional cache of the sources' word bigrams, shared between the
             languages of one batch (a list of ``None`` filled in here as needed).
+        detector: A language identifier, or ``None`` to skip the ``language`` filter.
 
     Returns:
         A boolean array ``(len(REASONS), n)``: ``[k, i]`` is true when translation ``i``
         fails filter ``REASONS[k]``; column ``i`` equals ``failures(translations[i], ...)``.
 
     Raises:
-        ValueError: ``script`` is not supported, or the inputs differ in length.
+        ValueError: The script of ``lang`` is not supported, or the inputs differ in length.
     """
+    script = lang.split("_")[1]
     _check_script(script)
     n = len(translations)
     if len(sources) != n:
@@ -380,4 +393,6 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
     out[_ROW["repeat"], live] = repeat
     out[_ROW["copy"], live] = copy
     out[_ROW["script"], live] = wrong_script
+    if detector is not None and len(live):
+        out[_ROW["language"], live] = wrong_language(texts, lang, detector)
     return out

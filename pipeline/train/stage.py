@@ -67,6 +67,7 @@ from pipeline.train.trainer import (
     TimeBudget,
     build_loss,
     count_parameters,
+    freeze_lower_layers,
     freeze_word_embeddings,
     last_checkpoint,
     loss_curve,
@@ -209,6 +210,8 @@ def run(
     model.max_seq_length = cfg.max_seq_length
     if cfg.freeze_embeddings:
         freeze_word_embeddings(model)
+    if cfg.trainable_layers:
+        freeze_lower_layers(model, cfg.trainable_layers)
     trainable, frozen = count_parameters(model)
     loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns)
     prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None

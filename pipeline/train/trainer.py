@@ -106,6 +106,44 @@ def freeze_word_embeddings(model: nn.Module) -> int:
     return frozen
 
 
+def freeze_lower_layers(model: nn.Module, trainable_layers: int) -> int:
+    """Train only the top ``trainable_layers`` transformer layers (and what follows them).
+
+    The embeddings and every layer below are frozen: no gradient flows into them, so the
+    backward pass and the activations it keeps cover the top layers only (the CPU profile's
+    time and memory lever; the frozen part still runs forward).
+
+    Args:
+        model: A SentenceTransformer over a BERT-style backbone (``embeddings`` and
+            ``encoder.layer``: BERT, XLM-R, E5).
+        trainable_layers: How many top layers stay trainable (1 to the number of layers).
+
+    Returns:
+        The number of parameters frozen (the word embeddings included).
+
+    Raises:
+        ValueError: No ``encoder.layer`` list in the model, or ``trainable_layers`` out of range.
+    """
+    found = [(name, module) for name, module in model.named_modules()
+             if name.endswith("encoder.layer") and isinstance(module, torch.nn.ModuleList)]
+    if len(found) != 1:
+        raise ValueError(
+            f"trainable_layers: no single '*encoder.layer' list in {type(model).__name__} "
+            "(a BERT-style backbone); set trainable_layers: 0 (every layer) for this encoder"
+        )
+    name, layers = found[0]
+    if not 1 <= trainable_layers <= len(layers):
+        raise ValueError(f"trainable_layers must be between 1 and the encoder's {len(layers)} "
+                         f"layers (0: all), got {trainable_layers}")
+    backbone = model.get_submodule(name.removesuffix("encoder.layer").rstrip("."))
+    frozen = 0
+    for module in (backbone.embeddings, *layers[: len(layers) - trainable_layers]):
+        for param in module.parameters():
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, frozen)`` parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
