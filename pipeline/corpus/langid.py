@@ -40,7 +40,7 @@ MODES: tuple[str, ...] = ("pool", "all", "off")
 
 
 def lingua_language(code: str) -> Any:
-    """lingua's ``Language`` for a FLORES code.
+    """Lingua's ``Language`` for a FLORES code.
 
     Looked up by ISO 639-1 code where there is one (lingua files Standard Arabic ``arb``
     under the macrolanguage ``ar``), else by the ISO 639-3 part (``zho_Hant``).
