@@ -18,8 +18,8 @@ mode (dropout on) with the word embeddings frozen, as in the default ``train_enc
     .venv/bin/python benchmarks/train.py --model path/to/st_model --rows 8 --repeats 2
 
 Layers part (``--trainable-layers 0 4 2 1``): what ``train_encoder.trainable_layers`` saves
-on one multi-way step of ``rows`` × N sentences: CPU seconds and peak resident memory with
-every layer trained vs only the top k (``layers_comparison``).
+on one multi-way step of ``rows`` × N sentences: CPU seconds with every layer trained vs only
+the top k (``layers_comparison``).
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/train.py --trainable-layers 0 4 2 1 --rows 32
 
@@ -150,25 +150,14 @@ def cpu_comparison(args: argparse.Namespace) -> dict:
     }
 
 
-def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM (the peak resident size) of this process.
-    Path("/proc/self/clear_refs").write_text("5")
-
-
-def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def layers_comparison(args: argparse.Namespace) -> dict:
     """One multi-way step (forward + backward) per ``--trainable-layers`` setting.
 
     ``train_encoder.trainable_layers``: 0 trains every layer (word embeddings frozen, as in
     the default run), k freezes the embeddings and all but the top k layers. Same rows for
-    every setting; settings alternate (order flipped every repeat); median wall/CPU seconds,
-    and the peak resident size during the step (VmHWM reset before it).
+    every setting; settings alternate (order flipped every repeat); median wall/CPU seconds.
+    Memory is not compared here (one process keeps the memory a setting freed); each stage
+    run records its own peak resident size (``benchmarks/stage_costs.py``).
     """
     from pipeline.config import LangsConfig, load_section
     from pipeline.encoders.catalog import load_encoder
@@ -198,18 +187,15 @@ def layers_comparison(args: argparse.Namespace) -> dict:
 
     settings = args.trainable_layers
     times: dict[int, list[tuple[float, float]]] = {k: [] for k in settings}
-    peaks: dict[int, list[float]] = {k: [] for k in settings}
     trainable = {}
     for r in range(args.repeats + 1):  # repeat 0 warms up and is not counted
         block = df.iloc[r * args.rows:(r + 1) * args.rows]
         feats = [model.preprocess(block[c].tolist(), prompt=prompt) for c in columns]
         for k in settings if r % 2 else settings[::-1]:
             trainable[k] = configure(k)
-            _reset_peak_rss()
             result = timed(lambda feats=feats: step(feats))
             if r:
                 times[k].append(result)
-                peaks[k].append(_peak_rss_mb())
             print(f"repeat {r}: trainable_layers {k}: wall {result[0]:6.1f} s  "
                   f"cpu {result[1]:6.1f} s", file=sys.stderr, flush=True)
     full = statistics.median(c for _, c in times[settings[0]])
@@ -221,7 +207,6 @@ def layers_comparison(args: argparse.Namespace) -> dict:
             "median_wall_s": round(statistics.median(w for w, _ in times[k]), 2),
             "median_cpu_s": round(statistics.median(c for _, c in times[k]), 2),
             "cpu_vs_first": round(statistics.median(c for _, c in times[k]) / full, 2),
-            "peak_rss_mb": round(max(peaks[k])),
         } for k in settings],
         "machine": machine(),
     }
