@@ -484,9 +484,10 @@ class BuildCorpusConfig:
             language's script.
         language_id: Drop when a language identifier ranks another language first:
             ``pool`` (candidates: the source and the pool), ``all`` (every language the
-            identifier knows) or ``off`` (``pipeline.corpus.langid``).
-        language_id_margin: ... only when that language leads the second by this much
-            (lingua's relative distance, 0 to 0.99; closer calls are not flagged).
+            identifier knows) or ``none`` (``pipeline.corpus.langid``).
+        language_id_margin: The language filter flags a text only when the language it
+            finds leads the runner-up by this much (lingua's minimum relative distance,
+            0 to 0.99; closer calls are not flagged).
         dev_fraction: Fraction of rows (by id) held out as the dev split.
         seed: Seed of the split and of the En-X language draw.
         output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``,

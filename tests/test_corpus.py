@@ -165,8 +165,8 @@ def test_wrong_language_in_the_right_script_is_dropped():
 
 
 def test_language_filter_modes_and_unknown_languages():
-    assert langid.detector("off", ("eng_Latn", "deu_Latn")) is None
-    with pytest.raises(ValueError, match="language_id must be one of pool, all, off"):
+    assert langid.detector("none", ("eng_Latn", "deu_Latn")) is None
+    with pytest.raises(ValueError, match="language_id must be one of pool, all, none"):
         langid.detector("fast", ("eng_Latn",))
     with pytest.raises(ValueError, match=r"language_id_margin must be in \[0, 1\), got 1.5"):
         langid.detector("pool", ("eng_Latn",), 1.5)

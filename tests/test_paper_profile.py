@@ -39,7 +39,7 @@ OVERLAY = {
     "translate": {"beam_size": 1, "max_batch_tokens": 512, "max_decoding_length": 32,
                   "intra_threads": 1, "shard_size": 32},
     "build_corpus": {"min_length_ratio": 0.0, "max_length_ratio": 1000.0, "max_copy_ratio": 1.0,
-                     "max_repeat": 1000, "min_script_fraction": 0.0, "language_id": "off",
+                     "max_repeat": 1000, "min_script_fraction": 0.0, "language_id": "none",
                      "dev_fraction": 0.1},
     "import_encoder": {"threads": 1},
     "train_encoder": {

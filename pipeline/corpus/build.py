@@ -78,7 +78,7 @@ _FIX = {
     "repeat": "raise build_corpus.max_repeat or check the translations",
     "copy": "raise build_corpus.max_copy_ratio or check that the model translates",
     "script": "lower build_corpus.min_script_fraction or check the target-language tags",
-    "language": "check the target-language tags, or set build_corpus.language_id: off",
+    "language": "check the target-language tags, or set build_corpus.language_id: none",
     "too_short": "lower build_corpus.min_length_ratio or check the translations",
     "too_long": "raise build_corpus.max_length_ratio or check the translations",
 }

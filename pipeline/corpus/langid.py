@@ -11,7 +11,7 @@ chooses the candidates:
   languages (the wrong target, the source copied). The default.
 - ``all``: every language lingua knows (75), for models that may drift anywhere (NLLB,
   M2M100); about 6x slower, and more false alarms on texts that are mostly names.
-- ``off``: no language filter.
+- ``none``: no language filter.
 
 A text is flagged only when lingua places it clearly: the best candidate must lead the
 second by ``build_corpus.language_id_margin`` (lingua's minimum relative distance; closer
@@ -36,7 +36,7 @@ import numpy as np
 
 from pipeline import langs as langs_mod
 
-MODES: tuple[str, ...] = ("pool", "all", "off")
+MODES: tuple[str, ...] = ("pool", "all", "none")
 
 
 def lingua_language(code: str) -> Any:
@@ -58,16 +58,16 @@ def lingua_language(code: str) -> Any:
     except ValueError:
         raise ValueError(
             f"build_corpus.language_id: lingua-language-detector has no model for {code}; "
-            "set build_corpus.language_id: off, or take the language out of langs.pool"
+            "set build_corpus.language_id: none, or take the language out of langs.pool"
         ) from None
 
 
 @functools.lru_cache(maxsize=2)
 def detector(mode: str, languages: tuple[str, ...], margin: float = 0.5) -> Any | None:
-    """A lingua detector for ``mode`` (see the module docstring), or ``None`` for ``off``.
+    """A lingua detector for ``mode`` (see the module docstring), or ``None`` for ``none``.
 
     Args:
-        mode: ``pool``, ``all`` or ``off``.
+        mode: ``pool``, ``all`` or ``none``.
         languages: FLORES codes of the source and the pool (the ``pool`` candidates; every
             one must be known to lingua in any mode, since each is a target).
         margin: Lead of the best candidate over the second (0 to 0.99) below which a text
@@ -81,7 +81,7 @@ def detector(mode: str, languages: tuple[str, ...], margin: float = 0.5) -> Any 
                          f"got '{mode}'")
     if not 0.0 <= margin < 1.0:
         raise ValueError(f"build_corpus.language_id_margin must be in [0, 1), got {margin}")
-    if mode == "off":
+    if mode == "none":
         return None
     from lingua import LanguageDetectorBuilder
 
