@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,13 +34,6 @@ DEV = ROOT / "data/seed/bible_nmt_dev.parquet"
 RESULTS = ROOT / "benchmarks/results/translate_beam.json"
 
 
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main() -> None:
     import numpy as np
     import pyarrow as pa
@@ -50,6 +42,7 @@ def main() -> None:
     from pipeline.corpus import langid
     from pipeline.corpus.filters import REASONS, failure_matrix
     from pipeline.io import read_table
+    from pipeline.runtime import run_context
     from pipeline.translate.engine import load_translator
     from pipeline.translate.stage import corpus_scores
 
@@ -112,7 +105,8 @@ def main() -> None:
             "languages": per_lang,
         })
     base = min(r["seconds"] for r in rows)
-    print(f"\n{len(sources)} dev verses x {len(langs.pool)} languages; CPU {_cpu()}")
+    cpu = run_context()["cpu_model"]
+    print(f"\n{len(sources)} dev verses x {len(langs.pool)} languages; CPU {cpu}")
     print("| beam | seconds | vs fastest | chrF (mean) | BLEU (mean) | dropped by filters | "
           + " | ".join(f"chrF {lang[:3]}" for lang in langs.pool) + " |")
     for r in rows:
@@ -121,7 +115,7 @@ def main() -> None:
               + " | ".join(f"{r['languages'][lang]['chrf']:.1f}" for lang in langs.pool) + " |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
-        "cpu": _cpu(), "verses": len(sources), "repeats": args.repeats,
+        "cpu": cpu, "verses": len(sources), "repeats": args.repeats,
         "settings": {"inter_threads": cfg.inter_threads, "intra_threads": cfg.intra_threads,
                      "max_batch_tokens": cfg.max_batch_tokens,
                      "no_repeat_ngram_size": cfg.no_repeat_ngram_size},
