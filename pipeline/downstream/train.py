@@ -54,6 +54,11 @@ class RunLog:
     last_loss: float = float("nan")
 
 
+# The generator of corpus draws and method randomness is seeded with seed + this (the batch
+# order's with the seed itself), so the two streams differ for any small seed.
+AUX_SEED_OFFSET = 1_000_003
+
+
 def length_batches(lengths: Sequence[int], batch_size: int,
                    generator: torch.Generator) -> list[list[int]]:
     """Shuffled batches of indices with similar lengths.
@@ -138,7 +143,8 @@ def train_variant(
         task: The task (kind and labels).
         train: The tokenised English training split.
         cfg: The downstream config.
-        seed: Seed of the head initialisation, batch order, corpus draws and dropout.
+        seed: Seed of the head initialisation, batch order, corpus draws and dropout; the
+            batch order depends on it alone (the same for every variant).
         corpus: Per corpus language, the tokenised sentences (needed by corpus parts).
 
     Returns:
@@ -151,7 +157,11 @@ def train_variant(
         raise ValueError(f"{variant.name} needs the multi-way corpus (DR-MIM's language-side "
                          "terms); none was loaded")
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    # Batch order has a generator of its own, so every variant of one seed trains on the same
+    # batches in the same order (paired runs); corpus draws and a method's own randomness
+    # (which differ between variants) use the other.
+    order = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + AUX_SEED_OFFSET)
     top = TopBlock(encoder, cfg.trainable_layers).to(store.device)
     method = variant.build(top, task.kind, len(task.label_names), cfg,
                            n_langs=len(corpus) if corpus else 0).to(store.device)
@@ -177,7 +187,7 @@ def train_variant(
     for epoch in range(cfg.epochs):
         sums: Counter[str] = Counter()
         n_steps = 0
-        for idx in length_batches(lengths, cfg.batch_size, generator):
+        for idx in length_batches(lengths, cfg.batch_size, order):
             batch = task_batch(store, train, idx, task.kind)
             log.train_tokens += int(batch.mask.sum())
             corpus_batch = None
