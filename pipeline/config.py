@@ -883,12 +883,14 @@ class EvaluateDownstreamConfig:
     Attributes:
         runs_dir: ``train_drmim``'s output (``<task>/<encoder name>/predictions.parquet``).
         figure: Projection of the feature figure (``pca``, ``tsne``) or ``none``.
+        seed: Seed of the bootstrap resamples (each variant's interval against fine-tuning).
         output_dir: Scores, ``metrics.json``, ``table.md`` and ``features.png`` go to
             ``<output_dir>/<task>/<encoder name>/``.
     """
 
     runs_dir: str = "data/downstream/runs"
     figure: Literal["pca", "tsne", "none"] = "pca"
+    seed: int = 13
     output_dir: str = "data/downstream/scores"
 
 

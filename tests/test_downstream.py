@@ -538,6 +538,31 @@ def test_scores_from_predictions():
     assert values["f1"] == 50.0 and values["exact_match"] == 50.0
 
 
+def test_variant_intervals_against_finetune_are_paired_per_example():
+    # 40 examples in German (seen) and Italian (unseen), 2 seeds: "better" is right wherever
+    # finetune is, plus every fourth example finetune misses; "same" predicts what finetune does.
+    rows = []
+    for seed in (0, 1):
+        for subset in ("eng_Latn", "deu_Latn", "ita_Latn"):
+            for k in range(40):
+                ft = int(k % 3 != 0)
+                for variant, correct in (("finetune", ft), ("same", ft),
+                                         ("better", max(ft, int(k % 4 == 0)))):
+                    rows.append({"variant": variant, "seed": seed, "subset": subset,
+                                 "example": k, "prediction": correct, "gold": 1})
+    items = evaluate.item_scores(pd.DataFrame(rows), "classification")
+    out = evaluate.versus_finetune(items, LANGS, seed=0)
+    # finetune misses k = 0, 3, ..., 39 (14 of 40); "better" recovers k % 12 == 0 (4 of 40).
+    assert out["better/accuracy/zero_shot/vs_finetune"] == pytest.approx(10.0)
+    assert out["better/accuracy/seen/vs_finetune"] == pytest.approx(10.0)
+    assert 0 < out["better/accuracy/zero_shot/vs_finetune/low"] < 10.0
+    assert out["same/accuracy/unseen/vs_finetune"] == 0.0
+    assert out["same/accuracy/unseen/vs_finetune/low"] == 0.0 == out[
+        "same/accuracy/unseen/vs_finetune/high"]
+    assert not any(k.startswith("finetune/") for k in out)
+    assert not any("/eng_Latn" in k or "source" in k for k in out)
+
+
 def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
     cfg = tiny_cfg(world, methods=("finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle",
                                    "drmim-no_tie", "epar", "epar-no_push"), seeds=(0, 1),

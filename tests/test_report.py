@@ -174,6 +174,11 @@ def make_tree(root: Path) -> Path:
                                ("unseen", mean - 1), ("deu_Latn", mean + 3)):
                 flat[f"{variant}/accuracy/{key}"] = value
                 flat[f"{variant}/accuracy/{key}/std"] = std
+            if variant != "finetune":  # evaluate_downstream's interval against finetune
+                diff = mean - runs["finetune"][0]
+                key = f"{variant}/accuracy/zero_shot/vs_finetune"
+                flat.update({key: diff, f"{key}/low": diff - 2 * std,
+                             f"{key}/high": diff + 2 * std})
         write_json(flat, down / "metrics.json")
         if encoder.endswith("multiway"):
             fig = MplFigure(figsize=(3, 2))
@@ -340,8 +345,10 @@ def test_downstream_section_is_data_driven(built):
     assert table_row(md, "drmim") == [
         "drmim", "80.0 ± 1.0", "51.0 ± 1.0", "53.0 ± 1.0", "50.0 ± 1.0",
         "80.0 ± 2.0", "61.0 ± 2.0", "63.0 ± 2.0", "60.0 ± 2.0"]
-    assert "- base: drmim +1.0 (within the seed spread); epar +1.5 (within the seed spread)." in md
-    assert "- multiway: drmim +6.0 (better); epar -1.0 (within the seed spread)." in md
+    assert ("- base: drmim +1.0 [-1.0, +3.0] (no difference at this power); epar +1.5 "
+            "[-0.5, +3.5] (no difference at this power).") in md
+    assert ("- multiway: drmim +6.0 [+2.0, +10.0] (win); epar -1.0 [-3.0, +1.0] (no "
+            "difference at this power).") in md
     # base, per subset: finetune (the baseline) first
     assert "| deu_Latn | 53.0 ± 1.0 | 54.0 ± 1.0 | 54.5 ± 1.0 |" in md
     assert "(figures/downstream_bible_genre_accuracy.png)" in md
@@ -406,7 +413,7 @@ def test_results_doc_is_the_report_without_figures(built):
 
 
 def test_paired_bootstrap_matches_its_definition():
-    from pipeline.report.intervals import DETECTABLE_SE, paired_bootstrap
+    from pipeline.stats import DETECTABLE_SE, paired_bootstrap
 
     rng = np.random.default_rng(0)
     b = rng.random(500)

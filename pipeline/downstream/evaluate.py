@@ -15,7 +15,8 @@ SQuAD normalisation, best over the gold answers). Metric names:
 deviation over seeds); ``<variant>/<metric>/zero_shot`` averages every subset except the
 English one, ``/seen`` and ``/unseen`` split those by whether all their languages are in
 ``langs`` (the aligned encoder's training languages); the spread of an average is over the
-seeds' averages.
+seeds' averages. ``<variant>/<metric>/<group>/vs_finetune`` (with ``/low``, ``/high``) is a
+variant's difference from plain fine-tuning with its paired bootstrap 95 % interval.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import pandas as pd
 from pipeline.config import EvaluateDownstreamConfig, LangsConfig
 from pipeline.downstream.data import subset_languages
 from pipeline.io import read_json, read_table, write_json, write_table
+from pipeline.stats import paired_bootstrap
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +79,63 @@ def score_predictions(predictions: pd.DataFrame, kind: str) -> pd.DataFrame:
         kind: The task kind: ``classification``, ``pair`` or ``qa``.
 
     Returns:
-        Columns variant, seed, subset, metric, value.
+        Columns variant, seed, subset, metric, value: the mean of :func:`item_scores`.
     """
-    records = []
-    for (variant, seed, subset), part in predictions.groupby(["variant", "seed", "subset"],
-                                                              sort=False):
-        if kind == "qa":
-            pairs = [qa_scores(p, list(g)) for p, g in zip(part.prediction, part.gold)]
-            values = {"f1": 100 * float(np.mean([f for f, _ in pairs])),
-                      "exact_match": 100 * float(np.mean([e for _, e in pairs]))}
-        else:
-            values = {"accuracy": 100 * float(np.mean(part.prediction.to_numpy()
-                                                      == part.gold.to_numpy()))}
-        records += [{"variant": variant, "seed": seed, "subset": subset, "metric": m,
-                     "value": v} for m, v in values.items()]
-    return pd.DataFrame.from_records(records)
+    items = item_scores(predictions, kind)
+    return (items.groupby(["variant", "seed", "subset", "metric"], sort=False)["value"].mean()
+            .reset_index())
+
+
+def item_scores(predictions: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Per-example scores in % (correct: 100 or 0; QA: F1 and exact match).
+
+    Returns:
+        Columns variant, seed, subset, example, metric, value.
+    """
+    keys = predictions[["variant", "seed", "subset", "example"]].reset_index(drop=True)
+    if kind == "qa":
+        pairs = [qa_scores(p, list(g)) for p, g in zip(predictions.prediction, predictions.gold)]
+        parts = [keys.assign(metric="f1", value=[100 * f for f, _ in pairs]),
+                 keys.assign(metric="exact_match", value=[100 * e for _, e in pairs])]
+    else:
+        correct = predictions.prediction.to_numpy() == predictions.gold.to_numpy()
+        parts = [keys.assign(metric="accuracy", value=100.0 * correct)]
+    return pd.concat(parts, ignore_index=True)
+
+
+def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[str, float]:
+    """Each variant's difference from ``finetune`` with a paired bootstrap 95 % interval.
+
+    Every variant of a seed trains on the same batches and predicts the same test examples,
+    so the difference is paired per example. The resampled unit is the example index (the
+    same verse across the language subsets), its value the mean over seeds and the group's
+    subsets. Keys ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and
+    ``/high``, for the groups ``zero_shot``, ``seen``, ``unseen``; none without ``finetune``.
+    """
+    items = items.assign(group=items.subset.map(lambda s: subset_group(s, langs)))
+    base = items[items.variant == "finetune"]
+    out: dict[str, float] = {}
+    if base.empty:
+        return out
+    keys = ["seed", "subset", "example", "metric"]
+    for variant in items.variant.unique():
+        if variant == "finetune":
+            continue
+        paired = items[items.variant == variant].merge(base[[*keys, "value"]], on=keys,
+                                                        suffixes=("", "_ft"))
+        for (metric, group), part in [
+            *(((m, "zero_shot"), p) for m, p in
+              paired[paired.group != "source"].groupby("metric")),
+            *paired[paired.group != "source"].groupby(["metric", "group"]),
+        ]:
+            per_example = part.groupby("example")[["value", "value_ft"]].mean()
+            iv = paired_bootstrap(per_example.value.to_numpy(), per_example.value_ft.to_numpy(),
+                                  seed=seed)
+            key = f"{variant}/{metric}/{group}/vs_finetune"
+            out[key] = round(iv.diff, 4)
+            out[f"{key}/low"] = round(iv.low, 4)
+            out[f"{key}/high"] = round(iv.high, 4)
+    return out
 
 
 def subset_group(subset: str, langs: LangsConfig) -> str:
@@ -220,8 +264,11 @@ def run(cfg: EvaluateDownstreamConfig, langs: LangsConfig, task: str,
         raise FileNotFoundError(f"no predictions in {runs}; run train_drmim@{task}-{name} first "
                                 f"(dvc repro train_drmim)")
     meta = read_json(runs / "meta.json")
-    scores = score_predictions(read_table(runs / "predictions.parquet"), meta["task_kind"])
+    predictions = read_table(runs / "predictions.parquet")
+    scores = score_predictions(predictions, meta["task_kind"])
     metrics = summarize(scores, langs)
+    metrics.update(versus_finetune(item_scores(predictions, meta["task_kind"]), langs,
+                                   cfg.seed))
     out = Path(cfg.output_dir) / task / name
     write_table(scores, out / "scores.parquet")
     write_json(metrics, out / "metrics.json")

@@ -7,7 +7,7 @@ the accuracy of a subset, not which verses were found. This evaluation mines
 directions, with plain cosine and with the ratio margin of the project's own miner
 (:func:`pipeline.evaluation.mining.margin_candidates`), and keeps each verse's outcome, so
 two models evaluated on the same verses can be compared with a paired bootstrap
-(:mod:`pipeline.report.intervals`).
+(:mod:`pipeline.stats`).
 
 Pairs fall into groups by what training saw (``seen`` = the training pool, English
 included): ``x_eng_seen`` / ``x_eng_unseen`` (a language with English), ``seen_seen`` (two

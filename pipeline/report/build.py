@@ -36,7 +36,7 @@ from pipeline.config import LangsConfig, ReportConfig
 from pipeline.corpus.filters import REASONS
 from pipeline.evaluation import verse_mining
 from pipeline.io import atomic_path
-from pipeline.report import collect, figures, intervals
+from pipeline.report import collect, figures
 from pipeline.report.compare import (
     SCALE,
     TIE_POINTS,
@@ -69,6 +69,7 @@ from pipeline.report.render import (
     to_markdown,
 )
 from pipeline.runtime import limit_threads
+from pipeline.stats import N_BOOT, Interval, paired_bootstrap, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -468,7 +469,7 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     return blocks, tidy
 
 
-def _interval_cell(iv: intervals.Interval) -> str:
+def _interval_cell(iv: Interval) -> str:
     return (f"{iv.diff * SCALE:+.2f} [{iv.low * SCALE:+.2f}, {iv.high * SCALE:+.2f}]")
 
 
@@ -527,7 +528,7 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
     for a, b in comparisons:
         by_verdict: dict[str, list[str]] = {}
         for g in groups:
-            iv = {scoring: intervals.paired_bootstrap(
+            iv = {scoring: paired_bootstrap(
                 scores[a][(scoring, g)].to_numpy(), scores[b][(scoring, g)].to_numpy(),
                 seed=cfg.seed) for scoring in verse_mining.SCORINGS}
             margin = iv["margin"]
@@ -541,7 +542,7 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
     blocks.append(Table(
         ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
          "detectable (margin)", "verdict (margin)"), tuple(rows),
-        caption=(f"Paired bootstrap ({intervals.N_BOOT} resamples of the verses): difference "
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the verses): difference "
                  "in accuracy points with its 95% interval; 'detectable' is the smallest "
                  "difference this many verses detect with 80% power. One training seed: the "
                  "intervals cover the choice of test verses, not training randomness.")))
@@ -704,20 +705,15 @@ def _downstream_keys(metrics: Mapping[str, Any], source: str
 
 def _versus_finetune(label: str, metrics: Mapping[str, Any], variants: list[str],
                      metric: str) -> str:
-    """One line: each variant's zero-shot difference from ``finetune``, judged by the spread."""
-    base = f"finetune/{metric}/zero_shot"
-    if not _is_number(metrics.get(base)):
-        return ""
+    """One line: each variant's zero-shot difference from ``finetune``, with its interval."""
     parts = []
     for v in variants:
-        key = f"{v}/{metric}/zero_shot"
+        key = f"{v}/{metric}/zero_shot/vs_finetune"
         if v == "finetune" or not _is_number(metrics.get(key)):
             continue
-        diff = metrics[key] - metrics[base]
-        spread = float(metrics.get(f"{key}/std") or 0) + float(metrics.get(f"{base}/std") or 0)
-        verdict = "within the seed spread" if abs(diff) <= spread else (
-            "better" if diff > 0 else "worse")
-        parts.append(f"{v} {diff:+.1f} ({verdict})")
+        low, high = metrics[f"{key}/low"], metrics[f"{key}/high"]
+        parts.append(f"{v} {metrics[key]:+.1f} [{low:+.1f}, {high:+.1f}] "
+                     f"({verdict(low, high)})")
     return f"{label}: " + "; ".join(parts) + "." if parts else ""
 
 
@@ -771,9 +767,11 @@ def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> 
                 f"deviation over seeds)."))
             lines = [_versus_finetune(label, r.metrics, variants, metric) for label, r in named]
             if any(lines):
-                blocks.append(Paragraph("Zero-shot difference from plain fine-tuning (better/"
-                                        "worse only when larger than the two seed spreads "
-                                        "added):"))
+                blocks.append(Paragraph(
+                    "Zero-shot difference from plain fine-tuning in points, with its paired "
+                    "bootstrap 95% interval over the test examples (every variant of a seed "
+                    "trains on the same batches; the interval covers the test examples, the "
+                    "mean is over the seeds):"))
                 blocks.append(Bullets(tuple(line for line in lines if line)))
             for label, r in named:
                 _, subsets = _downstream_keys(r.metrics, langs.source)

@@ -43,12 +43,20 @@ class Interval:
 
     @property
     def verdict(self) -> str:
-        """``win`` / ``loss`` when the interval excludes zero, else ``no difference``."""
-        if self.low > 0:
-            return "win"
-        if self.high < 0:
-            return "loss"
-        return "no difference at this power"
+        """See :func:`verdict`."""
+        return verdict(self.low, self.high)
+
+
+def verdict(low: float, high: float) -> str:
+    """``win`` / ``loss`` when the interval ``[low, high]`` excludes zero.
+
+    Otherwise ``no difference at this power``.
+    """
+    if low > 0:
+        return "win"
+    if high < 0:
+        return "loss"
+    return "no difference at this power"
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = N_BOOT
