@@ -320,9 +320,18 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
     (tmp_path / "suite.yaml").write_text("paper:\n  tasks:\n    Tatoeba:\n")
     _ok(_cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
              "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval",
-             "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1"))
+             "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1",
+             "--mining-sentences", "0"))
     meta = json.loads((tmp_path / "eval/results/multiway-align__xlm-roberta-base/meta.json")
                       .read_text())
+    # Without the Bible test split, verse mining is refused before any work, in one line.
+    done = _cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
+                "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval2")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "error: data/seed/bible_test.parquet does not exist: verse mining needs the Bible test "
+        "split; run `dvc repro prepare_seed` first, or turn it off with "
+        "evaluate.mining_sentences: 0 (--mining-sentences 0)")
+    assert not (tmp_path / "eval2").exists()
     assert meta["model"]["source"] == XLMR_ID
     assert meta["model"]["commit"] == MODEL_REVISIONS[XLMR_ID]
     # An ad-hoc run (its output moved) writes its metrics next to that output.

@@ -233,6 +233,11 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     located = locate(model, cfg.catalogue, cfg.models_dir)
     encoder = load_encoder(model, cfg.catalogue, device=resolve_device(cfg.device),
                            models_dir=cfg.models_dir)
+    if cfg.mining_sentences and not Path(cfg.bible_test).is_file():
+        raise FileNotFoundError(
+            f"{cfg.bible_test} does not exist: verse mining needs the Bible test split; run "
+            "`dvc repro prepare_seed` first, or turn it off with evaluate.mining_sentences: 0 "
+            "(--mining-sentences 0)")
     limit_threads(cfg.threads)
     label = model_label(model)
     where = origin(model, located)
