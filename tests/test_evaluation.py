@@ -252,8 +252,12 @@ def test_bitext_accuracy_equals_numpy_on_the_same_embeddings(offline_run, local_
         a, b = subset.split("-")
         x = emb[a] / np.linalg.norm(emb[a], axis=1, keepdims=True)
         y = emb[b] / np.linalg.norm(emb[b], axis=1, keepdims=True)
-        accuracy = float(np.mean((x @ y.T).argmax(axis=1) == np.arange(len(x))))
-        assert metrics[f"BibleTestBitextMining/{subset}"] == pytest.approx(accuracy, abs=1e-12)
+        sims = x @ y.T
+        accuracy = float(np.mean(sims.argmax(axis=1) == np.arange(len(x))))
+        top2 = -np.sort(-sims, axis=1)[:, :2]  # near-ties may rank either way on another CPU
+        ties = float(np.mean(top2[:, 0] - top2[:, 1] <= 1e-5))
+        assert metrics[f"BibleTestBitextMining/{subset}"] == pytest.approx(
+            accuracy, abs=ties + 1e-12)
 
 
 def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_encoder):
@@ -267,7 +271,7 @@ def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_e
     emb = {lang: tiny_encoder.encode(verses[lang].tolist(), batch_size=cfg.batch_size)
            for lang in LANGS}
     gold = np.arange(len(verses))
-    by_group: dict[tuple[str, str], list[float]] = {}
+    by_group: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for (src, tgt, scoring), rows in table.groupby(["src", "tgt", "scoring"], observed=True):
         rows = rows.sort_values("verse")
         assert rows["id"].tolist() == verses["id"].tolist()
@@ -275,21 +279,29 @@ def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_e
         y = emb[tgt] / np.linalg.norm(emb[tgt], axis=1, keepdims=True)
         sims = x @ y.T
         if scoring == "cosine":
-            found = sims.argmax(axis=1)
+            scores, cand = sims, np.broadcast_to(gold, sims.shape)  # every verse a candidate
         else:  # ratio margin over each verse's k nearest candidates (LASER)
             k = cfg.mining_k
             near_x = -np.sort(-sims, axis=1)[:, :k].mean(axis=1)
             near_y = -np.sort(-sims.T, axis=1)[:, :k].mean(axis=1)
             cand = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            margin = sims[gold[:, None], cand] / ((near_x[:, None] + near_y[cand]) / 2)
-            found = cand[gold, margin.argmax(axis=1)]
-        np.testing.assert_array_equal(rows["correct"].to_numpy(), found == gold)
+            scores = sims[gold[:, None], cand] / ((near_x[:, None] + near_y[cand]) / 2)
+        found = cand[gold, scores.argmax(axis=1)]
+        # Two candidates within float rounding of each other may rank either way on another
+        # CPU's kernels (a CI run flipped one such tie): compare the verses decided clearly.
+        top2 = -np.sort(-scores, axis=1)[:, :2]
+        clear = top2[:, 0] - top2[:, 1] > 1e-5
+        assert clear.mean() > 0.8
+        np.testing.assert_array_equal(rows["correct"].to_numpy()[clear], (found == gold)[clear])
         group = pair_group(src, tgt, SEEN, "eng_Latn")
-        by_group.setdefault((scoring, group), []).append(float(np.mean(found == gold)))
+        by_group.setdefault((scoring, group), []).append(
+            (float(np.mean(found == gold)), float(np.mean(~clear))))
     assert {g for _, g in by_group} == {"x_eng_seen", "x_eng_unseen", "seen_seen",
                                         "seen_unseen"}
-    for (scoring, group), accs in by_group.items():
-        assert metrics[f"VerseMining/{scoring}/{group}"] == pytest.approx(np.mean(accs))
+    for (scoring, group), pairs in by_group.items():
+        accs, unclear = zip(*pairs)  # a group's accuracy may move by its share of ties
+        assert metrics[f"VerseMining/{scoring}/{group}"] == pytest.approx(
+            np.mean(accs), abs=np.mean(unclear) + 1e-9)
     scores = [v for k, v in metrics.items() if k.startswith("VerseMining/margin/")]
     assert 0.0 < min(scores) and max(scores) < 1.0
 
