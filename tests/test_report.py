@@ -189,7 +189,7 @@ def make_tree(root: Path) -> Path:
         "langs": {"source": "eng_Latn", "pool": POOL},
         "report": {
             "base": MODELS["base"],
-            "aligned": {"enx": MODELS["enx"], "multiway": MODELS["multiway"]},
+            "aligned": {"enx": [MODELS["enx"]], "multiway": [MODELS["multiway"]]},
             "focus": "multiway",
             "metrics_dir": str(metrics),
             "corpus_stats": str(root / "corpus" / "stats.json"),
@@ -300,8 +300,8 @@ def test_corpus_and_training_sections(built):
     mt = section(md, "### Machine translation quality")
     assert table_row(mt, "deu_Latn") == ["deu_Latn", "41.2", "12.3", "39.5", "10.0"]
     assert "chrF (source translations) ranges from 39.5 (deu_Latn) to 47.2 (fra_Latn)" in md
-    assert "enx: dev loss fell from 1.200 to 0.900; multiway: dev loss rose from 2.000 to " \
-           "2.100." in md
+    assert "me5-tiny-enx: dev loss fell from 1.200 to 0.900; me5-tiny-multiway: dev loss rose " \
+           "from 2.000 to 2.100." in md
     assert "Suites: base: offline (2 tasks)" in md
 
 
@@ -402,6 +402,31 @@ def test_verse_mining_section_gives_paired_intervals_and_verdicts(built):
             "[+35.00, +65.00]).") in section
 
 
+def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_path):
+    root = built["root"]
+    second = verse_outcomes("multiway")  # seed 2 of multiway misses verses 0-9 on deu→fra
+    second.loc[(second.src == "deu_Latn") & (second.tgt == "fra_Latn") & (second.verse < 10),
+               "correct"] = False
+    write_table(second, root / "eval" / "results" / "multiway-align__me5-tiny-multiway-2"
+                / "verse_mining.parquet")
+    write_table(verse_outcomes("enx"), root / "eval" / "results"
+                / "multiway-align__me5-tiny-enx-2" / "verse_mining.parquet")
+    cfg = c.ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
+        "enx": (MODELS["enx"], "me5-tiny-enx-2"),
+        "multiway": (MODELS["multiway"], "me5-tiny-multiway-2")})
+    blocks = build.verse_mining_section(cfg, LANGS)
+    assert "Seeds per model: base 1, enx 2, multiway 2" in blocks[1].text
+    accuracy, intervals = blocks[2], blocks[3]
+    pool = next(r for r in accuracy.rows if r[0].startswith("pool–pool"))
+    # multiway: seed 1 finds all 80 pool-pool outcomes, seed 2 misses 10 of them.
+    assert pool[accuracy.columns.index("multiway margin")] == f"{(1 + 70 / 80) / 2 * 100:.2f}"
+    row = next(r for r in intervals.rows if r[0] == "multiway − enx" and r[1].startswith("pool"))
+    per_seed = row[intervals.columns.index("margin Δ per seed")]
+    assert per_seed == f"+50.00 / {(70 - 40) / 80 * 100:+.2f}"  # seed i against seed i
+    base = next(r for r in intervals.rows if r[0] == "multiway − base" and r[1].startswith("pool"))
+    assert base[intervals.columns.index("margin Δ per seed")] == "+0.00 / -12.50"
+
+
 def test_results_doc_is_the_report_without_figures(built):
     doc = (built["root"] / "docs" / "results.md").read_text()
     assert doc.startswith("# Results of the default run\n") and "Do not edit by hand" in doc
@@ -498,7 +523,7 @@ def test_config_errors(tmp_path):
                                          "report.aligned \\(enx, multiway\\)"):
         build.check_config(c.ReportConfig(focus="human"), LANGS)
     with pytest.raises(ValueError, match="report.aligned has a regime called 'base'"):
-        build.check_config(c.ReportConfig(aligned={"base": "x", "multiway": "y"}), LANGS)
+        build.check_config(c.ReportConfig(aligned={"base": ("x",), "multiway": ("y",)}), LANGS)
     with pytest.raises(ValueError, match="unknown language code 'ita'"):
         build.check_config(c.ReportConfig(projection_unseen=("ita",)), LANGS)
     with pytest.raises(ValueError, match="projection_sentences must be >= 0"):
@@ -605,8 +630,8 @@ def test_encoders_side_by_side_table(tmp_path):
     metrics = tmp_path / "metrics"
     for label, name in MODELS.items():
         write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
-    aligned = {"enx": "me5-tiny-enx", "multiway": "me5-tiny-multiway"}
-    cfg = c.ReportConfig(metrics_dir=str(metrics), aligned=aligned,
+    aligned = {"enx": ("me5-tiny-enx",), "multiway": ("me5-tiny-multiway",)}
+    cfg = c.ReportConfig(metrics_dir=str(metrics), base="me5-tiny", aligned=aligned,
                          encoders=("me5-tiny", "never-run"))
     heading, note, table = build.encoders_section(cfg, LANGS)
     assert heading.text == "Encoders side by side" and "relative change of multiway" in note.text

@@ -32,7 +32,7 @@ def params(model_dir: Path) -> dict:
                          "max_length_ratio": 100.0, "max_copy_ratio": 1.0, "max_repeat": 100,
                          "min_script_fraction": 0.0, "language_id": "none",
                          "dev_fraction": 0.2},
-        "report": {"base": "none", "aligned": {"multiway": "none-multiway"},
+        "report": {"base": "none", "aligned": {"multiway": ["none-multiway"]},
                    "families": {"BibleTestBitextMining": "Bitext mining"}, "threads": 1,
                    "device": "cpu"},
     }

@@ -118,9 +118,9 @@ def workspace(tmp_path_factory):
         "batch_size": 8, "max_seq_length": 16, "max_steps": 12, "max_minutes": 0,
         "learning_rate": 2e-3, "warmup_steps": 1, "freeze_embeddings": False, "dev_rows": 16,
         "logging_steps": 1, "save_steps": 4, "save_total_limit": 2, "device": "cpu",
-        "threads": 1, "seed": 7,
+        "threads": 1, "seeds": [7],
         "output_dir": str(root / "models"), "plots_dir": str(root / "plots"),
-        "work_dir": str(root / "work"),
+        "work_dir": str(root / "work"), "trunk_dir": str(root / "trunk"),
     }
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump({
@@ -179,12 +179,13 @@ def trained(workspace):
         # The registry resolves "pipeline.train.stage:run" at call time: add the capture.
         mp.setattr(stage_mod, "run", functools.partial(stage_mod.run, callbacks=[capture.callback]))
         rc = train_encoder.main(["--params", str(workspace["params"]),
-                                 "--encoder", "tiny", "--regime", "multiway"])
+                                 "--encoder", "tiny", "--regime", "multiway",
+                                 "--seed", "7"])
     assert rc == 0
-    metrics = read_json(workspace["root"] / "data/metrics/train_encoder@tiny-multiway.json")
-    runtime = read_json(workspace["root"] / "data/runtime/train_encoder@tiny-multiway.json")
+    metrics = read_json(workspace["root"] / "data/metrics/train_encoder@tiny-multiway-7.json")
+    runtime = read_json(workspace["root"] / "data/runtime/train_encoder@tiny-multiway-7.json")
     return {"metrics": metrics, "runtime": runtime, "embeddings": capture.embeddings,
-            "out": workspace["root"] / "models" / "tiny-multiway"}
+            "out": workspace["root"] / "models" / "tiny-multiway-7"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,6 +205,19 @@ def test_columns_follow_language_order_not_file_order(workspace):
     enx = load_regime(workspace["corpus_dir"], "enx", langs)
     assert enx.train.column_names == ["eng_Latn", "x"]
     assert enx.stats["train_x_langs"] == {"deu_Latn": N_TRAIN // 2, "fra_Latn": N_TRAIN // 2}
+
+
+def test_train_rows_is_one_sample_for_every_regime_and_english_is_two_views(workspace):
+    langs = LangsConfig(source="eng_Latn", pool=POOL)
+    tables = {r: load_regime(workspace["corpus_dir"], r, langs, train_rows=10).train.to_pandas()
+              for r in ("multiway", "enx", "enx_mwloss", "english")}
+    assert all(len(t) == 10 for t in tables.values())
+    english = set(tables["multiway"]["eng_Latn"])
+    assert all(set(t["eng_Latn"]) == english for t in tables.values())
+    assert tables["english"].columns.tolist() == ["eng_Latn", "eng_Latn_view"]
+    assert (tables["english"]["eng_Latn"] == tables["english"]["eng_Latn_view"]).all()
+    every = load_regime(workspace["corpus_dir"], "multiway", langs)
+    assert len(every.train) == N_TRAIN and len(every.dev) == N_DEV
 
 
 def test_data_errors_name_the_fix(workspace, tmp_path):
@@ -338,12 +352,12 @@ def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, traine
     assert meta["loss"]["name"] == "multiway_infonce"
     assert meta["config"]["max_steps"] == 12 and "torch" in meta["versions"] and "git" not in meta
 
-    curve = pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv")
+    curve = pd.read_csv(workspace["root"] / "plots" / "tiny-multiway-7.csv")
     assert list(curve["step"]) == list(range(1, 13))
     terms = sorted(f"anchor_{c}" for c in COLUMNS)
     assert list(curve.columns[:5]) == ["step", "loss", *terms]
     np.testing.assert_allclose(curve[terms].sum(axis=1), curve["loss"], atol=2e-3)
-    assert not (workspace["root"] / "work" / "tiny-multiway").exists()  # checkpoints removed
+    assert not (workspace["root"] / "work" / "tiny-multiway-7").exists()  # checkpoints removed
 
 
 def assert_same_weights(model_dir, reference_dir) -> None:
@@ -362,24 +376,24 @@ def test_interrupted_run_resumes_to_the_uninterrupted_model(workspace, trained):
     cfg, langs = load_cfg(workspace, output_dir=str(root / "models"),
                           plots_dir=str(root / "plots"), work_dir=str(root / "work"))
     with pytest.raises(Killed):
-        run(cfg, langs, "tiny", "multiway", callbacks=[kill_after_save(8)])
-    work = root / "work" / "tiny-multiway"
+        run(cfg, langs, "tiny", "multiway", 7, callbacks=[kill_after_save(8)])
+    work = root / "work" / "tiny-multiway-7"
     assert sorted(p.name for p in work.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
-    assert not (root / "models" / "tiny-multiway").exists()
+    assert not (root / "models" / "tiny-multiway-7").exists()
 
-    metrics = run(cfg, langs, "tiny", "multiway")
+    metrics = run(cfg, langs, "tiny", "multiway", 7)
     # Step 8 is inside the second epoch (5 batches of 8 rows per epoch): its batch order must
     # come from seed + epoch, not from a generator that the restart has reset.
     assert metrics["runtime"]["resumed_from_step"] == 8 and metrics["steps"] == 12
     assert metrics["dev_loss_start"] == trained["metrics"]["dev_loss_start"]
-    assert_same_weights(root / "models" / "tiny-multiway", trained["out"])
+    assert_same_weights(root / "models" / "tiny-multiway-7", trained["out"])
     # No clock on the model card (a DVC output); its training-log table still covers only
     # the steps run by the resumed process.
-    for out in (root / "models" / "tiny-multiway", trained["out"]):
+    for out in (root / "models" / "tiny-multiway-7", trained["out"]):
         assert "Training Time" not in (out / "README.md").read_text()
     pd.testing.assert_frame_equal(
-        pd.read_csv(root / "plots" / "tiny-multiway.csv"),
-        pd.read_csv(workspace["root"] / "plots" / "tiny-multiway.csv"),
+        pd.read_csv(root / "plots" / "tiny-multiway-7.csv"),
+        pd.read_csv(workspace["root"] / "plots" / "tiny-multiway-7.csv"),
     )
     assert metrics["dev_loss_end"] == pytest.approx(trained["metrics"]["dev_loss_end"], abs=1e-6)
 
@@ -389,20 +403,20 @@ def test_time_budget_fails_the_stage_unless_partial_is_allowed(workspace, traine
     dirs = {"output_dir": str(root / "models"), "plots_dir": str(root / "plots"),
             "work_dir": str(root / "work")}
     cfg, langs = load_cfg(workspace, max_minutes=1e-9, **dirs)
-    with pytest.raises(ValueError, match=r"train_encoder tiny-multiway: max_minutes \(1e-09\) "
+    with pytest.raises(ValueError, match=r"train_encoder tiny-multiway-7: max_minutes \(1e-09\) "
                                          r"stopped training at step 1 of 12 .* set "
                                          r"allow_partial: true"):
-        run(cfg, langs, "tiny", "multiway")
-    assert last_checkpoint(root / "work" / "tiny-multiway").name == "checkpoint-1"
-    assert not (root / "models" / "tiny-multiway").exists()
+        run(cfg, langs, "tiny", "multiway", 7)
+    assert last_checkpoint(root / "work" / "tiny-multiway-7").name == "checkpoint-1"
+    assert not (root / "models" / "tiny-multiway-7").exists()
     # The budget is per run and resume-neutral: a rerun continues to the uninterrupted model.
     cfg, langs = load_cfg(workspace, **dirs)
-    assert run(cfg, langs, "tiny", "multiway")["stopped_by"] == "max_steps"
-    assert_same_weights(root / "models" / "tiny-multiway", trained["out"])
+    assert run(cfg, langs, "tiny", "multiway", 7)["stopped_by"] == "max_steps"
+    assert_same_weights(root / "models" / "tiny-multiway-7", trained["out"])
 
     cfg, langs = load_cfg(workspace, max_minutes=1e-9, allow_partial=True,
                           **{**dirs, "work_dir": str(root / "partial")})
-    metrics = run(cfg, langs, "tiny", "multiway")
+    metrics = run(cfg, langs, "tiny", "multiway", 7)
     assert metrics["steps"] == 1 and metrics["stopped_by"] == "max_minutes"
 
 
@@ -415,7 +429,7 @@ def test_base_weights_are_part_of_the_fingerprint(workspace, tmp_path):
     shutil.copytree(workspace["model_dir"], base)
 
     def parts():
-        return fingerprint_parts(cfg, langs, Located("base", None, path=base), "multiway", "c",
+        return fingerprint_parts(cfg, langs, Located("base", None, path=base), "multiway", 7, "c",
                                  "cpu", 1)
 
     before = parts()
@@ -435,16 +449,16 @@ def test_trainable_layers_freezes_the_embeddings_and_the_layers_below(workspace)
     cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, trainable_layers=1,
                           output_dir=str(root / "models"), plots_dir=str(root / "plots"),
                           work_dir=str(root / "work"))
-    metrics = run(cfg, langs, "tiny", "multiway")
+    metrics = run(cfg, langs, "tiny", "multiway", 7)
     base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
-    new = SentenceTransformer(str(root / "models" / "tiny-multiway"), device="cpu").state_dict()
+    new = SentenceTransformer(str(root / "models" / "tiny-multiway-7"), device="cpu").state_dict()
     changed = {k for k in new if not torch.equal(new[k], base[k])}
     assert changed and all(k.startswith("0.model.encoder.layer.1.") for k in changed)
     frozen = [k for k in new if k.startswith(("0.model.embeddings.", "0.model.encoder.layer.0."))]
     assert metrics["frozen_params"] >= sum(new[k].numel() for k in frozen)
     with pytest.raises(ValueError, match="trainable_layers must be between 1 and the encoder's "
                                          "2 layers"):
-        run(dataclasses.replace(cfg, trainable_layers=3), langs, "tiny", "multiway")
+        run(dataclasses.replace(cfg, trainable_layers=3), langs, "tiny", "multiway", 7)
 
 
 def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):
@@ -454,19 +468,19 @@ def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspa
     cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, freeze_embeddings=True,
                           output_dir=str(root / "models"), plots_dir=str(root / "plots"),
                           work_dir=str(root / "work"))
-    metrics = run(cfg, langs, "tiny", "enx")
+    metrics = run(cfg, langs, "tiny", "enx", 7)
     assert metrics["steps"] == 2 and metrics["columns"] == 2
     assert metrics["dev_loss_start"] is None
     base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
-    new = SentenceTransformer(str(root / "models" / "tiny-enx"), device="cpu").state_dict()
+    new = SentenceTransformer(str(root / "models" / "tiny-enx-7"), device="cpu").state_dict()
     word = "0.model.embeddings.word_embeddings.weight"
     assert metrics["frozen_params"] == new[word].numel()
     assert torch.equal(new[word], base[word])
     changed = [k for k in new if not torch.equal(new[k], base[k])]
     assert "0.model.encoder.layer.0.attention.self.query.weight" in changed
-    curve = pd.read_csv(root / "plots" / "tiny-enx.csv")
+    curve = pd.read_csv(root / "plots" / "tiny-enx-7.csv")
     assert list(curve.columns[:4]) == ["step", "loss", "src_to_tgt", "tgt_to_src"]
-    meta = read_json(root / "models" / "tiny-enx" / "meta.json")
+    meta = read_json(root / "models" / "tiny-enx-7" / "meta.json")
     assert meta["loss"]["name"] == "bilingual_infonce"
     assert meta["corpus"]["train_x_langs"] == {"deu_Latn": 20, "fra_Latn": 20}
 
@@ -476,13 +490,14 @@ def test_stage_cli_errors(workspace, capsys):
     from stages import train_encoder
 
     rc = train_encoder.main(["--params", str(workspace["params"]),
-                             "--encoder", "tinny", "--regime", "multiway"])
+                             "--encoder", "tinny", "--regime", "multiway",
+                             "--seed", "7"])
     assert rc == 2
     assert "unknown encoder 'tinny'; did you mean 'tiny'?" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="stage train_encoder needs --encoder --regime"):
+    with pytest.raises(ValueError, match="stage train_encoder needs --encoder --regime --seed"):
         execute("train_encoder", str(workspace["params"]))
     with pytest.raises(SystemExit):
         train_encoder.main(["--params", str(workspace["params"]), "--encoder", "tiny"])
     cfg, langs = load_cfg(workspace, loss={"multiway": "multiway_infonce"})
     with pytest.raises(ValueError, match="train_encoder.loss has no entry for regime 'enx'"):
-        run(cfg, langs, "tiny", "enx")
+        run(cfg, langs, "tiny", "enx", 7)

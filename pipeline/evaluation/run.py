@@ -10,7 +10,9 @@ returns flat metrics: one main score per task subset, per language, and grouped 
 (the training pool, English included) and *unseen* languages. Then it mines test verses
 between every pair of evaluated languages (:mod:`pipeline.evaluation.verse_mining`) and
 keeps each verse's outcome in the model's folder (``verse_mining.parquet``), for the
-report's paired intervals.
+report's paired intervals. With ``trunk_layers`` set, the lower layers' states of every text
+come from the trunk memo (:mod:`pipeline.encoders.trunk`) shared by the base and the aligned
+models that froze them: the same scores, each text's lower layers run once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from pipeline.config import EvaluateConfig, LangsConfig, to_dict
 from pipeline.encoders.catalog import load_encoder, locate, model_label
+from pipeline.encoders.trunk import frozen_trunk
 from pipeline.evaluation import verse_mining
 from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
 from pipeline.evaluation.tasks.base import LocalData
@@ -243,21 +246,24 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     where = origin(model, located)
     logger.info("evaluating %s on suite '%s' (%d tasks, %d seen + %d unseen languages)",
                 model, suite.name, len(tasks), len(seen), len(unseen))
-    results = evaluate(encoder, tasks, cfg.output_dir, label, batch_size=cfg.batch_size,
-                       adapted_from=where.get("source"))
-    metrics = flatten(results, seen)
-    metrics["n_tasks"] = len(results)
-    metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time
-                          for r in results}
-    if cfg.mining_sentences:
-        start = time.monotonic()
-        table, mined = verse_mining.run(
-            encoder, cfg.bible_test, seen, unseen, langs.source, cfg.mining_sentences,
-            cfg.mining_k, cfg.seed, cfg.batch_size)
-        with atomic_path(result_dir(cfg.output_dir, label) / verse_mining.OUTCOMES) as tmp:
-            table.to_parquet(tmp, index=False)
-        metrics.update(mined)
-        metrics["runtime"]["evaluation_seconds/VerseMining"] = time.monotonic() - start
+    trunk = (frozen_trunk(encoder, cfg.trunk_layers, cfg.trunk_dir) if cfg.trunk_layers
+             else contextlib.nullcontext())
+    with trunk:
+        results = evaluate(encoder, tasks, cfg.output_dir, label, batch_size=cfg.batch_size,
+                           adapted_from=where.get("source"))
+        metrics = flatten(results, seen)
+        metrics["n_tasks"] = len(results)
+        metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time
+                              for r in results}
+        if cfg.mining_sentences:
+            start = time.monotonic()
+            table, mined = verse_mining.run(
+                encoder, cfg.bible_test, seen, unseen, langs.source, cfg.mining_sentences,
+                cfg.mining_k, cfg.seed, cfg.batch_size)
+            with atomic_path(result_dir(cfg.output_dir, label) / verse_mining.OUTCOMES) as tmp:
+                table.to_parquet(tmp, index=False)
+            metrics.update(mined)
+            metrics["runtime"]["evaluation_seconds/VerseMining"] = time.monotonic() - start
     write_meta(result_dir(cfg.output_dir, label) / "meta.json", to_dict(cfg), model=where,
                suite=suite.name, seen=list(seen), unseen=list(unseen),
                tasks=[r.task_name for r in results])

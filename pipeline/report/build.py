@@ -23,7 +23,7 @@ import math
 import numbers
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +109,14 @@ def _file_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text)
 
 
-def model_labels(cfg: ReportConfig) -> dict[str, str]:
-    """Display label → model name: ``base`` first, then the regimes of ``aligned``."""
-    return {"base": cfg.base, **cfg.aligned}
+def model_labels(cfg: ReportConfig) -> dict[str, tuple[str, ...]]:
+    """Display label → its models (one per seed): ``base`` first, then ``aligned``'s regimes."""
+    return {"base": (cfg.base,), **cfg.aligned}
+
+
+def _names(names: Sequence[str]) -> str:
+    """A regime's models for display: ``a-13``, or ``a-13, a-14, a-15``."""
+    return ", ".join(names)
 
 
 def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
@@ -130,7 +135,7 @@ def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
             f"report.focus '{cfg.focus}' is not a regime of report.aligned "
             f"({', '.join(cfg.aligned) or 'empty'}); set it to one of them"
         )
-    empty = [k for k, v in model_labels(cfg).items() if not v.strip()]
+    empty = [k for k, v in model_labels(cfg).items() if not v or not all(n.strip() for n in v)]
     if empty:
         raise ValueError(f"report: empty model name for {empty}; give the evaluated name")
     langmod.validate((langs.source, *langs.pool))
@@ -307,24 +312,26 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
             + ("" if history is not None else f" (No curve: {cfg.nmt_history} not found.)")
         ))
     rows, curves, moves = [], {}, []
-    for regime, name in cfg.aligned.items():
-        metrics = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_encoder", name))
-        curve = collect.loss_curve(Path(cfg.plots_dir) / f"{name}.csv")
-        if curve is not None:
-            curves[regime] = curve
-        if metrics is None:
-            rows.append((regime, name, *["not run"] * 4))
-            continue
-        rows.append((
-            regime, name, _int(metrics.get("steps")),
-            _arrow(metrics, "train_loss_first", "train_loss_last"),
-            _arrow(metrics, "dev_loss_start", "dev_loss_end"),
-            _int(metrics.get("rows_trained")),
-        ))
-        start, end = metrics.get("dev_loss_start"), metrics.get("dev_loss_end")
-        if isinstance(start, (int, float)) and isinstance(end, (int, float)):
-            verb = "fell" if end < start else "rose" if end > start else "stayed"
-            moves.append(f"{regime}: dev loss {verb} from {start:.3f} to {end:.3f}")
+    for regime, names in cfg.aligned.items():
+        for name in names:
+            metrics = collect.read_metrics(
+                collect.metrics_file(cfg.metrics_dir, "train_encoder", name))
+            curve = collect.loss_curve(Path(cfg.plots_dir) / f"{name}.csv")
+            if curve is not None:
+                curves[name] = curve
+            if metrics is None:
+                rows.append((regime, name, *["not run"] * 4))
+                continue
+            rows.append((
+                regime, name, _int(metrics.get("steps")),
+                _arrow(metrics, "train_loss_first", "train_loss_last"),
+                _arrow(metrics, "dev_loss_start", "dev_loss_end"),
+                _int(metrics.get("rows_trained")),
+            ))
+            start, end = metrics.get("dev_loss_start"), metrics.get("dev_loss_end")
+            if isinstance(start, (int, float)) and isinstance(end, (int, float)):
+                verb = "fell" if end < start else "rose" if end > start else "stayed"
+                moves.append(f"{name}: dev loss {verb} from {start:.3f} to {end:.3f}")
     blocks.append(Table(
         ("regime", "model", "steps", "train loss first → last", "dev loss start → end",
          "rows trained"),
@@ -341,10 +348,10 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
 # ----------------------------------------------------------------------------- results
 
 
-def _suite_note(cfg: ReportConfig, models: Mapping[str, str]) -> str:
+def _suite_note(cfg: ReportConfig, models: Mapping[str, Sequence[str]]) -> str:
     suites = {}
-    for label, name in models.items():
-        meta = collect.eval_meta(cfg.eval_dir, name)
+    for label, names in models.items():
+        meta = collect.eval_meta(cfg.eval_dir, names[0])
         if meta is not None:
             suites[label] = f"{meta.get('suite', '?')} ({len(meta.get('tasks', []))} tasks)"
     if not suites:
@@ -436,7 +443,8 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     if scores.empty:
         blocks.append(Paragraph(
             "Not run: no evaluate@<model> metrics in "
-            f"{cfg.metrics_dir} for {', '.join(models.values())} (run `dvc repro evaluate`)."
+            f"{cfg.metrics_dir} for {', '.join(n for v in models.values() for n in v)} "
+            "(run `dvc repro evaluate`)."
         ))
         return blocks, pd.DataFrame()
     labels = list(models)
@@ -448,11 +456,13 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
         "is the source "
         "language and is shown but not averaged. Group averages are macro-averages over the "
         "languages of the group that every evaluated model has a score for (evaluate's own "
-        "seen/unseen metrics average task subsets instead, so they may differ slightly). "
+        "seen/unseen metrics average task subsets instead, so they may differ slightly). A "
+        "regime's score is the mean over its training seeds (report.aligned). "
         f"Relative change = ({cfg.focus} − other) / other × 100 %. Differences under "
         f"{TIE_POINTS} points count as ties." + _suite_note(cfg, models)
     ))
-    missing = [name for label, name in models.items() if label not in set(scores.model)]
+    missing = [name for names in models.values() for name in names
+               if not collect.metrics_file(cfg.metrics_dir, "evaluate", name).is_file()]
     if missing:
         blocks.append(Paragraph("Not run: evaluate@" + ", evaluate@".join(missing)
                                 + " (their columns are empty)."))
@@ -463,7 +473,7 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     tidy = scores.assign(
         family=scores.task.map(family_of),
         group=scores.lang.map(lambda c: language_group(c, langs)),
-        name=scores.model.map(models),
+        name=scores.model.map(lambda label: _names(models[label])),
         score=scores.score * SCALE,
     )[["task", "family", "lang", "group", "model", "name", "score"]]
     return blocks, tidy
@@ -477,41 +487,50 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
     """Verse-mining accuracy per pair group, and paired bootstrap intervals of differences.
 
     Compares ``focus`` with every other regime and every regime with the base encoder, on
-    the verses all of them were mined on (``evaluate``'s ``verse_mining.parquet``).
+    the verses all of them were mined on (``evaluate``'s ``verse_mining.parquet``). A regime's
+    score of a verse is the mean over its training seeds; the difference of each seed is
+    shown beside the interval.
 
     Raises:
         ValueError: The models were mined on different verses.
     """
     blocks: list[Block] = [Heading("Headline: verse mining with paired intervals")]
     models = model_labels(cfg)
-    tables = {label: collect.verse_outcomes(cfg.eval_dir, name) for label, name in models.items()}
-    tables = {label: t for label, t in tables.items() if t is not None}
+    tables = {label: [t for name in names
+                       if (t := collect.verse_outcomes(cfg.eval_dir, name)) is not None]
+              for label, names in models.items()}
+    tables = {label: runs for label, runs in tables.items() if runs}
     if not tables:
         return blocks + [Paragraph(
             f"Not run: no verse-mining outcomes in {cfg.eval_dir} (run `dvc repro evaluate` "
             "with evaluate.mining_sentences > 0).")]
-    meta = collect.eval_meta(cfg.eval_dir, models[next(iter(tables))]) or {}
+    meta = collect.eval_meta(cfg.eval_dir, models[next(iter(tables))][0]) or {}
     seen = set(meta.get("seen") or (langs.source, *langs.pool))
-    scores = {label: verse_mining.per_verse(t, seen, langs.source) for label, t in tables.items()}
-    first = next(iter(scores.values()))
-    if any(not s.index.equals(first.index) for s in scores.values()):
+    per_seed = {label: [verse_mining.per_verse(t, seen, langs.source) for t in runs]
+                for label, runs in tables.items()}
+    first = next(iter(per_seed.values()))[0]
+    if any(not s.index.equals(first.index) for runs in per_seed.values() for s in runs):
         raise ValueError(f"{cfg.eval_dir}: the models' verse-mining outcomes are on different "
                          "verses (evaluate.mining_sentences or seed changed for some); rerun "
                          "`dvc repro evaluate`")
+    scores = {label: sum(runs) / len(runs) for label, runs in per_seed.items()}
     labels = list(scores)
     groups = [g for g in verse_mining.GROUPS if g in first.columns.get_level_values("group")]
-    pairs = tables[labels[0]].groupby(["src", "tgt"], observed=True).ngroups
+    pairs = tables[labels[0]][0].groupby(["src", "tgt"], observed=True).ngroups
     blocks.append(Paragraph(
         f"{len(first)} test verses mined between every pair of evaluated languages in both "
         f"directions ({pairs} ordered pairs), each verse's translation searched among all "
         f"{len(first)} verses of the other language: plain cosine and the ratio margin "
         "(k nearest neighbours, as in LASER). Accuracy × 100; a verse's score in a group is "
         "its accuracy over the group's pairs. Seen = the training pool and "
-        f"{langs.source}."))
+        f"{langs.source}. Seeds per model: "
+        + ", ".join(f"{m} {len(per_seed[m])}" for m in labels) + " (a regime's accuracy is "
+        "the mean over its seeds)."))
     rows = []
     for g in groups:
         n_pairs = sum(verse_mining.pair_group(a, b, seen, langs.source) == g for a, b in
-                      tables[labels[0]][["src", "tgt"]].drop_duplicates().itertuples(index=False))
+                      tables[labels[0]][0][["src", "tgt"]].drop_duplicates()
+                      .itertuples(index=False))
         rows.append((verse_mining.GROUPS[g], str(n_pairs), *(
             f"{scores[m][(scoring, g)].mean() * SCALE:.2f}"
             for m in labels for scoring in verse_mining.SCORINGS)))
@@ -532,20 +551,26 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
                 scores[a][(scoring, g)].to_numpy(), scores[b][(scoring, g)].to_numpy(),
                 seed=cfg.seed) for scoring in verse_mining.SCORINGS}
             margin = iv["margin"]
+            # Each seed's difference: seed i of a against seed i of b (or the one base).
+            against = per_seed[b] * len(per_seed[a]) if len(per_seed[b]) == 1 else per_seed[b]
+            seeds = [float((x[("margin", g)] - y[("margin", g)]).mean()) * SCALE
+                     for x, y in zip(per_seed[a], against, strict=False)]
             rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(iv["cosine"]),
-                         _interval_cell(margin), f"±{margin.detectable * SCALE:.2f}",
-                         margin.verdict))
+                         _interval_cell(margin), " / ".join(f"{d:+.2f}" for d in seeds),
+                         f"±{margin.detectable * SCALE:.2f}", margin.verdict))
             by_verdict.setdefault(margin.verdict, []).append(
                 f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
         verdicts.append(f"{a} − {b} (margin scoring): " + "; ".join(
             f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + ".")
     blocks.append(Table(
         ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
-         "detectable (margin)", "verdict (margin)"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples of the verses): difference "
-                 "in accuracy points with its 95% interval; 'detectable' is the smallest "
-                 "difference this many verses detect with 80% power. One training seed: the "
-                 "intervals cover the choice of test verses, not training randomness.")))
+         "margin Δ per seed", "detectable (margin)", "verdict (margin)"), tuple(rows),
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the verses) of the seed-averaged "
+                 "per-verse scores: difference in accuracy points with its 95% interval; "
+                 "'detectable' is the smallest difference this many verses detect with 80% "
+                 "power. The interval covers the choice of test verses; training randomness "
+                 "shows in the per-seed differences (the same seed for both regimes: the "
+                 "same batches).")))
     blocks.append(Bullets(tuple(verdicts)))
     return blocks
 
@@ -553,16 +578,19 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
 def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
     """The paper's table: each encoder of ``cfg.encoders`` before and after alignment.
 
-    Rows are ``<encoder>`` and ``<encoder>-<regime>`` for the regimes of ``cfg.aligned``;
+    Rows are ``<encoder>`` and, per regime of ``cfg.aligned``, its models with the base's
+    name replaced by ``<encoder>`` (``<encoder>-<regime>-<seed>``, seeds averaged);
     columns the task families' mean scores over seen and unseen languages, with the relative
     change of ``cfg.focus`` over each other model. Empty ``cfg.encoders`` skips the section.
     """
     if not cfg.encoders:
         return []
     families: dict[str, pd.DataFrame] = {}
-    names: dict[str, dict[str, str]] = {}
+    names: dict[str, dict[str, tuple[str, ...]]] = {}
     for encoder in cfg.encoders:
-        names[encoder] = {"base": encoder, **{r: f"{encoder}-{r}" for r in cfg.aligned}}
+        names[encoder] = {"base": (encoder,), **{
+            r: tuple(encoder + n.removeprefix(cfg.base) for n in models)
+            for r, models in cfg.aligned.items()}}
         scores = collect.evaluation_scores(cfg.metrics_dir, names[encoder])
         if not scores.empty:
             tasks, family_of = _ordered_tasks(list(dict.fromkeys(scores.task)), cfg)
@@ -590,7 +618,7 @@ def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
                 else:
                     change = fmt_change(relative_change(r[cfg.focus], r[label]))
                     values.append(f"{fmt_score(r[label])} ({change})")
-            rows.append((encoder, f"{label}: {name}", *values))
+            rows.append((encoder, f"{label}: {_names(name)}", *values))
     blocks.append(Paragraph(
         "Mean score per task family over seen and unseen languages, for every encoder before "
         f"alignment and after each regime; in brackets, the relative change of {cfg.focus} "
@@ -622,7 +650,7 @@ def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
     groups = {c: language_group(c, langs) for c in codes}
     panels, stats_rows, unavailable = [], [], []
     models = model_labels(cfg)
-    for label, name in tqdm(models.items(), desc="projection", unit="model"):
+    for label, (name, *_) in tqdm(models.items(), desc="projection", unit="model"):
         try:
             vectors = encode(name, sentences)
         except FileNotFoundError as exc:
@@ -736,7 +764,7 @@ def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> 
         "zero-shot = every non-English test subset, seen = subsets whose languages are all in "
         "the alignment pool or English, unseen = the others. The method design is in "
         "docs/downstream.md."))
-    labels = {name: label for label, name in model_labels(cfg).items()}
+    labels = {name: label for label, names in model_labels(cfg).items() for name in names}
     scopes = {langs.source: "English", **_GROUPS}
     tasks: dict[str, list[collect.DownstreamResult]] = {}
     for res in results:
@@ -817,7 +845,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
     if fig_dir.is_dir():
         shutil.rmtree(fig_dir)  # figures of sections that no longer exist must not linger
     fig_dir.mkdir(parents=True)
-    models = ", ".join(f"{k} = {v}" for k, v in cfg.aligned.items())
+    models = "; ".join(f"{k} = {_names(v)}" for k, v in cfg.aligned.items())
     blocks: list[Block] = [
         Heading(TITLE, 1),
         Paragraph(

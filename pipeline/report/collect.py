@@ -80,7 +80,8 @@ def _number(path: Path, key: str, value: Any) -> float:
     return float(value)
 
 
-def evaluation_scores(metrics_dir: str | Path, models: Mapping[str, str]) -> pd.DataFrame:
+def evaluation_scores(metrics_dir: str | Path, models: Mapping[str, Sequence[str]]
+                      ) -> pd.DataFrame:
     """Per-language scores of every evaluated model, from ``evaluate@<model>.json``.
 
     Reads the ``<Task>/lang/<code>`` keys of :func:`pipeline.evaluation.run.flatten` (the
@@ -89,18 +90,19 @@ def evaluation_scores(metrics_dir: str | Path, models: Mapping[str, str]) -> pd.
 
     Args:
         metrics_dir: Directory of the stage metrics.
-        models: Display label → evaluated model name (the ``evaluate`` matrix item).
+        models: Display label → its evaluated models (``evaluate`` matrix items, one per
+            training seed).
 
     Returns:
-        Columns ``model`` (label), ``task``, ``lang``, ``score`` (as stored, 0–1); models
-        whose file is absent have no rows.
+        Columns ``model`` (label), ``task``, ``lang``, ``score`` (as stored, 0–1: the mean
+        over the label's models that were evaluated); labels with none have no rows.
 
     Raises:
         ValueError: A file is malformed: not flat, a non-numeric score, an unknown
             language code, or no per-language score at all.
     """
     rows: list[dict[str, Any]] = []
-    for label, name in models.items():
+    for label, name in ((label, n) for label, names in models.items() for n in names):
         path = metrics_file(metrics_dir, "evaluate", name)
         metrics = read_metrics(path)
         if metrics is None:
@@ -124,7 +126,8 @@ def evaluation_scores(metrics_dir: str | Path, models: Mapping[str, str]) -> pd.
                 f"{path} has no per-language score ('<Task>/lang/<code>' keys); rerun "
                 f"`dvc repro evaluate@{name}`"
             )
-    return pd.DataFrame(rows, columns=["model", "task", "lang", "score"])
+    table = pd.DataFrame(rows, columns=["model", "task", "lang", "score"])
+    return table.groupby(["model", "task", "lang"], sort=False, as_index=False)["score"].mean()
 
 
 def per_language_metrics(

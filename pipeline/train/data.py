@@ -5,9 +5,16 @@ order, so the column order *is* the language order the losses see (and name thei
 It is fixed here, never taken from the file:
 
 - ``multiway`` and ``human``: ``langs.source`` (English), then ``langs.pool`` in its order;
-- ``enx``: ``langs.source`` and ``x`` (the row's translation, whose language varies by row).
+- ``enx`` and ``enx_mwloss``: ``langs.source`` and ``x`` (the row's translation, whose
+  language varies by row);
+- ``english``: ``langs.source`` twice (``<source>`` and ``<source>_view``): the two views of
+  a sentence differ only by dropout (SimCSE), the monolingual control.
 
 Only text columns are kept: any other column (``id``, ``lang``) would be tokenised as text.
+
+``train_rows`` keeps a fixed sample of the training rows, the same for every regime and seed
+(the rows whose ids hash lowest): regimes then see the same English sentences, and seeds differ
+in batch order and dropout only.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pandas as pd
+
 from pipeline.config import LangsConfig
 from pipeline.io import read_table
 
@@ -25,8 +35,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Training regimes = corpus tables written by ``build_corpus`` (``<regime>.parquet``).
-REGIMES = ("multiway", "enx", "human")
+#: Training regime → the ``build_corpus`` table it reads (``<table>.parquet``). The controls
+#: change one thing each: ``human`` the translations (human, not MT), ``enx_mwloss`` the
+#: loss form of ``enx`` (its ``train_encoder.loss`` entry), ``english`` the languages (none).
+REGIMES = {"multiway": "multiway", "enx": "enx", "human": "human", "enx_mwloss": "enx",
+           "english": "multiway"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,30 +60,34 @@ class RegimeData:
 
 
 def corpus_path(corpus_dir: str | Path, regime: str) -> Path:
-    """``<corpus_dir>/<regime>.parquet``.
+    """``<corpus_dir>/<table>.parquet``, the regime's table (:data:`REGIMES`).
 
     Raises:
         ValueError: ``regime`` is not one of :data:`REGIMES`.
     """
     if regime not in REGIMES:
         raise ValueError(f"unknown regime '{regime}' (allowed: {', '.join(REGIMES)})")
-    return Path(corpus_dir) / f"{regime}.parquet"
+    return Path(corpus_dir) / f"{REGIMES[regime]}.parquet"
 
 
 def regime_columns(regime: str, langs: LangsConfig) -> tuple[str, ...]:
     """The text columns of a regime, in training order (module docstring)."""
-    if regime == "enx":
+    if REGIMES[regime] == "enx":
         return (langs.source, "x")
+    if regime == "english":
+        return (langs.source, f"{langs.source}_view")
     return (langs.source, *langs.pool)
 
 
-def load_regime(corpus_dir: str | Path, regime: str, langs: LangsConfig) -> RegimeData:
+def load_regime(corpus_dir: str | Path, regime: str, langs: LangsConfig,
+                train_rows: int = 0) -> RegimeData:
     """Read a regime's corpus table and split it into train and dev datasets.
 
     Args:
         corpus_dir: ``build_corpus`` output directory.
-        regime: ``multiway``, ``enx`` or ``human``.
+        regime: A key of :data:`REGIMES`.
         langs: The shared language settings (column order).
+        train_rows: Keep this fixed sample of the training rows (module docstring); 0: all.
 
     Returns:
         The train and dev datasets, the column order and row counts.
@@ -89,8 +106,18 @@ def load_regime(corpus_dir: str | Path, regime: str, langs: LangsConfig) -> Regi
             "names human translations of every pool language; set it or drop the human regime"
         )
     columns = regime_columns(regime, langs)
-    extra = ["lang"] if regime == "enx" else []
-    df = read_table(path, ["split", *columns, *extra])
+    extra = ["lang"] if REGIMES[regime] == "enx" else []
+    stored = columns[:1] if regime == "english" else columns
+    df = read_table(path, ["id", "split", *stored, *extra])
+    if regime == "english":
+        df[columns[1]] = df[langs.source]
+    if train_rows:
+        # The lowest id hashes among the training rows: the same rows in every table.
+        order = pd.util.hash_pandas_object(df["id"].astype(str), index=False).to_numpy()
+        train = np.flatnonzero(df["split"].to_numpy() == "train")
+        keep = df["split"].to_numpy() != "train"
+        keep[train[np.argsort(order[train], kind="stable")[:train_rows]]] = True
+        df = df[keep]
     texts = df[list(columns)]
     empty = texts.isna() | (texts.astype(str).apply(lambda c: c.str.strip()) == "")
     if empty.to_numpy().any():
@@ -101,7 +128,7 @@ def load_regime(corpus_dir: str | Path, regime: str, langs: LangsConfig) -> Regi
     stats: dict[str, Any] = {
         f"{split}_rows": int((df["split"] == split).sum()) for split in ("train", "dev")
     }
-    if regime == "enx":
+    if REGIMES[regime] == "enx":
         train_langs = df.loc[df["split"] == "train", "lang"].value_counts()
         stats["train_x_langs"] = {str(k): int(v) for k, v in sorted(train_langs.items())}
     if stats["train_rows"] == 0:

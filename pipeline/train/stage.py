@@ -1,24 +1,25 @@
-"""The ``train_encoder@<encoder>-<regime>`` stage: align one encoder on one corpus regime.
+"""The ``train_encoder@<encoder>-<regime>-<seed>`` stage: align one encoder on one regime.
 
-Inputs: ``<corpus_dir>/<regime>.parquet`` (from ``build_corpus``) and the base encoder
-``<models_dir>/<encoder>`` (from ``import_encoder``). Outputs:
+Inputs: the regime's ``<corpus_dir>/<table>.parquet`` (from ``build_corpus``) and the base
+encoder ``<models_dir>/<encoder>`` (from ``import_encoder``). Outputs:
 
-- ``<output_dir>/<encoder>-<regime>/``: a sentence-transformers directory (loads with plain
-  ``SentenceTransformer(path)``; the catalogue's pooling, prompts and max length are kept) with
-  a model card (``README.md``: base model, languages, training corpus, regime) and
+- ``<output_dir>/<encoder>-<regime>-<seed>/``: a sentence-transformers directory (loads with
+  plain ``SentenceTransformer(path)``; the catalogue's pooling, prompts and max length are
+  kept) with a model card (``README.md``: base model, languages, training corpus, regime) and
   ``meta.json``: resolved config, package versions, base model and its commit, corpus
   hash, loss settings, steps;
-- ``<plots_dir>/<encoder>-<regime>.csv``: the loss curve (step, loss, each named term,
+- ``<plots_dir>/<encoder>-<regime>-<seed>.csv``: the loss curve (step, loss, each named term,
   learning rate), a DVC plot;
-- the returned flat metrics (``data/metrics/train_encoder@<encoder>-<regime>.json``).
+- the returned flat metrics (``data/metrics/train_encoder@<encoder>-<regime>-<seed>.json``).
 
-Fairness across regimes: every regime trains ``max_steps`` steps of ``batch_size`` rows with
-the same seed, so the multi-way and En-X runs see the same number of English sentences (the
-En-X corpus has one row per multi-way row); a multi-way row simply carries more translations,
-which is what is being compared. Compute differs accordingly (``sentences_per_second`` and
-``train_seconds`` are reported in the stage's runtime file, ``data/runtime/``).
+Fairness across regimes: every regime trains ``max_steps`` steps of ``batch_size`` rows of
+the same ``train_rows`` sample with the same seeds, so the multi-way and En-X runs see the
+same English sentences (the En-X corpus has one row per multi-way row); a multi-way row simply
+carries more translations, which is what is being compared. Compute differs accordingly
+(``sentences_per_second`` and ``train_seconds`` are reported in the stage's runtime file,
+``data/runtime/``).
 
-Resume: checkpoints go to ``<work_dir>/<encoder>-<regime>/`` (outside the DVC output, which
+Resume: checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (outside the DVC output, which
 DVC deletes before it reruns a stage), together with a fingerprint of everything that changes
 the result (:func:`fingerprint_parts`: config, languages, corpus hash, base weights hash,
 catalogue entry, resolved device, precision and world size, the stage's code and package
@@ -32,6 +33,7 @@ rerun continues from that checkpoint, unless ``allow_partial`` accepts the short
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import shutil
@@ -51,6 +53,7 @@ from pipeline.encoders.catalog import (
     save_encoder,
     set_model_card,
 )
+from pipeline.encoders.trunk import backbone_layers, frozen_trunk
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.runtime import (
     claim_work_dir,
@@ -80,18 +83,20 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 # Fields that do not change the trained weights: a rerun may change them and still resume.
 _RESUME_NEUTRAL = (
-    "encoders", "regimes", "max_minutes", "allow_partial", "logging_steps", "save_steps",
+    "encoders", "regimes", "seeds", "max_minutes", "allow_partial", "logging_steps", "save_steps",
     "save_total_limit", "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir",
+    "trunk_dir",
 )
 
 
-def run_name(encoder: str, regime: str) -> str:
-    """``<encoder>-<regime>``: the matrix item, model directory and plot file name."""
-    return f"{encoder}-{regime}"
+def run_name(encoder: str, regime: str, seed: int) -> str:
+    """``<encoder>-<regime>-<seed>``: the matrix item, model directory and plot file name."""
+    return f"{encoder}-{regime}-{seed}"
 
 
 def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located, regime: str,
-                      corpus_sha256: str, device: str, world_size: int) -> dict[str, Any]:
+                      seed: int, corpus_sha256: str, device: str, world_size: int
+                      ) -> dict[str, Any]:
     """Everything that determines the trained weights (the resume guard's fingerprint).
 
     Args:
@@ -100,6 +105,7 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
         base: The located base encoder: a local directory is hashed, a hub model is
             identified by its id, revision and cached commit.
         regime: The corpus regime.
+        seed: The run's training seed.
         corpus_sha256: Hash of the regime's corpus table.
         device: The resolved device (``cpu`` or ``cuda``).
         world_size: Processes of the run (batches are split across them).
@@ -112,12 +118,13 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
                      "commit": hub_commit(str(base.hub_id), base.revision)})
     return {
         "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
-        "langs": to_dict(langs), "regime": regime, "corpus": corpus_sha256,
+        "langs": to_dict(langs), "regime": regime, "seed": seed, "corpus": corpus_sha256,
         "base": {"name": base.name, **weights},
         "catalogue_entry": dataclasses.asdict(base.spec) if base.spec else None,
         "device": device, "precision": resolve_precision(cfg.precision, device),
         "world_size": world_size,
-        "code": code_version("pipeline.train", "pipeline.losses", "pipeline.encoders.catalog"),
+        "code": code_version("pipeline.train", "pipeline.losses", "pipeline.encoders.catalog",
+                             "pipeline.encoders.trunk"),
         "versions": package_versions(),
     }
 
@@ -165,6 +172,7 @@ def run(
     langs: LangsConfig,
     encoder: str,
     regime: str,
+    seed: int | str,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> dict[str, Any] | None:
     """Train ``encoder`` on the ``regime`` corpus and save the aligned model.
@@ -175,6 +183,8 @@ def run(
         encoder: The encoder to align: a catalogue key (read from ``<models_dir>/<key>``,
             ``import_encoder``'s copy, when it exists), a hub id or a model directory.
         regime: ``multiway``, ``enx`` or ``human``.
+        seed: The training seed (batch order, dropout); a DVC matrix item (from
+            ``train_encoder.seeds``), so a string from the command line is accepted.
         callbacks: Extra trainer callbacks (the tests interrupt a run with one).
 
     Returns:
@@ -200,11 +210,12 @@ def run(
         )
     limit_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    name = run_name(encoder, regime)
-    data = load_regime(cfg.corpus_dir, regime, langs)
+    seed = int(seed)
+    name = run_name(encoder, regime, seed)
+    data = load_regime(cfg.corpus_dir, regime, langs, cfg.train_rows)
     corpus_sha = file_hash(path)
 
-    seed_everything(cfg.seed)
+    seed_everything(seed)
     model = load_encoder(encoder, specs, device="cpu", models_dir=cfg.models_dir)
     saved_max_length = model.max_seq_length
     model.max_seq_length = cfg.max_seq_length
@@ -212,6 +223,8 @@ def run(
         freeze_word_embeddings(model)
     if cfg.trainable_layers:
         freeze_lower_layers(model, cfg.trainable_layers)
+    # Lower layers read from the trunk memo (shared with evaluate); 0: none.
+    split = len(backbone_layers(model)[1]) - cfg.trainable_layers if cfg.trainable_layers else 0
     trainable, frozen = count_parameters(model)
     loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns)
     prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
@@ -219,9 +232,10 @@ def run(
     from sentence_transformers import SentenceTransformerTrainer
 
     work = Path(cfg.work_dir) / name
-    args = training_arguments(cfg, work, device, prompt)
+    args = training_arguments(cfg, work, device, prompt, seed)
     # Under torchrun the main process cleans or keeps the work dir before the others look.
-    parts = fingerprint_parts(cfg, langs, base, regime, corpus_sha, device, args.world_size)
+    parts = fingerprint_parts(cfg, langs, base, regime, seed, corpus_sha, device,
+                              args.world_size)
     with args.main_process_first(local=False, desc="checkpoint lookup"):
         checkpoint = _prepare_work_dir(work, parts)
     budget = TimeBudget(cfg.max_minutes)
@@ -232,22 +246,23 @@ def run(
         loss=loss,
         callbacks=[MarkComplete(), budget, *callbacks],
     )
-    main = trainer.is_world_process_zero()
-    run_state = read_json(work / RUN_FILE) if (work / RUN_FILE).is_file() else {}
-    if "dev_loss_start" not in run_state:
-        # Measured once, on the base model; a resumed run reads it back.
-        run_state["dev_loss_start"] = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
-        if main:
-            write_json(run_state, work / RUN_FILE)
-    resumed_from = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if budget.triggered and not cfg.allow_partial:
-        raise ValueError(
-            f"train_encoder {name}: max_minutes ({cfg.max_minutes}) stopped training at step "
-            f"{trainer.state.global_step} of {cfg.max_steps} (checkpoint saved in {work}); "
-            "rerun to continue from it, raise max_minutes, or set allow_partial: true"
-        )
-    dev_end = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+    with frozen_trunk(model, split, cfg.trunk_dir) if split else contextlib.nullcontext():
+        main = trainer.is_world_process_zero()
+        run_state = read_json(work / RUN_FILE) if (work / RUN_FILE).is_file() else {}
+        if "dev_loss_start" not in run_state:
+            # Measured once, on the base model; a resumed run reads it back.
+            run_state["dev_loss_start"] = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+            if main:
+                write_json(run_state, work / RUN_FILE)
+        resumed_from = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if budget.triggered and not cfg.allow_partial:
+            raise ValueError(
+                f"train_encoder {name}: max_minutes ({cfg.max_minutes}) stopped training at step "
+                f"{trainer.state.global_step} of {cfg.max_steps} (checkpoint saved in {work}); "
+                "rerun to continue from it, raise max_minutes, or set allow_partial: true"
+            )
+        dev_end = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
     if not main:
         return None
 
@@ -290,6 +305,7 @@ def run(
         encoder=encoder,
         base=_base_meta(base),
         regime=regime,
+        seed=seed,
         langs=to_dict(langs),
         columns=list(data.columns),
         loss={"name": cfg.loss[regime], "config": loss.get_config_dict()},

@@ -43,6 +43,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 
 from pipeline.config import TrainEncoderConfig
+from pipeline.encoders.trunk import backbone_layers
 from pipeline.io import atomic_path
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def freeze_lower_layers(model: nn.Module, trainable_layers: int) -> int:
 
     The embeddings and every layer below are frozen: no gradient flows into them, so the
     backward pass and the activations it keeps cover the top layers only (the CPU profile's
-    time and memory lever; the frozen part still runs forward).
+    time and memory lever). The stage reads the frozen part's states from the trunk memo
+    (:func:`pipeline.encoders.trunk.frozen_trunk`), so its forward pass is skipped too.
 
     Args:
         model: A SentenceTransformer over a BERT-style backbone (``embeddings`` and
@@ -124,18 +126,10 @@ def freeze_lower_layers(model: nn.Module, trainable_layers: int) -> int:
     Raises:
         ValueError: No ``encoder.layer`` list in the model, or ``trainable_layers`` out of range.
     """
-    found = [(name, module) for name, module in model.named_modules()
-             if name.endswith("encoder.layer") and isinstance(module, torch.nn.ModuleList)]
-    if len(found) != 1:
-        raise ValueError(
-            f"trainable_layers: no single '*encoder.layer' list in {type(model).__name__} "
-            "(a BERT-style backbone); set trainable_layers: 0 (every layer) for this encoder"
-        )
-    name, layers = found[0]
+    backbone, layers = backbone_layers(model)
     if not 1 <= trainable_layers <= len(layers):
         raise ValueError(f"trainable_layers must be between 1 and the encoder's {len(layers)} "
                          f"layers (0: all), got {trainable_layers}")
-    backbone = model.get_submodule(name.removesuffix("encoder.layer").rstrip("."))
     frozen = 0
     for module in (backbone.embeddings, *layers[: len(layers) - trainable_layers]):
         for param in module.parameters():
@@ -191,6 +185,7 @@ def training_arguments(
     checkpoint_dir: str | Path,
     device: str,
     prompt: str | None,
+    seed: int,
 ) -> SentenceTransformerTrainingArguments:
     """The trainer arguments for one run.
 
@@ -198,6 +193,7 @@ def training_arguments(
         cfg: The stage config.
         checkpoint_dir: Where the trainer writes ``checkpoint-<step>`` directories.
         device: ``cpu`` or ``cuda``.
+        seed: The run's training seed (batch order, dropout).
         prompt: Text prefix put before every training sentence (the encoder's default prompt,
             e.g. mE5's ``"query: "``), or ``None``.
 
@@ -230,7 +226,7 @@ def training_arguments(
         dataloader_drop_last=True,
         dataloader_num_workers=0,
         prompts=prompt,
-        seed=cfg.seed,
+        seed=seed,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
         save_strategy="steps",

@@ -1,0 +1,250 @@
+"""A disk memo of an encoder's frozen trunk: the hidden states after its lower layers, per text.
+
+When only the top ``k`` layers of an encoder are trained (``train_encoder.trainable_layers``),
+the embeddings and the layers below compute the same states for a text in every run, every
+seed and every aligned model of that base. :func:`frozen_trunk` patches a loaded
+SentenceTransformer so that its backbone reads those states from a memo and runs only the top
+layers; a text not in the memo goes through the lower layers once (in eval mode, without
+dropout) and is stored. ``train_encoder`` and ``evaluate`` share one memo directory, so the base
+model, every regime and every seed pay the lower layers of a text once.
+
+The memo is keyed by content, never by name: its directory is a SHA-256 of the frozen
+parameters (embeddings and the lower layers), the split point and the torch/transformers
+versions, and an entry is the SHA-256 of a text's token ids. A model whose lower layers differ
+(fully fine-tuned, another base) gets its own directory, so a memo can never serve states of
+other weights. A text's states do not depend on what else is in its batch (padding is masked;
+tests/test_trunk.py checks the patched model against the plain one), so results are the same
+with a cold or a warm memo.
+
+Layout: ``<root>/<digest>/<shard>/{keys,offsets,states}.npy``, one shard per flush (written to
+a temporary folder and renamed, so a killed run leaves only whole shards); ``states`` is
+float32 ``(tokens, hidden)``, read one text at a time with ``pread`` (not memory-mapped, whose
+resident pages would count in the process's RSS). BERT-style backbones only (``embeddings`` +
+``encoder.layer``: BERT, XLM-R, E5).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: Pending states are written as a shard once they reach this many bytes (and at exit).
+FLUSH_BYTES = 256 << 20
+
+
+def backbone_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
+    """The BERT-style backbone of ``model`` and its ``encoder.layer`` list.
+
+    Raises:
+        ValueError: ``model`` has no single ``*encoder.layer`` list with ``embeddings`` beside.
+    """
+    found = [(name, module) for name, module in model.named_modules()
+             if name.endswith("encoder.layer") and isinstance(module, torch.nn.ModuleList)]
+    if len(found) != 1:
+        raise ValueError(
+            f"no single '*encoder.layer' list in {type(model).__name__} (a BERT-style "
+            "backbone: BERT, XLM-R, E5); train every layer (trainable_layers: 0) and turn the "
+            "trunk memo off (evaluate.trunk_layers: 0) for this encoder")
+    name, layers = found[0]
+    backbone = model.get_submodule(name.removesuffix("encoder.layer").rstrip("."))
+    return backbone, layers
+
+
+def trunk_digest(backbone: torch.nn.Module, layers: torch.nn.ModuleList, split: int) -> str:
+    """SHA-256 of what the trunk's states depend on: frozen weights, split point, versions."""
+    h = hashlib.sha256(f"split={split}".encode())
+    for package in ("torch", "transformers"):
+        h.update(f"{package}={importlib.metadata.version(package)}".encode())
+    frozen = [("embeddings", backbone.embeddings)] + [
+        (f"layer.{i}", layer) for i, layer in enumerate(layers[:split])]
+    for prefix, module in frozen:
+        for name, tensor in module.state_dict().items():
+            h.update(f"{prefix}.{name}".encode())
+            h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TrunkMemo:
+    """The stored trunk states of one backbone at one split point (see the module docstring)."""
+
+    def __init__(self, directory: Path, hidden: int) -> None:
+        self.directory = directory
+        self.hidden = hidden
+        self.files: list[int] = []  # open descriptors of the shards' states.npy
+        self.index: dict[bytes, tuple[int, int, int]] = {}  # key → (fd, byte offset, tokens)
+        self.pending: dict[bytes, np.ndarray] = {}
+        self.pending_bytes = 0
+        self.hits = self.misses = 0
+        for shard in sorted(p for p in directory.glob("*") if (p / "states.npy").is_file()):
+            self._add_shard(shard)
+
+    def _add_shard(self, shard: Path) -> None:
+        keys = np.load(shard / "keys.npy")
+        offsets = np.load(shard / "offsets.npy")
+        with open(shard / "states.npy", "rb") as fh:
+            np.lib.format.read_magic(fh)
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            start = fh.tell()
+        if dtype != np.float32 or shape[1:] != (self.hidden,):
+            raise ValueError(f"{shard}: states are {dtype} {shape}, expected float32 "
+                             f"(tokens, {self.hidden}); delete the folder")
+        fd = os.open(shard / "states.npy", os.O_RDONLY)
+        self.files.append(fd)
+        row = 4 * self.hidden
+        for i, key in enumerate(keys):  # (n, 32) uint8: one SHA-256 per row
+            self.index[key.tobytes()] = (fd, start + int(offsets[i]) * row,
+                                         int(offsets[i + 1] - offsets[i]))
+
+    def close(self) -> None:
+        """Write what is pending and close the shards."""
+        self.flush()
+        for fd in self.files:
+            os.close(fd)
+        self.files.clear()
+        self.index.clear()
+
+    def get(self, key: bytes) -> np.ndarray | None:
+        """The ``(tokens, hidden)`` states stored under ``key``, or ``None``."""
+        if key in self.pending:
+            return self.pending[key]
+        if key in self.index:
+            fd, offset, tokens = self.index[key]
+            data = os.pread(fd, tokens * 4 * self.hidden, offset)
+            return np.frombuffer(data, dtype=np.float32).reshape(tokens, self.hidden)
+        return None
+
+    def put(self, key: bytes, states: np.ndarray) -> None:
+        """Store ``states`` under ``key`` (written with the next flush)."""
+        self.pending[key] = states
+        self.pending_bytes += states.nbytes
+        if self.pending_bytes >= FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending states as one shard (atomically: a temporary folder renamed)."""
+        if not self.pending:
+            return
+        keys = list(self.pending)
+        arrays = [self.pending[k] for k in keys]
+        offsets = np.cumsum([0] + [len(a) for a in arrays])
+        name = uuid.uuid4().hex
+        tmp = self.directory / f".{name}.tmp"
+        tmp.mkdir(parents=True)
+        np.save(tmp / "keys.npy", np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, 32))
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "states.npy", np.concatenate(arrays).astype(np.float32))
+        try:
+            tmp.rename(self.directory / name)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.pending.clear()
+        self.pending_bytes = 0
+        self._add_shard(self.directory / name)
+
+
+def _token_key(ids: np.ndarray) -> bytes:
+    return hashlib.sha256(ids.astype(np.int64).tobytes()).digest()
+
+
+@contextlib.contextmanager
+def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterator[TrunkMemo]:
+    """Within the block, ``model``'s backbone reads layers ``< split`` from a memo under ``root``.
+
+    The embeddings and layers below ``split`` must stay frozen inside the block (the memo is
+    keyed by their weights at entry). Gradients flow through the top layers only.
+
+    Args:
+        model: A SentenceTransformer (or any module) over a BERT-style backbone.
+        split: Lower layers memoized (1 to the number of layers - 1; the embeddings always).
+        root: The memo root (``data/work/trunk``); one subdirectory per trunk digest.
+
+    Yields:
+        The memo (its ``hits``/``misses`` count texts served from it / computed).
+
+    Raises:
+        ValueError: Not a BERT-style backbone, ``split`` out of range, or token type ids other
+            than zero (the memo keys on token ids only).
+    """
+    from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
+
+    backbone, layers = backbone_layers(model)
+    if not 1 <= split < len(layers):
+        raise ValueError(f"trunk split must be between 1 and {len(layers) - 1} (the encoder has "
+                         f"{len(layers)} layers), got {split}")
+    pad_id = backbone.config.pad_token_id
+    digest = trunk_digest(backbone, layers, split)
+    memo = TrunkMemo(Path(root) / digest[:16], backbone.config.hidden_size)
+    embeddings, encoder = backbone.embeddings, backbone.encoder
+    computing = False  # True while the original lower layers compute missing states
+
+    def trunk_states(input_ids: torch.Tensor) -> torch.Tensor:
+        ids = input_ids.cpu().numpy()
+        lengths = (ids != pad_id).sum(axis=1)
+        keys = [_token_key(row[:n]) for row, n in zip(ids, lengths, strict=True)]
+        found = [memo.get(k) for k in keys]
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            nonlocal computing
+            rows = input_ids[missing]
+            mask = (rows != pad_id).long()
+            training = backbone.training
+            backbone.eval()
+            computing = True
+            try:
+                with torch.no_grad():
+                    out = backbone(input_ids=rows, attention_mask=mask).last_hidden_state
+            finally:
+                computing = False
+                backbone.train(training)
+            for j, i in enumerate(missing):
+                found[i] = out[j, : lengths[i]].float().cpu().numpy()
+                memo.put(keys[i], found[i])
+        memo.hits += len(keys) - len(missing)
+        memo.misses += len(missing)
+        batch = np.zeros((*ids.shape, backbone.config.hidden_size), dtype=np.float32)
+        for i, states in enumerate(found):
+            batch[i, : lengths[i]] = states
+        return torch.from_numpy(batch).to(input_ids.device)
+
+    original_embeddings = embeddings.forward
+
+    def embeddings_forward(input_ids: torch.Tensor | None = None, token_type_ids: Any = None,
+                           **kwargs: Any) -> torch.Tensor:
+        if computing:
+            return original_embeddings(input_ids=input_ids, token_type_ids=token_type_ids,
+                                       **kwargs)
+        if input_ids is None or kwargs.get("inputs_embeds") is not None:
+            raise ValueError("the trunk memo needs input_ids (not inputs_embeds)")
+        if token_type_ids is not None and bool(token_type_ids.any()):
+            raise ValueError("the trunk memo keys on token ids only: token_type_ids must be 0")
+        return trunk_states(input_ids)
+
+    def encoder_forward(hidden_states: torch.Tensor, attention_mask: Any = None,
+                        *args: Any, **kwargs: Any) -> Any:
+        # The lower layers when filling the memo, else the top ones (as BertEncoder.forward).
+        for layer in (layers[:split] if computing else layers[split:]):
+            hidden_states = layer(hidden_states, attention_mask)
+        return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
+
+    embeddings.forward, encoder.forward = embeddings_forward, encoder_forward
+    try:
+        yield memo
+    finally:
+        del embeddings.forward, encoder.forward  # back to the class methods
+        memo.close()
+        logger.info("trunk memo %s: %d texts read, %d computed", memo.directory.name,
+                    memo.hits, memo.misses)

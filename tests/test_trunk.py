@@ -1,0 +1,67 @@
+"""The frozen-trunk memo (pipeline/encoders/trunk.py): same embeddings as the plain model,
+lower layers run once per text, gradients in the top layers only, keyed by the weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.encoders.catalog import load_encoder
+from pipeline.encoders.trunk import backbone_layers, frozen_trunk
+from tests.test_train import LEXICON, workspace  # noqa: F401 (workspace: a fixture)
+
+TEXTS = [" ".join(words[i:] + words[:i]) for words in LEXICON.values() for i in range(3)]
+
+
+def tiny(workspace):  # noqa: F811
+    return load_encoder("tiny", workspace["root"] / "encoders.yaml", device="cpu",
+                        models_dir=None)
+
+
+def test_memo_gives_the_plain_models_embeddings_cold_and_warm(workspace, tmp_path):  # noqa: F811
+    model = tiny(workspace)
+    plain = model.encode(TEXTS, batch_size=4)
+    with frozen_trunk(model, 1, tmp_path) as memo:
+        cold = model.encode(TEXTS, batch_size=4)
+        assert memo.misses == len(set(TEXTS)) and memo.hits == len(TEXTS) - memo.misses
+    # A new block reads the flushed shard: no text runs the lower layer again, and batches
+    # of another composition (other padding) give the same states.
+    with frozen_trunk(model, 1, tmp_path) as memo:
+        warm = model.encode(TEXTS[::-1], batch_size=3)[::-1]
+        assert memo.misses == 0 and memo.hits == len(TEXTS)
+    np.testing.assert_allclose(cold, plain, atol=1e-6)
+    np.testing.assert_allclose(warm, plain, atol=1e-6)
+    assert model.encode(TEXTS[:2], batch_size=4) == pytest.approx(plain[:2], abs=1e-6)  # unpatched
+
+
+def test_gradients_reach_the_top_layers_only(workspace, tmp_path):  # noqa: F811
+    model = tiny(workspace)
+    backbone, layers = backbone_layers(model)
+    model.train()
+    with frozen_trunk(model, 1, tmp_path):
+        features = model.tokenize(TEXTS[:4])
+        model(features)["sentence_embedding"].sum().backward()
+    assert all(p.grad is not None for p in layers[1].parameters())
+    assert all(p.grad is None for p in (*layers[0].parameters(),
+                                        *backbone.embeddings.parameters()))
+
+
+def test_other_lower_weights_get_another_memo(workspace, tmp_path):  # noqa: F811
+    model = tiny(workspace)
+    with frozen_trunk(model, 1, tmp_path):
+        model.encode(TEXTS, batch_size=4)
+    _, layers = backbone_layers(model)
+    with torch.no_grad():
+        layers[0].output.dense.bias.add_(0.5)  # a changed lower layer: its states change too
+    changed = model.encode(TEXTS, batch_size=4)
+    with frozen_trunk(model, 1, tmp_path) as memo:
+        assert memo.hits == 0 and memo.misses == 0
+        np.testing.assert_allclose(model.encode(TEXTS, batch_size=4), changed, atol=1e-6)
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_split_out_of_range_is_refused(workspace, tmp_path):  # noqa: F811
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        with frozen_trunk(tiny(workspace), 2, tmp_path):
+            pass
