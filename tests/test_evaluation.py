@@ -260,6 +260,21 @@ def test_bitext_accuracy_equals_numpy_on_the_same_embeddings(offline_run, local_
             accuracy, abs=ties + 1e-12)
 
 
+def test_item_outcomes_average_to_mtebs_scores(offline_run):
+    from pipeline.evaluation.items import OUTCOMES
+
+    _, metrics, out = offline_run
+    table = pd.read_parquet(out / "results" / "multiway-align__st" / OUTCOMES)
+    assert set(table.task) == {"BibleTestBitextMining", "GettextBitextMining",
+                               "BibleGenreClassification"}  # pair classification has none
+    for (task, subset), rows in table.groupby(["task", "subset"]):
+        assert rows["item"].tolist() == list(range(len(rows)))
+        assert rows["correct"].mean() == pytest.approx(metrics[f"{task}/{subset}"], abs=1e-9)
+    genre = table[table.task == "BibleGenreClassification"]
+    assert set(genre.langs) == set(LANGS) and genre["correct"].between(0, 1).all()
+    assert set(table.loc[table.subset == "deu_Latn-fra_Latn", "langs"]) == {"deu_Latn,fra_Latn"}
+
+
 def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_encoder):
     from pipeline.evaluation.verse_mining import OUTCOMES, pair_group, sample_verses
 

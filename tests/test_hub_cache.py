@@ -277,8 +277,8 @@ def test_mteb_paper_tasks_offline(hub_cache, tmp_path):
         suite = Suite("paper", "", {{k: paper.tasks[k] for k in ("Tatoeba", "STS17")}})
         tasks = resolve_tasks(suite, {POOL + UNSEEN!r})
         revisions = {{t.metadata.name: t.metadata.dataset for t in tasks}}
-        results = evaluate(load_encoder("xlmr-base"), tasks, {str(tmp_path / "eval")!r},
-                           "xlmr-tiny", batch_size=16)
+        results, _ = evaluate(load_encoder("xlmr-base"), tasks, {str(tmp_path / "eval")!r},
+                              "xlmr-tiny", batch_size=16)
         metrics = flatten(results, {POOL!r})
         print(json.dumps({{"revisions": revisions, "metrics": metrics}}))
     """, tmp_path)

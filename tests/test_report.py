@@ -111,6 +111,28 @@ def verse_outcomes(label: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def item_outcomes(label: str) -> pd.DataFrame:
+    """mteb item outcomes, 20 items per subset: every model gets every item, except that enx
+    misses the odd gettext deu-eng messages and base gets half of each Italian genre item
+    (half of the classifier fits)."""
+    subsets = [("GettextBitextMining", "deu_Latn-eng_Latn", "deu_Latn,eng_Latn"),
+               ("GettextBitextMining", "ita_Latn-eng_Latn", "ita_Latn,eng_Latn"),
+               ("BibleGenreClassification", "deu_Latn", "deu_Latn"),
+               ("BibleGenreClassification", "ita_Latn", "ita_Latn"),
+               ("BibleGenreClassification", "eng_Latn", "eng_Latn")]
+    rows = []
+    for task, subset, codes in subsets:
+        for item in range(20):
+            correct = 1.0
+            if label == "enx" and subset == "deu_Latn-eng_Latn" and item % 2:
+                correct = 0.0
+            if label == "base" and subset == "ita_Latn":
+                correct = 0.5
+            rows.append({"task": task, "subset": subset, "split": "test", "langs": codes,
+                         "item": item, "correct": correct})
+    return pd.DataFrame(rows)
+
+
 def make_tree(root: Path) -> Path:
     """The fake data tree and a params file pointing at it; returns the params path."""
     metrics = root / "metrics"
@@ -138,6 +160,8 @@ def make_tree(root: Path) -> Path:
                    root / "eval" / "results" / f"multiway-align__{name}" / "meta.json")
         write_table(verse_outcomes(label),
                     root / "eval" / "results" / f"multiway-align__{name}" / "verse_mining.parquet")
+        write_table(item_outcomes(label),
+                    root / "eval" / "results" / f"multiway-align__{name}" / "item_outcomes.parquet")
     write_json({
         "rows": {"in": 100, "out": 80, "train": 76, "dev": 4, "enx": 80, "human": 80},
         "dropped_by_reason": {"empty": 0, "repeat": 5, "copy": 3, "script": 12,
@@ -380,7 +404,7 @@ def test_figures_are_readable_pngs_and_html_embeds_them(built):
 
 def test_verse_mining_section_gives_paired_intervals_and_verdicts(built):
     md = built["md"]
-    section = md[md.index("## Headline: verse mining"):md.index("## Corpus")]
+    section = md[md.index("### Verse mining with paired"):md.index("### mteb tasks")]
     # Accuracy: enx finds half of deu-fra's verses in both directions (2 of 2 pool-pool pairs).
     assert table_row(section, "pool–pool (two non-English seen languages)")[:8] == [
         "pool–pool (two non-English seen languages)", "2", "100.00", "100.00", "50.00",
@@ -414,7 +438,7 @@ def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_
     cfg = c.ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
         "enx": (MODELS["enx"], "me5-tiny-enx-2"),
         "multiway": (MODELS["multiway"], "me5-tiny-multiway-2")})
-    blocks = build.verse_mining_section(cfg, LANGS)
+    blocks, _ = build.verse_mining_section(cfg, LANGS)
     assert "Seeds per model: base 1, enx 2, multiway 2" in blocks[1].text
     accuracy, intervals = blocks[2], blocks[3]
     pool = next(r for r in accuracy.rows if r[0].startswith("pool–pool"))
@@ -427,6 +451,42 @@ def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_
     assert base[intervals.columns.index("margin Δ per seed")] == "+0.00 / -12.50"
 
 
+def test_mteb_items_headline_pairs_items_per_task_and_group(built):
+    md = built["md"]
+    section = md[md.index("### mteb tasks with paired"):md.index("## Corpus")]
+    rows = {(r[0], r[1], r[2]): r for r in (
+        [x.strip() for x in line.strip().strip("|").split("|")]
+        for line in section.splitlines() if line.startswith("| ") and " − " in line)}
+    gettext = rows["multiway − enx", "GettextBitextMining", "X↔English, seen X"]
+    assert gettext[3] == "20" and gettext[4].startswith("+50.00 [+") and gettext[-1] == "win"
+    assert gettext[5] == "+50.00"  # one seed each
+    same = rows["multiway − enx", "GettextBitextMining", "X↔English, unseen X"]
+    assert same[4] == "+0.00 [+0.00, +0.00]" and same[-1] == "no difference at this power"
+    genre = rows["multiway − base", "BibleGenreClassification", "unseen languages"]
+    assert genre[4] == "+50.00 [+50.00, +50.00]" and genre[-1] == "win"
+    assert ("multiway − base", "BibleGenreClassification", "the source language") in rows
+    assert "enx − base: " in section
+
+
+def test_headline_table_has_every_difference_on_every_measure(built):
+    md = built["md"]
+    section = md[md.index("## Headline: regime differences"):md.index("### Verse mining")]
+    header = table_row(section, "difference")
+    assert header[1:] == [
+        "X↔English, seen X mining", "X↔English, unseen X mining",
+        "pool–pool (two non-English seen languages) mining", "seen–unseen mining",
+        "GettextBitextMining, X↔English, seen X", "GettextBitextMining, X↔English, unseen X",
+        "BibleGenreClassification, seen languages", "BibleGenreClassification, unseen languages",
+        "BibleGenreClassification, the source language"]
+    row = table_row(section, "multiway − enx")
+    assert row[3].startswith("+50.00 [+") and row[3].endswith("win")
+    assert row[5].startswith("+50.00 [+") and row[5].endswith("win")
+    assert [r[0] for r in (table_row(section, d) for d in (
+        "multiway − enx", "enx − base", "multiway − base"))] == [
+        "multiway − enx", "enx − base", "multiway − base"]
+    assert "models per label (training seeds): base 1, enx 1, multiway 1" in section
+
+
 def test_results_doc_is_the_report_without_figures(built):
     doc = (built["root"] / "docs" / "results.md").read_text()
     assert doc.startswith("# Results of the default run\n") and "Do not edit by hand" in doc
@@ -434,7 +494,7 @@ def test_results_doc_is_the_report_without_figures(built):
     # Every table and verdict of the report is in the doc, headline first.
     tables = [line for line in built["md"].splitlines() if line.startswith("|")]
     assert tables and all(line in doc for line in tables)
-    assert doc.index("## Headline: verse mining") < doc.index("## Corpus")
+    assert doc.index("## Headline: regime differences") < doc.index("## Corpus")
 
 
 def test_paired_bootstrap_matches_its_definition():

@@ -400,7 +400,7 @@ def set_model_card(
 
     Args:
         model: The model about to be saved.
-        name: Its name (catalogue key, or ``<encoder>-<regime>``).
+        name: Its name (catalogue key, or ``<encoder>-<regime>-<seed>``).
         base: Catalogue entry of the base model (its hub id, revision and license go on the
             card); ``None`` for a model named by path.
         languages: FLORES-200 codes of the training languages (ISO 639-1 on the card);

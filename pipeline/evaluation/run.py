@@ -10,9 +10,11 @@ returns flat metrics: one main score per task subset, per language, and grouped 
 (the training pool, English included) and *unseen* languages. Then it mines test verses
 between every pair of evaluated languages (:mod:`pipeline.evaluation.verse_mining`) and
 keeps each verse's outcome in the model's folder (``verse_mining.parquet``), for the
-report's paired intervals. With ``trunk_layers`` set, the lower layers' states of every text
-come from the trunk memo (:mod:`pipeline.encoders.trunk`) shared by the base and the aligned
-models that froze them: the same scores, each text's lower layers run once.
+report's paired intervals; the bitext-mining and classification tasks' per-item outcomes go
+beside it (``item_outcomes.parquet``, :mod:`pipeline.evaluation.items`). With
+``trunk_layers`` set, the lower layers' states of every text come from the trunk memo
+(:mod:`pipeline.encoders.trunk`) shared by the base and the aligned models that froze them:
+the same scores, each text's lower layers run once.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from pipeline.config import EvaluateConfig, LangsConfig, to_dict
 from pipeline.encoders.catalog import load_encoder, locate, model_label
 from pipeline.encoders.trunk import frozen_trunk
-from pipeline.evaluation import verse_mining
+from pipeline.evaluation import items, verse_mining
 from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
 from pipeline.evaluation.tasks.base import LocalData
 from pipeline.io import atomic_path, read_json
@@ -111,7 +114,7 @@ def evaluate(
     name: str,
     batch_size: int = 32,
     adapted_from: str | None = None,
-) -> list[Any]:
+) -> tuple[list[Any], pd.DataFrame]:
     """Run ``mteb.evaluate`` on a SentenceTransformer, keeping mteb's result layout.
 
     The model is registered with mteb as ``multiway-align/<name>`` at revision
@@ -128,7 +131,8 @@ def evaluate(
 
     Returns:
         One mteb ``TaskResult`` per task (with its evaluation time; the files written
-        have none: :data:`RUN_DEPENDENT`).
+        have none: :data:`RUN_DEPENDENT`), and the per-item outcomes of the bitext-mining
+        and classification tasks (:func:`pipeline.evaluation.items.from_predictions`).
     """
     import mteb
     from mteb.models.cache_wrappers import CachedEmbeddingWrapper
@@ -147,6 +151,7 @@ def evaluate(
             result = mteb.evaluate(
                 cached, list(tasks),
                 cache=mteb.ResultCache(output_dir),
+                prediction_folder=Path(tmp) / "predictions",
                 # DVC decides when to rerun; a stale cached score must never be reused.
                 overwrite_strategy="always",
                 encode_kwargs={"batch_size": batch_size},
@@ -154,13 +159,14 @@ def evaluate(
             )
         finally:
             cached.close()
+        outcomes = items.from_predictions(tasks, Path(tmp) / "predictions")
     results = list(result.task_results)
     for task_result in results:
         path = result_dir(output_dir, name) / revision / f"{task_result.task_name}.json"
         frozen = TaskResult.from_disk(path).model_copy(update=dict.fromkeys(RUN_DEPENDENT))
         with atomic_path(path) as tmp:
             frozen.to_disk(tmp)  # mteb's own format (NaN scores included)
-    return results
+    return results, outcomes
 
 
 def flatten(results: Iterable[Any], seen: Collection[str]) -> dict[str, float]:
@@ -249,8 +255,10 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     trunk = (frozen_trunk(encoder, cfg.trunk_layers, cfg.trunk_dir) if cfg.trunk_layers
              else contextlib.nullcontext())
     with trunk:
-        results = evaluate(encoder, tasks, cfg.output_dir, label, batch_size=cfg.batch_size,
-                           adapted_from=where.get("source"))
+        results, outcomes = evaluate(encoder, tasks, cfg.output_dir, label,
+                                     batch_size=cfg.batch_size, adapted_from=where.get("source"))
+        with atomic_path(result_dir(cfg.output_dir, label) / items.OUTCOMES) as tmp:
+            outcomes.to_parquet(tmp, index=False)
         metrics = flatten(results, seen)
         metrics["n_tasks"] = len(results)
         metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time

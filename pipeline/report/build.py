@@ -23,7 +23,7 @@ import math
 import numbers
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from tqdm import tqdm
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, ReportConfig
 from pipeline.corpus.filters import REASONS
-from pipeline.evaluation import verse_mining
+from pipeline.evaluation import items, verse_mining
 from pipeline.io import atomic_path
 from pipeline.report import collect, figures
 from pipeline.report.compare import (
@@ -483,7 +483,31 @@ def _interval_cell(iv: Interval) -> str:
     return (f"{iv.diff * SCALE:+.2f} [{iv.low * SCALE:+.2f}, {iv.high * SCALE:+.2f}]")
 
 
-def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
+def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, str]]:
+    """``focus`` − every other regime, then every regime − ``base``, among labels in ``have``."""
+    pairs = [(cfg.focus, other) for other in cfg.aligned if other != cfg.focus]
+    pairs += [(regime, "base") for regime in cfg.aligned]
+    return [(a, b) for a, b in pairs if a in have and b in have]
+
+
+def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int
+            ) -> tuple[Interval, str]:
+    """Interval of the seed-averaged per-item difference, and each seed's difference.
+
+    Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
+    one base model. The per-seed text is ``+x.xx / +y.yy / ...`` in points.
+    """
+    a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
+    interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed)
+    against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
+    seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
+    return interval, " / ".join(f"{d:+.2f}" for d in seeds)
+
+
+Cells = dict[tuple[str, str], Interval]  # (regime pair "a − b", headline column) → interval
+
+
+def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
     """Verse-mining accuracy per pair group, and paired bootstrap intervals of differences.
 
     Compares ``focus`` with every other regime and every regime with the base encoder, on
@@ -491,19 +515,24 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
     score of a verse is the mean over its training seeds; the difference of each seed is
     shown beside the interval.
 
+    Returns:
+        The blocks, and the margin-scoring intervals per (difference, "<group> mining").
+
     Raises:
         ValueError: The models were mined on different verses.
     """
-    blocks: list[Block] = [Heading("Headline: verse mining with paired intervals")]
+    blocks: list[Block] = [Heading("Verse mining with paired intervals", 3)]
+    cells: Cells = {}
     models = model_labels(cfg)
     tables = {label: [t for name in names
-                       if (t := collect.verse_outcomes(cfg.eval_dir, name)) is not None]
+                       if (t := collect.outcomes(cfg.eval_dir, name, verse_mining.OUTCOMES))
+                       is not None]
               for label, names in models.items()}
     tables = {label: runs for label, runs in tables.items() if runs}
     if not tables:
         return blocks + [Paragraph(
             f"Not run: no verse-mining outcomes in {cfg.eval_dir} (run `dvc repro evaluate` "
-            "with evaluate.mining_sentences > 0).")]
+            "with evaluate.mining_sentences > 0).")], cells
     meta = collect.eval_meta(cfg.eval_dir, models[next(iter(tables))][0]) or {}
     seen = set(meta.get("seen") or (langs.source, *langs.pool))
     per_seed = {label: [verse_mining.per_verse(t, seen, langs.source) for t in runs]
@@ -538,26 +567,21 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
         ("pair group", "pairs", *(f"{m} {scoring}" for m in labels
                                   for scoring in verse_mining.SCORINGS)), tuple(rows),
         caption="Verse-mining accuracy"))
-    comparisons = [(cfg.focus, other) for other in cfg.aligned if other != cfg.focus]
-    comparisons += [(regime, "base") for regime in cfg.aligned]
-    comparisons = [(a, b) for a, b in comparisons if a in scores and b in scores]
+    comparisons = _comparisons(cfg, scores)
     if not comparisons:
-        return blocks
+        return blocks, cells
     rows, verdicts = [], []
     for a, b in comparisons:
         by_verdict: dict[str, list[str]] = {}
         for g in groups:
-            iv = {scoring: paired_bootstrap(
-                scores[a][(scoring, g)].to_numpy(), scores[b][(scoring, g)].to_numpy(),
-                seed=cfg.seed) for scoring in verse_mining.SCORINGS}
-            margin = iv["margin"]
-            # Each seed's difference: seed i of a against seed i of b (or the one base).
-            against = per_seed[b] * len(per_seed[a]) if len(per_seed[b]) == 1 else per_seed[b]
-            seeds = [float((x[("margin", g)] - y[("margin", g)]).mean()) * SCALE
-                     for x, y in zip(per_seed[a], against, strict=False)]
-            rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(iv["cosine"]),
-                         _interval_cell(margin), " / ".join(f"{d:+.2f}" for d in seeds),
+            cosine, _ = _paired([r[("cosine", g)] for r in per_seed[a]],
+                                [r[("cosine", g)] for r in per_seed[b]], cfg.seed)
+            margin, seeds = _paired([r[("margin", g)] for r in per_seed[a]],
+                                    [r[("margin", g)] for r in per_seed[b]], cfg.seed)
+            rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
+                         _interval_cell(margin), seeds,
                          f"±{margin.detectable * SCALE:.2f}", margin.verdict))
+            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = margin
             by_verdict.setdefault(margin.verdict, []).append(
                 f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
         verdicts.append(f"{a} − {b} (margin scoring): " + "; ".join(
@@ -572,7 +596,101 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
                  "shows in the per-seed differences (the same seed for both regimes: the "
                  "same batches).")))
     blocks.append(Bullets(tuple(verdicts)))
-    return blocks
+    return blocks, cells
+
+
+def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+    """Paired intervals on the mteb tasks' items (bitext mining, classification) per group.
+
+    Reads ``evaluate``'s ``item_outcomes.parquet`` (:mod:`pipeline.evaluation.items`); an item
+    is one test item of one subset, its score the mean over the regime's seeds. Compares as
+    :func:`verse_mining_section` does.
+
+    Returns:
+        The blocks, and the intervals per (difference, "<task>, <group>").
+
+    Raises:
+        ValueError: The models were scored on different items.
+    """
+    blocks: list[Block] = [Heading("mteb tasks with paired intervals", 3)]
+    cells: Cells = {}
+    models = model_labels(cfg)
+    per_seed: dict[str, list[pd.Series]] = {}
+    for label, names in models.items():
+        runs = [t for name in names
+                if (t := collect.outcomes(cfg.eval_dir, name, items.OUTCOMES)) is not None]
+        if runs:
+            per_seed[label] = [t.set_index(["task", "subset", "split", "langs", "item"])
+                               ["correct"].sort_index() for t in runs]
+    if not per_seed:
+        return [*blocks, Paragraph(f"Not run: no per-item outcomes in {cfg.eval_dir} (run "
+                                   "`dvc repro evaluate`).")], cells
+    first = next(iter(per_seed.values()))[0]
+    if any(not s.index.equals(first.index) for runs in per_seed.values() for s in runs):
+        raise ValueError(f"{cfg.eval_dir}: the models' mteb items differ (the suite or its "
+                         "sampling changed for some); rerun `dvc repro evaluate`")
+    meta = collect.eval_meta(cfg.eval_dir, models[next(iter(per_seed))][0]) or {}
+    seen = set(meta.get("seen") or (langs.source, *langs.pool))
+    index = first.index.to_frame(index=False)
+    group = index["langs"].map(lambda c: items.item_group(c, seen, langs.source)).to_numpy()
+    names = {**verse_mining.GROUPS, **items.GROUPS}
+    ordered, _ = _ordered_tasks(list(dict.fromkeys(index["task"])), cfg)  # report.families
+    measures = [(task, g) for task in ordered
+                for g in names if ((index["task"] == task).to_numpy() & (group == g)).any()]
+    blocks.append(Paragraph(
+        "The bitext-mining and classification tasks of the suite, item by item: whether a "
+        "sentence's nearest neighbour is its translation, or the share of mteb's classifier "
+        "fits that label an item right. Accuracy × 100 over the items of a task's subsets in "
+        "a language group (the source language's own subsets apart); a regime's item score "
+        "is the mean over its seeds."))
+    rows, verdicts = [], []
+    for a, b in _comparisons(cfg, per_seed):
+        by_verdict: dict[str, list[str]] = {}
+        for task, g in measures:
+            keep = (index["task"] == task).to_numpy() & (group == g)
+            iv, seeds = _paired([r[keep] for r in per_seed[a]], [r[keep] for r in per_seed[b]],
+                                cfg.seed)
+            rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
+                         _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}",
+                         iv.verdict))
+            by_verdict.setdefault(iv.verdict, []).append(f"{task} {names[g]} "
+                                                         f"({_interval_cell(iv)})")
+            cells[f"{a} − {b}", f"{task}, {names[g]}"] = iv
+        verdicts.append(f"{a} − {b}: " + "; ".join(
+            f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + ".")
+    blocks.append(Table(
+        ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
+         "verdict"), tuple(rows),
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the items) of the seed-averaged "
+                 "per-item scores; items of one subset are resampled as independent (the same "
+                 "message or verse in several languages is not clustered).")))
+    if verdicts:
+        blocks.append(Bullets(tuple(verdicts)))
+    return blocks, cells
+
+
+def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
+    """One table of every regime difference on every headline measure, then the details.
+
+    Columns: verse mining per pair group (margin scoring) and the mteb tasks' language groups
+    (:func:`verse_mining_section`, :func:`task_items_section`); a cell is the difference with
+    its paired 95% interval and the verdict the interval gives.
+    """
+    mining, mining_cells = verse_mining_section(cfg, langs)
+    tasks, task_cells = task_items_section(cfg, langs)
+    cells = {**mining_cells, **task_cells}
+    blocks: list[Block] = [Heading("Headline: regime differences with paired intervals")]
+    if cells:
+        columns = list(dict.fromkeys(column for _, column in cells))
+        differences = list(dict.fromkeys(pair for pair, _ in cells))
+        seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
+        blocks.append(Table(
+            ("difference", *columns),
+            tuple((pair, *(f"{_interval_cell(iv)} {iv.verdict}" if (iv := cells.get(
+                (pair, column))) else "–" for column in columns)) for pair in differences),
+            caption=(f"Difference in accuracy points [95% interval] and verdict; models per "
+                     f"label (training seeds): {seeds}. Details below.")))
+    return blocks + mining + tasks
 
 
 def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
@@ -853,7 +971,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
             f"Source {langs.source}, training pool {', '.join(langs.pool)}."
         ),
     ]
-    blocks += verse_mining_section(cfg, langs)
+    blocks += headline_section(cfg, langs)
     blocks += corpus_section(cfg, langs, fig_dir)
     blocks += training_section(cfg, fig_dir)
     results, scores = results_section(cfg, langs, fig_dir)

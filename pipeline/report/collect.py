@@ -221,13 +221,16 @@ def eval_meta(eval_dir: str | Path, name: str) -> dict[str, Any] | None:
     return meta
 
 
-def verse_outcomes(eval_dir: str | Path, name: str) -> pd.DataFrame | None:
-    """The per-verse outcomes ``evaluate`` keeps of its verse mining, or ``None``."""
+def outcomes(eval_dir: str | Path, name: str, file: str) -> pd.DataFrame | None:
+    """A per-item outcome table ``evaluate`` keeps in a model's folder, or ``None``.
+
+    ``file``: ``verse_mining.parquet`` (:mod:`pipeline.evaluation.verse_mining`) or
+    ``item_outcomes.parquet`` (:mod:`pipeline.evaluation.items`).
+    """
     from pipeline.encoders.catalog import model_label
     from pipeline.evaluation.run import result_dir
-    from pipeline.evaluation.verse_mining import OUTCOMES
 
-    path = result_dir(eval_dir, model_label(name)) / OUTCOMES
+    path = result_dir(eval_dir, model_label(name)) / file
     return pd.read_parquet(path) if path.is_file() else None
 
 
