@@ -783,9 +783,9 @@ def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
                                **part[["top1", "cos_parallel", "cos_other"]].mean().to_dict()})
     blocks.append(Paragraph(
         f"{len(sample)} Bible test verses in {len(codes)} languages ({', '.join(codes)}), "
-        "embedded by each model; PCA to 2-D fitted per model. Circles: source and seen "
-        "languages; crosses: unseen. A language-neutral space mixes the colours; a "
-        "language-separated one shows one cloud per language."
+        "embedded by each model (a regime by its first seed); PCA to 2-D fitted per model. "
+        "Circles: source and seen languages; crosses: unseen. A language-neutral space mixes "
+        "the colours; a language-separated one shows one cloud per language."
         + (f" Not in {cfg.projection_data}: {', '.join(absent)}." if absent else "")
     ))
     if unavailable:
