@@ -491,20 +491,26 @@ def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, st
 
 
 def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int
-            ) -> tuple[Interval, str]:
-    """Interval of the seed-averaged per-item difference, and each seed's difference.
+            ) -> tuple[Interval, str, str]:
+    """Interval of the seed-averaged per-item difference, each seed's difference, a verdict.
 
     Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
-    one base model. The per-seed text is ``+x.xx / +y.yy / ...`` in points.
+    one base model. The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is
+    the interval's, with "(at ceiling)" when both models score at least :data:`CEILING`:
+    too little room left for a difference to show.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
     interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed)
     against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
     seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
-    return interval, " / ".join(f"{d:+.2f}" for d in seeds)
+    ceiling = min(a.mean(), b.mean()) >= CEILING
+    return (interval, " / ".join(f"{d:+.2f}" for d in seeds),
+            interval.verdict + (" (at ceiling)" if ceiling else ""))
 
 
-Cells = dict[tuple[str, str], Interval]  # (regime pair "a − b", headline column) → interval
+#: Both models at or above this accuracy: the measure is at its ceiling (marked).
+CEILING = 0.97
+Cells = dict[tuple[str, str], str]  # (regime pair "a − b", headline column) → its cell
 
 
 def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
@@ -574,15 +580,16 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
     for a, b in comparisons:
         by_verdict: dict[str, list[str]] = {}
         for g in groups:
-            cosine, _ = _paired([r[("cosine", g)] for r in per_seed[a]],
-                                [r[("cosine", g)] for r in per_seed[b]], cfg.seed)
-            margin, seeds = _paired([r[("margin", g)] for r in per_seed[a]],
-                                    [r[("margin", g)] for r in per_seed[b]], cfg.seed)
+            cosine, _, _ = _paired([r[("cosine", g)] for r in per_seed[a]],
+                                   [r[("cosine", g)] for r in per_seed[b]], cfg.seed)
+            margin, seeds, said = _paired([r[("margin", g)] for r in per_seed[a]],
+                                          [r[("margin", g)] for r in per_seed[b]], cfg.seed)
             rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
                          _interval_cell(margin), seeds,
-                         f"±{margin.detectable * SCALE:.2f}", margin.verdict))
-            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = margin
-            by_verdict.setdefault(margin.verdict, []).append(
+                         f"±{margin.detectable * SCALE:.2f}", said))
+            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = (
+                f"{_interval_cell(margin)} {said}")
+            by_verdict.setdefault(said, []).append(
                 f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
         verdicts.append(f"{a} − {b} (margin scoring): " + "; ".join(
             f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + ".")
@@ -648,14 +655,12 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
         by_verdict: dict[str, list[str]] = {}
         for task, g in measures:
             keep = (index["task"] == task).to_numpy() & (group == g)
-            iv, seeds = _paired([r[keep] for r in per_seed[a]], [r[keep] for r in per_seed[b]],
-                                cfg.seed)
+            iv, seeds, said = _paired([r[keep] for r in per_seed[a]],
+                                      [r[keep] for r in per_seed[b]], cfg.seed)
             rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
-                         _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}",
-                         iv.verdict))
-            by_verdict.setdefault(iv.verdict, []).append(f"{task} {names[g]} "
-                                                         f"({_interval_cell(iv)})")
-            cells[f"{a} − {b}", f"{task}, {names[g]}"] = iv
+                         _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}", said))
+            by_verdict.setdefault(said, []).append(f"{task} {names[g]} ({_interval_cell(iv)})")
+            cells[f"{a} − {b}", f"{task}, {names[g]}"] = f"{_interval_cell(iv)} {said}"
         verdicts.append(f"{a} − {b}: " + "; ".join(
             f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + ".")
     blocks.append(Table(
@@ -686,10 +691,11 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
         seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
         blocks.append(Table(
             ("difference", *columns),
-            tuple((pair, *(f"{_interval_cell(iv)} {iv.verdict}" if (iv := cells.get(
-                (pair, column))) else "–" for column in columns)) for pair in differences),
-            caption=(f"Difference in accuracy points [95% interval] and verdict; models per "
-                     f"label (training seeds): {seeds}. Details below.")))
+            tuple((pair, *(cells.get((pair, column), "–") for column in columns))
+                  for pair in differences),
+            caption=(f"Difference in accuracy points [95% interval] and verdict (at ceiling: "
+                     f"both models ≥ {CEILING * SCALE:g}); models per label (training seeds): "
+                     f"{seeds}. Details below.")))
     return blocks + mining + tasks
 
 
