@@ -448,8 +448,13 @@ def test_trainable_layers_freezes_the_embeddings_and_the_layers_below(workspace)
     root = workspace["root"] / "top"
     cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, trainable_layers=1,
                           output_dir=str(root / "models"), plots_dir=str(root / "plots"),
-                          work_dir=str(root / "work"))
+                          work_dir=str(root / "work"), trunk_dir=str(root / "trunk"))
     metrics = run(cfg, langs, "tiny", "multiway", 7)
+    # Layer 0's states of the texts trained on were stored once, for every later run.
+    (memo,) = (root / "trunk").iterdir()
+    shards = list(memo.iterdir())  # whole shards only (no temporary folder left)
+    assert shards and all({f.name for f in shard.iterdir()} == {
+        "keys.npy", "offsets.npy", "states.npy"} for shard in shards)
     base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
     new = SentenceTransformer(str(root / "models" / "tiny-multiway-7"), device="cpu").state_dict()
     changed = {k for k in new if not torch.equal(new[k], base[k])}
