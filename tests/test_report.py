@@ -490,6 +490,20 @@ def test_headline_table_has_every_difference_on_every_measure(built):
     assert "models per label (training seeds): base 1, enx 1, multiway 1" in section
 
 
+def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
+    items = np.arange(400)
+    base = pd.Series((items % 5 > 0).astype(float))  # 80 %
+    up = pd.Series((items % 10 > 0).astype(float))  # 90 %: 40 items better
+    down = pd.Series((items % 5 > 0) & (items != 1)).astype(float)  # one item worse
+    iv, seeds, said = build._paired([up, down], [base], seed=0)
+    assert seeds == "+10.00 / -0.25" and said == f"{iv.verdict} (seeds disagree)"
+    _, _, said = build._paired([up, up], [base], seed=0)
+    assert said == "win"
+    top = pd.Series(np.ones(400))
+    _, _, said = build._paired([top], [top], seed=0)
+    assert said == "no difference at this power (at ceiling)"
+
+
 def test_results_doc_is_the_report_without_figures(built):
     doc = (built["root"] / "docs" / "results.md").read_text()
     assert doc.startswith("# Results of the default run\n") and "Do not edit by hand" in doc

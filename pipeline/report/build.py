@@ -496,16 +496,20 @@ def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int
 
     Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
     one base model. The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is
-    the interval's, with "(at ceiling)" when both models score at least :data:`CEILING`:
-    too little room left for a difference to show.
+    the interval's (which covers the test items only), with "(seeds disagree)" when the
+    seeds' differences have both signs, and "(at ceiling)" when both models score at least
+    :data:`CEILING`: too little room left for a difference to show.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
     interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed)
     against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
     seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
-    ceiling = min(a.mean(), b.mean()) >= CEILING
-    return (interval, " / ".join(f"{d:+.2f}" for d in seeds),
-            interval.verdict + (" (at ceiling)" if ceiling else ""))
+    said = interval.verdict
+    if min(seeds) < 0 < max(seeds):
+        said += " (seeds disagree)"
+    if min(a.mean(), b.mean()) >= CEILING:
+        said += " (at ceiling)"
+    return interval, " / ".join(f"{d:+.2f}" for d in seeds), said
 
 
 #: Both models at or above this accuracy: the measure is at its ceiling (marked).
@@ -693,9 +697,10 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
             ("difference", *columns),
             tuple((pair, *(cells.get((pair, column), "–") for column in columns))
                   for pair in differences),
-            caption=(f"Difference in accuracy points [95% interval] and verdict (at ceiling: "
-                     f"both models ≥ {CEILING * SCALE:g}); models per label (training seeds): "
-                     f"{seeds}. Details below.")))
+            caption=(f"Difference in accuracy points [95% interval over the test items] and "
+                     "verdict (seeds disagree: the training seeds' own differences have both "
+                     f"signs; at ceiling: both models ≥ {CEILING * SCALE:g}); models per label "
+                     f"(training seeds): {seeds}. Details below.")))
     return blocks + mining + tasks
 
 
