@@ -337,7 +337,10 @@ def test_gettext_accuracy_equals_numpy(offline_run, local_data, tiny_encoder):
     task = fixture_task("GettextBitextMining", local_data, cfg.seed)
     # Italian covers two thirds of the fixture catalog; both sides hold the same messages.
     assert len(task.dataset["ita_Latn-eng_Latn"]["test"]) == 16
-    for subset in ("deu_Latn-eng_Latn", "ita_Latn-eng_Latn"):
+    # Non-English pairs of NON_ENGLISH_PAIRS whose languages are evaluated: deu-fra only.
+    assert {s for s in task.hf_subsets if "eng_Latn" not in s} == {
+        "deu_Latn-fra_Latn", "fra_Latn-deu_Latn"}
+    for subset in ("deu_Latn-eng_Latn", "ita_Latn-eng_Latn", "deu_Latn-fra_Latn"):
         data = task.dataset[subset]["test"]
         x = tiny_encoder.encode(data["sentence1"], batch_size=cfg.batch_size)
         y = tiny_encoder.encode(data["sentence2"], batch_size=cfg.batch_size)

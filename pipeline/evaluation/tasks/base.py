@@ -24,6 +24,22 @@ from pipeline.sources.seed import EDITIONS
 BIBLE_LANGUAGES: tuple[str, ...] = tuple(dict.fromkeys(e.lang for e in EDITIONS.values()))
 SOURCE = "eng_Latn"
 
+# Non-English pairs of the bitext tasks: close relatives (deu-fra is the usual European
+# pair) and distant ones, spanning scripts; the default training pool is deu fra spa rus arb
+# kor.
+NON_ENGLISH_PAIRS: tuple[tuple[str, str], ...] = (
+    ("deu_Latn", "fra_Latn"),
+    ("fra_Latn", "spa_Latn"),
+    ("spa_Latn", "por_Latn"),
+    ("ita_Latn", "ron_Latn"),
+    ("rus_Cyrl", "ukr_Cyrl"),
+    ("rus_Cyrl", "pol_Latn"),
+    ("arb_Arab", "pes_Arab"),
+    ("hin_Deva", "ben_Beng"),
+    ("zho_Hans", "jpn_Jpan"),
+    ("kor_Hang", "jpn_Jpan"),
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class LocalData:

@@ -18,6 +18,7 @@ from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
 from pipeline.evaluation.tasks.base import (
     BIBLE_LANGUAGES,
+    NON_ENGLISH_PAIRS,
     SOURCE,
     LocalData,
     both_directions,
@@ -32,20 +33,6 @@ from pipeline.io import read_table
 
 logger = logging.getLogger(__name__)
 
-# Non-English pairs: close relatives (deu-fra is the usual European pair) and distant ones,
-# spanning scripts; the default training pool is deu fra spa rus arb kor.
-NON_ENGLISH_PAIRS: tuple[tuple[str, str], ...] = (
-    ("deu_Latn", "fra_Latn"),
-    ("fra_Latn", "spa_Latn"),
-    ("spa_Latn", "por_Latn"),
-    ("ita_Latn", "ron_Latn"),
-    ("rus_Cyrl", "ukr_Cyrl"),
-    ("rus_Cyrl", "pol_Latn"),
-    ("arb_Arab", "pes_Arab"),
-    ("hin_Deva", "ben_Beng"),
-    ("zho_Hans", "jpn_Jpan"),
-    ("kor_Hang", "jpn_Jpan"),
-)
 PAIRS = both_directions(
     [(lang, SOURCE) for lang in BIBLE_LANGUAGES if lang != SOURCE] + list(NON_ENGLISH_PAIRS)
 )

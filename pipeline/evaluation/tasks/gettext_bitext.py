@@ -2,8 +2,10 @@
 
 Software messages (``coreutils`` and the other catalogs ``prepare_seed`` reads) are short,
 technical and translated by localisation teams, far from Bible prose. Coverage differs by
-language, so each English pair is its own subset (``sentence1``/``sentence2``), built from
-the messages both sides have.
+language, so each pair is its own subset (``sentence1``/``sentence2``), built from the
+messages both sides have: every language with English, and the non-English pairs of the
+Bible task (:data:`~pipeline.evaluation.tasks.base.NON_ENGLISH_PAIRS`; the two pool–pool
+pairs among them are what only multi-way training supervises directly).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
 from pipeline import langs as langmod
 from pipeline.evaluation.tasks.base import (
+    NON_ENGLISH_PAIRS,
     SOURCE,
     LocalData,
     both_directions,
@@ -32,11 +35,12 @@ from pipeline.io import read_table
 
 logger = logging.getLogger(__name__)
 
-PAIRS = both_directions([(code, SOURCE) for code in langmod.LANGUAGES if code != SOURCE])
+PAIRS = both_directions([(code, SOURCE) for code in langmod.LANGUAGES if code != SOURCE]
+                        + list(NON_ENGLISH_PAIRS))
 
 
 class GettextBitextMining(AbsTaskBitextMining):
-    """Message-level bitext mining on gettext catalogs, every language paired with English.
+    """Message-level bitext mining on gettext catalogs: X↔English and non-English pairs.
 
     Args:
         data: Data paths (reads ``data.gettext``).
@@ -51,7 +55,8 @@ class GettextBitextMining(AbsTaskBitextMining):
             "Software messages from Debian's gettext catalogs (/usr/share/locale, e.g. "
             "coreutils), translated by localisation teams; format specifiers and accelerators "
             "stripped. Find each message's translation among the sampled messages of the other "
-            "language (English with every language, both directions). Out of domain for a "
+            "language (English with every language and ten non-English pairs, both "
+            "directions). Out of domain for a "
             "Bible-trained encoder."
         ),
         reference="https://www.gnu.org/software/gettext/",
@@ -98,10 +103,9 @@ class GettextBitextMining(AbsTaskBitextMining):
         self.dataset = {}
         for subset in list(self.hf_subsets):
             a, b = subset_languages(subset)
-            # The sample is drawn per language, so both directions mine the same messages.
-            other = b if a == SOURCE else a
-            pairs = table[non_empty(table, [SOURCE, other])]
-            pairs = pairs[unique_texts(pairs, [SOURCE, other])]
+            # The sample is drawn per pair, so both directions mine the same messages.
+            pairs = table[non_empty(table, [a, b])]
+            pairs = pairs[unique_texts(pairs, [a, b])]
             if len(pairs) < 2:
                 # A catalog with (almost) nothing translated: nothing to mine.
                 logger.warning("%s: dropping %s (%d usable messages)",
