@@ -176,8 +176,8 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
         The memo (its ``hits``/``misses`` count texts served from it / computed).
 
     Raises:
-        ValueError: Not a BERT-style backbone, ``split`` out of range, or token type ids other
-            than zero (the memo keys on token ids only).
+        ValueError: Not a BERT-style backbone, ``split`` out of range, token type ids other
+            than zero (the memo keys on token ids only), or left padding.
     """
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
@@ -193,7 +193,10 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
 
     def trunk_states(input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.cpu().numpy()
-        lengths = (ids != pad_id).sum(axis=1)
+        real = ids != pad_id
+        lengths = real.sum(axis=1)
+        if (real != (np.arange(ids.shape[1]) < lengths[:, None])).any():
+            raise ValueError("the trunk memo needs right-padded input ids (pad tokens last)")
         keys = [_token_key(row[:n]) for row, n in zip(ids, lengths, strict=True)]
         found = [memo.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
