@@ -12,6 +12,7 @@ per-item accuracy and are left out.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import pandas as pd
 
 from pipeline.evaluation import verse_mining
 from pipeline.evaluation.suites import from_mteb
+
+logger = logging.getLogger(__name__)
 
 OUTCOMES = "item_outcomes.parquet"
 TYPES = ("BitextMining", "Classification")
@@ -49,8 +52,9 @@ def from_predictions(tasks: Sequence[Any], folder: str | Path) -> pd.DataFrame:
     """One row per (task, subset, item) from mteb's ``<Task>_predictions.json`` files.
 
     Args:
-        tasks: The evaluated mteb tasks (classification tasks reload their data for the
-            gold labels when mteb has unloaded it).
+        tasks: The evaluated mteb tasks (their data is reloaded when mteb has unloaded it:
+            the gold labels, and whether a bitext task pairs item ``i`` with item ``i``; one
+            with a ``gold`` column, as BUCC, gets no per-item outcomes).
         folder: The ``prediction_folder`` given to ``mteb.evaluate``.
 
     Returns:
@@ -65,18 +69,23 @@ def from_predictions(tasks: Sequence[Any], folder: str | Path) -> pd.DataFrame:
         if kind not in TYPES or not path.is_file():
             continue
         predictions = json.loads(path.read_text(encoding="utf-8"))
-        if kind == "Classification" and not task.data_loaded:
+        if not task.data_loaded:  # mteb unloads what it loaded
             task.load_data()
         for subset, splits in predictions.items():
             if subset == "mteb_model_meta":
                 continue
             for split, found in splits.items():
-                if kind == "BitextMining":  # {pair: [{"corpus_id", "score"}, ...]}
+                data = task.dataset[subset][split] if subset in task.dataset else None
+                if kind == "BitextMining" and data is not None and "gold" in data.column_names:
+                    logger.info("%s %s: gold pairs (BUCC-style), no per-item outcomes",
+                                task.metadata.name, subset)
+                    continue
+                if kind == "BitextMining":  # {pair: [{"corpus_id", "score"}, ...]}, gold: i ↔ i
                     outcomes = {pair if len(found) > 1 else subset: np.array(
                         [n["corpus_id"] == i for i, n in enumerate(neighbours)], dtype=float)
                         for pair, neighbours in found.items()}
                 else:  # one list of predicted labels per classifier fit
-                    gold = np.asarray(task.dataset[subset][split][task.label_column_name])
+                    gold = np.asarray(data[task.label_column_name])
                     outcomes = {subset: np.mean([np.asarray(fit) == gold for fit in found],
                                                 axis=0)}
                 rows += [pd.DataFrame({
