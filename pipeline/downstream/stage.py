@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pipeline.config import LangsConfig, TrainDrmimConfig, to_dict
+from pipeline.config import LangsConfig, TrainDrmimConfig, item_dict, to_dict
 from pipeline.downstream.data import (
     Encoded,
     TaskData,
@@ -109,7 +109,7 @@ def predict_all(method: Method, store: FeatureStore, task: TaskData,
 
 
 # Config fields that do not change a run's output: a restart may change them and still resume.
-_RESUME_NEUTRAL = ("tasks", "encoders", "threads", "output_dir", "work_dir")
+_RESUME_NEUTRAL = ("threads", "output_dir", "work_dir")
 # Config fields naming input files or directories: their content is part of the fingerprint.
 _INPUTS = ("bible_source", "bible_test", "bible_db", "corpus", "dataset")
 
@@ -132,7 +132,7 @@ def fingerprint_parts(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, enco
     inputs = {key: file_hash(getattr(cfg, key)) for key in _INPUTS
               if getattr(cfg, key) and Path(getattr(cfg, key)).exists()}
     return {
-        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "config": {k: v for k, v in item_dict(cfg).items() if k not in _RESUME_NEUTRAL},
         "langs": to_dict(langs), "task": task, "encoder": file_hash(encoder),
         "inputs": inputs, "device": device, "code": code_version("pipeline.downstream"),
         "versions": package_versions(),

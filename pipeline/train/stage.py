@@ -43,7 +43,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from pipeline.config import LangsConfig, TrainEncoderConfig, to_dict
+from pipeline.config import LangsConfig, TrainEncoderConfig, item_dict, to_dict
 from pipeline.encoders.catalog import (
     Located,
     hub_commit,
@@ -83,9 +83,8 @@ logger = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 # Fields that do not change the trained weights: a rerun may change them and still resume.
 _RESUME_NEUTRAL = (
-    "encoders", "regimes", "seeds", "max_minutes", "allow_partial", "logging_steps", "save_steps",
-    "save_total_limit", "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir",
-    "trunk_dir",
+    "max_minutes", "allow_partial", "logging_steps", "save_steps", "save_total_limit",
+    "keep_checkpoints", "threads", "output_dir", "plots_dir", "work_dir", "trunk_dir",
 )
 
 
@@ -117,7 +116,7 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
                else {"hub_id": base.hub_id, "revision": base.revision,
                      "commit": hub_commit(str(base.hub_id), base.revision)})
     return {
-        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
+        "config": {k: v for k, v in item_dict(cfg).items() if k not in _RESUME_NEUTRAL},
         "langs": to_dict(langs), "regime": regime, "seed": seed, "corpus": corpus_sha256,
         "base": {"name": base.name, **weights},
         "catalogue_entry": dataclasses.asdict(base.spec) if base.spec else None,
