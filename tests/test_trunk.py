@@ -65,3 +65,24 @@ def test_split_out_of_range_is_refused(workspace, tmp_path):  # noqa: F811
     with pytest.raises(ValueError, match="between 1 and 1"):
         with frozen_trunk(tiny(workspace), 2, tmp_path):
             pass
+
+
+def test_columns_merged_by_sentence_transformers_read_the_same_states(workspace, tmp_path):  # noqa: F811
+    # A loss embedding several columns in one forward pass pads the narrower ones with id 0
+    # (<s> for XLM-R tokenizers: a real token id) after their own pad tokens; the text still
+    # ends at its first pad token.
+    model = tiny(workspace)
+    pad = model.tokenizer.pad_token_id
+    features = {k: v for k, v in model.tokenize(TEXTS[:4]).items() if torch.is_tensor(v)}
+    with torch.no_grad():
+        plain = model(dict(features))["sentence_embedding"]
+        merged = {k: torch.nn.functional.pad(v, (0, 5), value=pad + 1 if k == "input_ids" else 0)
+                  for k, v in features.items()}
+        for _ in range(2):  # cold (the lower layers run on the merged rows), then warm
+            with frozen_trunk(model, 1, tmp_path):
+                got = model(dict(merged))["sentence_embedding"]
+            torch.testing.assert_close(got, plain, atol=1e-5, rtol=0)
+    left = {k: torch.nn.functional.pad(v, (1, 0), value=pad if k == "input_ids" else 0)
+            for k, v in features.items()}
+    with pytest.raises(ValueError, match="right-padded"), frozen_trunk(model, 1, tmp_path):
+        model(left)

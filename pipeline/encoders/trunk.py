@@ -185,15 +185,18 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
     if not 1 <= split < len(layers):
         raise ValueError(f"trunk split must be between 1 and {len(layers) - 1} (the encoder has "
                          f"{len(layers)} layers), got {split}")
-    pad_id = backbone.config.pad_token_id
     digest = trunk_digest(backbone, layers, split)
     memo = TrunkMemo(Path(root) / digest[:16], backbone.config.hidden_size)
     embeddings, encoder = backbone.embeddings, backbone.encoder
     computing = False  # True while the original lower layers compute missing states
+    attention_mask: torch.Tensor | None = None  # the mask of the backbone call under way
 
     def trunk_states(input_ids: torch.Tensor) -> torch.Tensor:
         ids = input_ids.cpu().numpy()
-        real = ids != pad_id
+        # A text's tokens are those its attention mask keeps: sentence-transformers pads the
+        # narrower of several columns embedded together with id 0 (a real token in XLM-R).
+        real = (np.ones_like(ids, dtype=bool) if attention_mask is None
+                else attention_mask.cpu().numpy().astype(bool))
         lengths = real.sum(axis=1)
         if (real != (np.arange(ids.shape[1]) < lengths[:, None])).any():
             raise ValueError("the trunk memo needs right-padded input ids (pad tokens last)")
@@ -203,7 +206,8 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
         if missing:
             nonlocal computing
             rows = input_ids[missing]
-            mask = (rows != pad_id).long()
+            mask = torch.as_tensor(np.arange(ids.shape[1]) < lengths[missing, None],
+                                   device=rows.device).long()
             training = backbone.training
             backbone.eval()
             computing = True
@@ -223,7 +227,12 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
             batch[i, : lengths[i]] = states
         return torch.from_numpy(batch).to(input_ids.device)
 
-    original_embeddings = embeddings.forward
+    original_embeddings, original_backbone = embeddings.forward, backbone.forward
+
+    def backbone_forward(*args: Any, **kwargs: Any) -> Any:
+        nonlocal attention_mask
+        attention_mask = kwargs.get("attention_mask")
+        return original_backbone(*args, **kwargs)
 
     def embeddings_forward(input_ids: torch.Tensor | None = None, token_type_ids: Any = None,
                            **kwargs: Any) -> torch.Tensor:
@@ -244,10 +253,11 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
     embeddings.forward, encoder.forward = embeddings_forward, encoder_forward
+    backbone.forward = backbone_forward
     try:
         yield memo
     finally:
-        del embeddings.forward, encoder.forward  # back to the class methods
+        del embeddings.forward, encoder.forward, backbone.forward  # back to the class methods
         memo.close()
         logger.info("trunk memo %s: %d texts read, %d computed", memo.directory.name,
                     memo.hits, memo.misses)
