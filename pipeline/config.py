@@ -805,6 +805,9 @@ class TrainDrmimConfig:
         languages: Test languages (FLORES codes); empty means every language of the data.
         max_train_examples: English training examples (a seeded, label-stratified sample).
         max_test_examples: Test examples per subset (the same examples in every language).
+        dev_examples: English dev examples of the Bible tasks, from chapters of the training
+            source that no training example comes from; every run is scored on them (subset
+            ``dev``), and hyperparameters are chosen on them, never on a test subset. 0: none.
         max_corpus_rows: Multi-way corpus rows kept (``split == 'train'``).
         data_seed: Seed of the data samples (fixed across runs).
         max_length: Token limit of a sequence (specials included).
@@ -859,6 +862,7 @@ class TrainDrmimConfig:
     languages: tuple[str, ...] = ()
     max_train_examples: int = 640
     max_test_examples: int = 120
+    dev_examples: int = 320
     max_corpus_rows: int = 200
     data_seed: int = 13
     max_length: int = 64
@@ -1025,6 +1029,7 @@ class ReportConfig:
         seed: Seed of the projection's verse sample and of the bootstrap resamples.
         results_doc: The report without figures, kept in git (docs/results.md); empty
             writes none.
+        results_title: Its heading (which run it reports: the default, a profile).
         output_dir: Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
     """
 
@@ -1070,4 +1075,5 @@ class ReportConfig:
     threads: int = 2
     seed: int = 13
     results_doc: str = ""
+    results_title: str = "Results of the default run"
     output_dir: str = "data/report"

@@ -434,6 +434,13 @@ def test_bible_genre_task_trains_on_english_and_tests_every_language(world):
                                                            "deu_Latn")
     assert all(not w.startswith(("de", "ko")) for (t,) in task.train.inputs for w in t.split())
     assert sorted(set(task.train.labels)) == [0, 2, 4, 6]  # law, wisdom, gospels, epistles
+    # The English dev split comes from other chapters of the training source.
+    source = pd.read_parquet(world / "bible_source.parquet")
+    chapter = dict(zip(source.eng_Latn, zip(source.book, source.chapter)))
+    dev_chapters = {chapter[t] for (t,) in task.dev.inputs}
+    assert dev_chapters and not dev_chapters & {chapter[t] for (t,) in task.train.inputs}
+    assert set(task.dev.labels) <= set(range(8)) and "dev" in task.scored()
+    assert D.load_task("bible_genre", tiny_cfg(world, dev_examples=0)).dev is None
     only = D.load_task("bible_genre", tiny_cfg(world, languages=("kor_Hang",)))
     assert list(only.test) == ["eng_Latn", "kor_Hang"]
 
@@ -574,8 +581,12 @@ def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
     for run in runs:
         assert run["last_loss"] < run["first_loss"], run["variant"]
     for variant in cfg.methods:
-        for subset in ("eng_Latn", "deu_Latn", "kor_Hang", "zero_shot", "seen", "unseen"):
+        for subset in ("dev", "eng_Latn", "deu_Latn", "kor_Hang", "zero_shot", "seen", "unseen"):
             assert 0 <= metrics[f"{variant}/accuracy/{subset}"] <= 100
+        # The zero-shot average is over the non-English test subsets only (not the dev split).
+        assert metrics[f"{variant}/accuracy/zero_shot"] == pytest.approx(
+            (metrics[f"{variant}/accuracy/deu_Latn"] + metrics[f"{variant}/accuracy/kor_Hang"]) / 2,
+            abs=1e-3)
     # English is learnable from the genre keyword: every run beats chance (25 %) there.
     out = world / "scores" / "bible_genre" / "tiny-encoder"
     scores = pd.read_parquet(out / "scores.parquet")

@@ -44,6 +44,9 @@ from pipeline.io import read_table
 logger = logging.getLogger(__name__)
 
 Kind = Literal["classification", "pair", "qa"]
+#: The subset name of a task's English dev split: predicted and scored as the test subsets,
+#: never in a transfer average; hyperparameters are chosen on it (docs/downstream.md).
+DEV = "dev"
 
 
 @dataclasses.dataclass
@@ -78,6 +81,8 @@ class TaskData:
         train: English training examples.
         test: Subset name → examples.
         metrics: Metric names reported per subset.
+        dev: English examples held out from the training source (other chapters than the
+            training examples'), or ``None`` (the hub tasks).
     """
 
     name: str
@@ -86,6 +91,11 @@ class TaskData:
     train: Split
     test: dict[str, Split]
     metrics: tuple[str, ...]
+    dev: Split | None = None
+
+    def scored(self) -> dict[str, Split]:
+        """The subsets every run predicts: the test subsets, and :data:`DEV` if any."""
+        return {**self.test, DEV: self.dev} if self.dev is not None else dict(self.test)
 
 
 def subset_languages(subset: str) -> tuple[str, ...]:
@@ -123,6 +133,18 @@ def stratified_sample(df: pd.DataFrame, label: str, n: int, seed: int) -> pd.Dat
 # ----------------------------------------------------------------------------- Bible tasks
 
 
+def dev_chapters(verses: pd.DataFrame, seed: int) -> pd.Series:
+    """Whether each verse of the training source is in a dev chapter (half of each genre's).
+
+    The training examples come from the other chapters, so a dev verse never neighbours a
+    training verse.
+    """
+    from pipeline.evaluation.tasks.bible_genre import book_genre, split_chapters
+
+    side = split_chapters(verses.assign(genre=verses.book.map(book_genre)), seed)
+    return side == "test"
+
+
 def _bible_test_languages(cfg: TrainDrmimConfig) -> list[str]:
     available = parquet_languages(cfg.bible_test)
     if SOURCE not in available:
@@ -137,10 +159,12 @@ def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
     from pipeline.evaluation.tasks.bible_genre import GENRES, book_genre
 
     names = tuple(GENRES)
-    train = read_table(cfg.bible_source, columns=["id", "book", SOURCE])
-    train = train[non_empty(train, [SOURCE])].copy()
-    train["label"] = train.book.map(book_genre).map(names.index)
-    train = stratified_sample(train, "label", cfg.max_train_examples, cfg.data_seed)
+    source = read_table(cfg.bible_source, columns=["id", "book", "chapter", SOURCE])
+    source = source[non_empty(source, [SOURCE])].copy()
+    source["label"] = source.book.map(book_genre).map(names.index)
+    held_out = dev_chapters(source, cfg.data_seed)
+    train = stratified_sample(source[~held_out], "label", cfg.max_train_examples, cfg.data_seed)
+    dev = stratified_sample(source[held_out], "label", cfg.dev_examples, cfg.data_seed)
     langs = _bible_test_languages(cfg)
     test = read_table(cfg.bible_test, columns=["id", "book", *langs])
     test = test[non_empty(test, langs)].copy()
@@ -150,7 +174,8 @@ def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
     _check_subsets("bible_genre", subsets, cfg.languages)
     return TaskData("bible_genre", "classification", names,
                     Split([(t,) for t in train[SOURCE]], train.label.tolist()),
-                    subsets, ("accuracy",))
+                    subsets, ("accuracy",),
+                    Split([(t,) for t in dev[SOURCE]], dev.label.tolist()) if len(dev) else None)
 
 
 def paraphrase_pairs(table: pd.DataFrame, second_sides: Sequence[str], n: int,
@@ -209,13 +234,18 @@ def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
 
     db = cfg.bible_db or default_bible_db()
     base = ["id", "book", "chapter", "verse"]
-    train = read_table(cfg.bible_source, columns=[*base, SOURCE])
-    train = _with_second_editions(train, db, [SOURCE])
-    pairs = paraphrase_pairs(train, [f"{SOURCE}:b"], cfg.max_train_examples, cfg.data_seed)
-    train_split = Split(
-        list(zip(train.loc[pairs["first"], SOURCE], train.loc[pairs.second, f"{SOURCE}:b"])),
-        pairs.label.tolist(),
-    )
+    source = read_table(cfg.bible_source, columns=[*base, SOURCE])
+    source = _with_second_editions(source, db, [SOURCE])
+    held_out = dev_chapters(source, cfg.data_seed).to_numpy()
+
+    def english_pairs(verses: pd.DataFrame, n: int) -> Split:
+        verses = verses.reset_index(drop=True)
+        pairs = paraphrase_pairs(verses, [f"{SOURCE}:b"], n, cfg.data_seed)
+        return Split(list(zip(verses.loc[pairs["first"], SOURCE],
+                              verses.loc[pairs.second, f"{SOURCE}:b"])), pairs.label.tolist())
+
+    train_split = english_pairs(source[~held_out], cfg.max_train_examples)
+    dev_split = english_pairs(source[held_out], cfg.dev_examples) if cfg.dev_examples else None
     langs = _bible_test_languages(cfg)
     within = [lang for lang in langs if lang in EDITION_PAIRS]
     cross = [(SOURCE, lang) for lang in langs if lang != SOURCE]
@@ -236,7 +266,7 @@ def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
         )
     _check_subsets("bible_paraphrase", subsets, cfg.languages)
     return TaskData("bible_paraphrase", "pair", ("different", "paraphrase"), train_split,
-                    subsets, ("accuracy",))
+                    subsets, ("accuracy",), dev_split)
 
 
 # ----------------------------------------------------------------------------- hub tasks

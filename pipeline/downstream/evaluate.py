@@ -12,7 +12,8 @@ Reads ``<runs_dir>/<task>/<encoder name>/`` (``predictions.parquet``, ``meta.jso
 Metrics per subset: ``accuracy`` (classification, pairs), ``f1`` and ``exact_match`` (QA,
 SQuAD normalisation, best over the gold answers). Metric names:
 ``<variant>/<metric>/<subset>`` (mean over seeds) with ``.../std`` (sample standard
-deviation over seeds); ``<variant>/<metric>/zero_shot`` averages every subset except the
+deviation over seeds); ``<variant>/<metric>/dev`` is the English dev split (for choosing
+hyperparameters); ``<variant>/<metric>/zero_shot`` averages every test subset except the
 English one, ``/seen`` and ``/unseen`` split those by whether all their languages are in
 ``langs`` (the aligned encoder's training languages); the spread of an average is over the
 seeds' averages. ``<variant>/<metric>/<group>/vs_finetune`` (with ``/low``, ``/high``) is a
@@ -33,11 +34,14 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import EvaluateDownstreamConfig, LangsConfig
-from pipeline.downstream.data import subset_languages
+from pipeline.downstream.data import DEV, subset_languages
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.stats import paired_bootstrap
 
 logger = logging.getLogger(__name__)
+
+#: Subset groups a zero-shot average covers: not English (``source``), not the dev split.
+TRANSFER = ("seen", "unseen")
 
 _PUNCT = set(string.punctuation)
 
@@ -125,8 +129,8 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
                                                         suffixes=("", "_ft"))
         for (metric, group), part in [
             *(((m, "zero_shot"), p) for m, p in
-              paired[paired.group != "source"].groupby("metric")),
-            *paired[paired.group != "source"].groupby(["metric", "group"]),
+              paired[paired.group.isin(TRANSFER)].groupby("metric")),
+            *paired[paired.group.isin(TRANSFER)].groupby(["metric", "group"]),
         ]:
             per_example = part.groupby("example")[["value", "value_ft"]].mean()
             iv = paired_bootstrap(per_example.value.to_numpy(), per_example.value_ft.to_numpy(),
@@ -139,7 +143,13 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
 
 
 def subset_group(subset: str, langs: LangsConfig) -> str:
-    """``source`` (English only), ``seen`` (all languages in the pool or English) or ``unseen``."""
+    """The group of a subset: ``dev``, ``source``, ``seen`` or ``unseen``.
+
+    ``dev`` is the English dev split, ``source`` an English test subset, ``seen`` one whose
+    languages are all in the pool or English, ``unseen`` the others.
+    """
+    if subset == DEV:
+        return DEV
     members = set(subset_languages(subset))
     if members == {langs.source}:
         return "source"
@@ -166,7 +176,7 @@ def summarize(scores: pd.DataFrame, langs: LangsConfig) -> dict[str, float]:
     for (variant, metric, subset), part in scores.groupby(["variant", "metric", "subset"]):
         put(f"{variant}/{metric}/{subset}", part.value)
     for (variant, metric), part in scores.groupby(["variant", "metric"]):
-        transfer = part[part.group != "source"]
+        transfer = part[part.group.isin(TRANSFER)]
         if not transfer.empty:
             put(f"{variant}/{metric}/zero_shot", transfer.groupby("seed").value.mean())
         for group in ("seen", "unseen"):
@@ -182,9 +192,9 @@ def markdown_table(scores: pd.DataFrame, langs: LangsConfig) -> str:
     for metric, part in scores.groupby("metric"):
         agg = part.groupby(["variant", "subset"]).value.agg(["mean", "std"]).fillna(0.0)
         subsets = sorted(part.subset.unique(),
-                         key=lambda s: (subset_group(s, langs) != "source", s))
+                         key=lambda s: (subset_group(s, langs) not in (DEV, "source"), s))
         per_seed = part.assign(group=part.subset.map(lambda s: subset_group(s, langs)))
-        per_seed = per_seed[per_seed.group != "source"].groupby(["variant", "seed"]).value.mean()
+        per_seed = per_seed[per_seed.group.isin(TRANSFER)].groupby(["variant", "seed"]).value.mean()
         lines += [f"**{metric}**", "",
                   "| variant | " + " | ".join(subsets) + " | zero-shot avg |",
                   "|---" * (len(subsets) + 2) + "|"]

@@ -90,14 +90,14 @@ def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
 
 def predict_all(method: Method, store: FeatureStore, task: TaskData,
                 encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
-    """One trained run's predictions on every test subset, next to the gold answers.
+    """One trained run's predictions on every test subset and the dev split, with the gold.
 
     Returns:
         Columns ``subset``, ``example`` (index in the subset), ``prediction`` and ``gold``:
         class indices, or for QA the predicted text and the list of gold answers.
     """
     frames = []
-    for subset, split in task.test.items():
+    for subset, split in task.scored().items():
         gold = ([list(a) for a in split.answers] if task.kind == "qa"
                 else list(split.labels))
         frames.append(pd.DataFrame({
@@ -196,7 +196,7 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         raise ValueError(f"task {task}: no training example fits max_length "
                          f"{cfg.max_length} (no QA window holds its answer); raise it")
     tests = {name: encode_split(split, data.kind, model, cfg, train=False)
-             for name, split in data.test.items()}
+             for name, split in data.scored().items()}
     corpus_seqs = None
     if corpus is not None:
         corpus_seqs = [encode_texts([(t,) for t in corpus[c]], model, cfg.max_length)
