@@ -36,6 +36,7 @@ from pipeline.config import LangsConfig, ReportConfig
 from pipeline.corpus.filters import REASONS
 from pipeline.downstream.data import DEV
 from pipeline.evaluation import items, verse_mining
+from pipeline.evaluation.tasks import PROJECT_TASKS
 from pipeline.io import atomic_path
 from pipeline.report import collect, figures
 from pipeline.report.compare import (
@@ -490,8 +491,8 @@ def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, st
     return [(a, b) for a, b in pairs if a in have and b in have]
 
 
-def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int
-            ) -> tuple[Interval, str, str]:
+def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int,
+            clusters: np.ndarray | None = None) -> tuple[Interval, str, str]:
     """Interval of the seed-averaged per-item difference, each seed's difference, a verdict.
 
     Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
@@ -501,7 +502,7 @@ def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int
     :data:`CEILING`: too little room left for a difference to show.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
-    interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed)
+    interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed, clusters=clusters)
     against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
     seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
     said = interval.verdict
@@ -648,6 +649,10 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     ordered, _ = _ordered_tasks(list(dict.fromkeys(index["task"])), cfg)  # report.families
     measures = [(task, g) for task in ordered
                 for g in names if ((index["task"] == task).to_numpy() & (group == g)).any()]
+    # Item i of a task whose subsets share one sample is one verse in every subset.
+    shared = index["task"].map(lambda t: getattr(PROJECT_TASKS.get(t), "SHARED_ITEMS", False))
+    clusters = np.where(shared, index["task"] + "#" + index["item"].astype(str),
+                        index["task"] + "#" + index["subset"] + "#" + index["item"].astype(str))
     blocks.append(Paragraph(
         "The bitext-mining and classification tasks of the suite, item by item: whether a "
         "sentence's nearest neighbour is its translation, or the share of mteb's classifier "
@@ -660,7 +665,7 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
         for task, g in measures:
             keep = (index["task"] == task).to_numpy() & (group == g)
             iv, seeds, said = _paired([r[keep] for r in per_seed[a]],
-                                      [r[keep] for r in per_seed[b]], cfg.seed)
+                                      [r[keep] for r in per_seed[b]], cfg.seed, clusters[keep])
             rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
                          _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}", said))
             by_verdict.setdefault(said, []).append(f"{task} {names[g]} ({_interval_cell(iv)})")
@@ -670,9 +675,10 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     blocks.append(Table(
         ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
          "verdict"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples of the items) of the seed-averaged "
-                 "per-item scores; items of one subset are resampled as independent (the same "
-                 "message or verse in several languages is not clustered).")))
+        caption=(f"Paired bootstrap ({N_BOOT} resamples) of the seed-averaged per-item "
+                 "scores; a Bible task's item is one verse in every language of the group, "
+                 "resampled whole (its languages are not independent draws); gettext messages "
+                 "are drawn per language pair, so each (pair, message) is resampled alone.")))
     if verdicts:
         blocks.append(Bullets(tuple(verdicts)))
     return blocks, cells

@@ -50,6 +50,10 @@ class BibleBitextMining(AbsTaskBitextMining):
     """
 
     parallel_subsets = True
+    #: Item i of every pair is the same verse (one sample for all pairs): the report
+    #: resamples verses, not (pair, item), for its intervals.
+    SHARED_ITEMS = True
+
     metadata = TaskMetadata(
         name="BibleTestBitextMining",
         description=(

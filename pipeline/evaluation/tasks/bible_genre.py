@@ -102,6 +102,10 @@ class BibleGenreClassification(AbsTaskClassification):
         seed: Seed of the samples (and mteb's own).
     """
 
+    #: Test item i of every language is the same verse: the report resamples verses, not
+    #: (language, item), for its intervals.
+    SHARED_ITEMS = True
+
     metadata = TaskMetadata(
         name="BibleGenreClassification",
         description=(
