@@ -466,6 +466,20 @@ def test_trainable_layers_freezes_the_embeddings_and_the_layers_below(workspace)
         run(dataclasses.replace(cfg, trainable_layers=3), langs, "tiny", "multiway", 7)
 
 
+@pytest.mark.parametrize("regime", ["enx_mwloss", "english"])
+def test_control_regimes_train_on_the_trunk_memo(workspace, regime):
+    # The study profile's controls, end to end through the memo and the multi-way loss (the
+    # memo's handling of merged columns of other widths: tests/test_trunk.py).
+    root = workspace["root"] / regime
+    cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, trainable_layers=1,
+                          output_dir=str(root / "models"), plots_dir=str(root / "plots"),
+                          work_dir=str(root / "work"), trunk_dir=str(root / "trunk"))
+    metrics = run(cfg, langs, "tiny", regime, 7)
+    assert metrics["steps"] == 2 and metrics["columns"] == 2
+    meta = read_json(root / "models" / f"tiny-{regime}-7" / "meta.json")
+    assert meta["loss"]["name"] == "multiway_infonce" and meta["regime"] == regime
+
+
 def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):
     from sentence_transformers import SentenceTransformer
 
