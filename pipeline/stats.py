@@ -81,18 +81,18 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = N_BO
         raise ValueError(f"paired bootstrap needs two equal, non-empty 1-D arrays, got "
                          f"shapes {a.shape} and {b.shape}")
     d = a - b
-    sums, counts = d, np.ones_like(d)
+    # Per cluster: the sum of its differences and its size (one item each without clusters).
+    sums, sizes = d, np.ones_like(d)
     if clusters is not None:
         if len(clusters) != len(d):
             raise ValueError(f"{len(clusters)} cluster labels for {len(d)} items")
         _, which = np.unique(np.asarray(clusters), return_inverse=True)
-        sums, counts = np.bincount(which, weights=d), np.bincount(which).astype(np.float64)
+        sums, sizes = np.bincount(which, weights=d), np.bincount(which).astype(np.float64)
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     for start in range(0, n_boot, 250):  # bounded memory: 250 resamples at a time
         idx = rng.integers(0, len(sums), size=(min(250, n_boot - start), len(sums)))
-        means[start:start + len(idx)] = (d[idx].mean(axis=1) if clusters is None
-                                         else sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
+        means[start:start + len(idx)] = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
     tail = (1 - LEVEL) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(diff=float(d.mean()), low=float(low), high=float(high),
