@@ -805,9 +805,11 @@ class TrainDrmimConfig:
         languages: Test languages (FLORES codes); empty means every language of the data.
         max_train_examples: English training examples (a seeded, label-stratified sample).
         max_test_examples: Test examples per subset (the same examples in every language).
-        dev_examples: English dev examples of the Bible tasks, from chapters of the training
-            source that no training example comes from; every run is scored on them (subset
-            ``dev``), and hyperparameters are chosen on them, never on a test subset. 0: none.
+        dev_examples: English dev examples, never trained on (Bible tasks: chapters of the
+            training source no training example comes from; PAWS-X and XNLI: the English
+            validation split; TyDiQA: English training questions held out); every run is
+            scored on them (subset ``dev``), and hyperparameters are chosen on them, never
+            on a test subset. 0: none.
         max_corpus_rows: Multi-way corpus rows kept (``split == 'train'``).
         data_seed: Seed of the data samples (fixed across runs).
         max_length: Token limit of a sequence (specials included).

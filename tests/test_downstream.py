@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import sqlite3
 
 import numpy as np
@@ -95,7 +96,7 @@ def world(tmp_path_factory):
     hub = root / "pawsx"
     for cfg_name, lang in (("en", "eng_Latn"), ("de", "deu_Latn")):
         (hub / cfg_name).mkdir(parents=True)
-        for split, n in (("train", 40), ("test", 12)):
+        for split, n in (("train", 40), ("validation", 8), ("test", 12)):
             recs = [{"id": i, "sentence1": translate(verse(1, 1 + i % 3, 1 + i % 8), lang),
                      "sentence2": translate(verse(1, 1 + i % 3, 1 + (i + i % 2) % 8), lang),
                      "label": int(i % 2 == 0)} for i in range(n)]
@@ -104,7 +105,7 @@ def world(tmp_path_factory):
     xnli = root / "xnli"  # premise/hypothesis/label (3 classes), rows aligned by order
     for cfg_name, lang in (("en", "eng_Latn"), ("de", "deu_Latn")):
         (xnli / cfg_name).mkdir(parents=True)
-        for split, n in (("train", 48), ("test", 12)):
+        for split, n in (("train", 48), ("validation", 9), ("test", 12)):
             recs = [{"premise": translate(verse(45, 1 + i % 3, 1 + i % 8), lang),
                      "hypothesis": translate(verse(45, 1 + i % 3, 1 + (i + i % 3) % 8), lang),
                      "label": i % 3} for i in range(n)]
@@ -163,6 +164,7 @@ def tiny_cfg(world, **kw) -> TrainDrmimConfig:
         bible_source=str(world / "bible_source.parquet"),
         bible_test=str(world / "bible_test.parquet"), bible_db=str(world / "bible.db"),
         corpus=str(world / "multiway.parquet"), max_train_examples=64, max_test_examples=16,
+        dev_examples=8,
         max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3,
         head_lr=1e-2, seeds=(0,), threads=1, eval_batch_size=32, models_dir=str(world),
         output_dir=str(world / "runs"), work_dir=str(world / "work"),
@@ -465,12 +467,20 @@ def test_bible_paraphrase_pairs_within_and_across_languages(world):
                                                .eng_Latn)
 
 
-def test_hub_pair_standin_aligns_examples_across_languages(world):
+def test_hub_pair_standin_aligns_examples_across_languages(world, tmp_path):
     task = D.load_task("pawsx", tiny_cfg(world, dataset=str(world / "pawsx")))
     assert set(task.test) == {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"}
     en, de, cross = (task.test[k] for k in ("eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"))
     assert de.inputs[0] == tuple(translate(t, "deu_Latn") for t in en.inputs[0])
     assert cross.inputs[0] == (en.inputs[0][0], de.inputs[0][1])
+    # The English dev split is the English validation split (label-stratified), never a test.
+    assert len(task.dev) == 8 and sorted(task.dev.labels) == [0] * 4 + [1] * 4
+    assert set(task.scored()) == set(task.test) | {"dev"}
+    nodev = shutil.copytree(world / "pawsx", tmp_path / "pawsx")
+    (nodev / "en" / "validation.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="en has no validation.jsonl"):
+        D.load_task("pawsx", tiny_cfg(world, dataset=str(nodev)))
+    assert D.load_task("pawsx", tiny_cfg(world, dataset=str(nodev), dev_examples=0)).dev is None
     with pytest.raises(FileNotFoundError, match="has no English config of xnli"):
         D.load_task("xnli", tiny_cfg(world, dataset=str(world / "tydiqa")))
     with pytest.raises(FileNotFoundError, match="needs the Hugging Face hub"):
@@ -481,7 +491,9 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
     cfg = tiny_cfg(world, dataset=str(world / "tydiqa"), max_length=20,
                    doc_stride=6)
     task = D.load_task("tydiqa", cfg)
-    assert set(task.test) == {"eng_Latn", "kor_Hang"} and len(task.train) == 24  # English only
+    assert set(task.test) == {"eng_Latn", "kor_Hang"}
+    # English training questions only: 8 held out as the dev split, the other 16 trained on.
+    assert len(task.train) == 16 and len(task.dev) == 8
     enc = load_encoder(world / "tiny-encoder")
     train = D.encode_split(task.train, "qa", enc, cfg, train=True)
     assert train.seqs and len(set(train.example)) == len(task.train)

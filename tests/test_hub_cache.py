@@ -204,14 +204,16 @@ def test_datasets_load_offline(hub_cache, tmp_path):
             column="english", id_column=None, hf_config="en-de"))
         out["prepare_source"] = [n, next(iter(rows))]
         cfg = TrainDrmimConfig(languages={tuple(POOL)!r}, max_train_examples=30,
-                               max_test_examples=12)
+                               max_test_examples=12, dev_examples=9)
         for load in (load_xnli, load_pawsx, load_tydiqa):
             task = load(cfg)
             out[task.name] = [len(task.train), {{k: len(v) for k, v in task.test.items()}},
-                              task.test["eng_Latn"].labels]
+                              task.test["eng_Latn"].labels, len(task.dev)]
+            out[task.name].append(not set(task.dev.inputs) & set(task.train.inputs))
             if task.kind == "pair":
                 en, de = task.test["eng_Latn"].inputs, task.test.get("deu_Latn")
                 out[task.name].append(de is not None and de.labels == task.test["eng_Latn"].labels)
+                out[task.name].append(sorted(task.dev.labels))
         print(json.dumps(out, ensure_ascii=False, default=str))
     """, tmp_path)
     assert out["talks"][:2] == [["english", "non_english"], 300]
@@ -231,7 +233,12 @@ def test_datasets_load_offline(hub_cache, tmp_path):
     cross = {f"eng_Latn-{c}" for c in langs6 - {"eng_Latn"}}
     assert xnli_train == 30 and set(xnli_test) == langs6 | cross
     assert set(xnli_test.values()) == {12}
-    assert out["xnli"][3] is True and out["pawsx"][3] is True
+    assert out["xnli"][5] is True and out["pawsx"][5] is True
+    # English dev splits, none of them trained on: XNLI's and PAWS-X's from their English
+    # validation split (stratified by label), TyDiQA's from English training questions.
+    assert out["xnli"][3] == out["pawsx"][3] == out["tydiqa"][3] == 9
+    assert out["xnli"][4] is out["pawsx"][4] is out["tydiqa"][4] is True
+    assert out["xnli"][6] == [0, 0, 0, 1, 1, 1, 2, 2, 2] and out["pawsx"][6].count(1) in (4, 5)
     assert set(out["pawsx"][1]) == {"eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn", "kor_Hang",
                                     "eng_Latn-deu_Latn", "eng_Latn-fra_Latn",
                                     "eng_Latn-spa_Latn", "eng_Latn-kor_Hang"}

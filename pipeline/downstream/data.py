@@ -16,9 +16,11 @@ Tasks are registered in :data:`TASKS`:
   non-English pairs).
 - ``pawsx``, ``xnli`` (hub, paper profile): sentence-pair classification; within-language
   subsets from each language's test split, cross-language subsets from the English first
-  side and the other language's second side of the same (translated) example.
+  side and the other language's second side of the same (translated) example; the English
+  dev split from the English validation split.
 - ``tydiqa`` (hub, paper profile): TyDiQA-GoldP extractive QA; English training questions,
-  validation questions per language.
+  validation questions per language; the English dev split from English training questions
+  (its validation questions are the English test subset).
 
 Hub tasks read ``TrainDrmimConfig.dataset`` (empty: their hub id) with ``datasets``, or a
 local directory of the same schema laid out as ``<dir>/<config>/<split>.jsonl`` (the tests'
@@ -81,8 +83,8 @@ class TaskData:
         train: English training examples.
         test: Subset name → examples.
         metrics: Metric names reported per subset.
-        dev: English examples held out from the training source (other chapters than the
-            training examples'), or ``None`` (the hub tasks).
+        dev: English examples never trained on (:data:`DEV`), or ``None``
+            (``dev_examples: 0``).
     """
 
     name: str
@@ -328,6 +330,12 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
     train = load_rows(source, en, "train")
     train = stratified_sample(train[train.label >= 0], "label", cfg.max_train_examples,
                               cfg.data_seed)
+    dev = None
+    if cfg.dev_examples:
+        rows = load_rows(source, en, "validation")
+        rows = stratified_sample(rows[rows.label >= 0], "label", cfg.dev_examples,
+                                 cfg.data_seed)
+        dev = Split(list(zip(rows[first], rows[second])), rows.label.astype(int).tolist())
     tests = {lang: load_rows(source, c, "test") for c, lang in configs.items()
              if keep_subset(lang, cfg.languages)}
     if SOURCE not in tests:
@@ -354,7 +362,7 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
     return TaskData(task, "pair", label_names,
                     Split(list(zip(train[first], train[second])),
                           train.label.astype(int).tolist()),
-                    subsets, ("accuracy",))
+                    subsets, ("accuracy",), dev)
 
 
 def load_pawsx(cfg: TrainDrmimConfig) -> TaskData:
@@ -384,17 +392,23 @@ def load_tydiqa(cfg: TrainDrmimConfig) -> TaskData:
         return ids.str.split("-").str[0].map(TYDIQA_LANGS)
 
     train = load_rows(source, "secondary_task", "train")
-    train = train[language(train.id) == SOURCE]
-    train = train.sample(frac=1.0, random_state=cfg.data_seed).head(cfg.max_train_examples)
-    dev = load_rows(source, "secondary_task", "validation")
-    dev["lang"] = language(dev.id)
+    train = train[language(train.id) == SOURCE].sample(frac=1.0, random_state=cfg.data_seed)
+    # English validation questions are the eng_Latn test subset: dev comes out of train.
+    dev, train = train.head(cfg.dev_examples), train.iloc[cfg.dev_examples:]
+    if train.empty:
+        raise ValueError(f"tydiqa: {source} has {len(dev)} English training questions, all "
+                         f"taken by dev_examples ({cfg.dev_examples}); lower it")
+    train = train.head(cfg.max_train_examples)
+    validation = load_rows(source, "secondary_task", "validation")
+    validation["lang"] = language(validation.id)
     subsets = {}
-    for lang, rows in dev.groupby("lang", sort=True):
+    for lang, rows in validation.groupby("lang", sort=True):
         if keep_subset(str(lang), cfg.languages):
             rows = rows.sample(frac=1.0, random_state=cfg.data_seed).head(cfg.max_test_examples)
             subsets[str(lang)] = _qa_split(rows)
     _check_subsets("tydiqa", subsets, cfg.languages)
-    return TaskData("tydiqa", "qa", (), _qa_split(train), subsets, ("f1", "exact_match"))
+    return TaskData("tydiqa", "qa", (), _qa_split(train), subsets, ("f1", "exact_match"),
+                    _qa_split(dev) if len(dev) else None)
 
 
 TASKS: dict[str, Callable[[TrainDrmimConfig], TaskData]] = {
