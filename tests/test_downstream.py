@@ -494,6 +494,8 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
     assert set(task.test) == {"eng_Latn", "kor_Hang"}
     # English training questions only: 8 held out as the dev split, the other 16 trained on.
     assert len(task.train) == 16 and len(task.dev) == 8
+    with pytest.raises(ValueError, match="all taken by dev_examples"):
+        D.load_task("tydiqa", tiny_cfg(world, dataset=str(world / "tydiqa"), dev_examples=24))
     enc = load_encoder(world / "tiny-encoder")
     train = D.encode_split(task.train, "qa", enc, cfg, train=True)
     assert train.seqs and len(set(train.example)) == len(task.train)

@@ -321,6 +321,9 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
 
     ``align`` is the column that matches an example across languages (``None``: row order).
     """
+    def pairs(df: pd.DataFrame) -> Split:
+        return Split(list(zip(df[first], df[second])), df.label.astype(int).tolist())
+
     source = cfg.dataset or HUB_IDS[task]
     if Path(source).is_dir():  # a local copy may hold only some of the languages
         configs = {c: lang for c, lang in configs.items() if (Path(source) / c).is_dir()}
@@ -333,9 +336,8 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
     dev = None
     if cfg.dev_examples:
         rows = load_rows(source, en, "validation")
-        rows = stratified_sample(rows[rows.label >= 0], "label", cfg.dev_examples,
-                                 cfg.data_seed)
-        dev = Split(list(zip(rows[first], rows[second])), rows.label.astype(int).tolist())
+        dev = pairs(stratified_sample(rows[rows.label >= 0], "label", cfg.dev_examples,
+                                      cfg.data_seed))
     tests = {lang: load_rows(source, c, "test") for c, lang in configs.items()
              if keep_subset(lang, cfg.languages)}
     if SOURCE not in tests:
@@ -359,10 +361,7 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
                 list(zip(ref.loc[picked, first], df.loc[picked, second])), labels
             )
     _check_subsets(task, subsets, cfg.languages)
-    return TaskData(task, "pair", label_names,
-                    Split(list(zip(train[first], train[second])),
-                          train.label.astype(int).tolist()),
-                    subsets, ("accuracy",), dev)
+    return TaskData(task, "pair", label_names, pairs(train), subsets, ("accuracy",), dev)
 
 
 def load_pawsx(cfg: TrainDrmimConfig) -> TaskData:
