@@ -1,11 +1,17 @@
 """Paired bootstrap intervals for the difference between two models scored on the same items.
 
 Both models are scored on the same test items (verses), so the difference is computed item
-by item and the items are resampled with replacement (a paired, percentile bootstrap): the
-interval reflects which items happened to be in the test set, with the pairing removing the
-item difficulty both models share. It does not cover training randomness; that needs several
-training seeds. When items come in clusters (the same verse mined or classified in several
-languages), the clusters are resampled whole: their items are not independent draws.
+by item and the items are resampled with replacement (a paired, percentile bootstrap), the
+pairing removing the item difficulty both models share. When items come in clusters (the
+same verse mined or classified in several languages), the clusters are resampled whole:
+their items are not independent draws.
+
+With several training seeds per model (seed ``i`` of one model against seed ``i`` of the
+other: the same batches), each resample also draws the seeds with replacement (a two-level
+bootstrap, seeds and items drawn independently), so the interval covers training randomness
+as well as the choice of test items. With three seeds that level is coarse (a resample can
+only mix the three runs), which is why the report also flags seeds whose own differences
+disagree in sign.
 
 A difference is a **win** or a **loss** when its 95 % interval excludes zero, else **no
 difference at this power**. The smallest difference the design could detect is
@@ -29,7 +35,7 @@ class Interval:
     """A paired difference ``a - b`` with its bootstrap interval.
 
     Attributes:
-        diff: Mean over items of ``a - b``.
+        diff: Mean over items (and seeds) of ``a - b``.
         low: Lower end of the 95 % interval.
         high: Upper end.
         detectable: Smallest difference the design detects with 80 % power.
@@ -62,38 +68,60 @@ def verdict(low: float, high: float) -> str:
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int, n_boot: int = N_BOOT,
                      clusters: np.ndarray | None = None) -> Interval:
-    """Percentile bootstrap of the mean paired difference of two per-item score arrays.
+    """Percentile bootstrap of the mean paired difference of two models' per-item scores.
 
     Args:
-        a: One score per item of the first model.
-        b: The second model's, the same items in the same order.
+        a: The first model's score per item, ``(items,)``, or per training seed and item,
+            ``(seeds, items)``.
+        b: The second model's, the same items in the same order: as many seeds as ``a``
+            (paired row by row), or one (a single model, such as the base, set against every
+            seed of ``a``).
         seed: Seed of the resamples.
         n_boot: Resamples.
         clusters: One label per item; items sharing one are resampled together (a resample
             draws clusters with replacement; its mean is over all their items). ``None``:
             every item is its own cluster.
 
+    Returns:
+        The mean difference over seeds and items; with more than one seed row, each resample
+        draws the seed rows with replacement as well as the clusters.
+
     Raises:
-        ValueError: The arrays (or the cluster labels) differ in length or are empty.
+        ValueError: The arrays differ in shape (beyond one row of ``b``), are empty, have
+            more than two dimensions or a missing score, or the cluster labels differ in
+            length.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"paired bootstrap needs two equal, non-empty 1-D arrays, got "
-                         f"shapes {a.shape} and {b.shape}")
-    d = a - b
-    # Per cluster: the sum of its differences and its size (one item each without clusters).
-    sums, sizes = d, np.ones_like(d)
+    if a.ndim == 2 and b.ndim == 2 and len(b) == 1:
+        b = np.broadcast_to(b, a.shape)
+    if a.shape != b.shape or a.ndim not in (1, 2) or a.size == 0:
+        raise ValueError(f"paired bootstrap needs two equal, non-empty arrays of items or of "
+                         f"seeds x items, got shapes {a.shape} and {b.shape}")
+    d = np.atleast_2d(a - b)  # (seeds, items)
+    if not np.isfinite(d).all():
+        raise ValueError("paired bootstrap: a score is missing (NaN) or infinite; every seed "
+                         "must score every item")
+    # Per seed and cluster: the sum of its differences; per cluster: its size.
+    sums, sizes = d, np.ones(d.shape[1])
     if clusters is not None:
-        if len(clusters) != len(d):
-            raise ValueError(f"{len(clusters)} cluster labels for {len(d)} items")
+        if len(clusters) != d.shape[1]:
+            raise ValueError(f"{len(clusters)} cluster labels for {d.shape[1]} items")
         _, which = np.unique(np.asarray(clusters), return_inverse=True)
-        sums, sizes = np.bincount(which, weights=d), np.bincount(which).astype(np.float64)
+        sums = np.stack([np.bincount(which, weights=row) for row in d])
+        sizes = np.bincount(which).astype(np.float64)
+    n_seeds, n_clusters = sums.shape
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     for start in range(0, n_boot, 250):  # bounded memory: 250 resamples at a time
-        idx = rng.integers(0, len(sums), size=(min(250, n_boot - start), len(sums)))
-        means[start:start + len(idx)] = sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
+        m = min(250, n_boot - start)
+        idx = rng.integers(0, n_clusters, size=(m, n_clusters))
+        if n_seeds == 1:
+            drawn = sums[0][idx]
+        else:  # each resample's seed mix: how often each seed row was drawn, as weights
+            weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=m) / n_seeds
+            drawn = np.take_along_axis(weights @ sums, idx, axis=1)
+        means[start:start + m] = drawn.sum(axis=1) / sizes[idx].sum(axis=1)
     tail = (1 - LEVEL) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(diff=float(d.mean()), low=float(low), high=float(high),
-                    detectable=float(DETECTABLE_SE * means.std(ddof=1)), items=len(d))
+                    detectable=float(DETECTABLE_SE * means.std(ddof=1)), items=d.shape[1])

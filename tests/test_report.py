@@ -535,8 +535,10 @@ def test_paired_bootstrap_matches_its_definition():
     assert iv.verdict == "no difference at this power"
     assert paired_bootstrap(b, b + 0.1, seed=1).verdict == "loss"
     assert paired_bootstrap(a, b, seed=1) == iv  # seeded
-    with pytest.raises(ValueError, match="two equal, non-empty 1-D arrays"):
+    with pytest.raises(ValueError, match="two equal, non-empty arrays"):
         paired_bootstrap(a, b[:10], seed=1)
+    with pytest.raises(ValueError, match="every seed must score every item"):
+        paired_bootstrap(np.stack([a, np.full(500, np.nan)]), b[None], seed=1)
     # Clusters: one item each is the plain bootstrap; five copies of each of 100 items are
     # resampled as 100 draws, not 500 (the interval of the 100 items, √5 wider).
     alone = paired_bootstrap(a, b, seed=1, clusters=np.arange(500))
@@ -547,6 +549,34 @@ def test_paired_bootstrap_matches_its_definition():
     assert copies.high - copies.low == pytest.approx(hundred.high - hundred.low, rel=0.15)
     independent = paired_bootstrap(np.repeat(a[:100], 5), np.repeat(b[:100], 5), seed=1)
     assert copies.high - copies.low > 1.8 * (independent.high - independent.low)
+
+
+def test_paired_bootstrap_resamples_training_seeds_too():
+    from pipeline.stats import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    b = rng.random(500)
+    # One seed row is the item bootstrap; one row of b (the base) is set against every seed.
+    assert paired_bootstrap(b[None] + 0.1, b[None], seed=1) == paired_bootstrap(b + 0.1, b, 1)
+    both = paired_bootstrap(np.stack([b + 0.1, b + 0.3]), b[None], seed=1)
+    assert both == paired_bootstrap(np.stack([b + 0.1, b + 0.3]), np.stack([b, b]), seed=1)
+    assert both.diff == pytest.approx(0.2) and both.items == 500
+    # Seeds that gain +0.04 and lose 0.02 on every item: their mean (+0.01) is the same on
+    # every item, so an item bootstrap of it is certain; drawing the seeds shows it is not.
+    seeds = np.stack([b + 0.04, b - 0.02])
+    iv = paired_bootstrap(seeds, b[None], seed=1)
+    assert iv.diff == pytest.approx(0.01)
+    assert (iv.low, iv.high) == pytest.approx((-0.02, 0.04))
+    assert iv.verdict == "no difference at this power"
+    items_only = paired_bootstrap(seeds.mean(axis=0), b, seed=1)
+    assert items_only.low == pytest.approx(0.01) and items_only.verdict == "win"
+    # Clusters work per seed: copies of 100 items resampled whole, with two seeds.
+    a = rng.random(500)
+    runs = np.stack([np.repeat(a[:100], 5), np.repeat(a[:100], 5) + 0.01])
+    clustered = paired_bootstrap(runs, np.repeat(b[:100], 5)[None], seed=1,
+                                 clusters=np.repeat(np.arange(100), 5))
+    hundred = paired_bootstrap(np.stack([a[:100], a[:100] + 0.01]), b[None, :100], seed=1)
+    assert clustered.high - clustered.low == pytest.approx(hundred.high - hundred.low, rel=0.15)
 
 
 def test_scores_csv_is_the_tidy_table(built):

@@ -111,9 +111,9 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
     """Each variant's difference from ``finetune`` with a paired bootstrap 95 % interval.
 
     Every variant of a seed trains on the same batches and predicts the same test examples,
-    so the difference is paired per example. The resampled unit is the example index (the
-    same verse across the language subsets), its value the mean over seeds and the group's
-    subsets. Keys ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and
+    so the difference is paired per seed and example. The resampled units are the example
+    index (the same verse across the language subsets; its value the mean over the group's
+    subsets) and the seed (:func:`pipeline.stats.paired_bootstrap`). Keys ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and
     ``/high``, for the groups ``zero_shot``, ``seen``, ``unseen``; none without ``finetune``.
     """
     items = items.assign(group=items.subset.map(lambda s: subset_group(s, langs)))
@@ -132,9 +132,9 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
               paired[paired.group.isin(TRANSFER)].groupby("metric")),
             *paired[paired.group.isin(TRANSFER)].groupby(["metric", "group"]),
         ]:
-            per_example = part.groupby("example")[["value", "value_ft"]].mean()
-            iv = paired_bootstrap(per_example.value.to_numpy(), per_example.value_ft.to_numpy(),
-                                  seed=seed)
+            per_example = part.groupby(["seed", "example"])[["value", "value_ft"]].mean()
+            iv = paired_bootstrap(per_example.value.unstack("example").to_numpy(),
+                                  per_example.value_ft.unstack("example").to_numpy(), seed=seed)
             key = f"{variant}/{metric}/{group}/vs_finetune"
             out[key] = round(iv.diff, 4)
             out[f"{key}/low"] = round(iv.low, 4)

@@ -493,16 +493,19 @@ def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, st
 
 def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int,
             clusters: np.ndarray | None = None) -> tuple[Interval, str, str]:
-    """Interval of the seed-averaged per-item difference, each seed's difference, a verdict.
+    """Interval of the per-item difference over seeds and items, each seed's difference, a verdict.
 
     Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
-    one base model. The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is
-    the interval's (which covers the test items only), with "(seeds disagree)" when the
-    seeds' differences have both signs, and "(at ceiling)" when both models score at least
-    :data:`CEILING`: too little room left for a difference to show.
+    one base model; the bootstrap resamples the seeds and the items (:mod:`pipeline.stats`).
+    The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is the interval's,
+    with "(seeds disagree)" when the seeds' differences have both signs, and "(at ceiling)"
+    when both models score at least :data:`CEILING`: too little room left for a difference
+    to show.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
-    interval = paired_bootstrap(a.to_numpy(), b.to_numpy(), seed=seed, clusters=clusters)
+    interval = paired_bootstrap(np.stack([r.to_numpy() for r in a_runs]),
+                                np.stack([r.to_numpy() for r in b_runs]),
+                                seed=seed, clusters=clusters)
     against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
     seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
     said = interval.verdict
@@ -601,12 +604,12 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
     blocks.append(Table(
         ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
          "margin Δ per seed", "detectable (margin)", "verdict (margin)"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples of the verses) of the seed-averaged "
-                 "per-verse scores: difference in accuracy points with its 95% interval; "
-                 "'detectable' is the smallest difference this many verses detect with 80% "
-                 "power. The interval covers the choice of test verses; training randomness "
-                 "shows in the per-seed differences (the same seed for both regimes: the "
-                 "same batches).")))
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the "
+                 "verses, drawn independently) of the per-verse scores: difference in accuracy "
+                 "points with its 95% interval; 'detectable' is the smallest difference this "
+                 "design detects with 80% power. The interval covers the choice of test verses "
+                 "and the training randomness of the seeds (seed i of one regime against seed "
+                 "i of the other: the same batches); with 3 seeds that level is coarse.")))
     blocks.append(Bullets(tuple(verdicts)))
     return blocks, cells
 
@@ -675,8 +678,8 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     blocks.append(Table(
         ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
          "verdict"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples) of the seed-averaged per-item "
-                 "scores; a Bible task's item is one verse in every language of the group, "
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the items, "
+                 "as for verse mining) of the per-item scores; a Bible task's item is one verse in every language of the group, "
                  "resampled whole (its languages are not independent draws); gettext messages "
                  "are drawn per language pair, so each (pair, message) is resampled alone.")))
     if verdicts:
@@ -716,7 +719,8 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
             ("difference", *columns),
             tuple((pair, *(cells.get((pair, column), "–") for column in columns))
                   for pair in differences),
-            caption=(f"Difference in accuracy points [95% interval over the test items] and "
+            caption=(f"Difference in accuracy points [95% interval over the training seeds "
+                     "and the test items] and "
                      "verdict (seeds disagree: the training seeds' own differences have both "
                      f"signs; at ceiling: both models ≥ {CEILING * SCALE:g}); models per label "
                      f"(training seeds): {seeds}. Details below.")))
