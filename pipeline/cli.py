@@ -149,9 +149,11 @@ def metrics_path(name: str, item: str | None = None, root: str | Path = "data",
 def _results_root(cls: type, cfg: Any, own: Any) -> Path:
     """Where a run's metrics and runtime go: ``data``, unless the output was moved.
 
-    A run whose output field (``output_dir`` or ``output``) differs from the params' own
-    (e.g. ``multiway translate --output-dir /tmp/x``) writes them next to its output
-    (``/tmp/x/metrics/``, ``/tmp/x/runtime/``), never over the tracked ``data/metrics/``.
+    ``own`` is the section as the project's ``params.yaml`` has it. A run whose output field
+    (``output_dir`` or ``output``) differs from it (``multiway translate --output-dir
+    /tmp/x``, or ``--params sweep.yaml`` whose section moves the output) writes them next to
+    its output (``/tmp/x/metrics/``, ``/tmp/x/runtime/``), never over the tracked
+    ``data/metrics/``.
     """
     names = {f.name for f in dataclasses.fields(cls)}
     field = next((f for f in ("output_dir", "output") if f in names), None)
@@ -187,7 +189,8 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     The run's metrics go to ``data/metrics/<stage>[@<item>].json``; its ``runtime`` part
     (see :class:`Stage`), with the wall and CPU seconds and peak RSS measured here and the
     machine, date and git revision, to ``data/runtime/<stage>[@<item>].json``. A run whose
-    output was moved by an override writes both next to that output instead.
+    output is not where the project's ``params.yaml`` puts it (moved by a flag or by another
+    params file) writes both next to that output instead.
 
     Args:
         name: Stage name (a key of :data:`STAGES`).
@@ -225,7 +228,11 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     runtime = {**metrics.pop(RUNTIME, {}), "wall_seconds": round(time.perf_counter() - start, 3),
                "cpu_seconds": round(cpu_end - cpu, 3), "peak_rss_mb": round(peak_rss, 1),
                **run_context()}
-    root = _results_root(cls, cfg, _load(name, cls, params, params_path, {}))
+    project = Path("params.yaml")
+    own = (params if defaults or not project.exists()
+           or Path(params_path).resolve() == project.resolve()
+           else cfgmod.load_params(str(project), [*STAGES, *SHARED]))
+    root = _results_root(cls, cfg, _load(name, cls, own, str(project), {}))
     write_json(metrics, metrics_path(name, item, root))
     write_json(runtime, metrics_path(name, item, root, "runtime"))
     return metrics

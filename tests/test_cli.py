@@ -88,6 +88,12 @@ def test_ad_hoc_output_keeps_its_metrics_next_to_it(tmp_path, monkeypatch):
     assert cli.main(["translate", "--lang", "deu_Latn", "--output-dir", "o"]) == 0
     assert (tmp_path / "data/metrics/translate@deu_Latn.json").is_file()
     assert not (tmp_path / "o/metrics").exists()
+    # Another params file (a sweep's) that moves the output: next to it too.
+    (tmp_path / "data/metrics/translate@deu_Latn.json").unlink()
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"translate": {"output_dir": "s/o"}}))
+    assert cli.main(["translate", "--lang", "deu_Latn", "--params", "sweep.yaml"]) == 0
+    assert (tmp_path / "s/o/metrics/translate@deu_Latn.json").is_file()
+    assert not (tmp_path / "data/metrics/translate@deu_Latn.json").exists()
 
 
 def git_status(path: str) -> str:
