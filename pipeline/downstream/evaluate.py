@@ -113,8 +113,9 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
     Every variant of a seed trains on the same batches and predicts the same test examples,
     so the difference is paired per seed and example. The resampled units are the example
     index (the same verse across the language subsets; its value the mean over the group's
-    subsets) and the seed (:func:`pipeline.stats.paired_bootstrap`). Keys ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and
-    ``/high``, for the groups ``zero_shot``, ``seen``, ``unseen``; none without ``finetune``.
+    subsets) and the seed (:func:`pipeline.stats.paired_bootstrap`). Keys
+    ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and ``/high``, for the
+    groups ``zero_shot``, ``seen``, ``unseen``; none without ``finetune``.
     """
     items = items.assign(group=items.subset.map(lambda s: subset_group(s, langs)))
     base = items[items.variant == "finetune"]

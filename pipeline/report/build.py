@@ -679,9 +679,10 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
         ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
          "verdict"), tuple(rows),
         caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the items, "
-                 "as for verse mining) of the per-item scores; a Bible task's item is one verse in every language of the group, "
-                 "resampled whole (its languages are not independent draws); gettext messages "
-                 "are drawn per language pair, so each (pair, message) is resampled alone.")))
+                 "as for verse mining) of the per-item scores; a Bible task's item is one "
+                 "verse in every language of the group, resampled whole (its languages are "
+                 "not independent draws); gettext messages are drawn per language pair, so "
+                 "each (pair, message) is resampled alone.")))
     if verdicts:
         blocks.append(Bullets(tuple(verdicts)))
     return blocks, cells
