@@ -492,6 +492,8 @@ def test_headline_table_has_every_difference_on_every_measure(built):
 
 
 def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
+    from pipeline.stats import paired_bootstrap
+
     items = np.arange(400)
     base = pd.Series((items % 5 > 0).astype(float))  # 80 %
     up = pd.Series((items % 10 > 0).astype(float))  # 90 %: 40 items better
@@ -500,6 +502,11 @@ def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
     assert seeds == "+10.00 / -0.25" and said == f"{iv.verdict} (seeds disagree)"
     _, _, said = build._paired([up, up], [base], seed=0)
     assert said == "win"
+    # Unequal seed counts: the seed means, items resampled (no pairing of seeds).
+    iv, seeds, _ = build._paired([up, down, up], [base, up], seed=0)
+    assert iv == paired_bootstrap((up + down + up).to_numpy() / 3, (base + up).to_numpy() / 2,
+                                  seed=0)
+    assert seeds == "+5.00 / -5.25 / +5.00"  # each seed against the mean of the two
     top = pd.Series(np.ones(400))
     _, _, said = build._paired([top], [top], seed=0)
     assert said == "no difference at this power (at ceiling)"

@@ -497,17 +497,22 @@ def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int,
 
     Seed ``i`` of ``a`` is set against seed ``i`` of ``b`` (the same batches), or against the
     one base model; the bootstrap resamples the seeds and the items (:mod:`pipeline.stats`).
-    The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is the interval's,
-    with "(seeds disagree)" when the seeds' differences have both signs, and "(at ceiling)"
-    when both models score at least :data:`CEILING`: too little room left for a difference
-    to show.
+    Two regimes with different numbers of seeds cannot be paired seed by seed: their seed
+    means are compared, resampling the items only, and each seed of ``a`` is set against the
+    mean of ``b``. The per-seed text is ``+x.xx / +y.yy / ...`` in points. The verdict is the
+    interval's, with "(seeds disagree)" when the seeds' differences have both signs, and
+    "(at ceiling)" when both models score at least :data:`CEILING`: too little room left
+    for a difference to show.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
-    interval = paired_bootstrap(np.stack([r.to_numpy() for r in a_runs]),
-                                np.stack([r.to_numpy() for r in b_runs]),
+    paired = len(b_runs) in (1, len(a_runs))
+    rows = (a_runs, b_runs) if paired else ([a], [b])
+    interval = paired_bootstrap(*(np.stack([r.to_numpy() for r in runs]) for runs in rows),
                                 seed=seed, clusters=clusters)
-    against = list(b_runs) * len(a_runs) if len(b_runs) == 1 else b_runs
-    seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=False)]
+    # Each seed of a against its own seed of b, the one model b, or (unpaired) b's mean.
+    against = (b_runs if len(b_runs) == len(a_runs) else
+               list(b_runs) * len(a_runs) if paired else [b] * len(a_runs))
+    seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=True)]
     said = interval.verdict
     if min(seeds) < 0 < max(seeds):
         said += " (seeds disagree)"
