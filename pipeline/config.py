@@ -820,6 +820,13 @@ class TrainDrmimConfig:
             embeddings) stay frozen, so their output is computed once per text.
         cache_features: Keep the frozen part's output of every sequence in memory for the
             whole run (all methods and seeds); off computes it per batch (GPU profile).
+        trunk_layers: Lower layers of the frozen part read from the trunk memo shared with
+            ``train_encoder`` and ``evaluate`` (:mod:`pipeline.encoders.trunk`): the base
+            and every aligned encoder of it compute those layers once per text, and an
+            aligned encoder's features run only the layers above them. At most the encoder's
+            layers minus ``trainable_layers``; ``evaluate.trunk_layers`` shares its memo;
+            0 computes every frozen layer here.
+        trunk_dir: Root of the trunk memo.
         prefix: Text prefix of every segment; ``auto`` takes the encoder's default
             sentence-transformers prompt (E5: ``query: ``).
         pooling: Sentence pooling; ``auto`` reads the sentence-transformers config.
@@ -872,6 +879,8 @@ class TrainDrmimConfig:
     max_answer_tokens: int = 30
     trainable_layers: int = 1
     cache_features: bool = True
+    trunk_layers: int = 0
+    trunk_dir: str = "data/work/trunk"
     prefix: str = "auto"
     pooling: Literal["auto", "mean", "cls"] = "auto"
     batch_size: int = 32

@@ -28,7 +28,13 @@ from pipeline.config import (
 from pipeline.downstream import data as D
 from pipeline.downstream import evaluate, stage
 from pipeline.downstream import losses as L
-from pipeline.downstream.encoder import FeatureStore, TopBlock, load_encoder, pad_batch
+from pipeline.downstream.encoder import (
+    FeatureStore,
+    TopBlock,
+    load_encoder,
+    pad_batch,
+    stack_features,
+)
 from pipeline.downstream.evaluate import qa_scores, subset_group, summarize
 from pipeline.downstream.methods import CorpusBatch, TaskBatch, parse_variant
 
@@ -348,6 +354,27 @@ def test_top_block_on_frozen_features_equals_the_full_model(world):
         assert store.add(seqs) == 0  # cached by the first get
     with pytest.raises(ValueError, match="trainable_layers must be between 1 and the encoder's 2"):
         FeatureStore(enc, 3)
+
+
+def test_features_read_from_the_trunk_memo_equal_the_computed_ones(world, tmp_path):
+    enc = load_encoder(world / "tiny-encoder")
+    seqs = D.encode_texts([("song and king",), ("letter the people went to the city",)],
+                          enc, 24)
+    ids = seqs[1][0]  # a BERT-style pair: its second segment has token type 1
+    seqs.append((ids, tuple(int(i >= len(ids) // 2) for i in range(len(ids)))))
+    plain = stack_features(FeatureStore(enc, 1).compute(seqs))
+    for _ in range(2):  # cold: the memo stores the untyped texts; warm: reads them back
+        with FeatureStore(enc, 1, trunk_layers=1, trunk_dir=tmp_path) as store:
+            got = store.get(seqs)
+    assert (store.memo.hits, store.memo.misses) == (2, 0)
+    assert torch.allclose(got[0], plain[0], atol=1e-5) and torch.equal(got[1], plain[1])
+    ids, types, mask = pad_batch(seqs, enc.tokenizer.pad_token_id)
+    with torch.no_grad():  # the encoder runs all its layers again once the store is closed
+        full = enc.model(input_ids=ids, token_type_ids=types, attention_mask=mask)
+    assert full.last_hidden_state.shape == plain[0].shape
+    assert not torch.allclose(full.last_hidden_state[mask.bool()], plain[0][mask.bool()])
+    with pytest.raises(ValueError, match="trunk_layers must be between 0 and the 1 frozen"):
+        FeatureStore(enc, 1, trunk_layers=2, trunk_dir=tmp_path)
 
 
 def test_missing_encoder_directory_is_reported(tmp_path):

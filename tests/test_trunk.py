@@ -86,3 +86,25 @@ def test_columns_merged_by_sentence_transformers_read_the_same_states(workspace,
             for k, v in features.items()}
     with pytest.raises(ValueError, match="right-padded"), frozen_trunk(model, 1, tmp_path):
         model(left)
+
+
+def test_typed_rows_are_computed_not_stored_and_top_stops_early(workspace, tmp_path):  # noqa: F811
+    model = tiny(workspace)
+    backbone, _ = backbone_layers(model)
+    features = model.tokenize(TEXTS[:4])
+    ids, mask = features["input_ids"], features["attention_mask"]
+    types = torch.zeros_like(ids)
+    types[:2] = mask[:2]  # rows 0 and 1: a second segment, whose states the memo cannot key
+    with torch.no_grad():
+        plain = backbone(input_ids=ids, attention_mask=mask, token_type_ids=types,
+                         output_hidden_states=True).hidden_states
+        for _ in range(2):  # the typed rows are computed again, the others read back
+            with frozen_trunk(model, 1, tmp_path, top=1) as memo:
+                got = backbone(input_ids=ids, attention_mask=mask,
+                               token_type_ids=types).last_hidden_state
+            real = mask.bool()  # top=1: the states after layer 0, nothing above the memo
+            assert torch.allclose(got[real], plain[1][real], atol=1e-5)
+        assert (memo.hits, memo.misses) == (2, 0)
+    with pytest.raises(ValueError, match="trunk top must be between the split 1"):
+        with frozen_trunk(model, 1, tmp_path, top=3):
+            pass

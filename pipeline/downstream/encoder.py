@@ -6,7 +6,10 @@ is frozen, so its output for a token sequence never changes: :class:`FeatureStor
 it once per distinct sequence and every method, seed and epoch reuses it. That is what makes
 the whole comparison (6 variants × 3 seeds × 2 encoders) affordable on a 2-core CPU; with
 ``k`` equal to the number of layers the "bottom" is the embedding layer alone and the split
-is ordinary full fine-tuning with frozen word embeddings.
+is ordinary full fine-tuning with frozen word embeddings. With a trunk memo
+(``trunk_layers``, :mod:`pipeline.encoders.trunk`) the store reads the lowest layers' states
+from the memo ``evaluate`` and ``train_encoder`` fill: an aligned encoder shares them with its
+base, so its features run only the frozen layers above them.
 
 :class:`TopBlock` runs the trainable layers on those features. It can add a perturbation to
 its input (EPAR pushes exactly these vectors: the input embeddings of the trainable part)
@@ -20,6 +23,7 @@ Face BERT-family encoder (BERT, XLM-R, multilingual-E5): ``.embeddings`` and
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -30,6 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from pipeline.encoders.trunk import frozen_trunk
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +184,15 @@ class FeatureStore:
             embeddings and the ``num_layers - trainable_layers`` layers below them.
         batch_size: Sequences per forward pass.
         cache: Keep computed features (``False``: :meth:`get` recomputes every time).
+        trunk_layers: Lowest layers read from the trunk memo under ``trunk_dir``
+            (:func:`pipeline.encoders.trunk.frozen_trunk`); 0: none. While the store is open
+            the encoder's backbone is patched; :meth:`close` (or leaving a ``with`` block)
+            writes the memo's new states and restores it.
+        trunk_dir: Root of the trunk memo.
     """
 
     def __init__(self, encoder: Encoder, trainable_layers: int, batch_size: int = 64,
-                 cache: bool = True) -> None:
+                 cache: bool = True, trunk_layers: int = 0, trunk_dir: str | Path = "") -> None:
         if not 1 <= trainable_layers <= encoder.num_layers:
             raise ValueError(
                 f"trainable_layers must be between 1 and the encoder's {encoder.num_layers} "
@@ -189,10 +200,28 @@ class FeatureStore:
             )
         self.encoder = encoder
         self.frozen_layers = encoder.num_layers - trainable_layers
+        if not 0 <= trunk_layers <= self.frozen_layers:
+            raise ValueError(f"trunk_layers must be between 0 and the {self.frozen_layers} "
+                             f"frozen layers (the encoder's {encoder.num_layers} minus "
+                             f"trainable_layers), got {trunk_layers}")
         self.batch_size = batch_size
         self.cache = cache
         self._features: dict[Seq, torch.Tensor] = {}
         self.device = next(encoder.model.parameters()).device
+        self._trunk = contextlib.ExitStack()
+        self.memo = (self._trunk.enter_context(frozen_trunk(
+            encoder.model, trunk_layers, trunk_dir, top=self.frozen_layers))
+            if trunk_layers else None)
+
+    def close(self) -> None:
+        """Write the trunk memo's new states and give the encoder its own forward back."""
+        self._trunk.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @torch.no_grad()
     def compute(self, seqs: list[Seq]) -> list[torch.Tensor]:
@@ -203,10 +232,14 @@ class FeatureStore:
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start:start + self.batch_size]
             ids, types, mask = (t.to(self.device) for t in pad_batch(chunk, pad_id))
-            h = model.embeddings(input_ids=ids, token_type_ids=types)
-            ext = additive_mask(mask, h.dtype)
-            for layer in model.encoder.layer[: self.frozen_layers]:
-                h = _layer_output(layer(h, ext))
+            if self.memo is not None:  # the patched backbone stops after the frozen layers
+                h = model(input_ids=ids, token_type_ids=types,
+                          attention_mask=mask).last_hidden_state
+            else:
+                h = model.embeddings(input_ids=ids, token_type_ids=types)
+                ext = additive_mask(mask, h.dtype)
+                for layer in model.encoder.layer[: self.frozen_layers]:
+                    h = _layer_output(layer(h, ext))
             out.extend(h[i, : len(s[0])].clone() for i, s in enumerate(chunk))
         return out
 

@@ -161,7 +161,8 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     Returns:
         ``runs``, and under ``runtime``: ``seconds/features``, ``seconds/total`` (wall),
         ``cpu_seconds/features``, ``cpu_seconds/total`` (process CPU time),
-        ``features/sequences`` (computed in this run) and ``train_seconds/<variant>`` (mean
+        ``features/sequences`` (computed in this run), ``features/trunk_hits`` and
+        ``features/trunk_misses`` (with a trunk memo) and ``train_seconds/<variant>`` (mean
         over seeds).
 
     Raises:
@@ -190,51 +191,52 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         logger.info("resuming: %d of %d runs already done in %s (delete it to start over)",
                     len(cfg.seeds) * len(variants) - len(pending),
                     len(cfg.seeds) * len(variants), work)
-    store = FeatureStore(model, cfg.trainable_layers, cfg.eval_batch_size, cfg.cache_features)
-    train = encode_split(data.train, data.kind, model, cfg, train=True)
-    if not train.seqs:
-        raise ValueError(f"task {task}: no training example fits max_length "
-                         f"{cfg.max_length} (no QA window holds its answer); raise it")
-    tests = {name: encode_split(split, data.kind, model, cfg, train=False)
-             for name, split in data.scored().items()}
-    corpus_seqs = None
-    if corpus is not None:
-        corpus_seqs = [encode_texts([(t,) for t in corpus[c]], model, cfg.max_length)
-                       for c in corpus.columns]
-    feat_start, feat_cpu = time.perf_counter(), time.process_time()
-    computed = 0
-    if pending:
-        every = train.seqs + [s for enc in tests.values() for s in enc.seqs]
-        every += [s for col in corpus_seqs or [] for s in col]
-        computed = store.add(every)
-        logger.info("frozen features of %d sequences in %.1f s", computed,
-                    time.perf_counter() - feat_start)
-    feature_seconds = time.perf_counter() - feat_start
-    feature_cpu = time.process_time() - feat_cpu
+    with FeatureStore(model, cfg.trainable_layers, cfg.eval_batch_size, cfg.cache_features,
+                      cfg.trunk_layers, cfg.trunk_dir) as store:
+        train = encode_split(data.train, data.kind, model, cfg, train=True)
+        if not train.seqs:
+            raise ValueError(f"task {task}: no training example fits max_length "
+                             f"{cfg.max_length} (no QA window holds its answer); raise it")
+        tests = {name: encode_split(split, data.kind, model, cfg, train=False)
+                 for name, split in data.scored().items()}
+        corpus_seqs = None
+        if corpus is not None:
+            corpus_seqs = [encode_texts([(t,) for t in corpus[c]], model, cfg.max_length)
+                           for c in corpus.columns]
+        feat_start, feat_cpu = time.perf_counter(), time.process_time()
+        computed = 0
+        if pending:
+            every = train.seqs + [s for enc in tests.values() for s in enc.seqs]
+            every += [s for col in corpus_seqs or [] for s in col]
+            computed = store.add(every)
+            logger.info("frozen features of %d sequences in %.1f s", computed,
+                        time.perf_counter() - feat_start)
+        feature_seconds = time.perf_counter() - feat_start
+        feature_cpu = time.process_time() - feat_cpu
 
-    features_file = work / "features.parquet"
-    want_features = cfg.figure_examples > 0 and not features_file.is_file()
-    for seed, variant in pending:
-        method, log = train_variant(variant, model, store, data, train, cfg, seed, corpus_seqs)
-        eval_start, eval_cpu = time.perf_counter(), time.process_time()
-        preds = predict_all(method, store, data, tests, cfg)
-        run_log = dataclasses.asdict(log)
-        run_log.update({
-            "eval_seconds": round(time.perf_counter() - eval_start, 2),
-            "eval_cpu_seconds": round(time.process_time() - eval_cpu, 2),
-            "train_cpu_seconds": round(log.train_cpu_seconds, 2),
-            "train_tokens_per_second": round(log.train_tokens / max(log.train_seconds, 1e-9)),
-            "train_seconds": round(log.train_seconds, 2),
-        })
-        logger.info("%s seed %d: %d steps in %.1f s, predict %.1f s, loss %.3f → %.3f",
-                    variant.name, seed, log.steps, log.train_seconds, run_log["eval_seconds"],
-                    log.first_loss, log.last_loss)
-        if want_features and isinstance(method, DrMim) and method.on("disentangle"):
-            write_table(feature_table(method, store, data, tests, cfg), features_file)
-            want_features = False
-        write_table(preds.assign(variant=variant.name, seed=seed)[PREDICTION_COLUMNS],
-                    work / f"{variant.name}-seed{seed}.parquet")
-        write_json(run_log, work / f"{variant.name}-seed{seed}.json")  # the run's "done" mark
+        features_file = work / "features.parquet"
+        want_features = cfg.figure_examples > 0 and not features_file.is_file()
+        for seed, variant in pending:
+            method, log = train_variant(variant, model, store, data, train, cfg, seed, corpus_seqs)
+            eval_start, eval_cpu = time.perf_counter(), time.process_time()
+            preds = predict_all(method, store, data, tests, cfg)
+            run_log = dataclasses.asdict(log)
+            run_log.update({
+                "eval_seconds": round(time.perf_counter() - eval_start, 2),
+                "eval_cpu_seconds": round(time.process_time() - eval_cpu, 2),
+                "train_cpu_seconds": round(log.train_cpu_seconds, 2),
+                "train_tokens_per_second": round(log.train_tokens / max(log.train_seconds, 1e-9)),
+                "train_seconds": round(log.train_seconds, 2),
+            })
+            logger.info("%s seed %d: %d steps in %.1f s, predict %.1f s, loss %.3f → %.3f",
+                        variant.name, seed, log.steps, log.train_seconds, run_log["eval_seconds"],
+                        log.first_loss, log.last_loss)
+            if want_features and isinstance(method, DrMim) and method.on("disentangle"):
+                write_table(feature_table(method, store, data, tests, cfg), features_file)
+                want_features = False
+            write_table(preds.assign(variant=variant.name, seed=seed)[PREDICTION_COLUMNS],
+                        work / f"{variant.name}-seed{seed}.parquet")
+            write_json(run_log, work / f"{variant.name}-seed{seed}.json")  # the run's "done" mark
 
     names = [f"{v.name}-seed{seed}" for seed in cfg.seeds for v in variants]
     predictions = pd.concat([read_table(work / f"{n}.parquet") for n in names],
@@ -253,6 +255,9 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         "cpu_seconds/features": round(feature_cpu, 1), "cpu_seconds/total": round(cpu_total, 1),
         "features/sequences": computed,
     }
+    if store.memo is not None:  # texts whose lower layers the trunk memo served / stored
+        runtime.update({"features/trunk_hits": store.memo.hits,
+                        "features/trunk_misses": store.memo.misses})
     for v in variants:
         own = [r["train_seconds"] for r in runs if r["variant"] == v.name]
         runtime[f"train_seconds/{v.name}"] = round(sum(own) / len(own), 2)

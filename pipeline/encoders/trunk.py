@@ -5,8 +5,9 @@ the embeddings and the layers below compute the same states for a text in every 
 seed and every aligned model of that base. :func:`frozen_trunk` patches a loaded
 SentenceTransformer so that its backbone reads those states from a memo and runs only the top
 layers; a text not in the memo goes through the lower layers once (in eval mode, without
-dropout) and is stored. ``train_encoder`` and ``evaluate`` share one memo directory, so the base
-model, every regime and every seed pay the lower layers of a text once.
+dropout) and is stored. ``train_encoder``, ``evaluate`` and ``train_drmim`` (its frozen features,
+:class:`pipeline.downstream.encoder.FeatureStore`) share one memo directory, so the base model,
+every regime, every seed and every downstream run pay the lower layers of a text once.
 
 The memo is keyed by content, never by name: its directory is a SHA-256 of the frozen
 parameters (embeddings and the lower layers), the split point and the torch/transformers
@@ -14,7 +15,8 @@ versions, and an entry is the SHA-256 of a text's token ids. A model whose lower
 (fully fine-tuned, another base) gets its own directory, so a memo can never serve states of
 other weights. A text's states do not depend on what else is in its batch (padding is masked;
 tests/test_trunk.py checks the patched model against the plain one), so results are the same
-with a cold or a warm memo.
+with a cold or a warm memo. A text with token type ids other than zero (the second segment of
+a BERT sentence pair) is computed every time and never stored: the memo keys on token ids only.
 
 Layout: ``<root>/<digest>/<shard>/{keys,offsets,states}.npy``, one shard per flush (written to
 a temporary folder and renamed, so a killed run leaves only whole shards); ``states`` is
@@ -161,7 +163,8 @@ def _token_key(ids: np.ndarray) -> bytes:
 
 
 @contextlib.contextmanager
-def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterator[TrunkMemo]:
+def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path,
+                 top: int | None = None) -> Iterator[TrunkMemo]:
     """Within the block, ``model``'s backbone reads layers ``< split`` from a memo under ``root``.
 
     The embeddings and layers below ``split`` must stay frozen inside the block (the memo is
@@ -171,13 +174,15 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
         model: A SentenceTransformer (or any module) over a BERT-style backbone.
         split: Lower layers memoized (1 to the number of layers - 1; the embeddings always).
         root: The memo root (``data/work/trunk``); one subdirectory per trunk digest.
+        top: The backbone runs layers ``split`` to ``top - 1`` above the memo and returns
+            their output (``None``: every layer above ``split``).
 
     Yields:
-        The memo (its ``hits``/``misses`` count texts served from it / computed).
+        The memo (its ``hits``/``misses`` count texts served from it / computed and stored).
 
     Raises:
-        ValueError: Not a BERT-style backbone, ``split`` out of range, token type ids other
-            than zero (the memo keys on token ids only), or left padding.
+        ValueError: Not a BERT-style backbone, ``split`` or ``top`` out of range, or left
+            padding.
     """
     from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttentions
 
@@ -185,13 +190,16 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
     if not 1 <= split < len(layers):
         raise ValueError(f"trunk split must be between 1 and {len(layers) - 1} (the encoder has "
                          f"{len(layers)} layers), got {split}")
+    if top is not None and not split <= top <= len(layers):
+        raise ValueError(f"trunk top must be between the split {split} and the encoder's "
+                         f"{len(layers)} layers, got {top}")
     digest = trunk_digest(backbone, layers, split)
     memo = TrunkMemo(Path(root) / digest[:16], backbone.config.hidden_size)
     embeddings, encoder = backbone.embeddings, backbone.encoder
     computing = False  # True while the original lower layers compute missing states
     attention_mask: torch.Tensor | None = None  # the mask of the backbone call under way
 
-    def trunk_states(input_ids: torch.Tensor) -> torch.Tensor:
+    def trunk_states(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
         ids = input_ids.cpu().numpy()
         # A text's tokens are those its attention mask keeps: sentence-transformers pads the
         # narrower of several columns embedded together with id 0 (a real token in XLM-R).
@@ -200,28 +208,34 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
         lengths = real.sum(axis=1)
         if (real != (np.arange(ids.shape[1]) < lengths[:, None])).any():
             raise ValueError("the trunk memo needs right-padded input ids (pad tokens last)")
-        keys = [_token_key(row[:n]) for row, n in zip(ids, lengths, strict=True)]
-        found = [memo.get(k) for k in keys]
+        typed = (np.zeros(len(ids), dtype=bool) if token_type_ids is None
+                 else token_type_ids.cpu().numpy().astype(bool).any(axis=1))
+        keys = [None if t else _token_key(row[:n])
+                for row, n, t in zip(ids, lengths, typed, strict=True)]
+        found = [None if k is None else memo.get(k) for k in keys]
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             nonlocal computing
             rows = input_ids[missing]
             mask = torch.as_tensor(np.arange(ids.shape[1]) < lengths[missing, None],
                                    device=rows.device).long()
+            types = None if token_type_ids is None else token_type_ids[missing]
             training = backbone.training
             backbone.eval()
             computing = True
             try:
                 with torch.no_grad():
-                    out = backbone(input_ids=rows, attention_mask=mask).last_hidden_state
+                    out = backbone(input_ids=rows, attention_mask=mask,
+                                   token_type_ids=types).last_hidden_state
             finally:
                 computing = False
                 backbone.train(training)
             for j, i in enumerate(missing):
                 found[i] = out[j, : lengths[i]].float().cpu().numpy()
-                memo.put(keys[i], found[i])
+                if keys[i] is not None:
+                    memo.put(keys[i], found[i])
         memo.hits += len(keys) - len(missing)
-        memo.misses += len(missing)
+        memo.misses += len(missing) - int(typed.sum())
         batch = np.zeros((*ids.shape, backbone.config.hidden_size), dtype=np.float32)
         for i, states in enumerate(found):
             batch[i, : lengths[i]] = states
@@ -241,14 +255,12 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path) -> Iterat
                                        **kwargs)
         if input_ids is None or kwargs.get("inputs_embeds") is not None:
             raise ValueError("the trunk memo needs input_ids (not inputs_embeds)")
-        if token_type_ids is not None and bool(token_type_ids.any()):
-            raise ValueError("the trunk memo keys on token ids only: token_type_ids must be 0")
-        return trunk_states(input_ids)
+        return trunk_states(input_ids, token_type_ids)
 
     def encoder_forward(hidden_states: torch.Tensor, attention_mask: Any = None,
                         *args: Any, **kwargs: Any) -> Any:
         # The lower layers when filling the memo, else the top ones (as BertEncoder.forward).
-        for layer in (layers[:split] if computing else layers[split:]):
+        for layer in (layers[:split] if computing else layers[split:top]):
             hidden_states = layer(hidden_states, attention_mask)
         return BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=hidden_states)
 
