@@ -43,8 +43,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: Pending states are written as a shard once they reach this many bytes (and at exit).
-FLUSH_BYTES = 256 << 20
+#: Pending states are written as a shard once they reach this many bytes (and at exit). The
+#: first multi-way training run fills the memo; with 64 MB instead of 256 its peak RSS was 3.2
+#: instead of 3.7 GB, in the same time (docs/benchmarks.md, "Stage costs").
+FLUSH_BYTES = 64 << 20
 
 
 def backbone_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.ModuleList]:
