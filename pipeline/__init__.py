@@ -1,20 +1,24 @@
 """multiway-align: multi-way corpora, encoder alignment, mteb evaluation, zero-shot transfer.
 
 Importing the package pins the instruction set of the numeric libraries it uses on CPU, so
-a run gives the same bytes on any x86-64 CPU with AVX2, an Intel Xeon with AVX-512 and an AMD
-EPYC without it alike (torch's matrix products: see ``MULTIWAY_CPU_ISA`` below). Left alone,
-each library picks its kernels by CPU vendor and model: CTranslate2 multiplies int8 matrices
-with Intel MKL on Intel CPUs and with oneDNN elsewhere; oneDNN, torch, OpenBLAS (numpy),
-numpy's own loops and faiss take AVX-512 code where the CPU has it; and the sums come out in
-another order. The pins must be in the environment before those libraries load, hence here:
-a stage's first import is this package.
+translation, the corpus, mining and faiss give the same bytes on any x86-64 CPU with AVX2, an
+Intel Xeon with AVX-512 and an AMD EPYC without it alike. Left alone, each library picks its
+kernels by CPU vendor and model: CTranslate2 multiplies int8 matrices with Intel MKL on Intel
+CPUs and with oneDNN elsewhere; oneDNN, torch, OpenBLAS (numpy), numpy's own loops and faiss
+take AVX-512 code where the CPU has it; and the sums come out in another order. The pins must
+be in the environment before those libraries load, hence here: a stage's first import is this
+package.
 
-``MULTIWAY_CPU_ISA`` chooses: ``avx2`` (default) pins everything but torch's matrix
-products, which MKL computes with kernels of its own choice (the same on every machine of one
-CPU model, not on Intel vs AMD); ``strict`` pins those too, at a cost in training speed;
-``native`` turns the pins off (each library's fastest kernels, outputs that depend on the
-CPU). A variable already set in the environment is left as it is. What the pins cost in
-speed is measured by ``benchmarks/cpu_isa.py`` (docs/benchmarks.md).
+torch's matrix products are not pinned: MKL computes them with kernels of its own choice, the
+same on every machine of one CPU model, not on Intel vs AMD, so the torch stages differ there in
+the last bits. MKL's COMPATIBLE branch (``MKL_CBWR=COMPATIBLE``) did not remove that: measured
+on an Intel Xeon and an AMD EPYC it gave different training bits too, at 2.4-3.1x the training
+time (``benchmarks/cpu_isa.py``, docs/benchmarks.md).
+
+``MULTIWAY_CPU_ISA`` chooses: ``avx2`` (default) sets the pins; ``native`` turns them off (each
+library's fastest kernels, outputs that depend on the CPU). A variable already set in the
+environment is left as it is. What the pins cost in speed is measured by
+``benchmarks/cpu_isa.py`` (docs/benchmarks.md).
 """
 
 import os
@@ -32,10 +36,6 @@ CPU_PINS = {
 # numpy's own SIMD loops; set only where the CPU has AVX-512 (numpy warns about disabling a
 # feature the CPU lacks).
 AVX512_PINS = {"NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR"}
-# torch multiplies matrices with MKL, which picks its kernels by CPU vendor and model; only
-# its COMPATIBLE branch gives the same bits on Intel and AMD, and it makes training about 3x
-# slower, so only the strict mode sets it.
-STRICT_PINS = {"MKL_CBWR": "COMPATIBLE"}
 
 
 def _cpu_flags() -> set[str]:
@@ -48,11 +48,10 @@ def _cpu_flags() -> set[str]:
 
 
 _MODE = os.environ.get("MULTIWAY_CPU_ISA", "avx2").lower()
-if _MODE not in ("avx2", "strict", "native"):
-    raise SystemExit(f"error: MULTIWAY_CPU_ISA must be avx2, strict or native, got {_MODE!r}")
+if _MODE not in ("avx2", "native"):
+    raise SystemExit(f"error: MULTIWAY_CPU_ISA must be avx2 or native, got {_MODE!r}")
 _FLAGS = _cpu_flags() if _MODE != "native" else set()
 if "avx2" in _FLAGS:
-    _pins = {**CPU_PINS, **(AVX512_PINS if "avx512f" in _FLAGS else {}),
-             **(STRICT_PINS if _MODE == "strict" else {})}
+    _pins = {**CPU_PINS, **(AVX512_PINS if "avx512f" in _FLAGS else {})}
     for _key, _value in _pins.items():
         os.environ.setdefault(_key, _value)
