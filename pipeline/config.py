@@ -316,6 +316,11 @@ class PrepareSourceConfig:
             (not UTF-8, or in a ``.jsonl`` not a JSON object); below it they are dropped
             and counted.
         limit: Stop once this many lines are kept (after filtering); ``None`` keeps all.
+        sample_fraction: Keep a seeded sample of about this share of the rows (1: all): a row
+            is in it when the hash of ``sample_seed`` and its id falls below the share, so a
+            row's fate depends on its id alone and a larger share keeps every row of a smaller
+            one. Rows left out count as ``dropped_not_sampled``.
+        sample_seed: Seed of the sample.
         output: Output Parquet (``id`` and one column named by the source language).
         dependency: The path DVC watches to rerun the stage when the input changes: the
             input itself when it is local (checked); for a hub dataset, whose identity is
@@ -334,6 +339,8 @@ class PrepareSourceConfig:
     max_chars: int = 1000
     max_bad_fraction: float = 0.01
     limit: int | None = None
+    sample_fraction: float = 1.0
+    sample_seed: int = 13
     output: str = "data/source/eng_Latn.parquet"
     dependency: str = "data/seed/bible_source.parquet"
 
@@ -650,8 +657,8 @@ class EvaluateConfig:
         models: The DVC matrix: encoders scored, one stage item each; directory names under
             ``models_dir`` (imported bases and trained encoders). From the CLI, also a
             catalogue key, a hub id or a model directory.
-        suite: Suite key in ``suites_file`` (``offline`` runs on local data, ``paper`` needs
-            the hub).
+        suite: Suite key in ``suites_file`` (``offline`` and the study's ``offline-full`` run
+            on local data, ``paper`` needs the hub).
         suites_file: The suite catalogue.
         catalogue: The encoder catalogue (for models given by key).
         models_dir: Where trained encoders live; a model name found there is loaded from it.

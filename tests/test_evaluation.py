@@ -160,7 +160,7 @@ def tiny_encoder(tiny_encoder_dir):
 
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
-    """The whole offline suite through ``run`` (mteb.evaluate) on the tiny encoder."""
+    """The study's offline suite (every project task) through ``run`` on the tiny encoder."""
     from pipeline.config import EvaluateConfig
     from pipeline.evaluation.run import run
 
@@ -168,7 +168,7 @@ def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     cfg = EvaluateConfig(
         output_dir=str(out), seen=SEEN, unseen=("ita_Latn",), bible_test=local_data.bible_test,
         gettext=local_data.gettext, bible_db=local_data.bible_db, batch_size=8, device="cpu",
-        threads=1,
+        threads=1, suite="offline-full",
     )
     metrics = run(cfg, str(tiny_encoder_dir))
     return cfg, metrics, out
@@ -179,13 +179,23 @@ def fixture_task(name: str, local_data: LocalData, seed: int):
     from pipeline.evaluation.suites import get_suite
     from pipeline.evaluation.tasks import get_project_task
 
-    options = get_suite("offline").tasks[name]
+    options = get_suite("offline-full").tasks[name]
     task = get_project_task(name, data=local_data, languages=LANGS, seed=seed, **options)
     task.load_data()
     return task
 
 
-# ---- the offline suite through mteb --------------------------------------------------------
+# ---- the offline suites through mteb -------------------------------------------------------
+
+
+def test_the_default_suite_is_the_studys_minus_two_tasks():
+    """The default's scores are comparable with the study's: same tasks, same options."""
+    from pipeline.evaluation.suites import get_suite
+
+    default, full = get_suite("offline").tasks, get_suite("offline-full").tasks
+    assert {name: full[name] for name in default} == default
+    assert sorted(set(full) - set(default)) == ["BibleParaphraseClassification",
+                                                 "BibleTestBitextMining"]
 
 
 def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
@@ -211,7 +221,7 @@ def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["model"]["model"] == meta["model"]["path"]  # evaluated by its directory
     assert meta["seen"] == list(SEEN) and meta["unseen"] == ["ita_Latn"]
-    assert meta["config"]["suite"] == "offline"
+    assert meta["config"]["suite"] == "offline-full"
     # The tiny random encoder is neither perfect nor useless on the fixture data (one subset
     # may reach 1.0 with another run's tokenizer training).
     scores = [v for k, v in metrics.items() if k.startswith("BibleTestBitextMining/")]

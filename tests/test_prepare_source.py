@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import unicodedata
 
@@ -93,6 +94,30 @@ def test_limit_keeps_first_lines_with_their_ids(txt, tmp_path):
     metrics = run(cfg, LANGS)
     assert pd.read_parquet(cfg.output).id.tolist() == ["0", "1", "3"]
     assert metrics["lines_read"] == 4 and metrics["lines_kept"] == 3
+
+
+def test_a_sample_is_fixed_by_the_ids_and_nested_across_fractions(tmp_path):
+    from pipeline.corpus.split import unit_hash
+
+    path = tmp_path / "many.txt"
+    path.write_text("".join(f"line number {i}\n" for i in range(400)))
+    kept = {}
+    for fraction in (0.25, 0.5, 1.0):
+        cfg = dataclasses.replace(
+            cfg_for(tmp_path, input=str(path), sample_fraction=fraction, sample_seed=7),
+            output=str(tmp_path / f"{fraction}.parquet"))
+        metrics = run(cfg, LANGS)
+        kept[fraction] = pd.read_parquet(cfg.output).id.tolist()
+        # The rows whose id hashes below the fraction, in input order; the rest are counted.
+        assert kept[fraction] == [str(i) for i in range(400) if unit_hash(7, str(i)) < fraction]
+        assert metrics["lines_kept"] == len(kept[fraction])
+        assert metrics["dropped_not_sampled"] == metrics["dropped_total"] == 400 - len(
+            kept[fraction])
+    assert 60 < len(kept[0.25]) < 140 and len(kept[1.0]) == 400
+    assert set(kept[0.25]) < set(kept[0.5]) < set(kept[1.0])
+    other = cfg_for(tmp_path, input=str(path), sample_fraction=0.25, sample_seed=8)
+    run(other, LANGS)
+    assert pd.read_parquet(other.output).id.tolist() != kept[0.25]
 
 
 def test_small_batches_give_the_same_table(txt, tmp_path, monkeypatch):
@@ -212,7 +237,9 @@ def test_directory_input_and_bad_bounds(tmp_path, txt):
         run(cfg_for(tmp_path, input=str(tmp_path)), LANGS)
     for kw, match in [({"min_chars": -1}, "min_chars must be >= 0, got -1"),
                       ({"max_chars": 2}, r"max_chars \(2\) must be >= 1 and >= min_chars \(3\)"),
-                      ({"limit": 0}, "limit must be a positive number of lines or null")]:
+                      ({"limit": 0}, "limit must be a positive number of lines or null"),
+                      ({"sample_fraction": 0.0}, r"sample_fraction must be in \(0, 1\]"),
+                      ({"sample_fraction": 1.5}, r"sample_fraction must be in \(0, 1\]")]:
         with pytest.raises(ValueError, match=match):
             run(cfg_for(tmp_path, input=str(txt), **kw), LANGS)
     with pytest.raises(ValueError, match="unknown language code 'english'"):

@@ -11,9 +11,13 @@ import pandas as pd
 SPLITS: tuple[str, ...] = ("train", "dev")
 
 
-def _unit_hash(seed: int, row_id: str) -> float:
-    # A cryptographic hash of (seed, id) rather than a seeded permutation: a row's split
-    # depends on nothing but its own id, so it stays put when rows are added or removed.
+def unit_hash(seed: int, row_id: str) -> float:
+    """A number in [0, 1) fixed by ``seed`` and ``row_id``: a seeded draw that stays put.
+
+    A cryptographic hash of (seed, id) rather than a seeded permutation: a row's draw depends
+    on nothing but its own id, so it stays put when rows are added or removed (the corpus's
+    train/dev split, ``prepare_source``'s sample).
+    """
     digest = hashlib.sha256(f"{seed}\x1f{row_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
@@ -36,7 +40,7 @@ def assign_split(ids: Iterable[str], dev_fraction: float, seed: int) -> list[str
         raise ValueError(
             f"build_corpus.dev_fraction must be in [0, 1), got {dev_fraction}; e.g. 0.05"
         )
-    return ["dev" if _unit_hash(seed, str(i)) < dev_fraction else "train" for i in ids]
+    return ["dev" if unit_hash(seed, str(i)) < dev_fraction else "train" for i in ids]
 
 
 def balanced_indices(n: int, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, PrepareSourceConfig
+from pipeline.corpus.split import unit_hash
 from pipeline.io import atomic_path
 from pipeline.sources.text import clean_line
 
@@ -40,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 #: Every reason a row can be dropped for; each one is a ``dropped_<reason>`` metric.
 DROP_REASONS = (
+    "not_sampled",  # outside the seeded sample_fraction sample (checked before the text)
     "invalid_utf8",  # the line's bytes are not UTF-8 (or JSON decoded to lone surrogates)
     "invalid_json",  # a .jsonl line that is not a JSON object
     "missing_text",  # the text field is absent or null
@@ -106,6 +108,9 @@ def _check_config(cfg: PrepareSourceConfig) -> None:
         )
     if cfg.limit is not None and cfg.limit < 1:
         raise ValueError(f"limit must be a positive number of lines or null, got {cfg.limit}")
+    if not 0 < cfg.sample_fraction <= 1:
+        raise ValueError(f"sample_fraction must be in (0, 1] (1 keeps every row), got "
+                         f"{cfg.sample_fraction}")
     if not 0 <= cfg.max_bad_fraction <= 1:
         raise ValueError(f"max_bad_fraction must be between 0 and 1, got {cfg.max_bad_fraction}")
     local = Path(cfg.input)
@@ -348,6 +353,9 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
                         "ids must be unique (fix the input or set id_column: null)"
                     )
                 seen_ids.add(row_id)
+            if (reason is None and cfg.sample_fraction < 1
+                    and unit_hash(cfg.sample_seed, str(row_id)) >= cfg.sample_fraction):
+                reason = "not_sampled"
             if reason is None:
                 text, had_control = clean_line(raw, cfg.normalization)
                 control += had_control
