@@ -657,8 +657,8 @@ class EvaluateConfig:
         models: The DVC matrix: encoders scored, one stage item each; directory names under
             ``models_dir`` (imported bases and trained encoders). From the CLI, also a
             catalogue key, a hub id or a model directory.
-        suite: Suite key in ``suites_file`` (``offline`` and the study's ``offline-full`` run
-            on local data, ``paper`` needs the hub).
+        suite: Suite key in ``suites_file`` (``offline``, every project task, and the default
+            profile's ``offline-core`` run on local data, ``paper`` needs the hub).
         suites_file: The suite catalogue.
         catalogue: The encoder catalogue (for models given by key).
         models_dir: Where trained encoders live; a model name found there is loaded from it.

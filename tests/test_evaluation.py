@@ -160,7 +160,7 @@ def tiny_encoder(tiny_encoder_dir):
 
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
-    """The study's offline suite (every project task) through ``run`` on the tiny encoder."""
+    """The whole offline suite (every project task) through ``run`` on the tiny encoder."""
     from pipeline.config import EvaluateConfig
     from pipeline.evaluation.run import run
 
@@ -168,7 +168,7 @@ def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     cfg = EvaluateConfig(
         output_dir=str(out), seen=SEEN, unseen=("ita_Latn",), bible_test=local_data.bible_test,
         gettext=local_data.gettext, bible_db=local_data.bible_db, batch_size=8, device="cpu",
-        threads=1, suite="offline-full",
+        threads=1,
     )
     metrics = run(cfg, str(tiny_encoder_dir))
     return cfg, metrics, out
@@ -179,7 +179,7 @@ def fixture_task(name: str, local_data: LocalData, seed: int):
     from pipeline.evaluation.suites import get_suite
     from pipeline.evaluation.tasks import get_project_task
 
-    options = get_suite("offline-full").tasks[name]
+    options = get_suite("offline").tasks[name]
     task = get_project_task(name, data=local_data, languages=LANGS, seed=seed, **options)
     task.load_data()
     return task
@@ -192,7 +192,7 @@ def test_the_default_suite_is_the_studys_minus_two_tasks():
     """The default's scores are comparable with the study's: same tasks, same options."""
     from pipeline.evaluation.suites import get_suite
 
-    default, full = get_suite("offline").tasks, get_suite("offline-full").tasks
+    default, full = get_suite("offline-core").tasks, get_suite("offline").tasks
     assert {name: full[name] for name in default} == default
     assert sorted(set(full) - set(default)) == ["BibleParaphraseClassification",
                                                  "BibleTestBitextMining"]
@@ -221,7 +221,7 @@ def test_offline_suite_runs_through_mteb_and_keeps_its_layout(offline_run):
     meta = json.loads((model_dir / "meta.json").read_text())
     assert meta["model"]["model"] == meta["model"]["path"]  # evaluated by its directory
     assert meta["seen"] == list(SEEN) and meta["unseen"] == ["ita_Latn"]
-    assert meta["config"]["suite"] == "offline-full"
+    assert meta["config"]["suite"] == "offline"
     # The tiny random encoder is neither perfect nor useless on the fixture data (one subset
     # may reach 1.0 with another run's tokenizer training).
     scores = [v for k, v in metrics.items() if k.startswith("BibleTestBitextMining/")]
@@ -427,6 +427,24 @@ def test_genre_task_trains_on_english_and_tests_the_same_verses_per_language(loc
     test_eng, test_deu = task.dataset["eng_Latn"]["test"], task.dataset["deu_Latn"]["test"]
     assert test_eng["label"] == test_deu["label"] and not set(test_eng["text"]) & set(train["text"])
     assert sorted(set(train["label"])) == [0, 4, 6]  # law, gospels, epistles
+
+
+def test_genre_fits_one_classifier_per_experiment_with_mtebs_predictions(local_data,
+                                                                         tiny_encoder):
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    task = fixture_task("BibleGenreClassification", local_data, seed=3)
+    train = task.dataset["eng_Latn"]["train"]
+    x_train = tiny_encoder.encode(train["text"])
+    everything = list(range(len(train)))
+    for experiment, rows in enumerate((everything, everything[1:])):
+        for lang in LANGS:
+            test = task.dataset[lang]["test"]
+            x_test = tiny_encoder.encode(test["text"])
+            args = (train.select(rows), test, x_train[rows], x_test, None)
+            assert task._run_experiment(*args) == AbsTaskClassification._run_experiment(
+                task, *args)
+        assert len(task._fitted) == experiment + 1  # one fit for every language
 
 
 # ---- flattening -----------------------------------------------------------------------------
