@@ -13,8 +13,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import json
 import logging
+import os
 import resource
+import subprocess
 import sys
 import time
 import typing
@@ -182,6 +185,24 @@ def _load(section: str, cls: type, params: dict[str, Any], path: str, overrides:
     return cfgmod.from_mapping(cls, data, where=f"{path}:{section}")
 
 
+def _torchrun(name: str, params_path: str, overrides: dict[str, Any], matrix: dict[str, str],
+              processes: int) -> None:
+    """Run the stage again under torchrun, one process per GPU (``gpus`` above 1).
+
+    Each process runs :func:`execute` with the same params, overrides and matrix item; the
+    main one writes the metrics. A failed process fails the launch with torchrun's status.
+    """
+    flags = [f"--{key}={value}" for key, value in matrix.items()]
+    flags += [f"--{key.replace('_', '-')}={json.dumps(value)}" for key, value in overrides.items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={processes}", "-m", "pipeline.cli", name,
+           f"--params={params_path}", *flags]
+    logger.info("launching %d processes: %s", processes, " ".join(cmd))
+    status = subprocess.run(cmd, check=False).returncode
+    if status:
+        raise SystemExit(status)
+
+
 def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None,
             matrix: dict[str, str] | None = None) -> dict[str, Any]:
     """Load a stage's config (params file + overrides), run it, write its metrics JSON.
@@ -199,9 +220,12 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
         overrides: Field → value, applied on top of the params section.
         matrix: Matrix key → value (e.g. ``{"lang": "deu_Latn"}``) for matrix stages.
 
+    A stage whose config asks for several ``gpus`` is relaunched under torchrun (one process
+    per GPU), unless this process is already one of torchrun's.
+
     Returns:
         The metrics the stage returned, without their ``runtime`` part (``None``: nothing
-        written, e.g. on the non-main processes of a distributed run).
+        written here: the non-main processes of a distributed run, or its launcher).
     """
     stage = STAGES[name]
     # Only the default params.yaml may be absent (a run outside a project: all defaults).
@@ -216,6 +240,9 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     missing = [key for key in stage.matrix if not matrix.get(key)]
     if missing:
         raise ValueError(f"stage {name} needs {' '.join(f'--{key}' for key in missing)}")
+    if getattr(cfg, "gpus", 0) > 1 and "LOCAL_RANK" not in os.environ:
+        _torchrun(name, params_path, overrides or {}, matrix, cfg.gpus)
+        return None
     kwargs.update({key: matrix[key] for key in stage.matrix})
     # A hub id or a path given from the CLI names its metrics file by its last component.
     item = "-".join(Path(matrix[key].rstrip("/")).name for key in stage.matrix) or None

@@ -601,6 +601,8 @@ class TrainEncoderConfig:
         save_total_limit: Checkpoints kept in ``work_dir``.
         keep_checkpoints: Keep the checkpoints once the model is saved (else delete them).
         device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
+        gpus: Processes of a run, one per GPU: above 1 the stage launches itself under
+            torchrun (DDP, in-batch negatives gathered across processes); 0 or 1: one process.
         threads: CPU threads for torch.
         output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
         plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
@@ -643,6 +645,7 @@ class TrainEncoderConfig:
     save_total_limit: int = 1
     keep_checkpoints: bool = False
     device: str = "auto"
+    gpus: int = 0
     threads: int = 2
     output_dir: str = "data/models/encoders"
     plots_dir: str = "data/plots/train_encoder"

@@ -48,24 +48,30 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, gpu_count: Callable[[], int] | None = None) -> str:
     """Resolve ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``.
 
-    Uses CTranslate2's device count when torch is not needed, so translation does not pay
-    torch's import time.
-    """
-    if device != "auto":
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got '{device}'")
-        return device
-    try:
-        import ctranslate2
+    Args:
+        device: ``auto``, ``cpu`` or ``cuda``.
+        gpu_count: How the engine that will run counts GPUs; ``None``: torch's (the torch
+            stages). Translation passes CTranslate2's, which may see none where torch sees one.
 
-        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
-    except ImportError:
+    Raises:
+        ValueError: Another device name, or ``cuda`` with no GPU visible to the engine.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got '{device}'")
+    if device == "cpu":
+        return device
+    if gpu_count is None:
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        gpu_count = torch.cuda.device_count
+    visible = gpu_count() > 0
+    if device == "cuda" and not visible:
+        raise ValueError("device 'cuda' was asked for but no GPU is visible; run "
+                         "`multiway doctor` for the cause, or set device: auto or cpu")
+    return "cuda" if visible else "cpu"
 
 
 def git_revision() -> str:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.losses import LOSSES, duplicate_rows, get_loss, text_keys
-from pipeline.losses.bilingual_infonce import BilingualInfoNCELoss
+from pipeline.losses.bilingual_infonce import BilingualInfoNCELoss, CachedBilingualInfoNCELoss
 from pipeline.losses.multiway_infonce import CachedMultiwayInfoNCELoss, MultiwayInfoNCELoss
 from pipeline.losses.xlco import XLCoLoss
 
@@ -140,7 +140,8 @@ def ref_xlco(q, k, queue, tau):
 
 def test_registry_unknown_name_lists_registered():
     with pytest.raises(ValueError, match=r"unknown loss 'multiway'; did you mean 'multiway_infonce'"
-                       r".*registered: bilingual_infonce, cached_multiway_infonce, "
+                       r".*registered: bilingual_infonce, cached_bilingual_infonce, "
+                       r"cached_multiway_infonce, "
                        r"multiway_infonce, xlco\)"):
         get_loss("multiway", Stub())
 
@@ -550,6 +551,28 @@ def test_cached_multiway_gradients_equal_uncached(tiny_st_dir):
     assert cached.get_config_dict()["mini_batch_size"] == 3
 
 
+def test_cached_bilingual_equals_uncached(tiny_st_dir):
+    """En-X on the cached loss: same terms and parameter gradients as the plain bilingual loss,
+    with mini-batches smaller than the batch (so the GradCache passes really split it)."""
+    model = tiny_st(tiny_st_dir, dropout=False)
+    feats = st_features(model)[:2]
+    ref_terms = BilingualInfoNCELoss(model, temperature=0.1)(feats)
+    ref_grads = param_grads(model, torch.stack(list(ref_terms.values())).sum())
+    cached = CachedBilingualInfoNCELoss(model, temperature=0.1, mini_batch_size=3)
+    terms = cached(st_features(model)[:2])
+    got_grads = param_grads(model, torch.stack(list(terms.values())).sum())
+
+    assert list(terms) == ["src_to_tgt", "tgt_to_src"]
+    for name in terms:
+        torch.testing.assert_close(terms[name], ref_terms[name].detach(), atol=1e-5, rtol=1e-5)
+    assert got_grads.keys() == ref_grads.keys() and len(ref_grads) > 10
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert cached.get_config_dict()["mini_batch_size"] == 3
+    with pytest.raises(ValueError, match="needs exactly 2 columns"):
+        cached(st_features(model))
+
+
 def test_cached_multiway_replays_dropout(tiny_st_dir):
     """With dropout on, the cached loss replays each mini-batch's RNG state: one mini-batch
     per column consumes the RNG like column-by-column uncached embedding from the same seed."""
@@ -585,6 +608,7 @@ def backward_grads(total, tensors):
         (MultiwayInfoNCELoss, 3, {}),
         (CachedMultiwayInfoNCELoss, 3, {"mini_batch_size": 4}),
         (BilingualInfoNCELoss, 2, {}),
+        (CachedBilingualInfoNCELoss, 2, {"mini_batch_size": 4}),
     ],
 )
 def test_gather_across_devices_in_a_world_of_one(tmp_path, cls, n_cols, kwargs):

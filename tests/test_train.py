@@ -339,7 +339,8 @@ def test_training_lowers_dev_loss_and_saves_a_reloadable_model(workspace, traine
     assert m["steps"] == 12 and m["stopped_by"] == "max_steps"
     assert trained["runtime"]["resumed_from_step"] == 0 and "resumed_from_step" not in m
     assert m["dev_loss_end"] < m["dev_loss_start"] - 0.1  # chance level is log(22) = 3.09
-    assert m["rows_trained"] == 12 * 8 and m["columns"] == 3 and m["frozen_params"] == 0
+    assert m["rows_trained"] == 12 * 8 and m["columns"] == 3
+    assert m["frozen_params"] == 16 * 16 + 16  # the pooler only: no sentence embedding uses it
 
     out = trained["out"]
     reloaded = SentenceTransformer(str(out), device="cpu")
@@ -493,8 +494,9 @@ def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspa
     base = SentenceTransformer(str(workspace["model_dir"]), device="cpu").state_dict()
     new = SentenceTransformer(str(root / "models" / "tiny-enx-7"), device="cpu").state_dict()
     word = "0.model.embeddings.word_embeddings.weight"
-    assert metrics["frozen_params"] == new[word].numel()
-    assert torch.equal(new[word], base[word])
+    pooler = [k for k in new if ".pooler." in k]
+    assert metrics["frozen_params"] == sum(new[k].numel() for k in [word, *pooler])
+    assert all(torch.equal(new[k], base[k]) for k in [word, *pooler])
     changed = [k for k in new if not torch.equal(new[k], base[k])]
     assert "0.model.encoder.layer.0.attention.self.query.weight" in changed
     curve = pd.read_csv(root / "plots" / "tiny-enx-7.csv")
@@ -520,3 +522,16 @@ def test_stage_cli_errors(workspace, capsys):
     cfg, langs = load_cfg(workspace, loss={"multiway": "multiway_infonce"})
     with pytest.raises(ValueError, match="train_encoder.loss has no entry for regime 'enx'"):
         run(cfg, langs, "tiny", "enx", 7)
+
+
+def test_wasted_gpu_time_and_a_lost_dev_loss_fail_before_training(workspace):
+    cfg, langs = load_cfg(workspace, loss={"multiway": "cached_multiway_infonce"},
+                          gradient_checkpointing=True)
+    with pytest.raises(ValueError, match="gradient_checkpointing with the cached loss "
+                                         "'cached_multiway_infonce' runs three forward passes"):
+        run(cfg, langs, "tiny", "multiway", 7)
+    cfg, langs = load_cfg(workspace, dev_rows=4)
+    with pytest.raises(ValueError, match=r"the dev loss needs 8 rows \(batch_size 8 x 1 "
+                                         r"process\(es\)\), but dev_rows is 4 and the dev split "
+                                         r"has 16"):
+        run(cfg, langs, "tiny", "multiway", 7)

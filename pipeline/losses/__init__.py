@@ -33,11 +33,21 @@ INFONCE_CITATION = """
 }
 """
 
+#: BibTeX of GradCache, cited by the cached losses.
+GRADCACHE_CITATION = """
+@misc{gao2021scaling,
+    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
+    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
+    year={2021}, eprint={2101.06983}, archivePrefix={arXiv}, primaryClass={cs.LG}
+}
+"""
+
 #: Registered name -> ``module:class``. Modules are imported only when their loss is built.
 LOSSES: dict[str, str] = {
     "multiway_infonce": "pipeline.losses.multiway_infonce:MultiwayInfoNCELoss",
     "cached_multiway_infonce": "pipeline.losses.multiway_infonce:CachedMultiwayInfoNCELoss",
     "bilingual_infonce": "pipeline.losses.bilingual_infonce:BilingualInfoNCELoss",
+    "cached_bilingual_infonce": "pipeline.losses.bilingual_infonce:CachedBilingualInfoNCELoss",
     "xlco": "pipeline.losses.xlco:XLCoLoss",
 }
 
@@ -181,6 +191,19 @@ def gather_with_grad(x: Tensor, enabled: bool) -> tuple[Tensor, int]:
     from sentence_transformers.util import all_gather_with_grad
 
     return all_gather_with_grad(x), dist.get_rank() * x.shape[0]
+
+
+def first_term_carries_total(total: Tensor, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Named terms for a GradCache loss whose backward hook sits on ``total``.
+
+    The first term becomes ``total`` minus the other (detached) terms, so the terms still sum
+    to the loss and the hook receives exactly the gradient of that sum.
+    """
+    import torch
+
+    names = list(terms)
+    rest = torch.stack([terms[name] for name in names[1:]]).sum()
+    return {names[0]: total - rest, **{name: terms[name] for name in names[1:]}}
 
 
 def _dist_initialized() -> bool:

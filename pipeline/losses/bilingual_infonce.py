@@ -36,15 +36,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from pipeline.losses import (
+    GRADCACHE_CITATION,
     INFONCE_CITATION,
     Similarity,
     check_positive,
     check_similarity,
     duplicate_rows,
+    first_term_carries_total,
     gather_with_grad,
     prepare,
     text_keys,
@@ -106,18 +109,25 @@ class BilingualInfoNCELoss(nn.Module):
             ValueError: The batch does not have exactly two columns.
         """
         sentence_features = list(sentence_features)
+        keys = self.text_keys(sentence_features)
+        source, target = embed_columns(self.model, sentence_features, separate_first=False)
+        return self.compute_loss_from_embeddings(source, target, keys)
+
+    def text_keys(self, sentence_features: list[dict[str, Tensor]]) -> Tensor | None:
+        """``(2, rows)`` text keys of both columns for duplicate masking, or ``None``.
+
+        Raises:
+            ValueError: The batch does not have exactly two columns.
+        """
         if len(sentence_features) != 2:
             raise ValueError(
                 f"bilingual_infonce needs exactly 2 columns (source, translation), got "
                 f"{len(sentence_features)}; use multiway_infonce for more languages"
             )
-        keys = None
-        if self.mask_duplicates:
-            keys = torch.stack(
-                [text_keys(f, gather=self.gather_across_devices) for f in sentence_features]
-            )
-        source, target = embed_columns(self.model, sentence_features, separate_first=False)
-        return self.compute_loss_from_embeddings(source, target, keys)
+        if not self.mask_duplicates:
+            return None
+        gather = self.gather_across_devices
+        return torch.stack([text_keys(f, gather=gather) for f in sentence_features])
 
     def compute_loss_from_embeddings(
         self, source: Tensor, target: Tensor, keys: Tensor | None = None
@@ -165,3 +175,87 @@ class BilingualInfoNCELoss(nn.Module):
     def citation(self) -> str:
         """BibTeX entry shown in the model card."""
         return INFONCE_CITATION
+
+
+class CachedBilingualInfoNCELoss(CachedLossMixin, nn.Module):
+    """:class:`BilingualInfoNCELoss` with GradCache: En-X batches as large as multi-way ones.
+
+    Same inputs, formula and terms; gradients equal up to float rounding. The GradCache passes
+    are those of :class:`~pipeline.losses.multiway_infonce.CachedMultiwayInfoNCELoss` (embed
+    without gradient, back-propagate the loss to the embeddings, re-embed each mini-batch with
+    gradient), so a 512-pair batch needs the activation memory of ``mini_batch_size`` sentences.
+
+    Returns:
+        ``{"src_to_tgt": term, "tgt_to_src": term}``; the first carries the backward hook.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        mask_duplicates: bool = True,
+        gather_across_devices: bool = False,
+        mini_batch_size: int = 32,
+        show_progress_bar: bool = False,
+    ) -> None:
+        """Create the loss.
+
+        Args:
+            model: The ``SentenceTransformer`` to train.
+            temperature: See :class:`BilingualInfoNCELoss`.
+            similarity: See :class:`BilingualInfoNCELoss`.
+            mask_duplicates: See :class:`BilingualInfoNCELoss`.
+            gather_across_devices: See :class:`BilingualInfoNCELoss`.
+            mini_batch_size: Sentences embedded at once; bounds memory, not the negatives.
+            show_progress_bar: Show bars over the mini-batches.
+        """
+        super().__init__()
+        check_positive("mini_batch_size", mini_batch_size)
+        self.model = model
+        self.loss = BilingualInfoNCELoss(
+            model, temperature, similarity, mask_duplicates, gather_across_devices
+        )
+        self.mini_batch_size = mini_batch_size
+        self.show_progress_bar = show_progress_bar
+        self._keys: Tensor | None = None
+        self._terms: dict[str, Tensor] = {}
+
+    def calculate_loss(
+        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
+    ) -> Tensor:
+        """Total loss from the cached mini-batch embeddings (``CachedLossMixin`` hook)."""
+        source, target = (torch.cat(column) for column in reps)
+        terms = self.loss.compute_loss_from_embeddings(source, target, self._keys)
+        self._terms = {name: term.detach() for name, term in terms.items()}
+        total = torch.stack(list(terms.values())).sum()
+        if with_backward:
+            total.backward()
+            total = total.detach()
+        return total
+
+    def forward(
+        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Run the GradCache passes and return the named terms."""
+        sentence_features = list(sentence_features)
+        self._keys = self.loss.text_keys(sentence_features)
+        try:
+            total = self.forward_cached(sentence_features, labels)
+            return first_term_carries_total(total, self._terms)
+        finally:
+            self._keys, self._terms = None, {}
+
+    @property
+    def temperature(self) -> float:
+        """Softmax temperature of the wrapped loss."""
+        return self.loss.temperature
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Hyperparameters, for the model card and ``meta.json``."""
+        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
+
+    @property
+    def citation(self) -> str:
+        """BibTeX entries shown in the model card."""
+        return INFONCE_CITATION + GRADCACHE_CITATION

@@ -60,11 +60,13 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from pipeline.losses import (
+    GRADCACHE_CITATION,
     INFONCE_CITATION,
     Similarity,
     check_positive,
     check_similarity,
     duplicate_rows,
+    first_term_carries_total,
     gather_with_grad,
     prepare,
     text_keys,
@@ -362,12 +364,9 @@ class CachedMultiwayInfoNCELoss(CachedLossMixin, nn.Module):
         self._keys = self.loss.text_keys(sentence_features)
         try:
             total = self.forward_cached(sentence_features, labels)
-            terms = self._terms
+            return first_term_carries_total(total, self._terms)
         finally:
             self._keys, self._terms = None, {}
-        names = list(terms)
-        rest = torch.stack([terms[name] for name in names[1:]]).sum()
-        return {names[0]: total - rest, **{name: terms[name] for name in names[1:]}}
 
     @property
     def temperature(self) -> float:
@@ -381,10 +380,4 @@ class CachedMultiwayInfoNCELoss(CachedLossMixin, nn.Module):
     @property
     def citation(self) -> str:
         """BibTeX entries shown in the model card."""
-        return INFONCE_CITATION + """
-@misc{gao2021scaling,
-    title={Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup},
-    author={Luyu Gao and Yunyi Zhang and Jiawei Han and Jamie Callan},
-    year={2021}, eprint={2101.06983}, archivePrefix={arXiv}, primaryClass={cs.LG}
-}
-"""
+        return INFONCE_CITATION + GRADCACHE_CITATION

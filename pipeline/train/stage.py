@@ -71,6 +71,7 @@ from pipeline.train.trainer import (
     build_loss,
     count_parameters,
     freeze_lower_layers,
+    freeze_pooler,
     freeze_word_embeddings,
     last_checkpoint,
     loss_curve,
@@ -141,12 +142,34 @@ def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:
     return checkpoint
 
 
-def _dev_loss(trainer: Any, data: RegimeData, rows: int, batch_size: int) -> float | None:
-    """Mean loss on the first ``rows`` dev rows, or ``None`` when there are too few."""
-    rows = min(rows, len(data.dev))
-    if rows < batch_size:
-        if rows:
-            logger.warning("dev loss skipped: %d dev rows < batch_size %d", rows, batch_size)
+def _check_gpu_sanity(cfg: TrainEncoderConfig, loss_name: str, dev_split: int, world: int
+                      ) -> None:
+    """Fail before training on settings that would waste the run or lose its dev loss.
+
+    Raises:
+        ValueError: Gradient checkpointing under a cached loss (GradCache already bounds the
+            memory; checkpointing adds a third forward pass), or a dev set smaller than one
+            batch on every process (its loss could not be computed).
+    """
+    if cfg.gradient_checkpointing and loss_name.startswith("cached_"):
+        raise ValueError(
+            f"train_encoder: gradient_checkpointing with the cached loss '{loss_name}' runs "
+            "three forward passes per step for no memory saved (GradCache keeps one "
+            "mini-batch of activations); set gradient_checkpointing: false"
+        )
+    needed = cfg.batch_size * world
+    if cfg.dev_rows and min(cfg.dev_rows, dev_split) < needed:
+        raise ValueError(
+            f"train_encoder: the dev loss needs {needed} rows (batch_size {cfg.batch_size} x "
+            f"{world} process(es)), but dev_rows is {cfg.dev_rows} and the dev split has "
+            f"{dev_split}; raise dev_rows (or build_corpus.dev_fraction), or set dev_rows: 0 "
+            "to skip the dev loss"
+        )
+
+
+def _dev_loss(trainer: Any, data: RegimeData, rows: int) -> float | None:
+    """Mean loss on the first ``rows`` dev rows (``None``: ``dev_rows`` is 0)."""
+    if not rows:
         return None
     return float(trainer.evaluate(eval_dataset=data.dev.select(range(rows)))["eval_loss"])
 
@@ -222,16 +245,19 @@ def run(
         freeze_word_embeddings(model)
     if cfg.trainable_layers:
         freeze_lower_layers(model, cfg.trainable_layers)
+    freeze_pooler(model)
     # Lower layers read from the trunk memo (shared with evaluate); 0: none.
     split = len(backbone_layers(model)[1]) - cfg.trainable_layers if cfg.trainable_layers else 0
     trainable, frozen = count_parameters(model)
-    loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns)
     prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name else None
 
     from sentence_transformers import SentenceTransformerTrainer
 
     work = Path(cfg.work_dir) / name
     args = training_arguments(cfg, work, device, prompt, seed)
+    _check_gpu_sanity(cfg, cfg.loss[regime], len(data.dev), args.world_size)
+    dev_rows = min(cfg.dev_rows, len(data.dev))
+    loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns, args.world_size)
     # Under torchrun the main process cleans or keeps the work dir before the others look.
     parts = fingerprint_parts(cfg, langs, base, regime, seed, corpus_sha, device,
                               args.world_size)
@@ -250,7 +276,11 @@ def run(
         run_state = read_json(work / RUN_FILE) if (work / RUN_FILE).is_file() else {}
         if "dev_loss_start" not in run_state:
             # Measured once, on the base model; a resumed run reads it back.
-            run_state["dev_loss_start"] = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+            run_state["dev_loss_start"] = _dev_loss(trainer, data, dev_rows)
+            # accelerate marks a model it prepared for evaluation as prepared for good and
+            # then never wraps it in DDP for training: each process would train on its own
+            # gradients (tests/test_ddp.py catches it).
+            model.__dict__.pop("_is_accelerate_prepared", None)
             if main:
                 write_json(run_state, work / RUN_FILE)
         resumed_from = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint else 0
@@ -261,7 +291,7 @@ def run(
                 f"{trainer.state.global_step} of {cfg.max_steps} (checkpoint saved in {work}); "
                 "rerun to continue from it, raise max_minutes, or set allow_partial: true"
             )
-        dev_end = _dev_loss(trainer, data, cfg.dev_rows, cfg.batch_size)
+        dev_end = _dev_loss(trainer, data, dev_rows)
     if not main:
         return None
 

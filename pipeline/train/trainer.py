@@ -6,6 +6,7 @@ mixed precision, DDP and checkpointing):
 - :func:`training_arguments`: the arguments this project trains with (precision, gradient
   checkpointing, the duplicate-free epoch-seeded batch sampler, the model's default prompt,
   checkpoint cadence), each derived from one :class:`~pipeline.config.TrainEncoderConfig` field;
+- :func:`freeze_pooler`: the pooler no embedding uses, frozen so DDP finds no unused parameter;
 - :func:`freeze_word_embeddings`: the CPU lever (the word-embedding matrix is most of a
   multilingual encoder's parameters, and with AdamW most of its memory and update time);
 - :func:`build_loss`: a registered loss with its ``loss_params`` and the column names;
@@ -138,6 +139,24 @@ def freeze_lower_layers(model: nn.Module, trainable_layers: int) -> int:
     return frozen
 
 
+def freeze_pooler(model: nn.Module) -> int:
+    """Freeze the backbone's pooler (BERT/XLM-R ``pooler.dense``), which no sentence embedding uses.
+
+    Mean or CLS pooling reads the token states, never the pooler's output, so its parameters
+    get no gradient; under DDP with ``ddp_find_unused_parameters=False`` a trainable parameter
+    without a gradient stops the run ("Expected to have finished reduction").
+
+    Returns:
+        The number of parameters frozen (0 for a backbone without a pooler).
+    """
+    frozen = 0
+    for name, param in model.named_parameters():
+        if ".pooler." in f".{name}" and param.requires_grad:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, frozen)`` parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -146,18 +165,22 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def build_loss(
-    name: str, model: nn.Module, params: Mapping[str, Mapping[str, Any]], columns: Sequence[str]
+    name: str, model: nn.Module, params: Mapping[str, Mapping[str, Any]], columns: Sequence[str],
+    world_size: int = 1,
 ) -> nn.Module:
     """Build a registered loss with its hyperparameters from ``loss_params``.
 
     Losses that name their terms by language (the multi-way ones) get ``languages=columns``,
-    so the trainer logs ``anchor_deu_Latn`` rather than ``anchor_1``.
+    so the trainer logs ``anchor_deu_Latn`` rather than ``anchor_1``. With several processes,
+    losses that can gather in-batch negatives across devices do so unless ``loss_params``
+    says otherwise.
 
     Args:
         name: Registered loss name.
         model: The model being trained.
         params: Loss name → hyperparameters (only ``params[name]`` is used).
         columns: Dataset columns, in order.
+        world_size: Processes of the run.
 
     Returns:
         The loss module.
@@ -177,6 +200,11 @@ def build_loss(
             f"loss '{name}' takes two columns, but this corpus has {len(columns)} "
             f"({', '.join(columns)}); use multiway_infonce or cached_multiway_infonce for it"
         )
+    if world_size > 1 and "gather_across_devices" in accepts:
+        hparams.setdefault("gather_across_devices", True)
+        if not hparams["gather_across_devices"]:
+            logger.warning("%s: gather_across_devices is off, so each of the %d processes "
+                           "sees only its own in-batch negatives", name, world_size)
     return get_loss(name, model, **hparams)
 
 
@@ -236,7 +264,8 @@ def training_arguments(
         report_to=[],
         disable_tqdm=False,
         use_cpu=device == "cpu",
-        # Frozen parameters are not "unused" for DDP; checking for them costs a graph walk.
+        # Frozen parameters are not "unused" for DDP, and the one trainable part no embedding
+        # uses, the pooler, is frozen (freeze_pooler); checking for more costs a graph walk.
         ddp_find_unused_parameters=False,
     )
 

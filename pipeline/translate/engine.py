@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.runtime import resolve_device
+from pipeline.translate.cuda import CUBLAS12_FIX, import_ctranslate2, load_cublas12
 from pipeline.translate.families import FamilyTokenizer, ModelMeta, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,7 @@ def resolve_compute_type(device: str, compute_type: str = "auto") -> str:
     Raises:
         ValueError: The device does not support the requested type.
     """
-    import ctranslate2
-
-    supported = ctranslate2.get_supported_compute_types(device)
+    supported = import_ctranslate2().get_supported_compute_types(device)
     if compute_type == "auto":
         return next((t for t in _AUTO_COMPUTE[device] if t in supported), "float32")
     if compute_type != "default" and compute_type not in supported:
@@ -205,14 +204,17 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
         FileNotFoundError: Missing directory, model or tokenizer file.
         ValueError: Bad option, unsupported compute type, or a model CTranslate2 cannot load.
     """
-    import ctranslate2
-
+    ctranslate2 = import_ctranslate2()
     model_dir = Path(model_dir)
     options = DecodingOptions(beam_size, max_batch_tokens, max_decoding_length,
                               no_repeat_ngram_size)
     meta = ModelMeta.read(model_dir, family)
     tokenizer = load_tokenizer(model_dir, meta)
-    device = resolve_device(device)
+    device = resolve_device(device, gpu_count=ctranslate2.get_cuda_device_count)
+    if device == "cuda" and (problem := load_cublas12()):
+        # CTranslate2 would open it at the first batch and stop there.
+        raise ValueError(f"CTranslate2 needs cuBLAS 12 on the GPU and cannot load it "
+                         f"({problem}); {CUBLAS12_FIX}, or set device: cpu")
     compute_type = resolve_compute_type(device, compute_type)
     gpus = _check_device_index(device_index)
     try:
@@ -224,8 +226,10 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
     except (RuntimeError, ValueError) as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(
-            f"CTranslate2 cannot load {model_dir} ({first_line}); reconvert it with "
-            "`multiway convert_nmt` (or retrain it with train_nmt)"
+            f"CTranslate2 cannot load {model_dir} on {device} ({first_line}); if the model "
+            "directory is incomplete or from another CTranslate2 version, reconvert it with "
+            "`multiway convert_nmt` (or retrain it with train_nmt); `multiway doctor` checks "
+            "the GPU set-up"
         ) from None
     where = f"cuda:{','.join(map(str, gpus))}" if device == "cuda" else device
     logger.info("loaded %s model %s on %s (%s, %d×%d threads)", meta.family, model_dir, where,

@@ -227,12 +227,12 @@ def resolve_on_cluster(ray: Any, device: str, compute_type: str) -> tuple[str, s
         ValueError: ``cuda`` on a cluster without GPU, or a compute type the device lacks.
     """
     gpus = int(ray.cluster_resources().get("GPU", 0))
-    device = ("cuda" if gpus else "cpu") if device == "auto" else resolve_device(device)
-    if device == "cpu":
-        return device, resolve_compute_type("cpu", compute_type), gpus
-    if not gpus:
+    if device == "cuda" and not gpus:
         raise ValueError("translate.device is 'cuda' but the Ray cluster has no GPU; add a "
                          "GPU node or set translate.device: cpu")
+    device = resolve_device(device, gpu_count=lambda: gpus)
+    if device == "cpu":
+        return device, resolve_compute_type("cpu", compute_type), gpus
     probe = ray.remote(num_gpus=1, num_cpus=0)(_cuda_compute_type)
     try:
         return device, ray.get(probe.remote(compute_type)), gpus

@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import ctranslate2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
@@ -32,6 +31,7 @@ from pipeline import langs as langs_mod
 from pipeline.config import LangsConfig, TranslateConfig
 from pipeline.io import read_table
 from pipeline.runtime import file_hash
+from pipeline.translate.cuda import import_ctranslate2
 from pipeline.translate.engine import CT2Translator, load_translator
 from pipeline.translate.shards import ShardStore, iter_row_chunks
 
@@ -221,7 +221,7 @@ def fingerprint(cfg: TranslateConfig, source_column: str, lang: str, device: str
     shards written by one backend are kept by the other.
     """
     return {
-        "version": OUTPUT_VERSION, "ctranslate2": ctranslate2.__version__,
+        "version": OUTPUT_VERSION, "ctranslate2": import_ctranslate2().__version__,
         "source": file_hash(cfg.source), "source_column": source_column,
         "model": file_hash(cfg.model_dir), "lang": lang, "device": device,
         "compute_type": compute_type, "beam_size": cfg.beam_size,
