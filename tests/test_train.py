@@ -528,7 +528,7 @@ def test_wasted_gpu_time_and_a_lost_dev_loss_fail_before_training(workspace):
     cfg, langs = load_cfg(workspace, loss={"multiway": "cached_multiway_infonce"},
                           gradient_checkpointing=True)
     with pytest.raises(ValueError, match="gradient_checkpointing with the cached loss "
-                                         "'cached_multiway_infonce' runs three forward passes"):
+                                         "cached_multiway_infonce runs three forward passes"):
         run(cfg, langs, "tiny", "multiway", 7)
     cfg, langs = load_cfg(workspace, dev_rows=4)
     with pytest.raises(ValueError, match=r"the dev loss needs 8 rows \(batch_size 8 x 1 "

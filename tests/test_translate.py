@@ -313,7 +313,8 @@ BAD_INPUTS = {
     "missing model": ("missing", "deu_Latn", {}, FileNotFoundError,
                       "NMT model directory .* does not exist; train it with train_nmt"),
     "corrupt model": ("corrupt", "deu_Latn", {}, ValueError,
-                      "CTranslate2 cannot load .*; reconvert it"),
+                      "CTranslate2 cannot load .* on cpu .*; if the model directory is "
+                      "incomplete .* reconvert it"),
     "model without metadata": ("nometa", "deu_Latn", {}, FileNotFoundError,
                                "has no multiway_nmt.json.* set translate.family"),
     "family mismatch": ("marian", "deu_Latn", {"family": "nllb"}, ValueError,
@@ -408,3 +409,22 @@ def test_a_shard_is_read_alone_as_the_stream_cuts_it(tmp_path):
             for index, chunk in enumerate(chunks):
                 assert read_row_chunk(path, ["id", "eng_Latn"], size, index).equals(chunk)
             assert read_row_chunk(path, ["id"], size, len(chunks)).num_rows == 0
+
+
+def test_gpu_without_cublas12_fails_at_load_with_the_fix(nmt_models, monkeypatch):
+    """CTranslate2 4.x needs cuBLAS 12 on the GPU; a CUDA-13-only machine lacks it. The load
+    says so (and how to get it) instead of failing at the first batch or blaming the model."""
+    import ctranslate2
+
+    import pipeline.translate.engine as engine
+
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(engine, "load_cublas12",
+                        lambda: "libcublas.so.12: cannot open shared object file")
+    with pytest.raises(ValueError, match=r"CTranslate2 needs cuBLAS 12 on the GPU and cannot "
+                       r"load it \(libcublas.so.12: cannot open shared object file\); install "
+                       r"NVIDIA's cuBLAS 12 wheel .*make setup GPU=1.*or set device: cpu"):
+        engine.load_translator(nmt_models["marian"], device="auto")
+    monkeypatch.setattr(ctranslate2, "get_cuda_device_count", lambda: 0)
+    with pytest.raises(ValueError, match="device 'cuda' was asked for but no GPU is visible"):
+        engine.load_translator(nmt_models["marian"], device="cuda")

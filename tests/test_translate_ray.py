@@ -94,7 +94,8 @@ def test_bad_model_fails_before_ray_work(ray_address, nmt_models, nmt_source, tm
         (model / path.name).write_bytes(path.read_bytes())
     (model / "model.bin").write_bytes(b"not a model")
     cfg = make_cfg(tmp_path, model, nmt_source, backend="ray")
-    with pytest.raises(ValueError, match="CTranslate2 cannot load .*; reconvert it") as info:
+    with pytest.raises(ValueError, match="CTranslate2 cannot load .* on cpu .*; if the model "
+                                         "directory is incomplete .* reconvert it") as info:
         stage.run(cfg, LANGS, "deu_Latn")
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
 

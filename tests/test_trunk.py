@@ -108,3 +108,24 @@ def test_typed_rows_are_computed_not_stored_and_top_stops_early(workspace, tmp_p
     with pytest.raises(ValueError, match="trunk top must be between the split 1"):
         with frozen_trunk(model, 1, tmp_path, top=3):
             pass
+
+
+def test_autocast_states_get_a_memo_of_their_own(workspace, tmp_path):  # noqa: F811
+    model = tiny(workspace)
+    plain = model.encode(TEXTS, batch_size=4)
+    with frozen_trunk(model, 1, tmp_path) as memo:
+        model.encode(TEXTS, batch_size=4)
+        fp32_dir = memo.directory
+    # bf16 (a GPU's autocast, here the CPU's): the lower layer runs in it, whatever the caller
+    # runs, and its states are stored apart: they never serve an fp32 run.
+    for _ in range(2):
+        with frozen_trunk(model, 1, tmp_path, dtype=torch.bfloat16) as memo:
+            low = model.encode(TEXTS, batch_size=4)
+        assert memo.directory != fp32_dir
+    assert memo.misses == 0 and memo.hits == len(TEXTS)  # the second block read them back
+    assert not np.array_equal(low, plain)
+    np.testing.assert_allclose(low, plain, atol=0.05)
+    with frozen_trunk(model, 1, tmp_path) as memo:  # fp32 still finds its own states
+        np.testing.assert_allclose(model.encode(TEXTS, batch_size=4), plain, atol=1e-6)
+        assert memo.misses == 0 and memo.directory == fp32_dir
+    assert len(list(tmp_path.iterdir())) == 2

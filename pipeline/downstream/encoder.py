@@ -13,8 +13,13 @@ base, so its features run only the frozen layers above them.
 
 :class:`TopBlock` runs the trainable layers on those features. It can add a perturbation to
 its input (EPAR pushes exactly these vectors: the input embeddings of the trainable part)
-and returns the attention probabilities of its layers (EPAR's attention pull), which the
-model must compute eagerly (``attn_implementation="eager"``).
+and returns the attention probabilities of its layers (EPAR's attention pull).
+
+On a GPU both run in bf16 autocast where the GPU has it (:func:`pipeline.devices.autocast_dtype`;
+the heads and losses stay fp32) with PyTorch's fused attention (SDPA), which never forms the
+attention probabilities: only the passes that return them (EPAR's clean and pushed passes,
+with its pull switched on) compute attention eagerly. On the CPU every pass is eager and
+fp32, as the committed results were made (SDPA's CPU kernel rounds differently, about 1e-6).
 
 The encoder directory is a sentence-transformers model whose Transformer module is a Hugging
 Face BERT-family encoder (BERT, XLM-R, multilingual-E5): ``.embeddings`` and
@@ -35,6 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from pipeline.devices import autocast, autocast_dtype, precision_name, to_device
 from pipeline.encoders.trunk import frozen_trunk
 
 logger = logging.getLogger(__name__)
@@ -49,11 +55,13 @@ class Encoder:
     """A loaded encoder: tokenizer, HF model and how to feed and pool it.
 
     Attributes:
-        model: The Hugging Face encoder (eval mode, eager attention).
+        model: The Hugging Face encoder (eval mode; attention from
+            :func:`attention_implementation`).
         tokenizer: Its tokenizer.
         prefix: Text prefix put in front of every segment (the E5 prompt).
         pooling: ``mean`` or ``cls``.
         path: The directory it was loaded from.
+        dtype: Autocast dtype of its transformer layers (``None``: fp32).
     """
 
     model: Any
@@ -61,6 +69,7 @@ class Encoder:
     prefix: str
     pooling: str
     path: Path
+    dtype: torch.dtype | None = None
 
     @property
     def num_layers(self) -> int:
@@ -84,6 +93,28 @@ def _st_module_path(root: Path, suffix: str) -> Path | None:
     return None
 
 
+def attention_implementation(device: str | torch.device) -> str:
+    """The attention kernel the encoder is loaded with on ``device``: ``sdpa`` or ``eager``.
+
+    SDPA on a GPU (fused, no ``(s, s)`` probability matrix in memory); eager on the CPU, where
+    SDPA's kernel would change the results in the last bits and the committed ones were made
+    eagerly. :class:`TopBlock` still computes eagerly the passes that return attention
+    probabilities, whatever this says.
+    """
+    return "sdpa" if torch.device(device).type == "cuda" else "eager"
+
+
+def layer_mask(mask: torch.Tensor, dtype: torch.dtype, implementation: str) -> torch.Tensor:
+    """The ``(b, 1, 1, s)`` attention mask a layer takes, from a ``(b, s)`` 0/1 mask.
+
+    Additive (:func:`additive_mask`) for eager attention, as it always was; boolean (True:
+    attend) for SDPA, which a bf16 autocast would otherwise cast to bf16 along with the scores.
+    """
+    if implementation == "eager":
+        return additive_mask(mask, dtype)
+    return mask[:, None, None, :].bool()
+
+
 def load_encoder(path: str | Path, prefix: str = "auto", pooling: str = "auto",
                  device: str = "cpu") -> Encoder:
     """Load the HF model and tokenizer of a sentence-transformers (or plain HF) directory.
@@ -95,7 +126,9 @@ def load_encoder(path: str | Path, prefix: str = "auto", pooling: str = "auto",
         prefix: ``auto`` uses the default prompt of ``config_sentence_transformers.json``
             (none when it names none); anything else is used as is.
         pooling: ``auto`` reads the Pooling module's config (mean when there is none).
-        device: torch device of the model.
+        device: torch device of the model; it also sets the attention kernel
+            (:func:`attention_implementation`) and the autocast dtype
+            (:func:`pipeline.devices.autocast_dtype`).
 
     Returns:
         The :class:`Encoder`.
@@ -115,8 +148,10 @@ def load_encoder(path: str | Path, prefix: str = "auto", pooling: str = "auto",
     if not (hf_dir / "config.json").is_file():
         raise FileNotFoundError(f"{hf_dir} has no config.json: not a Hugging Face model directory")
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
-    # Eager attention returns the attention probabilities EPAR pulls together.
-    model = AutoModel.from_pretrained(str(hf_dir), attn_implementation="eager").to(device).eval()
+    attention = attention_implementation(device)
+    model = AutoModel.from_pretrained(str(hf_dir), attn_implementation=attention)
+    model = model.to(device).eval()
+    dtype = autocast_dtype(device)
     if prefix == "auto":
         st_cfg = root / "config_sentence_transformers.json"
         prefix = ""
@@ -135,9 +170,11 @@ def load_encoder(path: str | Path, prefix: str = "auto", pooling: str = "auto",
                 raise ValueError(f"{pool_dir}: pooling mode '{mode}' is not supported "
                                  "(use mean or cls, or set downstream.pooling)")
             pooling = mode
-    logger.info("encoder %s: %d layers, width %d, prefix %r, %s pooling", root,
-                len(model.encoder.layer), model.config.hidden_size, prefix, pooling)
-    return Encoder(model=model, tokenizer=tokenizer, prefix=prefix, pooling=pooling, path=root)
+    logger.info("encoder %s: %d layers, width %d, prefix %r, %s pooling, %s attention, %s", root,
+                len(model.encoder.layer), model.config.hidden_size, prefix, pooling, attention,
+                precision_name(dtype))
+    return Encoder(model=model, tokenizer=tokenizer, prefix=prefix, pooling=pooling, path=root,
+                   dtype=dtype)
 
 
 def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -165,14 +202,15 @@ def pad_batch(seqs: list[Seq], pad_id: int) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def stack_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad ``(len_i, d)`` feature tensors into ``(b, s, d)`` and a ``(b, s)`` mask."""
-    width = max(f.shape[0] for f in feats)
-    out = feats[0].new_zeros((len(feats), width, feats[0].shape[1]))
-    mask = torch.zeros((len(feats), width), dtype=torch.long, device=feats[0].device)
-    for i, f in enumerate(feats):
-        out[i, : f.shape[0]] = f
-        mask[i, : f.shape[0]] = 1
-    return out, mask
+    """Right-pad ``(len_i, d)`` feature tensors into ``(b, s, d)`` and a ``(b, s)`` mask.
+
+    The mask is built on the host from the lengths and sent in one copy, not filled row by
+    row on the features' device (one small GPU kernel per row).
+    """
+    out = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True)
+    lengths = torch.tensor([f.shape[0] for f in feats])
+    mask = (torch.arange(out.shape[1])[None, :] < lengths[:, None]).long()
+    return out, to_device(mask, out.device)
 
 
 class FeatureStore:
@@ -210,7 +248,7 @@ class FeatureStore:
         self.device = next(encoder.model.parameters()).device
         self._trunk = contextlib.ExitStack()
         self.memo = (self._trunk.enter_context(frozen_trunk(
-            encoder.model, trunk_layers, trunk_dir, top=self.frozen_layers))
+            encoder.model, trunk_layers, trunk_dir, top=self.frozen_layers, dtype=encoder.dtype))
             if trunk_layers else None)
 
     def close(self) -> None:
@@ -231,16 +269,18 @@ class FeatureStore:
         out: list[torch.Tensor] = []
         for start in range(0, len(seqs), self.batch_size):
             chunk = seqs[start:start + self.batch_size]
-            ids, types, mask = (t.to(self.device) for t in pad_batch(chunk, pad_id))
-            if self.memo is not None:  # the patched backbone stops after the frozen layers
-                h = model(input_ids=ids, token_type_ids=types,
-                          attention_mask=mask).last_hidden_state
-            else:
-                h = model.embeddings(input_ids=ids, token_type_ids=types)
-                ext = additive_mask(mask, h.dtype)
-                for layer in model.encoder.layer[: self.frozen_layers]:
-                    h = _layer_output(layer(h, ext))
-            out.extend(h[i, : len(s[0])].clone() for i, s in enumerate(chunk))
+            ids, types, mask = (to_device(t, self.device) for t in pad_batch(chunk, pad_id))
+            with autocast(self.device.type, self.encoder.dtype):
+                if self.memo is not None:  # the patched backbone stops after the frozen layers
+                    h = model(input_ids=ids, token_type_ids=types,
+                              attention_mask=mask).last_hidden_state
+                else:
+                    h = model.embeddings(input_ids=ids, token_type_ids=types)
+                    ext = layer_mask(mask, h.dtype, model.config._attn_implementation)
+                    for layer in model.encoder.layer[: self.frozen_layers]:
+                        h = _layer_output(layer(h, ext))
+            # Autocast layers end in an fp32 LayerNorm: the features are fp32 either way.
+            out.extend(h[i, : len(s[0])].float().clone() for i, s in enumerate(chunk))
         return out
 
     def add(self, seqs: list[Seq], desc: str = "frozen features") -> int:
@@ -277,6 +317,9 @@ class FeatureStore:
 class TopBlock(nn.Module):
     """The trainable top layers of an encoder (a copy; the encoder itself is not changed).
 
+    The layers run in the encoder's autocast dtype and with its attention kernel, except the
+    passes asked for attention probabilities, which run eagerly (:meth:`forward`).
+
     Args:
         encoder: The loaded encoder.
         trainable_layers: How many top layers to copy.
@@ -288,8 +331,11 @@ class TopBlock(nn.Module):
         self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in layers)
         self.pooling = encoder.pooling
         self.hidden_size = encoder.hidden_size
+        self.dtype = encoder.dtype
+        self.attention = str(encoder.model.config._attn_implementation)
         self._attentions: list[torch.Tensor] = []
         self._record = False
+        configs: dict[int, Any] = {}
         for layer in self.layers:
             attn = next((m for m in layer.modules()
                          if type(m).__name__.endswith("SelfAttention")), None)
@@ -297,7 +343,16 @@ class TopBlock(nn.Module):
                 raise ValueError(f"{type(layer).__name__} has no *SelfAttention module: only "
                                  "BERT-family encoders (BERT, XLM-R, E5) are supported")
             attn.register_forward_hook(self._keep_attention)
+            configs[id(attn.config)] = attn.config
+        # The copies' configs (each deep copy has its own): a self-attention module picks its
+        # kernel from its config on every call, so switching them switches the block's kernel.
+        self._configs = list(configs.values())
         self.requires_grad_(True)
+
+    def _use(self, implementation: str) -> None:
+        for config in self._configs:
+            if config._attn_implementation != implementation:
+                config._attn_implementation = implementation
 
     def _keep_attention(self, module: nn.Module, args: Any, output: Any) -> None:
         if self._record:
@@ -311,21 +366,28 @@ class TopBlock(nn.Module):
             h: ``(b, s, d)`` bottom features.
             mask: ``(b, s)`` 1 for real tokens.
             delta: Optional ``(b, s, d)`` perturbation added to ``h``.
-            attentions: Also return each layer's ``(b, heads, s, s)`` attention probabilities.
+            attentions: Also return each layer's ``(b, heads, s, s)`` attention probabilities
+                (fp32): this pass computes attention eagerly, the only kernel that forms them.
 
         Returns:
-            ``(b, s, d)`` token states and the attention list (empty unless asked for).
+            ``(b, s, d)`` fp32 token states and the attention list (empty unless asked for).
         """
         x = h if delta is None else h + delta
-        ext = additive_mask(mask, x.dtype)
+        implementation = "eager" if attentions else self.attention
+        ext = layer_mask(mask, x.dtype, implementation)
         self._attentions, self._record = [], attentions
+        self._use(implementation)
         try:
-            for layer in self.layers:
-                x = _layer_output(layer(x, ext))
+            with autocast(x.device.type, self.dtype):
+                for layer in self.layers:
+                    x = _layer_output(layer(x, ext))
         finally:
             self._record = False
+            self._use(self.attention)
         maps, self._attentions = self._attentions, []
-        return x, maps
+        # A BERT layer ends in LayerNorm, which autocast runs in fp32; .float() keeps the heads
+        # (fp32, outside autocast) safe from any other ending, and is free on fp32 states.
+        return x.float(), maps
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(b, d)`` sentence vectors: masked mean of the token states, or the first token."""

@@ -29,6 +29,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from pipeline.devices import to_device
+
 
 class _GradReverse(torch.autograd.Function):
     """Identity in the forward pass; multiplies the gradient by ``-lam`` in the backward."""
@@ -130,7 +132,8 @@ def parallel_tie(u: torch.Tensor, rows: torch.Tensor, temperature: float = 0.05)
     Args:
         u: ``(n, d)`` universal features, grouped by row: the same number of consecutive
             sentences per row.
-        rows: ``(n,)`` row index of each sentence.
+        rows: ``(n,)`` row index of each sentence (best on the host: the grouping check reads
+            it there without waiting for the GPU).
         temperature: Softmax temperature.
 
     Returns:
@@ -143,15 +146,16 @@ def parallel_tie(u: torch.Tensor, rows: torch.Tensor, temperature: float = 0.05)
 
     per_row = int((rows == rows[0]).sum())
     n_rows = len(rows) // per_row
-    expected = torch.arange(n_rows, device=rows.device).repeat_interleave(per_row)
+    grouping = torch.arange(n_rows, device=rows.device).repeat_interleave(per_row)
     if per_row < 2 or n_rows * per_row != len(rows) or not torch.equal(
-        torch.unique_consecutive(rows, return_inverse=True)[1], expected
+        torch.unique_consecutive(rows, return_inverse=True)[1], grouping
     ):
         raise ValueError("parallel_tie needs 2 or more consecutive sentences per row, the same "
                          "number for every row")
     z = F.normalize(u, dim=-1).view(n_rows, per_row, -1)  # (rows, per_row, d)
+    anchors = torch.arange(n_rows, device=u.device).repeat_interleave(per_row)
     slots = torch.arange(per_row, device=u.device).repeat(n_rows)
-    return multiway_pair_losses(z, expected, slots, temperature).mean()
+    return multiway_pair_losses(z, anchors, slots, temperature).mean()
 
 
 def attention_pull(
@@ -236,7 +240,8 @@ def embedding_push(
         ``(b, s, d)`` perturbation ``δ`` (detached, zero on padding).
     """
     radius = epsilon * token_rms(h) * mask[..., None].to(h.dtype)  # (b, s, 1)
-    noise = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)
+    # Drawn by the (host) generator whatever the device, so the CPU stream stays as it was.
+    noise = to_device(torch.randn(h.shape, generator=generator, dtype=h.dtype), h.device)
     start = radius * F.normalize(noise, dim=-1)
     if not follow_gradient:
         return start.detach()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import TrainDrmimConfig
+from pipeline.devices import to_device
 from pipeline.downstream import losses as L
 from pipeline.downstream.encoder import TopBlock
 
@@ -58,7 +59,9 @@ class CorpusBatch:
         h: ``(n, s, d)`` bottom features.
         mask: ``(n, s)`` 1 for real tokens.
         langs: ``(n,)`` language index of each sentence.
-        rows: ``(n,)`` corpus row of each sentence (translations share a row).
+        rows: ``(n,)`` corpus row of each sentence (translations share a row), on the host:
+            only :func:`~pipeline.downstream.losses.parallel_tie`'s grouping check reads it,
+            which on a GPU tensor would wait for the GPU every step.
     """
 
     h: torch.Tensor
@@ -211,11 +214,14 @@ class DrMim(Method):
         """Rows the item-level terms compare: sentences, or real tokens for QA."""
         return x[mask.bool()] if self.kind == "qa" else x
 
-    def _subsample(self, n: int, generator: torch.Generator | None) -> torch.Tensor | None:
+    def _subsample(self, n: int, generator: torch.Generator | None,
+                   device: torch.device) -> torch.Tensor | None:
         cap = self.cfg.drmim.mi_max_items
         if n <= cap:
             return None
-        return torch.randperm(n, generator=generator)[:cap]
+        # Drawn on the host generator (the CPU stream of draws stays as it was), then queued
+        # to the GPU: an index on the host would be copied with a wait for the GPU.
+        return to_device(torch.randperm(n, generator=generator)[:cap], device)
 
     def losses(self, batch: TaskBatch, corpus: CorpusBatch | None = None,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -255,7 +261,7 @@ class DrMim(Method):
             u_items = torch.cat([self._items(u_task, batch.mask), self._items(u, corpus.mask)])
             o_items = torch.cat([self._items(self._mi_output(logits), batch.mask),
                                  self._items(self._mi_output(c_logits), corpus.mask)])
-            pick = self._subsample(len(u_items), generator)
+            pick = self._subsample(len(u_items), generator, u_items.device)
             if pick is not None:
                 u_items, o_items = u_items[pick], o_items[pick]
             bound = L.MI_BOUNDS[c.mi_estimator](self.critic(u_items, o_items))
@@ -285,13 +291,13 @@ class Epar(Method):
 
     def _update_centroid(self, pooled: torch.Tensor) -> None:
         # Running mean of the English sentence vectors: the "English cluster" to push from.
+        # The first batch sets it. Chosen on the device (torch.where), not by reading `seen`
+        # on the host, which would wait for the GPU every step; each value is computed as
+        # before (centroid * m + (1 - m) * mean), so CPU results are unchanged.
         mean = pooled.detach().mean(0)
-        if not bool(self.seen):
-            self.centroid.copy_(mean)
-            self.seen.fill_(True)
-        else:
-            m = self.cfg.epar.centroid_momentum
-            self.centroid.mul_(m).add_((1.0 - m) * mean)
+        m = self.cfg.epar.centroid_momentum
+        self.centroid.copy_(torch.where(self.seen, self.centroid * m + (1.0 - m) * mean, mean))
+        self.seen.fill_(True)
 
     def losses(self, batch: TaskBatch, corpus: CorpusBatch | None = None,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import LangsConfig, TrainDrmimConfig, item_dict, to_dict
+from pipeline.devices import autocast_dtype, precision_name
 from pipeline.downstream.data import (
     Encoded,
     TaskData,
@@ -127,14 +128,18 @@ def fingerprint_parts(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, enco
 
     Returns:
         JSON-able parts for :func:`pipeline.runtime.claim_work_dir`: also the hash of every
-        input of ``_INPUTS`` that exists locally, this package's code and package versions.
+        input of ``_INPUTS`` that exists locally, the precision the device gives (a GPU
+        without bf16 runs fp32: its runs are not another GPU's), this package's code and
+        package versions.
     """
     inputs = {key: file_hash(getattr(cfg, key)) for key in _INPUTS
               if getattr(cfg, key) and Path(getattr(cfg, key)).exists()}
     return {
         "config": {k: v for k, v in item_dict(cfg).items() if k not in _RESUME_NEUTRAL},
         "langs": to_dict(langs), "task": task, "encoder": file_hash(encoder),
-        "inputs": inputs, "device": device, "code": code_version("pipeline.downstream"),
+        "inputs": inputs, "device": device,
+        "precision": precision_name(autocast_dtype(device)),
+        "code": code_version("pipeline.downstream"),
         "versions": package_versions(),
     }
 

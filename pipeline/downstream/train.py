@@ -5,6 +5,13 @@ builds the method around it and trains it on English batches (plus multi-way cor
 when the method has corpus parts) read from the :class:`~pipeline.downstream.encoder.FeatureStore`.
 Batches are length-bucketed (sorted within windows of 8 batches, then shuffled), so little
 compute goes into padding.
+
+A training step never reads a value back from the GPU: token counts come from the sequence
+lengths on the host, batch targets are queued to the GPU from pinned memory
+(:func:`pipeline.devices.to_device`), and the loss terms stay on the device until the logging
+points (every :data:`LOG_EVERY` steps and at the end of an epoch), where one read fetches
+them all. So the host keeps queueing work while the GPU runs. (QA's token-level DR-MIM terms
+still select the real tokens with a boolean mask, whose size the host must wait for.)
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import TrainDrmimConfig
+from pipeline.devices import to_device
 from pipeline.downstream.data import Encoded, Split, TaskData
 from pipeline.downstream.encoder import Encoder, FeatureStore, Seq, TopBlock
 from pipeline.downstream.methods import CorpusBatch, Method, TaskBatch, Variant
@@ -57,6 +65,9 @@ class RunLog:
 # The generator of corpus draws and method randomness is seeded with seed + this (the batch
 # order's with the seed itself), so the two streams differ for any small seed.
 AUX_SEED_OFFSET = 1_000_003
+
+#: Steps between two reads of the loss terms from the device (and progress-bar updates).
+LOG_EVERY = 50
 
 
 def length_batches(lengths: Sequence[int], batch_size: int,
@@ -117,11 +128,36 @@ def task_batch(store: FeatureStore, enc: Encoded, idx: list[int], kind: str) -> 
     h, mask = store.get([enc.seqs[i] for i in idx])
     batch = TaskBatch(h, mask)
     if kind == "qa":
-        batch.starts = torch.tensor([enc.starts[i] for i in idx], device=h.device)
-        batch.ends = torch.tensor([enc.ends[i] for i in idx], device=h.device)
+        batch.starts = to_device(torch.tensor([enc.starts[i] for i in idx]), h.device)
+        batch.ends = to_device(torch.tensor([enc.ends[i] for i in idx]), h.device)
     else:
-        batch.labels = torch.tensor([enc.labels[i] for i in idx], device=h.device)
+        batch.labels = to_device(torch.tensor([enc.labels[i] for i in idx]), h.device)
     return batch
+
+
+def _drain(pending: dict[str, list[torch.Tensor]], sums: Counter[str]) -> dict[str, float]:
+    """Add the per-step values waiting on the device to ``sums``, in step order.
+
+    One read from the device for all of them; each value is added as a Python float, in the
+    order of the steps, exactly as a per-step ``float(value)`` would have been.
+
+    Returns:
+        The mean of each name over the values drained (empty when none were waiting).
+    """
+    names = [name for name, values in pending.items() if values]
+    if not names:
+        return {}
+    sizes = [len(pending[name]) for name in names]
+    flat = torch.cat([torch.stack(pending[name]) for name in names]).cpu().tolist()
+    means: dict[str, float] = {}
+    start = 0
+    for name, size in zip(names, sizes):
+        for value in flat[start:start + size]:
+            sums[name] += value
+        means[name] = sum(flat[start:start + size]) / size
+        start += size
+        pending[name].clear()
+    return means
 
 
 def train_variant(
@@ -186,17 +222,19 @@ def train_variant(
     bar = tqdm(total=total, desc=f"{variant.name} seed {seed}", unit="step")
     for epoch in range(cfg.epochs):
         sums: Counter[str] = Counter()
+        pending: dict[str, list[torch.Tensor]] = {}  # per-step values not read back yet
         n_steps = 0
         for idx in length_batches(lengths, cfg.batch_size, order):
             batch = task_batch(store, train, idx, task.kind)
-            log.train_tokens += int(batch.mask.sum())
+            # Real tokens counted from the lengths on the host (the mask's sum, unread).
+            log.train_tokens += sum(len(train.seqs[i][0]) for i in idx)
             corpus_batch = None
             if sampler is not None:
                 seqs, langs, rows = sampler.draw(generator)
                 h, mask = store.get(seqs)
-                corpus_batch = CorpusBatch(h, mask, torch.tensor(langs, device=h.device),
-                                           torch.tensor(rows, device=h.device))
-                log.train_tokens += int(mask.sum())
+                corpus_batch = CorpusBatch(h, mask, to_device(torch.tensor(langs), h.device),
+                                           torch.tensor(rows))
+                log.train_tokens += sum(len(s[0]) for s in seqs)
             terms = method.losses(batch, corpus_batch, generator)
             loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
@@ -204,13 +242,17 @@ def train_variant(
             torch.nn.utils.clip_grad_norm_(method.parameters(), 1.0)
             optimizer.step()
             scheduler.step()
-            for name, value in terms.items():
-                sums[name] += float(value.detach())
-            sums["loss"] += float(loss.detach())
+            for name, value in [*terms.items(), ("loss", loss)]:
+                pending.setdefault(name, []).append(value.detach().float())
             n_steps += 1
             log.steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", epoch=epoch + 1)
+            if n_steps % LOG_EVERY == 0:
+                recent = _drain(pending, sums)
+                bar.set_postfix(loss=f"{recent['loss']:.3f}", epoch=epoch + 1)
+        recent = _drain(pending, sums)
+        if recent:
+            bar.set_postfix(loss=f"{recent['loss']:.3f}", epoch=epoch + 1)
         means = {k: v / max(1, n_steps) for k, v in sums.items()}
         if epoch == 0:
             log.first_loss = means["loss"]
@@ -226,15 +268,21 @@ def train_variant(
 @torch.no_grad()
 def predict(method: Method, store: FeatureStore, enc: Encoded,
             batch_size: int) -> list[torch.Tensor]:
-    """Logits of every sequence of an encoded split (batched by length, original order)."""
+    """Logits of every sequence of an encoded split (batched by length, original order).
+
+    Every batch is queued before any is read back: the host reads once, at the end.
+    """
     order = sorted(range(len(enc.seqs)), key=lambda i: len(enc.seqs[i][0]))
-    out: list[torch.Tensor | None] = [None] * len(order)
+    batches: list[tuple[list[int], torch.Tensor]] = []
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         h, mask = store.get([enc.seqs[i] for i in idx])
-        logits = method(h, mask).float().cpu()
+        batches.append((idx, method(h, mask).float()))
+    out: list[torch.Tensor | None] = [None] * len(order)
+    for idx, device_logits in batches:
+        logits = device_logits.cpu()
         for row, i in enumerate(idx):
-            n = int(mask[row].sum())
+            n = len(enc.seqs[i][0])  # the row's real tokens (its mask's sum, not read back)
             out[i] = logits[row, :n] if method.kind == "qa" else logits[row]
     return out  # type: ignore[return-value]
 

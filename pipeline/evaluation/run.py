@@ -14,7 +14,9 @@ report's paired intervals; the bitext-mining and classification tasks' per-item 
 beside it (``item_outcomes.parquet``, :mod:`pipeline.evaluation.items`). With
 ``trunk_layers`` set, the lower layers' states of every text come from the trunk memo
 (:mod:`pipeline.encoders.trunk`) shared by the base and the aligned models that froze them:
-the same scores, each text's lower layers run once.
+the same scores, each text's lower layers run once. On a GPU the encoder's forward passes run
+under bf16 autocast where the GPU has it, with SDPA attention (:mod:`pipeline.devices`; the
+weights stay fp32, so the model's revision is the same); on the CPU it runs as loaded, in fp32.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from pipeline.config import EvaluateConfig, LangsConfig, to_dict
+from pipeline.devices import autocast_dtype, autocast_forward, precision_name, use_sdpa
 from pipeline.encoders.catalog import load_encoder, locate, model_label
 from pipeline.encoders.trunk import frozen_trunk
 from pipeline.evaluation import items, verse_mining
@@ -240,8 +244,11 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     data = LocalData(bible_test=cfg.bible_test, gettext=cfg.gettext, bible_db=cfg.bible_db)
     tasks = resolve_tasks(suite, (*seen, *unseen), data=data, seed=cfg.seed)
     located = locate(model, cfg.catalogue, cfg.models_dir)
-    encoder = load_encoder(model, cfg.catalogue, device=resolve_device(cfg.device),
-                           models_dir=cfg.models_dir)
+    device = resolve_device(cfg.device)
+    encoder = load_encoder(model, cfg.catalogue, device=device, models_dir=cfg.models_dir)
+    dtype = autocast_dtype(device)
+    if torch.device(device).type == "cuda":
+        use_sdpa(encoder)
     if cfg.mining_sentences and not Path(cfg.bible_test).is_file():
         raise FileNotFoundError(
             f"{cfg.bible_test} does not exist: verse mining needs the Bible test split; run "
@@ -250,11 +257,13 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     limit_threads(cfg.threads)
     label = model_label(model)
     where = origin(model, located)
-    logger.info("evaluating %s on suite '%s' (%d tasks, %d seen + %d unseen languages)",
-                model, suite.name, len(tasks), len(seen), len(unseen))
-    trunk = (frozen_trunk(encoder, cfg.trunk_layers, cfg.trunk_dir) if cfg.trunk_layers
-             else contextlib.nullcontext())
-    with trunk:
+    logger.info("evaluating %s on suite '%s' (%d tasks, %d seen + %d unseen languages) on %s "
+                "in %s", model, suite.name, len(tasks), len(seen), len(unseen), device,
+                precision_name(dtype))
+    trunk = (frozen_trunk(encoder, cfg.trunk_layers, cfg.trunk_dir, dtype=dtype)
+             if cfg.trunk_layers else contextlib.nullcontext())
+    # Only the encoder's forward is autocast: mteb's scoring of the embeddings is not.
+    with trunk, autocast_forward(encoder, dtype):
         results, outcomes = evaluate(encoder, tasks, cfg.output_dir, label,
                                      batch_size=cfg.batch_size, adapted_from=where.get("source"))
         with atomic_path(result_dir(cfg.output_dir, label) / items.OUTCOMES) as tmp:

@@ -50,6 +50,7 @@ from pipeline.encoders.catalog import (
     load_catalogue,
     load_encoder,
     locate,
+    model_label,
     save_encoder,
     set_model_card,
 )
@@ -69,6 +70,7 @@ from pipeline.train.trainer import (
     MarkComplete,
     TimeBudget,
     build_loss,
+    config_problems,
     count_parameters,
     freeze_lower_layers,
     freeze_pooler,
@@ -90,8 +92,12 @@ _RESUME_NEUTRAL = (
 
 
 def run_name(encoder: str, regime: str, seed: int) -> str:
-    """``<encoder>-<regime>-<seed>``: the matrix item, model directory and plot file name."""
-    return f"{encoder}-{regime}-{seed}"
+    """``<encoder>-<regime>-<seed>``: the matrix item, model directory and plot file name.
+
+    The encoder as :func:`~pipeline.encoders.catalog.model_label` spells it (a hub id
+    ``org/name`` as ``org--name``, so its output does not nest under the organisation).
+    """
+    return f"{model_label(encoder)}-{regime}-{seed}"
 
 
 def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located, regime: str,
@@ -140,31 +146,6 @@ def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:
     if checkpoint is not None:
         logger.info("resuming from %s", checkpoint)
     return checkpoint
-
-
-def _check_gpu_sanity(cfg: TrainEncoderConfig, loss_name: str, dev_split: int, world: int
-                      ) -> None:
-    """Fail before training on settings that would waste the run or lose its dev loss.
-
-    Raises:
-        ValueError: Gradient checkpointing under a cached loss (GradCache already bounds the
-            memory; checkpointing adds a third forward pass), or a dev set smaller than one
-            batch on every process (its loss could not be computed).
-    """
-    if cfg.gradient_checkpointing and loss_name.startswith("cached_"):
-        raise ValueError(
-            f"train_encoder: gradient_checkpointing with the cached loss '{loss_name}' runs "
-            "three forward passes per step for no memory saved (GradCache keeps one "
-            "mini-batch of activations); set gradient_checkpointing: false"
-        )
-    needed = cfg.batch_size * world
-    if cfg.dev_rows and min(cfg.dev_rows, dev_split) < needed:
-        raise ValueError(
-            f"train_encoder: the dev loss needs {needed} rows (batch_size {cfg.batch_size} x "
-            f"{world} process(es)), but dev_rows is {cfg.dev_rows} and the dev split has "
-            f"{dev_split}; raise dev_rows (or build_corpus.dev_fraction), or set dev_rows: 0 "
-            "to skip the dev loss"
-        )
 
 
 def _dev_loss(trainer: Any, data: RegimeData, rows: int) -> float | None:
@@ -255,7 +236,8 @@ def run(
 
     work = Path(cfg.work_dir) / name
     args = training_arguments(cfg, work, device, prompt, seed)
-    _check_gpu_sanity(cfg, cfg.loss[regime], len(data.dev), args.world_size)
+    if problems := config_problems(cfg, (regime,), len(data.dev), args.world_size):
+        raise ValueError(problems[0])
     dev_rows = min(cfg.dev_rows, len(data.dev))
     loss = build_loss(cfg.loss[regime], model, cfg.loss_params, data.columns, args.world_size)
     # Under torchrun the main process cleans or keeps the work dir before the others look.
@@ -271,7 +253,11 @@ def run(
         loss=loss,
         callbacks=[MarkComplete(), budget, *callbacks],
     )
-    with frozen_trunk(model, split, cfg.trunk_dir) if split else contextlib.nullcontext():
+    # The trainer autocasts on a GPU: the memo keys states by the dtype they are made in.
+    precision = resolve_precision(cfg.precision, device)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    memo = frozen_trunk(model, split, cfg.trunk_dir, dtype=half) if split else None
+    with memo or contextlib.nullcontext():
         main = trainer.is_world_process_zero()
         run_state = read_json(work / RUN_FILE) if (work / RUN_FILE).is_file() else {}
         if "dev_loss_start" not in run_state:
@@ -341,7 +327,7 @@ def run(
         corpus={"path": str(path), "sha256": corpus_sha, **data.stats},
         prompt=prompt,
         device=device,
-        precision=resolve_precision(cfg.precision, device),
+        precision=precision,
         world_size=world,
         torch_threads=torch.get_num_threads(),
         metrics=metrics,

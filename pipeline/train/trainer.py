@@ -270,6 +270,45 @@ def training_arguments(
     )
 
 
+def config_problems(cfg: TrainEncoderConfig, regimes: Sequence[str], dev_split: int | None = None,
+                    world_size: int | None = None) -> list[str]:
+    """Settings that would waste a run or lose its dev loss, one line each with its fix.
+
+    ``train_encoder`` fails on them before training; ``multiway doctor`` reports them before
+    the pipeline starts.
+
+    Args:
+        cfg: The stage config.
+        regimes: The regimes to check (their losses).
+        dev_split: Rows of the dev split (``None``: not built yet; ``dev_rows`` alone is checked).
+        world_size: Processes of the run (``None``: ``cfg.gpus``, at least 1).
+
+    Returns:
+        Problems: gradient checkpointing under a cached loss (GradCache already keeps one
+        mini-batch of activations; checkpointing adds a third forward pass), or a dev set
+        smaller than one batch on every process (its loss could not be computed).
+    """
+    problems = []
+    cached = sorted({cfg.loss[r] for r in regimes if cfg.loss.get(r, "").startswith("cached_")})
+    if cfg.gradient_checkpointing and cached:
+        problems.append(
+            f"train_encoder: gradient_checkpointing with the cached loss {', '.join(cached)} runs "
+            "three forward passes per step for no memory saved (GradCache keeps one "
+            "mini-batch of activations); set gradient_checkpointing: false"
+        )
+    world = world_size or max(cfg.gpus, 1)
+    needed = cfg.batch_size * world
+    rows = cfg.dev_rows if dev_split is None else min(cfg.dev_rows, dev_split)
+    if cfg.dev_rows and rows < needed:
+        split = "" if dev_split is None else f" and the dev split has {dev_split}"
+        problems.append(
+            f"train_encoder: the dev loss needs {needed} rows (batch_size {cfg.batch_size} x "
+            f"{world} process(es)), but dev_rows is {cfg.dev_rows}{split}; raise dev_rows (or "
+            "build_corpus.dev_fraction), or set dev_rows: 0 to skip the dev loss"
+        )
+    return problems
+
+
 def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:
     """The newest complete checkpoint in ``checkpoint_dir``, removing incomplete ones.
 

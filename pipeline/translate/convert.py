@@ -7,8 +7,10 @@ project's own model from ``train_nmt``). To translate with a published model ins
     multiway convert_nmt --model Helsinki-NLP/opus-mt-en-de   # or any hub id
     multiway convert_nmt --model path/to/hf_model --family marian   # or a local directory
 
-The model lands in ``<output_dir>/<name>`` (``name`` = catalogue key or last path part)
-with ``multiway_nmt.json`` (see :mod:`pipeline.translate.families`); then set
+A catalogue key converts its entry's pinned ``revision``; a hub id given directly converts
+``main``; either way the commit converted is recorded. The model lands in
+``<output_dir>/<name>`` (``name`` = catalogue key or last path part) with
+``multiway_nmt.json`` (see :mod:`pipeline.translate.families`); then set
 ``translate.model_dir`` to it (the paper profile does). A second run with the same source
 files, family, quantization and metadata returns at once; ``force: true`` reconverts.
 
@@ -41,6 +43,7 @@ from ctranslate2.converters import TransformersConverter
 
 from pipeline import langs
 from pipeline.config import ConvertNmtConfig, from_mapping, to_dict
+from pipeline.encoders.catalog import HUB_FILES, download_command, fetch_snapshot, snapshot_commit
 from pipeline.io import read_json, write_json
 from pipeline.runtime import file_hash, write_meta
 from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
@@ -53,9 +56,6 @@ CONVERTER_VERSION = 1
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16", "float32")
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-# Files fetched from the hub: configs, tokenizers, safetensors weights (pytorch_model.bin
-# only when a repository has no safetensors, so big repos are not downloaded twice).
-_HUB_FILES = ["*.json", "*.spm", "*.model", "*.txt", "*.safetensors"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +65,8 @@ class CatalogEntry:
     Attributes:
         hub_id: Hugging Face model id.
         family: ``marian``, ``m2m100`` or ``nllb``.
+        revision: Hub commit converted (``None``: the hub's ``main``); the commit actually
+            converted is recorded in ``multiway_nmt.json`` and ``meta.json``.
         source_lang: FLORES code of the source side.
         target_langs: FLORES codes it translates into (``None`` = any its tokenizer knows).
         target_tag: Marian multi-target tag template (see ``ModelMeta.target_tag``).
@@ -73,6 +75,7 @@ class CatalogEntry:
 
     hub_id: str
     family: str
+    revision: str | None = None
     source_lang: str = "eng_Latn"
     target_langs: tuple[str, ...] | None = None
     target_tag: str | None = None
@@ -136,29 +139,34 @@ def resolve_model(model: str, catalog: dict[str, CatalogEntry]
     )
 
 
-def fetch_model(model: str | Path) -> Path:
+def fetch_model(model: str | Path, revision: str | None = None) -> Path:
     """Return a local directory for a Hugging Face model (downloading it if the hub is up).
+
+    Args:
+        model: A local directory or a hub id.
+        revision: The hub commit to fetch (``None``: ``main``); ignored for a directory.
+
+    Returns:
+        ``model`` itself, or the HF-cache snapshot directory of the commit fetched
+        (:func:`~pipeline.encoders.catalog.snapshot_commit` names it).
 
     Raises:
         FileNotFoundError: Neither a local directory nor obtainable from the hub or cache.
     """
     if Path(model).is_dir():
         return Path(model)
-    from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        path = Path(snapshot_download(str(model), allow_patterns=_HUB_FILES))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(str(model), allow_patterns=["pytorch_model.bin"]))
+        return fetch_snapshot(str(model), revision, files=HUB_FILES)
     except (OSError, ValueError, HfHubHTTPError) as exc:
+        pinned = f" at its pinned revision {revision}" if revision else ""
         raise FileNotFoundError(
-            f"NMT model '{model}' is not a local directory and cannot be fetched from the "
-            f"Hugging Face hub or cache ({type(exc).__name__}); download it where the hub is "
-            f"reachable (`hf download {model}`) and copy it, or set convert_nmt.model to a "
-            "local directory"
+            f"NMT model '{model}' is not a local directory and cannot be fetched{pinned} from "
+            f"the Hugging Face hub or cache ({type(exc).__name__}); download it where the hub is "
+            f"reachable (`{download_command(str(model), revision)}`) and copy the HF cache, or "
+            "set convert_nmt.models to a local directory"
         ) from None
-    return path
 
 
 def detect_family(hf_dir: str | Path) -> str:
@@ -344,8 +352,11 @@ def _fingerprint(hf_dir: Path, family: str, quantization: str, meta: dict[str, A
 
 def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str = "auto",
                      quantization: str = "int8", extra_meta: dict[str, Any] | None = None,
-                     force: bool = False) -> Path:
+                     force: bool = False, revision: str | None = None) -> Path:
     """Convert a Hugging Face Marian/M2M100/NLLB model to CTranslate2 (cached).
+
+    A hub model's ``revision`` (asked for) and ``commit`` (of the snapshot converted) are
+    recorded in ``multiway_nmt.json``.
 
     Args:
         hf_dir_or_id: Local model directory or hub id.
@@ -355,6 +366,7 @@ def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str 
         extra_meta: Fields for ``multiway_nmt.json`` (``source_lang``, ``target_langs``,
             ``target_tag``, or anything else to record).
         force: Reconvert even if ``out_dir`` holds the same conversion.
+        revision: Hub commit to convert (``None``: ``main``); ignored for a directory.
 
     Returns:
         ``out_dir``.
@@ -366,7 +378,7 @@ def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str 
     out_dir = Path(out_dir)
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization '{quantization}' is not one of {', '.join(QUANTIZATIONS)}")
-    hf_dir = fetch_model(hf_dir_or_id)
+    hf_dir = fetch_model(hf_dir_or_id, revision)
     detected = detect_family(hf_dir)
     if family == "auto":
         family = detected
@@ -375,6 +387,8 @@ def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str 
                          "model; set family to auto")
     _check_files(hf_dir, family)
     fields: dict[str, Any] = {"source_lang": "eng_Latn", **(extra_meta or {})}
+    if not Path(hf_dir_or_id).is_dir():  # a hub model: the commit converted
+        fields.update(revision=revision, commit=snapshot_commit(hf_dir))
     if family == "marian" and "target_langs" not in fields:
         tok_config = hf_dir / "tokenizer_config.json"
         target = read_json(tok_config).get("target_lang") if tok_config.is_file() else None
@@ -427,8 +441,9 @@ def run(cfg: ConvertNmtConfig, model: str) -> dict[str, float]:
 
     Args:
         cfg: The stage config.
-        model: A catalogue key of ``configs/nmt.yaml`` (the DVC matrix item), a hub id or a
-            local directory.
+        model: A catalogue key of ``configs/nmt.yaml`` (the DVC matrix item; converted at
+            the entry's pinned revision), a hub id (converted at ``main``) or a local
+            directory.
 
     Returns:
         ``converted`` (1 or 0 when the cache was up to date), ``size_mb``, and
@@ -436,16 +451,20 @@ def run(cfg: ConvertNmtConfig, model: str) -> dict[str, float]:
     """
     catalog = load_catalog()
     name, source, entry = resolve_model(model, catalog)
+    revision = catalog[model].revision if model in catalog else None
     family = cfg.family if cfg.family != "auto" or entry is None else entry.family
     out_dir = Path(cfg.output_dir) / name
     model_bin = out_dir / "model.bin"
     before = model_bin.stat().st_mtime_ns if model_bin.is_file() else None
     start = time.perf_counter()
     convert_hf_model(source, out_dir, family=family, quantization=cfg.quantization,
-                     extra_meta=entry.meta_fields() if entry else None, force=cfg.force)
+                     extra_meta=entry.meta_fields() if entry else None, force=cfg.force,
+                     revision=revision)
     converted = before != model_bin.stat().st_mtime_ns
     if converted:
-        write_meta(out_dir / "meta.json", to_dict(cfg), source=source)
+        converted_meta = read_json(out_dir / META_FILE)
+        write_meta(out_dir / "meta.json", to_dict(cfg), source=source,
+                   **{k: converted_meta[k] for k in ("revision", "commit") if k in converted_meta})
     size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
     return {"converted": int(converted), "size_mb": round(size / 2**20, 2),
             "runtime": {"seconds": round(time.perf_counter() - start, 3)}}
