@@ -29,7 +29,7 @@ import yaml
 
 from pipeline import config as cfgmod
 from pipeline.encoders.catalog import model_label
-from pipeline.io import write_json
+from pipeline.io import metrics_path, write_json
 from pipeline.runtime import run_context, run_entry
 
 logger = logging.getLogger(__name__)
@@ -138,16 +138,6 @@ STAGES: dict[str, Stage] = {
 
 #: Key of the run-dependent part of a run function's metrics (see :class:`Stage`).
 RUNTIME = "runtime"
-
-
-def metrics_path(name: str, item: str | None = None, root: str | Path = "data",
-                 kind: str = "metrics") -> Path:
-    """``<root>/<kind>/<stage>[@<item>].json``: a stage's metrics or runtime file.
-
-    ``data/metrics/`` holds the flat metrics DVC tracks; ``data/runtime/`` what varies from
-    run to run (times, rates, memory, machine, date, git revision), untracked.
-    """
-    return Path(root) / kind / (f"{name}@{item}.json" if item else f"{name}.json")
 
 
 def _results_root(cls: type, cfg: Any, own: Any) -> Path:

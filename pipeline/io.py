@@ -139,3 +139,13 @@ def write_json(obj: Any, path: str | Path) -> None:
 def read_json(path: str | Path) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def metrics_path(name: str, item: str | None = None, root: str | Path = "data",
+                 kind: str = "metrics") -> Path:
+    """``<root>/<kind>/<stage>[@<item>].json``: a stage's metrics or runtime file.
+
+    ``data/metrics/`` holds the flat metrics DVC tracks; ``data/runtime/`` what varies from
+    run to run (times, rates, memory, machine, date, git revision), untracked.
+    """
+    return Path(root) / kind / (f"{name}@{item}.json" if item else f"{name}.json")

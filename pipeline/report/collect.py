@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import langs as langmod
-from pipeline.cli import metrics_path
+from pipeline.io import metrics_path
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ _SCALAR = (int, float, bool, str, type(None))
 
 
 def metrics_file(metrics_dir: str | Path, stage: str, item: str | None = None) -> Path:
-    """``<metrics_dir>/<stage>[@<item>].json``, named as ``pipeline.cli.metrics_path`` does."""
+    """``<metrics_dir>/<stage>[@<item>].json``, named as ``pipeline.io.metrics_path`` does."""
     return Path(metrics_dir) / metrics_path(stage, item).name
 
 
