@@ -33,28 +33,22 @@ References:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from pipeline.losses import (
-    GRADCACHE_CITATION,
-    INFONCE_CITATION,
     Similarity,
-    check_positive,
-    check_similarity,
     duplicate_rows,
-    first_term_carries_total,
     gather_with_grad,
     prepare,
     text_keys,
 )
+from pipeline.losses.base import CachedLoss, InBatchLoss
 
 
-class BilingualInfoNCELoss(nn.Module):
+class BilingualInfoNCELoss(InBatchLoss):
     """Symmetric in-batch InfoNCE on translation pairs.
 
     ``L = ½ (CE(x_i → {y_j}) + CE(y_i → {x_j}))`` averaged over the batch, logits
@@ -91,14 +85,7 @@ class BilingualInfoNCELoss(nn.Module):
         Raises:
             ValueError: A hyperparameter is out of range.
         """
-        super().__init__()
-        check_positive("temperature", temperature)
-        check_similarity(similarity)
-        self.model = model
-        self.temperature = float(temperature)
-        self.similarity = similarity
-        self.mask_duplicates = mask_duplicates
-        self.gather_across_devices = gather_across_devices
+        super().__init__(model, temperature, similarity, mask_duplicates, gather_across_devices)
 
     def forward(
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
@@ -162,22 +149,9 @@ class BilingualInfoNCELoss(nn.Module):
             terms[name] = -log_p.mean() / 2
         return terms
 
-    def get_config_dict(self) -> dict[str, Any]:
-        """Hyperparameters, for the model card and ``meta.json``."""
-        return {
-            "temperature": self.temperature,
-            "similarity": self.similarity,
-            "mask_duplicates": self.mask_duplicates,
-            "gather_across_devices": self.gather_across_devices,
-        }
-
-    @property
-    def citation(self) -> str:
-        """BibTeX entry shown in the model card."""
-        return INFONCE_CITATION
 
 
-class CachedBilingualInfoNCELoss(CachedLossMixin, nn.Module):
+class CachedBilingualInfoNCELoss(CachedLoss):
     """:class:`BilingualInfoNCELoss` with GradCache: En-X batches as large as multi-way ones.
 
     Same inputs, formula and terms; gradients equal up to float rounding. The GradCache passes
@@ -210,52 +184,16 @@ class CachedBilingualInfoNCELoss(CachedLossMixin, nn.Module):
             mini_batch_size: Sentences embedded at once; bounds memory, not the negatives.
             show_progress_bar: Show bars over the mini-batches.
         """
-        super().__init__()
-        check_positive("mini_batch_size", mini_batch_size)
-        self.model = model
-        self.loss = BilingualInfoNCELoss(
+        loss = BilingualInfoNCELoss(
             model, temperature, similarity, mask_duplicates, gather_across_devices
         )
-        self.mini_batch_size = mini_batch_size
-        self.show_progress_bar = show_progress_bar
-        self._keys: Tensor | None = None
-        self._terms: dict[str, Tensor] = {}
+        super().__init__("cached_bilingual_infonce", model, loss, mini_batch_size,
+                         show_progress_bar)
 
-    def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
-    ) -> Tensor:
-        """Total loss from the cached mini-batch embeddings (``CachedLossMixin`` hook)."""
-        source, target = (torch.cat(column) for column in reps)
-        terms = self.loss.compute_loss_from_embeddings(source, target, self._keys)
-        self._terms = {name: term.detach() for name, term in terms.items()}
-        total = torch.stack(list(terms.values())).sum()
+    def column_terms(self, columns: list[Tensor], with_backward: bool) -> dict[str, Tensor]:
+        """The two direction terms (one score matrix: no chunking needed)."""
+        terms = self.loss.compute_loss_from_embeddings(*columns, self._keys)
         if with_backward:
-            total.backward()
-            total = total.detach()
-        return total
-
-    def forward(
-        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        """Run the GradCache passes and return the named terms."""
-        sentence_features = list(sentence_features)
-        self._keys = self.loss.text_keys(sentence_features)
-        try:
-            total = self.forward_cached(sentence_features, labels)
-            return first_term_carries_total(total, self._terms)
-        finally:
-            self._keys, self._terms = None, {}
-
-    @property
-    def temperature(self) -> float:
-        """Softmax temperature of the wrapped loss."""
-        return self.loss.temperature
-
-    def get_config_dict(self) -> dict[str, Any]:
-        """Hyperparameters, for the model card and ``meta.json``."""
-        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
-
-    @property
-    def citation(self) -> str:
-        """BibTeX entries shown in the model card."""
-        return INFONCE_CITATION + GRADCACHE_CITATION
+            torch.stack(list(terms.values())).sum().backward()
+            terms = {name: term.detach() for name, term in terms.items()}
+        return terms

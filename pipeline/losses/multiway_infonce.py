@@ -52,25 +52,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import tqdm
-from sentence_transformers.base.losses.gradcache import (
-    CachedLossMixin,
-    has_static_embedding_input,
-)
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from pipeline.losses import (
-    GRADCACHE_CITATION,
-    INFONCE_CITATION,
     Similarity,
-    check_positive,
-    check_similarity,
     duplicate_rows,
-    first_term_carries_total,
     gather_with_grad,
     prepare,
     text_keys,
 )
+from pipeline.losses.base import CachedLoss, InBatchLoss
 
 
 def multiway_pair_losses(
@@ -114,7 +106,7 @@ def multiway_pair_losses(
     return F.softplus(log_z_neg[:, None] - positives)
 
 
-class MultiwayInfoNCELoss(nn.Module):
+class MultiwayInfoNCELoss(InBatchLoss):
     """Multi-way in-batch InfoNCE over all languages of each row.
 
     For each anchor ``a`` (every row, every language) and each positive ``p`` (the anchor
@@ -160,14 +152,7 @@ class MultiwayInfoNCELoss(nn.Module):
         Raises:
             ValueError: A hyperparameter is out of range.
         """
-        super().__init__()
-        check_positive("temperature", temperature)
-        check_similarity(similarity)
-        self.model = model
-        self.temperature = float(temperature)
-        self.similarity = similarity
-        self.mask_duplicates = mask_duplicates
-        self.gather_across_devices = gather_across_devices
+        super().__init__(model, temperature, similarity, mask_duplicates, gather_across_devices)
         self.languages = tuple(languages) if languages is not None else None
 
     def term_names(self, n_langs: int) -> list[str]:
@@ -188,7 +173,12 @@ class MultiwayInfoNCELoss(nn.Module):
         return [f"anchor_{lang}" for lang in self.languages]
 
     def text_keys(self, sentence_features: list[dict[str, Any]]) -> Tensor | None:
-        """``(N, rows)`` text keys of every column for duplicate masking, or ``None`` when off."""
+        """``(N, rows)`` text keys of every column for duplicate masking, or ``None`` when off.
+
+        Raises:
+            ValueError: The columns do not fit :meth:`term_names`.
+        """
+        self.term_names(len(sentence_features))
         if not self.mask_duplicates:
             return None
         gather = self.gather_across_devices
@@ -257,21 +247,11 @@ class MultiwayInfoNCELoss(nn.Module):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Hyperparameters, for the model card and ``meta.json``."""
-        return {
-            "temperature": self.temperature,
-            "similarity": self.similarity,
-            "mask_duplicates": self.mask_duplicates,
-            "gather_across_devices": self.gather_across_devices,
-            "languages": list(self.languages) if self.languages is not None else None,
-        }
-
-    @property
-    def citation(self) -> str:
-        """BibTeX entry shown in the model card."""
-        return INFONCE_CITATION
+        languages = list(self.languages) if self.languages is not None else None
+        return {**super().get_config_dict(), "languages": languages}
 
 
-class CachedMultiwayInfoNCELoss(CachedLossMixin, nn.Module):
+class CachedMultiwayInfoNCELoss(CachedLoss):
     """:class:`MultiwayInfoNCELoss` with GradCache, for large batches in bounded memory.
 
     Same inputs, formula and terms as :class:`MultiwayInfoNCELoss`; the gradients are the
@@ -320,64 +300,15 @@ class CachedMultiwayInfoNCELoss(CachedLossMixin, nn.Module):
             ValueError: A hyperparameter is out of range, or the model embeds with a
                 ``StaticEmbedding`` (its inputs cannot be split into mini-batches).
         """
-        super().__init__()
-        if has_static_embedding_input(model):
-            raise ValueError(
-                "cached_multiway_infonce cannot split StaticEmbedding inputs into mini-batches; "
-                "use multiway_infonce instead"
-            )
-        check_positive("mini_batch_size", mini_batch_size)
-        self.model = model
-        # The wrapped loss owns the hyperparameters and the formula; this class adds caching.
-        self.loss = MultiwayInfoNCELoss(
+        loss = MultiwayInfoNCELoss(
             model, temperature, similarity, mask_duplicates, gather_across_devices, languages
         )
-        self.mini_batch_size = mini_batch_size
-        self.show_progress_bar = show_progress_bar
-        self._keys: Tensor | None = None
-        self._terms: dict[str, Tensor] = {}
+        super().__init__("cached_multiway_infonce", model, loss, mini_batch_size,
+                         show_progress_bar)
 
-    def calculate_loss(
-        self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False
-    ) -> Tensor:
-        """Total loss from the cached mini-batch embeddings (``CachedLossMixin`` hook).
-
-        Keeps the detached terms for :meth:`forward`; ``labels`` are ignored.
-        """
-        terms = self.loss.compute_loss_from_embeddings(
-            [torch.cat(column) for column in reps],
-            self._keys,
-            chunk_size=self.mini_batch_size,
-            with_backward=with_backward,
+    def column_terms(self, columns: list[Tensor], with_backward: bool) -> dict[str, Tensor]:
+        """The multi-way terms, anchors scored ``mini_batch_size`` at a time."""
+        return self.loss.compute_loss_from_embeddings(
+            columns, self._keys, chunk_size=self.mini_batch_size, with_backward=with_backward,
             show_progress_bar=self.show_progress_bar,
         )
-        self._terms = {name: term.detach() for name, term in terms.items()}
-        return torch.stack(list(terms.values())).sum()
-
-    def forward(
-        self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
-    ) -> dict[str, Tensor]:
-        """Run the GradCache passes and return the named terms."""
-        sentence_features = list(sentence_features)
-        self.loss.term_names(len(sentence_features))
-        # Keys come from the full columns, before they are cut into mini-batches.
-        self._keys = self.loss.text_keys(sentence_features)
-        try:
-            total = self.forward_cached(sentence_features, labels)
-            return first_term_carries_total(total, self._terms)
-        finally:
-            self._keys, self._terms = None, {}
-
-    @property
-    def temperature(self) -> float:
-        """Softmax temperature of the wrapped loss."""
-        return self.loss.temperature
-
-    def get_config_dict(self) -> dict[str, Any]:
-        """Hyperparameters, for the model card and ``meta.json``."""
-        return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}
-
-    @property
-    def citation(self) -> str:
-        """BibTeX entries shown in the model card."""
-        return INFONCE_CITATION + GRADCACHE_CITATION

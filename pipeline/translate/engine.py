@@ -236,3 +236,20 @@ def load_translator(model_dir: str | Path, *, device: str = "auto", compute_type
                 compute_type, inter_threads, intra_threads)
     return CT2Translator(model_dir, meta, tokenizer, raw, device, compute_type, options,
                          source_lang)
+
+
+def iter_translations(translator: CT2Translator, texts: Sequence[str | None], lang: str
+                      ) -> Iterator[tuple[int, str, int]]:
+    """Translate the rows of one shard, all in one ``translate_iterable`` call.
+
+    Empty (or blank) rows are not decoded: their translation is ``""`` and they are not
+    yielded. Every backend translates a shard through this function, so a shard's batches,
+    and therefore its output, are the same whichever process translates it.
+
+    Yields:
+        ``(row, translation, target tokens)`` for each non-empty row, in row order.
+    """
+    keep = [i for i, text in enumerate(texts) if text and text.strip()]
+    sources = translator.encode([texts[i] for i in keep], lang)  # type: ignore[misc]
+    for i, tokens in zip(keep, translator.translate_tokens(sources, lang)):
+        yield i, translator.decode(tokens), len(tokens)

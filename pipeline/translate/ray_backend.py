@@ -8,7 +8,7 @@ actors (``ActorPoolStrategy``: one actor per GPU with ``num_gpus=1``, or one per
 ``ray_actor_threads`` CPUs). Each actor loads the model once, reads its shard's rows from
 the source file itself (:func:`~pipeline.translate.shards.read_row_chunk`) and translates
 them with the same function as the local backend
-(:func:`~pipeline.translate.stage.iter_translations`), so every shard, and the merged file,
+(:func:`~pipeline.translate.engine.iter_translations`), so every shard, and the merged file,
 is byte for byte the local backend's. Translations flow back to the driver, which alone
 writes shards (as they arrive, in any order) and merges them: a run killed at any point
 resumes from the shards on disk, with either backend.
@@ -38,8 +38,19 @@ from tqdm import tqdm
 
 from pipeline.config import TranslateConfig
 from pipeline.runtime import resolve_device
-from pipeline.translate.engine import CT2Translator, load_translator, resolve_compute_type
-from pipeline.translate.shards import ShardStore, iter_row_chunks, read_row_chunk
+from pipeline.translate.engine import (
+    CT2Translator,
+    iter_translations,
+    load_translator,
+    resolve_compute_type,
+)
+from pipeline.translate.shards import (
+    ShardStore,
+    fingerprint,
+    iter_row_chunks,
+    read_row_chunk,
+    work_done,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +160,6 @@ class ShardTranslator:
         return self.translator
 
     def _shard(self, index: int) -> pa.Table:
-        from pipeline.translate.stage import iter_translations
-
         job = self.job
         try:
             translator = self._load()
@@ -319,8 +328,6 @@ def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: 
         ``translate_cpu_seconds`` the actors' CPU time), plus ``ray_actors`` and
         ``actor_seconds`` (translation time summed over actors) in ``runtime``.
     """
-    from pipeline.translate.stage import fingerprint, work_done
-
     source = Path(cfg.source).resolve()
     local_cpus = cfg.ray_actors * cfg.ray_actor_threads or None
     with ray_session(local_cpus) as ray:

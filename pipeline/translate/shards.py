@@ -22,8 +22,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import TranslateConfig
 from pipeline.io import atomic_path
-from pipeline.runtime import claim_work_dir
+from pipeline.runtime import claim_work_dir, file_hash
+from pipeline.translate.cuda import import_ctranslate2
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +144,40 @@ class ShardStore:
             for index in range(count):
                 writer.write_table(pq.read_table(self.path(index)))
         shutil.rmtree(self.directory)
+
+
+#: Bumped when a shard's content changes for the same inputs (old shards are then redone).
+OUTPUT_VERSION = 1
+
+
+def work_done(reused: int, sentences: int, tokens: int, seconds: float, cpu_seconds: float
+              ) -> dict[str, float]:
+    """The runtime part of translate's metrics: what this run translated, how fast.
+
+    It depends on where an interrupted run stopped and on the machine, so it stays out of
+    the tracked metrics (see :class:`pipeline.cli.Stage`).
+    """
+    return {
+        "shards_reused": reused, "translated_sentences": sentences, "target_tokens": tokens,
+        "translate_seconds": round(seconds, 3), "translate_cpu_seconds": round(cpu_seconds, 3),
+        "sentences_per_s": round(sentences / seconds, 2) if seconds else 0.0,
+        "target_tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
+    }
+
+
+def fingerprint(cfg: TranslateConfig, source_column: str, lang: str, device: str,
+                compute_type: str, max_decoding_length: int) -> dict[str, object]:
+    """Everything that determines the output of ``translate@<lang>`` (see :class:`ShardStore`).
+
+    The backend, thread counts and GPU ids are left out: they do not change a shard, so
+    shards written by one backend are kept by the other.
+    """
+    return {
+        "version": OUTPUT_VERSION, "ctranslate2": import_ctranslate2().__version__,
+        "source": file_hash(cfg.source), "source_column": source_column,
+        "model": file_hash(cfg.model_dir), "lang": lang, "device": device,
+        "compute_type": compute_type, "beam_size": cfg.beam_size,
+        "max_batch_tokens": cfg.max_batch_tokens,
+        "max_decoding_length": max_decoding_length, "shard_size": cfg.shard_size,
+        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+    }

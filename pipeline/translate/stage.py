@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,15 +29,12 @@ from tqdm import tqdm
 from pipeline import langs as langs_mod
 from pipeline.config import LangsConfig, TranslateConfig
 from pipeline.io import read_table
-from pipeline.runtime import file_hash
-from pipeline.translate.cuda import import_ctranslate2
-from pipeline.translate.engine import CT2Translator, load_translator
-from pipeline.translate.shards import ShardStore, iter_row_chunks
+from pipeline.translate.engine import CT2Translator, iter_translations, load_translator
+from pipeline.translate.shards import ShardStore, fingerprint, iter_row_chunks, work_done
 
 logger = logging.getLogger(__name__)
 
 # Bump when the output of an unchanged configuration would change (shards get redone).
-OUTPUT_VERSION = 1
 _POSTFIX_EVERY = 64
 
 
@@ -122,23 +118,6 @@ class _Work:
         self.bar.set_postfix_str(f"{self.tokens / max(elapsed, 1e-9):.0f} tok/s", refresh=False)
 
 
-def iter_translations(translator: CT2Translator, texts: Sequence[str | None], lang: str
-                      ) -> Iterator[tuple[int, str, int]]:
-    """Translate the rows of one shard, all in one ``translate_iterable`` call.
-
-    Empty (or blank) rows are not decoded: their translation is ``""`` and they are not
-    yielded. Every backend translates a shard through this function, so a shard's batches,
-    and therefore its output, are the same whichever process translates it.
-
-    Yields:
-        ``(row, translation, target tokens)`` for each non-empty row, in row order.
-    """
-    keep = [i for i, text in enumerate(texts) if text and text.strip()]
-    sources = translator.encode([texts[i] for i in keep], lang)  # type: ignore[misc]
-    for i, tokens in zip(keep, translator.translate_tokens(sources, lang)):
-        yield i, translator.decode(tokens), len(tokens)
-
-
 def _translate_shard(translator: CT2Translator, texts: list[str | None], lang: str,
                      work: _Work) -> list[str]:
     """Translate one shard; empty source rows give empty translations without decoding."""
@@ -196,39 +175,6 @@ def translate_file(translator: CT2Translator, source: Path, source_column: str, 
     store.merge(shards, output, schema)
     return {"sentences": total, "shards": shards, "runtime": work_done(
         reused, work.sentences, work.tokens, work.seconds, work.cpu_seconds)}
-
-
-def work_done(reused: int, sentences: int, tokens: int, seconds: float, cpu_seconds: float
-              ) -> dict[str, float]:
-    """The runtime part of translate's metrics: what this run translated, how fast.
-
-    It depends on where an interrupted run stopped and on the machine, so it stays out of
-    the tracked metrics (see :class:`pipeline.cli.Stage`).
-    """
-    return {
-        "shards_reused": reused, "translated_sentences": sentences, "target_tokens": tokens,
-        "translate_seconds": round(seconds, 3), "translate_cpu_seconds": round(cpu_seconds, 3),
-        "sentences_per_s": round(sentences / seconds, 2) if seconds else 0.0,
-        "target_tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
-    }
-
-
-def fingerprint(cfg: TranslateConfig, source_column: str, lang: str, device: str,
-                compute_type: str, max_decoding_length: int) -> dict[str, object]:
-    """Everything that determines the output of ``translate@<lang>`` (see :class:`ShardStore`).
-
-    The backend, thread counts and GPU ids are left out: they do not change a shard, so
-    shards written by one backend are kept by the other.
-    """
-    return {
-        "version": OUTPUT_VERSION, "ctranslate2": import_ctranslate2().__version__,
-        "source": file_hash(cfg.source), "source_column": source_column,
-        "model": file_hash(cfg.model_dir), "lang": lang, "device": device,
-        "compute_type": compute_type, "beam_size": cfg.beam_size,
-        "max_batch_tokens": cfg.max_batch_tokens,
-        "max_decoding_length": max_decoding_length, "shard_size": cfg.shard_size,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
-    }
 
 
 def _check_settings(cfg: TranslateConfig) -> None:
