@@ -48,6 +48,17 @@ def seed_everything(seed: int) -> None:
         torch.manual_seed(seed)
 
 
+def unit_hash(seed: int, row_id: str) -> float:
+    """A number in [0, 1) fixed by ``seed`` and ``row_id``: a seeded draw that stays put.
+
+    A cryptographic hash of (seed, id) rather than a seeded permutation: a row's draw depends
+    on nothing but its own id, so it stays put when rows are added or removed (the corpus's
+    train/dev split, ``prepare_source``'s sample).
+    """
+    digest = hashlib.sha256(f"{seed}\x1f{row_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def resolve_device(device: str, gpu_count: Callable[[], int] | None = None) -> str:
     """Resolve ``auto`` to ``cuda`` when a GPU is visible, else ``cpu``.
 

@@ -97,7 +97,7 @@ def test_limit_keeps_first_lines_with_their_ids(txt, tmp_path):
 
 
 def test_a_sample_is_fixed_by_the_ids_and_nested_across_fractions(tmp_path):
-    from pipeline.corpus.split import unit_hash
+    from pipeline.runtime import unit_hash
 
     path = tmp_path / "many.txt"
     path.write_text("".join(f"line number {i}\n" for i in range(400)))

@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, PrepareSourceConfig
-from pipeline.corpus.split import unit_hash
 from pipeline.io import atomic_path
+from pipeline.runtime import unit_hash
 from pipeline.sources.text import clean_line
 
 logger = logging.getLogger(__name__)
