@@ -13,7 +13,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from pipeline import config as c
 from pipeline.io import write_json, write_table
-from pipeline.report import build, collect, compare, projection, render
+from pipeline.report import build, collect, compare, headline, projection, render, results
 from stages import report as stage
 
 POOL = ["deu_Latn", "fra_Latn"]
@@ -441,7 +441,7 @@ def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_
     cfg = c.ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
         "enx": (MODELS["enx"], "me5-tiny-enx-2"),
         "multiway": (MODELS["multiway"], "me5-tiny-multiway-2")})
-    blocks, _ = build.verse_mining_section(cfg, LANGS)
+    blocks, _ = headline.verse_mining_section(cfg, LANGS)
     assert "Seeds per model: base 1, enx 2, multiway 2" in blocks[1].text
     accuracy, intervals = blocks[2], blocks[3]
     pool = next(r for r in accuracy.rows if r[0].startswith("pool–pool"))
@@ -498,17 +498,17 @@ def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
     base = pd.Series((items % 5 > 0).astype(float))  # 80 %
     up = pd.Series((items % 10 > 0).astype(float))  # 90 %: 40 items better
     down = pd.Series((items % 5 > 0) & (items != 1)).astype(float)  # one item worse
-    iv, seeds, said = build._paired([up, down], [base], seed=0)
+    iv, seeds, said = headline._paired([up, down], [base], seed=0)
     assert seeds == "+10.00 / -0.25" and said == f"{iv.verdict} (seeds disagree)"
-    _, _, said = build._paired([up, up], [base], seed=0)
+    _, _, said = headline._paired([up, up], [base], seed=0)
     assert said == "win"
     # Unequal seed counts: the seed means, items resampled (no pairing of seeds).
-    iv, seeds, _ = build._paired([up, down, up], [base, up], seed=0)
+    iv, seeds, _ = headline._paired([up, down, up], [base, up], seed=0)
     assert iv == paired_bootstrap((up + down + up).to_numpy() / 3, (base + up).to_numpy() / 2,
                                   seed=0)
     assert seeds == "+5.00 / -5.25 / +5.00"  # each seed against the mean of the two
     top = pd.Series(np.ones(400))
-    _, _, said = build._paired([top], [top], seed=0)
+    _, _, said = headline._paired([top], [top], seed=0)
     assert said == "no difference at this power (at ceiling)"
 
 
@@ -729,7 +729,7 @@ def test_projection_without_a_complete_verse_says_so(tmp_path):
     write_table(table, tmp_path / "t.parquet")
     cfg = c.ReportConfig(projection_data=str(tmp_path / "t.parquet"), projection_unseen=())
     encode = fake_encoder()
-    blocks = build.projection_section(cfg, LANGS, tmp_path, encode)
+    blocks = projection.projection_section(cfg, LANGS, tmp_path, encode)
     assert blocks[-1] == render.Paragraph(
         f"No verse of {tmp_path / 't.parquet'} has text in every one of eng_Latn, deu_Latn, "
         "fra_Latn; nothing to project.")
@@ -758,7 +758,7 @@ def test_encoders_side_by_side_table(tmp_path):
     aligned = {"enx": ("me5-tiny-enx",), "multiway": ("me5-tiny-multiway",)}
     cfg = c.ReportConfig(metrics_dir=str(metrics), base="me5-tiny", aligned=aligned,
                          encoders=("me5-tiny", "never-run"))
-    heading, note, table = build.encoders_section(cfg, LANGS)
+    heading, note, table = results.encoders_section(cfg, LANGS)
     assert heading.text == "Encoders side by side" and "relative change of multiway" in note.text
     assert table.columns[:2] == ("encoder", "model")
     assert "Bitext mining, seen" in table.columns and "All tasks, unseen" in table.columns
@@ -768,4 +768,4 @@ def test_encoders_side_by_side_table(tmp_path):
     assert rows["base: me5-tiny"][col] == "85.0 (+6.5 %)"
     assert rows["multiway: me5-tiny-multiway"][col] == "90.5"
     assert all(v == "–" for v in rows["base: never-run"][2:])
-    assert build.encoders_section(c.ReportConfig(), LANGS) == []
+    assert results.encoders_section(c.ReportConfig(), LANGS) == []

@@ -1,12 +1,17 @@
 """The ``report`` stage: every stage's output gathered into one Markdown and one HTML report.
 
-- :mod:`~pipeline.report.collect` reads the stage outputs into tidy tables (a missing one is
-  ``None``, a malformed one a ``ValueError`` naming the file);
-- :mod:`~pipeline.report.compare` turns evaluation scores into per-language comparisons,
-  seen/unseen averages, relative changes and the sentences that state them;
-- :mod:`~pipeline.report.projection` embeds a multi-way verse sample and projects it to 2-D;
+- :mod:`~pipeline.report.build`: the stage's ``run``, config check, document assembly;
+- one module per group of sections, in the report's order:
+  :mod:`~pipeline.report.headline` (regime differences with paired intervals),
+  :mod:`~pipeline.report.corpus` (source, filters, MT quality),
+  :mod:`~pipeline.report.training` (NMT and alignment runs),
+  :mod:`~pipeline.report.results` (evaluation tables, encoders side by side),
+  :mod:`~pipeline.report.projection` (embedding projection),
+  :mod:`~pipeline.report.downstream` (zero-shot transfer);
+- :mod:`~pipeline.report.common`: what the sections share (labels, task order, formats);
+- :mod:`~pipeline.report.collect` reads the stage outputs (a missing one is ``None``, a
+  malformed one a ``ValueError`` naming the file);
+- :mod:`~pipeline.report.compare`: per-language comparisons, group means, relative changes;
 - :mod:`~pipeline.report.figures` draws the PNG figures (matplotlib, no pyplot state);
-- :mod:`~pipeline.report.render` renders one list of blocks as Markdown and as
-  self-contained HTML;
-- :mod:`~pipeline.report.build` assembles the sections (the stage's ``run``).
+- :mod:`~pipeline.report.render` renders the blocks as Markdown and self-contained HTML.
 """

@@ -205,16 +205,21 @@ def nmt_history(path: str | Path) -> pd.DataFrame | None:
     return pd.DataFrame(data, columns=list(cols))
 
 
+def _result_file(eval_dir: str | Path, name: str, file: str) -> Path:
+    """``file`` in the result folder ``evaluate`` writes for model ``name``."""
+    from pipeline.encoders.catalog import model_label
+    from pipeline.evaluation.run import result_dir
+
+    return result_dir(eval_dir, model_label(name)) / file
+
+
 def eval_meta(eval_dir: str | Path, name: str) -> dict[str, Any] | None:
     """The ``meta.json`` ``evaluate`` writes in a model's result folder (suite, tasks, origin).
 
     Raises:
         ValueError: It is not a JSON object.
     """
-    from pipeline.encoders.catalog import model_label
-    from pipeline.evaluation.run import result_dir
-
-    path = result_dir(eval_dir, model_label(name)) / "meta.json"
+    path = _result_file(eval_dir, name, "meta.json")
     meta = read_json_input(path)
     if meta is not None and not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
@@ -227,10 +232,7 @@ def outcomes(eval_dir: str | Path, name: str, file: str) -> pd.DataFrame | None:
     ``file``: ``verse_mining.parquet`` (:mod:`pipeline.evaluation.verse_mining`) or
     ``item_outcomes.parquet`` (:mod:`pipeline.evaluation.items`).
     """
-    from pipeline.encoders.catalog import model_label
-    from pipeline.evaluation.run import result_dir
-
-    path = result_dir(eval_dir, model_label(name)) / file
+    path = _result_file(eval_dir, name, file)
     return pd.read_parquet(path) if path.is_file() else None
 
 

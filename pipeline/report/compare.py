@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,16 @@ def comparable(matrix: pd.DataFrame) -> pd.DataFrame:
     return matrix.dropna(subset=present) if present else matrix.iloc[0:0]
 
 
+def comparable_groups(matrix: pd.DataFrame, langs: LangsConfig
+                      ) -> Iterator[tuple[str, pd.DataFrame]]:
+    """``seen``, then ``unseen``, each with its :func:`comparable` rows (if it has any)."""
+    common = comparable(matrix)
+    for group in GROUPS:
+        part = common[[language_group(c, langs) == group for c in common.index]]
+        if len(part):
+            yield group, part
+
+
 def group_means(matrices: Mapping[str, pd.DataFrame], langs: LangsConfig) -> pd.DataFrame:
     """Per task and language group, the macro-average of each model over comparable languages.
 
@@ -86,12 +96,9 @@ def group_means(matrices: Mapping[str, pd.DataFrame], langs: LangsConfig) -> pd.
     """
     rows = []
     for task, matrix in matrices.items():
-        common = comparable(matrix)
-        for group in GROUPS:
-            part = common[[language_group(c, langs) == group for c in common.index]]
-            if len(part):
-                rows.append({"task": task, "group": group, "n_langs": len(part),
-                             **part.mean(axis=0).to_dict()})
+        for group, part in comparable_groups(matrix, langs):
+            rows.append({"task": task, "group": group, "n_langs": len(part),
+                         **part.mean(axis=0).to_dict()})
     models = next(iter(matrices.values())).columns.tolist() if matrices else []
     return pd.DataFrame(rows, columns=["task", "group", "n_langs", *models])
 

@@ -54,6 +54,29 @@ def _shade_groups(ax, groups: Sequence[str]) -> None:
             start = i
 
 
+def _side_by_side(ax, table: pd.DataFrame, errors: pd.DataFrame | None = None,
+                  **style) -> np.ndarray:
+    """Bars of each row side by side, one colour per column (``errors``: error bars).
+
+    Returns:
+        The x position of each row.
+    """
+    n = len(table.columns)
+    width = 0.8 / max(n, 1)
+    x = np.arange(len(table))
+    for k, (name, colour) in enumerate(zip(table.columns, _palette(n))):
+        if errors is not None:
+            style = {**style, "yerr": errors[name].to_numpy(dtype=float), "capsize": 3}
+        ax.bar(x - 0.4 + width * (k + 0.5), table[name].to_numpy(dtype=float), width,
+               label=str(name), color=colour, **style)
+    return x
+
+
+def _grid_and_legend_right(ax) -> None:
+    ax.grid(axis="y", alpha=0.4, zorder=1)
+    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
 def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel: str,
                  path: Path, rotation: int = 45) -> Path:
     """Bars per language (x) and model (colour), the language groups shaded.
@@ -70,18 +93,13 @@ def grouped_bars(matrix: pd.DataFrame, groups: Sequence[str], title: str, ylabel
     fig = Figure(figsize=(max(8.0, 0.3 * n_rows * max(n_models, 2) + 3), 4.6))
     ax = fig.subplots()
     _shade_groups(ax, groups)
-    width = 0.8 / max(n_models, 1)
-    x = np.arange(n_rows)
-    for k, (model, colour) in enumerate(zip(matrix.columns, _palette(n_models))):
-        ax.bar(x - 0.4 + width * (k + 0.5), matrix[model].to_numpy(dtype=float), width,
-               label=str(model), color=colour, zorder=2)
+    x = _side_by_side(ax, matrix, zorder=2)
     ax.set_xticks(x, [str(i) for i in matrix.index], rotation=rotation,
                   ha="right" if rotation else "center", fontsize=9)
     ax.set_xlim(-0.6, n_rows - 0.4)
     ax.set_ylabel(ylabel)
     ax.set_title(title, pad=16)
-    ax.grid(axis="y", alpha=0.4, zorder=1)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _grid_and_legend_right(ax)
     return save(fig, path)
 
 
@@ -96,15 +114,9 @@ def variant_bars(means: pd.DataFrame, stds: pd.DataFrame, title: str, ylabel: st
         ylabel: Y axis label.
         path: Output PNG.
     """
-    n_rows, n_models = means.shape
-    fig = Figure(figsize=(max(7.0, 1.1 * n_rows + 3), 4.4))
+    fig = Figure(figsize=(max(7.0, 1.1 * len(means) + 3), 4.4))
     ax = fig.subplots()
-    width = 0.8 / max(n_models, 1)
-    x = np.arange(n_rows)
-    for k, (model, colour) in enumerate(zip(means.columns, _palette(n_models))):
-        values = means[model].to_numpy(dtype=float)
-        ax.bar(x - 0.4 + width * (k + 0.5), values, width, label=str(model), color=colour,
-               yerr=stds[model].to_numpy(dtype=float), capsize=3, zorder=2)
+    x = _side_by_side(ax, means, stds, zorder=2)
     finite = means.to_numpy(dtype=float)
     finite = finite[np.isfinite(finite)]
     if finite.size:  # the differences are small: start the axis near the lowest bar
@@ -112,8 +124,7 @@ def variant_bars(means: pd.DataFrame, stds: pd.DataFrame, title: str, ylabel: st
     ax.set_xticks(x, [str(i) for i in means.index], rotation=20, ha="right", fontsize=9)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.grid(axis="y", alpha=0.4, zorder=1)
-    ax.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _grid_and_legend_right(ax)
     return save(fig, path)
 
 
@@ -152,11 +163,7 @@ def corpus_figure(failures: pd.DataFrame | None, chrf: pd.DataFrame | None,
         ax.legend(fontsize=8)
     if chrf is not None:
         ax = axes.pop(0)
-        width = 0.8 / len(chrf.columns)
-        x = np.arange(len(chrf))
-        for k, (name, colour) in enumerate(zip(chrf.columns, _palette(len(chrf.columns)))):
-            ax.bar(x - 0.4 + width * (k + 0.5), chrf[name].to_numpy(dtype=float), width,
-                   label=str(name), color=colour)
+        x = _side_by_side(ax, chrf)
         ax.set_xticks(x, list(chrf.index), rotation=45, ha="right", fontsize=9)
         ax.set_ylabel("chrF")
         ax.set_title("Machine translation quality per language")

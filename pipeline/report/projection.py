@@ -1,9 +1,8 @@
-"""A multi-way verse sample embedded by each model, projected to 2-D and summarised.
+"""The projection section: a multi-way verse sample embedded by each model, shown in 2-D.
 
-The same verses in every language are encoded by each model; a PCA fitted per model maps
-them to the plane (:func:`pca_2d`), and :func:`alignment_stats` measures in the full
-embedding space what the picture suggests: whether a translation lies nearest to its own
-English verse, and how much closer it is to it than to the other English verses.
+A PCA fitted per model maps the verses to the plane (:func:`pca_2d`); :func:`alignment_stats`
+measures in the full space what the picture suggests: whether a translation lies nearest to
+its own English verse, and how much closer to it than to the other English verses.
 """
 
 from __future__ import annotations
@@ -14,9 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
-from pipeline.config import ReportConfig
+from pipeline.config import LangsConfig, ReportConfig
 from pipeline.io import read_table
+from pipeline.report import figures
+from pipeline.report.common import model_labels, not_run
+from pipeline.report.compare import language_group
+from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -125,3 +129,71 @@ def model_encoder(cfg: ReportConfig) -> Encoder:
         return np.asarray(vectors)
 
     return encode
+
+
+def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
+                       encode: Encoder) -> list[Block]:
+    """Embed a multi-way verse sample with every model; PCA panels and alignment numbers."""
+    blocks: list[Block] = [Heading("Embedding projection")]
+    if cfg.projection_sentences == 0:
+        return [*blocks, Paragraph("Skipped (report.projection_sentences is 0).")]
+    if not Path(cfg.projection_data).is_file():
+        return [*blocks, not_run("projection data", cfg.projection_data, "prepare_seed")]
+    wanted = list(dict.fromkeys((langs.source, *langs.pool, *cfg.projection_unseen)))
+    sample, absent = sample_verses(cfg.projection_data, wanted, cfg.projection_sentences,
+                                   cfg.seed)
+    if sample.empty:
+        return [*blocks, Paragraph(f"No verse of {cfg.projection_data} has text in every one "
+                                   f"of {', '.join(wanted)}; nothing to project.")]
+    codes = [c for c in wanted if c in sample.columns]
+    sentences = [text for code in codes for text in sample[code]]  # language-major
+    groups = {c: language_group(c, langs) for c in codes}
+    panels, stats_rows, unavailable = [], [], []
+    models = model_labels(cfg)
+    for label, (name, *_) in tqdm(models.items(), desc="projection", unit="model"):
+        try:
+            vectors = encode(name, sentences)
+        except FileNotFoundError as exc:
+            unavailable.append(f"{label} ({exc})")
+            continue
+        emb = vectors.reshape(len(codes), len(sample), -1).transpose(1, 0, 2)  # (verse, lang, dim)
+        xy, explained = pca_2d(vectors)
+        panels.append((f"{label}: {name}", xy, np.repeat(codes, len(sample)), explained))
+        stats = alignment_stats(emb, codes).assign(group=lambda d: d.lang.map(groups))
+        for group, part in stats.groupby("group", sort=False):
+            stats_rows.append({"model": label, "group": group, "langs": len(part),
+                               **part[["top1", "cos_parallel", "cos_other"]].mean().to_dict()})
+    blocks.append(Paragraph(
+        f"{len(sample)} Bible test verses in {len(codes)} languages ({', '.join(codes)}), "
+        "embedded by each model (a regime by its first seed); PCA to 2-D fitted per model. "
+        "Circles: source and seen languages; crosses: unseen. A language-neutral space mixes "
+        "the colours; a language-separated one shows one cloud per language."
+        + (f" Not in {cfg.projection_data}: {', '.join(absent)}." if absent else "")
+    ))
+    if unavailable:
+        blocks.append(Paragraph("Model not available: " + "; ".join(unavailable) + "."))
+    if not panels:
+        return blocks
+    path = figures.projection_figure(panels, codes, groups, fig_dir / "projection.png")
+    blocks.append(Figure(path, "Verse sample per model (PCA), coloured by language."))
+    table = pd.DataFrame(stats_rows)
+    blocks.append(Table(
+        ("model", "group", "languages", "top-1 to English", "cos parallel", "cos other", "gap"),
+        tuple((r.model, r.group, str(r.langs), f"{r.top1 * 100:.1f} %", f"{r.cos_parallel:.3f}",
+               f"{r.cos_other:.3f}", f"{r.cos_parallel - r.cos_other:.3f}")
+              for r in table.itertuples()),
+        "In the full embedding space, on the same sample: share of verses whose nearest "
+        "English verse is their own translation, mean cosine to it and to the other English "
+        "verses.",
+    ))
+    said = []
+    for group in ("seen", "unseen"):
+        part = table[table.group == group].set_index("model")
+        if len(part) > 1:
+            said.append(f"{group} languages: top-1 " + ", ".join(
+                f"{m} {v * 100:.1f} %" for m, v in part.top1.items()
+            ) + "; parallel − other cosine gap " + ", ".join(
+                f"{m} {g:.3f}" for m, g in (part.cos_parallel - part.cos_other).items()) + ".")
+    if said:
+        blocks.append(Bullets(tuple(said)))
+    return blocks

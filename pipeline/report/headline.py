@@ -1,0 +1,269 @@
+"""The headline: regime differences with paired bootstrap intervals and verdicts.
+
+Verse mining per pair group (``evaluate``'s ``verse_mining.parquet``) and the mteb tasks'
+items per language group (``item_outcomes.parquet``); :func:`headline_section` puts every
+difference on every measure in one table above the two detailed sections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import LangsConfig, ReportConfig
+from pipeline.evaluation import items, verse_mining
+from pipeline.evaluation.tasks import PROJECT_TASKS
+from pipeline.report import collect
+from pipeline.report.common import model_labels, ordered_tasks
+from pipeline.report.compare import SCALE
+from pipeline.report.render import Block, Bullets, Heading, Paragraph, Table
+from pipeline.stats import N_BOOT, Interval, paired_bootstrap
+
+#: Both models at or above this accuracy: the measure is at its ceiling (marked).
+CEILING = 0.97
+Cells = dict[tuple[str, str], str]  # (regime pair "a − b", headline column) → its cell
+
+#: What a difference with a control regime (pipeline/train/data.py) measures, said when the
+#: regime is in the report. Each control changes one thing of ``multiway`` or ``enx``.
+CONTROLS = {
+    "enx_mwloss": "enx_mwloss trains the En-X pairs with the multi-way loss: multiway − "
+                  "enx_mwloss is the effect of multi-way rows with the loss form held fixed",
+    "human": "human is the multi-way regime on human translations: multiway − human is the "
+             "cost of the machine translations' errors",
+    "english": "english sees English only (two dropout views of a sentence): english − base "
+               "is adaptation to the Bible domain without a second language, multiway − "
+               "english what alignment adds beyond it",
+}
+
+
+def _interval_cell(iv: Interval) -> str:
+    return (f"{iv.diff * SCALE:+.2f} [{iv.low * SCALE:+.2f}, {iv.high * SCALE:+.2f}]")
+
+
+def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, str]]:
+    """``focus`` − every other regime, then every regime − ``base``, among labels in ``have``."""
+    pairs = [(cfg.focus, other) for other in cfg.aligned if other != cfg.focus]
+    pairs += [(regime, "base") for regime in cfg.aligned]
+    return [(a, b) for a, b in pairs if a in have and b in have]
+
+
+def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int,
+            clusters: np.ndarray | None = None) -> tuple[Interval, str, str]:
+    """Interval of ``a − b`` over seeds and items, each seed's difference, and the verdict.
+
+    Seed ``i`` of ``a`` is paired with seed ``i`` of ``b`` (the same batches) or with the one
+    base model; regimes with different seed counts compare their seed means (items resampled
+    only). The verdict adds "(seeds disagree)" when the seeds' differences have both signs and
+    "(at ceiling)" when both models score at least :data:`CEILING`.
+    """
+    a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
+    paired = len(b_runs) in (1, len(a_runs))
+    rows = (a_runs, b_runs) if paired else ([a], [b])
+    interval = paired_bootstrap(*(np.stack([r.to_numpy() for r in runs]) for runs in rows),
+                                seed=seed, clusters=clusters)
+    # Each seed of a against its own seed of b, the one model b, or (unpaired) b's mean.
+    against = (b_runs if len(b_runs) == len(a_runs) else
+               list(b_runs) * len(a_runs) if paired else [b] * len(a_runs))
+    seeds = [float((x - y).mean()) * SCALE for x, y in zip(a_runs, against, strict=True)]
+    said = interval.verdict
+    if min(seeds) < 0 < max(seeds):
+        said += " (seeds disagree)"
+    if min(a.mean(), b.mean()) >= CEILING:
+        said += " (at ceiling)"
+    return interval, " / ".join(f"{d:+.2f}" for d in seeds), said
+
+
+def _outcome_runs(cfg: ReportConfig, file: str) -> dict[str, list[pd.DataFrame]]:
+    """Label → the outcome tables ``file`` of its models that exist; labels with none left out."""
+    runs = {label: [t for name in names
+                    if (t := collect.outcomes(cfg.eval_dir, name, file)) is not None]
+            for label, names in model_labels(cfg).items()}
+    return {label: tables for label, tables in runs.items() if tables}
+
+
+def _seen(cfg: ReportConfig, langs: LangsConfig, label: str) -> set[str]:
+    """The seen languages ``evaluate`` recorded for ``label``'s first model (else the pool)."""
+    meta = collect.eval_meta(cfg.eval_dir, model_labels(cfg)[label][0]) or {}
+    return set(meta.get("seen") or (langs.source, *langs.pool))
+
+
+def _check_same_index(per_seed: Mapping[str, Sequence[pd.Series | pd.DataFrame]],
+                      message: str) -> None:
+    """Raise ``ValueError(message)`` unless every run is on the same items as the first."""
+    first = next(iter(per_seed.values()))[0]
+    if any(not s.index.equals(first.index) for runs in per_seed.values() for s in runs):
+        raise ValueError(message)
+
+
+def _verdict_line(head: str, by_verdict: Mapping[str, list[str]]) -> str:
+    return f"{head}: " + "; ".join(
+        f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + "."
+
+
+def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+    """Verse-mining accuracy per pair group, and paired intervals of the regime differences.
+
+    Returns:
+        The blocks, and the margin-scoring cells per (difference, "<group> mining").
+
+    Raises:
+        ValueError: The models were mined on different verses.
+    """
+    blocks: list[Block] = [Heading("Verse mining with paired intervals", 3)]
+    cells: Cells = {}
+    tables = _outcome_runs(cfg, verse_mining.OUTCOMES)
+    if not tables:
+        return blocks + [Paragraph(
+            f"Not run: no verse-mining outcomes in {cfg.eval_dir} (run `dvc repro evaluate` "
+            "with evaluate.mining_sentences > 0).")], cells
+    seen = _seen(cfg, langs, next(iter(tables)))
+    per_seed = {label: [verse_mining.per_verse(t, seen, langs.source) for t in runs]
+                for label, runs in tables.items()}
+    _check_same_index(per_seed, f"{cfg.eval_dir}: the models' verse-mining outcomes are on "
+                                "different verses (evaluate.mining_sentences or seed changed "
+                                "for some); rerun `dvc repro evaluate`")
+    first = next(iter(per_seed.values()))[0]
+    scores = {label: sum(runs) / len(runs) for label, runs in per_seed.items()}
+    labels = list(scores)
+    groups = [g for g in verse_mining.GROUPS if g in first.columns.get_level_values("group")]
+    pairs = tables[labels[0]][0].groupby(["src", "tgt"], observed=True).ngroups
+    blocks.append(Paragraph(
+        f"{len(first)} test verses mined between every pair of evaluated languages in both "
+        f"directions ({pairs} ordered pairs), each verse's translation searched among all "
+        f"{len(first)} verses of the other language: plain cosine and the ratio margin "
+        "(k nearest neighbours, as in LASER). Accuracy × 100; a verse's score in a group is "
+        "its accuracy over the group's pairs. Seen = the training pool and "
+        f"{langs.source}. Seeds per model: "
+        + ", ".join(f"{m} {len(per_seed[m])}" for m in labels) + " (a regime's accuracy is "
+        "the mean over its seeds)."))
+    rows = []
+    for g in groups:
+        n_pairs = sum(verse_mining.pair_group(a, b, seen, langs.source) == g for a, b in
+                      tables[labels[0]][0][["src", "tgt"]].drop_duplicates()
+                      .itertuples(index=False))
+        rows.append((verse_mining.GROUPS[g], str(n_pairs), *(
+            f"{scores[m][(scoring, g)].mean() * SCALE:.2f}"
+            for m in labels for scoring in verse_mining.SCORINGS)))
+    blocks.append(Table(
+        ("pair group", "pairs", *(f"{m} {scoring}" for m in labels
+                                  for scoring in verse_mining.SCORINGS)), tuple(rows),
+        caption="Verse-mining accuracy"))
+    comparisons = _comparisons(cfg, scores)
+    if not comparisons:
+        return blocks, cells
+    rows, verdicts = [], []
+    for a, b in comparisons:
+        by_verdict: dict[str, list[str]] = {}
+        for g in groups:
+            cosine, _, _ = _paired([r[("cosine", g)] for r in per_seed[a]],
+                                   [r[("cosine", g)] for r in per_seed[b]], cfg.seed)
+            margin, seeds, said = _paired([r[("margin", g)] for r in per_seed[a]],
+                                          [r[("margin", g)] for r in per_seed[b]], cfg.seed)
+            rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
+                         _interval_cell(margin), seeds,
+                         f"±{margin.detectable * SCALE:.2f}", said))
+            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = (
+                f"{_interval_cell(margin)} {said}")
+            by_verdict.setdefault(said, []).append(
+                f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
+        verdicts.append(_verdict_line(f"{a} − {b} (margin scoring)", by_verdict))
+    blocks.append(Table(
+        ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
+         "margin Δ per seed", "detectable (margin)", "verdict (margin)"), tuple(rows),
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the "
+                 "verses, drawn independently) of the per-verse scores: difference in accuracy "
+                 "points with its 95% interval; 'detectable' is the smallest difference this "
+                 "design detects with 80% power. The interval covers the choice of test verses "
+                 "and the training randomness of the seeds (seed i of one regime against seed "
+                 "i of the other: the same batches); with 3 seeds that level is coarse.")))
+    blocks.append(Bullets(tuple(verdicts)))
+    return blocks, cells
+
+
+def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+    """Paired intervals on the mteb tasks' items (bitext mining, classification) per group.
+
+    Returns:
+        The blocks, and the cells per (difference, "<task>, <group>").
+
+    Raises:
+        ValueError: The models were scored on different items.
+    """
+    blocks: list[Block] = [Heading("mteb tasks with paired intervals", 3)]
+    cells: Cells = {}
+    per_seed = {label: [t.set_index(["task", "subset", "split", "langs", "item"])["correct"]
+                        .sort_index() for t in runs]
+                for label, runs in _outcome_runs(cfg, items.OUTCOMES).items()}
+    if not per_seed:
+        return [*blocks, Paragraph(f"Not run: no per-item outcomes in {cfg.eval_dir} (run "
+                                   "`dvc repro evaluate`).")], cells
+    _check_same_index(per_seed, f"{cfg.eval_dir}: the models' mteb items differ (the suite "
+                                "or its sampling changed for some); rerun `dvc repro evaluate`")
+    first = next(iter(per_seed.values()))[0]
+    seen = _seen(cfg, langs, next(iter(per_seed)))
+    index = first.index.to_frame(index=False)
+    group = index["langs"].map(lambda c: items.item_group(c, seen, langs.source)).to_numpy()
+    names = {**verse_mining.GROUPS, **items.GROUPS}
+    ordered, _ = ordered_tasks(list(dict.fromkeys(index["task"])), cfg)  # report.families
+    measures = [(task, g) for task in ordered
+                for g in names if ((index["task"] == task).to_numpy() & (group == g)).any()]
+    # Item i of a task whose subsets share one sample is one verse in every subset.
+    shared = index["task"].map(lambda t: getattr(PROJECT_TASKS.get(t), "SHARED_ITEMS", False))
+    clusters = np.where(shared, index["task"] + "#" + index["item"].astype(str),
+                        index["task"] + "#" + index["subset"] + "#" + index["item"].astype(str))
+    blocks.append(Paragraph(
+        "The bitext-mining and classification tasks of the suite, item by item: whether a "
+        "sentence's nearest neighbour is its translation, or the share of mteb's classifier "
+        "fits that label an item right. Accuracy × 100 over the items of a task's subsets in "
+        "a language group (the source language's own subsets apart); a regime's item score "
+        "is the mean over its seeds."))
+    rows, verdicts = [], []
+    for a, b in _comparisons(cfg, per_seed):
+        by_verdict: dict[str, list[str]] = {}
+        for task, g in measures:
+            keep = (index["task"] == task).to_numpy() & (group == g)
+            iv, seeds, said = _paired([r[keep] for r in per_seed[a]],
+                                      [r[keep] for r in per_seed[b]], cfg.seed, clusters[keep])
+            rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
+                         _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}", said))
+            by_verdict.setdefault(said, []).append(f"{task} {names[g]} ({_interval_cell(iv)})")
+            cells[f"{a} − {b}", f"{task}, {names[g]}"] = f"{_interval_cell(iv)} {said}"
+        verdicts.append(_verdict_line(f"{a} − {b}", by_verdict))
+    blocks.append(Table(
+        ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
+         "verdict"), tuple(rows),
+        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the items, "
+                 "as for verse mining) of the per-item scores; a Bible task's item is one "
+                 "verse in every language of the group, resampled whole (its languages are "
+                 "not independent draws); gettext messages are drawn per language pair, so "
+                 "each (pair, message) is resampled alone.")))
+    if verdicts:
+        blocks.append(Bullets(tuple(verdicts)))
+    return blocks, cells
+
+
+def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
+    """One table of every regime difference on every headline measure, then the details."""
+    mining, mining_cells = verse_mining_section(cfg, langs)
+    tasks, task_cells = task_items_section(cfg, langs)
+    cells = {**mining_cells, **task_cells}
+    blocks: list[Block] = [Heading("Headline: regime differences with paired intervals")]
+    if cells:
+        columns = list(dict.fromkeys(column for _, column in cells))
+        differences = list(dict.fromkeys(pair for pair, _ in cells))
+        seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
+        blocks.append(Table(
+            ("difference", *columns),
+            tuple((pair, *(cells.get((pair, column), "–") for column in columns))
+                  for pair in differences),
+            caption=(f"Difference in accuracy points [95% interval over the training seeds "
+                     "and the test items] and "
+                     "verdict (seeds disagree: the training seeds' own differences have both "
+                     f"signs; at ceiling: both models ≥ {CEILING * SCALE:g}); models per label "
+                     f"(training seeds): {seeds}. Details below.")))
+        controls = [text for regime, text in CONTROLS.items() if regime in cfg.aligned]
+        if controls:
+            blocks.append(Paragraph("Controls: " + "; ".join(controls) + "."))
+    return blocks + mining + tasks
