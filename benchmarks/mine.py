@@ -3,7 +3,7 @@
 Synthetic unit vectors stand in for sentence embeddings: ``n`` targets, ``n`` sources of which
 ``planted`` (1 % of ``n``, at least 1,000) are noisy copies of targets (cosine about 0.8) and
 the rest unrelated. They are generated chunk by chunk straight into fp16 shards
-(``pipeline.evaluation.mining.ShardWriter``), so generating 1,000,000 × 384 never holds a
+(``pipeline.evaluation.mining.shards.ShardWriter``), so generating 1,000,000 × 384 never holds a
 side in memory; generation is not timed. Each measurement then runs in a fresh subprocess
 (so its peak RSS is its own), with the thread count pinned, and times the whole mining
 from the shards on disk: opening them, training and filling the indexes, both k-NN
@@ -48,7 +48,7 @@ def make_shards(directory: Path, n: int, dim: int, planted: int, seed: int = 0) 
     Targets are random unit vectors; source ``i < planted`` is target ``truth[i]`` plus
     noise of norm ~0.75 (cosine ~0.8), the other sources are random.
     """
-    from pipeline.evaluation.mining import ShardWriter
+    from pipeline.evaluation.mining.shards import ShardWriter
 
     truth = np.random.default_rng([seed, 2]).choice(n, size=planted, replace=False)
     order = np.argsort(truth)
@@ -95,12 +95,9 @@ def worker(args: argparse.Namespace) -> dict:
     """One measurement, in this process."""
     import faiss
 
-    from pipeline.evaluation.mining import (
-        EmbeddingShards,
-        IndexParams,
-        margin_candidates,
-        select_pairs,
-    )
+    from pipeline.evaluation.mining.faiss_index import IndexParams
+    from pipeline.evaluation.mining.margin import margin_candidates, select_pairs
+    from pipeline.evaluation.mining.shards import EmbeddingShards
 
     faiss.omp_set_num_threads(args.threads)
     data = Path(args.data)
@@ -139,7 +136,8 @@ def worker(args: argparse.Namespace) -> dict:
 
 def exact_sample(args: argparse.Namespace) -> dict:
     """Exact k-NN (source → target) of a seeded sample of sources, by brute force over shards."""
-    from pipeline.evaluation.mining import EmbeddingShards, knn_recall, normalize
+    from pipeline.evaluation.mining.faiss_index import knn_recall
+    from pipeline.evaluation.mining.shards import EmbeddingShards, normalize
 
     data = Path(args.data)
     x, y = EmbeddingShards(data / "source"), EmbeddingShards(data / "target")
@@ -274,7 +272,7 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    from pipeline.evaluation.mining import knn_recall
+    from pipeline.evaluation.mining.faiss_index import knn_recall
 
     root = Path(args.data_root)
     info = machine()

@@ -110,7 +110,7 @@ STAGES: dict[str, Stage] = {
         shared=("langs",), matrix=("encoder", "regime", "seed"),
     ),
     "mine": Stage(
-        "MineConfig", "pipeline.evaluation.mining:run",
+        "MineConfig", "pipeline.evaluation.mining.command:run",
         "Mine parallel sentences from two monolingual files (faiss k-NN, ratio margin).",
     ),
     "evaluate": Stage(

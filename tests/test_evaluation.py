@@ -398,7 +398,7 @@ def test_paraphrase_pairs_are_same_verse_or_its_neighbour_from_the_test_split(lo
 
 
 def test_genre_of_books_and_chapter_disjoint_train_test():
-    from pipeline.evaluation.tasks.bible_genre import GENRES, book_genre, split_chapters
+    from pipeline.sources.bible import GENRES, book_genre, split_chapters
 
     assert [book_genre(b) for b in (1, 6, 19, 23, 39, 40, 44, 45, 66)] == [
         "law", "history", "wisdom", "prophets", "prophets", "gospels", "acts", "epistles",

@@ -10,19 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation.mining import (
-    EmbeddingShards,
-    IndexParams,
-    ShardWriter,
-    index_factory_string,
-    knn_recall,
-    margin_candidates,
-    mine,
-    mine_pairs,
-    normalize,
-    read_sentences,
-    select_pairs,
-)
+from pipeline.evaluation.mining.command import mine
+from pipeline.evaluation.mining.faiss_index import IndexParams, index_factory_string, knn_recall
+from pipeline.evaluation.mining.margin import margin_candidates, mine_pairs, select_pairs
+from pipeline.evaluation.mining.sentences import read_sentences
+from pipeline.evaluation.mining.shards import EmbeddingShards, ShardWriter, normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,15 +5,15 @@ code (``deu_Latn``: the task in that language) or two joined by ``-`` (``eng_Lat
 a sentence pair whose first side is in the first language and second side in the second).
 Tasks are registered in :data:`TASKS`:
 
-- ``bible_genre`` (offline default): genre of a verse's book (the grouping of
-  :mod:`pipeline.evaluation.tasks.bible_genre`), trained on English verses of
-  ``bible_source`` and tested on verses of ``bible_test`` in every language (chapter-disjoint).
+- ``bible_genre`` (offline default): genre of a verse's book
+  (:data:`pipeline.sources.bible.GENRES`), trained on English verses of ``bible_source`` and
+  tested on verses of ``bible_test`` in every language (chapter-disjoint).
 - ``bible_paraphrase`` (offline): a verse and the same verse in a second edition (1) or the
   next verse of its chapter in that edition (0), as in
   :mod:`pipeline.evaluation.tasks.bible_paraphrase`. Trained on English pairs (World English
   Bible vs King James) of ``bible_source`` verses; tested within each language that has two
-  editions and across languages (English vs every other language, plus the evaluation task's
-  non-English pairs).
+  editions and across languages (English vs every other language, plus the non-English
+  pairs of :data:`pipeline.sources.bible.CROSS_PAIRS`).
 - ``pawsx``, ``xnli`` (hub, paper profile): sentence-pair classification; within-language
   subsets from each language's test split, cross-language subsets from the English first
   side and the other language's second side of the same (translated) example; the English
@@ -22,26 +22,37 @@ Tasks are registered in :data:`TASKS`:
   validation questions per language; the English dev split from English training questions
   (its validation questions are the English test subset).
 
-Hub tasks read ``TrainDrmimConfig.dataset`` (empty: their hub id) with ``datasets``, or a
-local directory of the same schema laid out as ``<dir>/<config>/<split>.jsonl`` (the tests'
-tiny stand-ins).
+Hub tasks read ``TrainDrmimConfig.dataset`` (empty: their hub id) or a local copy
+(:func:`load_rows`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import pandas as pd
 
 from pipeline.config import LangsConfig, TrainDrmimConfig
 from pipeline.downstream.encoder import Encoder, Seq
-from pipeline.evaluation.tasks.base import SOURCE, non_empty, parquet_languages
 from pipeline.io import read_table
+from pipeline.sources.bible import (
+    CROSS_PAIRS,
+    EDITION_PAIRS,
+    GENRES,
+    SOURCE,
+    book_genre,
+    non_empty,
+    paraphrase_pairs,
+    parquet_languages,
+    split_chapters,
+    subset_languages,
+    with_second_editions,
+)
+from pipeline.sources.seed import default_bible_db
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +111,6 @@ class TaskData:
         return {**self.test, DEV: self.dev} if self.dev is not None else dict(self.test)
 
 
-def subset_languages(subset: str) -> tuple[str, ...]:
-    """Languages of a subset name: ``deu_Latn`` → one, ``eng_Latn-deu_Latn`` → two."""
-    return tuple(subset.split("-"))
-
-
 def keep_subset(subset: str, languages: Sequence[str]) -> bool:
     """Whether every language of ``subset`` is asked for (``languages`` empty: all are)."""
     return not languages or all(
@@ -119,11 +125,7 @@ def _check_subsets(task: str, test: dict[str, Split], languages: Sequence[str]) 
 
 
 def stratified_sample(df: pd.DataFrame, label: str, n: int, seed: int) -> pd.DataFrame:
-    """Up to ``n`` rows, as equal a share per label as the data allows (seeded), in id order.
-
-    Each label first gets ``n // n_labels`` rows (or all it has); rows left over go to a
-    seeded draw from the remaining rows.
-    """
+    """Up to ``n`` rows, as equal a share per label as the data allows (seeded), in id order."""
     shuffled = df.sample(frac=1.0, random_state=seed)
     per_label = max(1, n // max(1, shuffled[label].nunique()))
     picked = shuffled.groupby(label, sort=False).head(per_label)
@@ -136,13 +138,7 @@ def stratified_sample(df: pd.DataFrame, label: str, n: int, seed: int) -> pd.Dat
 
 
 def dev_chapters(verses: pd.DataFrame, seed: int) -> pd.Series:
-    """Whether each verse of the training source is in a dev chapter (half of each genre's).
-
-    The training examples come from the other chapters, so a dev verse never neighbours a
-    training verse.
-    """
-    from pipeline.evaluation.tasks.bible_genre import book_genre, split_chapters
-
+    """Whether each verse of the training source is in a dev chapter (half of each genre's)."""
     side = split_chapters(verses.assign(genre=verses.book.map(book_genre)), seed)
     return side == "test"
 
@@ -157,9 +153,6 @@ def _bible_test_languages(cfg: TrainDrmimConfig) -> list[str]:
 
 def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
     """``bible_genre``: English verses of ``bible_source`` → verses of ``bible_test``."""
-    # Imported here: the module pulls in mteb (~4 s), which nothing else here needs.
-    from pipeline.evaluation.tasks.bible_genre import GENRES, book_genre
-
     names = tuple(GENRES)
     source = read_table(cfg.bible_source, columns=["id", "book", "chapter", SOURCE])
     source = source[non_empty(source, [SOURCE])].copy()
@@ -180,64 +173,12 @@ def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
                     Split([(t,) for t in dev[SOURCE]], dev.label.tolist()) if len(dev) else None)
 
 
-def paraphrase_pairs(table: pd.DataFrame, second_sides: Sequence[str], n: int,
-                     seed: int) -> pd.DataFrame:
-    """Draw verses and their partners: itself (label 1) or its chapter neighbour (label 0).
-
-    Args:
-        table: Verses sorted by book, chapter, verse (columns ``book``, ``chapter``,
-            ``verse`` and the text columns), index 0..len-1.
-        second_sides: Text columns a pair's second side may come from; a verse is usable
-            only when each is non-empty for it and its neighbour and differs between them
-            (a repeated refrain is no negative).
-        n: Pairs wanted (fewer when fewer verses are usable).
-        seed: Seed of the draw and of the labels.
-
-    Returns:
-        Columns ``first`` (row of the first side), ``second`` (row of the second side) and
-        ``label``; half of the pairs (rounded down) are positives.
-    """
-    from pipeline.evaluation.tasks.bible_paraphrase import neighbours
-
-    nbr = neighbours(table)
-    usable = (nbr >= 0) & non_empty(table, list(second_sides))
-    nbr_rows = table.loc[nbr.clip(lower=0)].reset_index(drop=True)
-    usable &= non_empty(nbr_rows, list(second_sides)).to_numpy()
-    for col in second_sides:
-        usable &= table[col].to_numpy() != nbr_rows[col].to_numpy()
-    rows = np.flatnonzero(usable.to_numpy())
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.choice(rows, size=min(n, len(rows)), replace=False))
-    labels = np.zeros(len(rows), dtype=int)
-    labels[rng.permutation(len(rows))[: len(rows) // 2]] = 1
-    second = np.where(labels == 1, rows, nbr.to_numpy()[rows])
-    return pd.DataFrame({"first": rows, "second": second, "label": labels})
-
-
-def _with_second_editions(table: pd.DataFrame, db: str | Path,
-                          langs: Iterable[str]) -> pd.DataFrame:
-    """``table`` (ids of one split) joined with the second edition of each language."""
-    from pipeline.evaluation.tasks.bible_paraphrase import EDITION_PAIRS
-    from pipeline.sources.seed import load_bible
-
-    langs = list(langs)
-    second = load_bible(db, {lang: EDITION_PAIRS[lang][1] for lang in langs})
-    second = second.set_index("id")[langs].add_suffix(":b")
-    out = table.join(second, on="id").sort_values(["book", "chapter", "verse"])
-    for lang in langs:
-        out[f"{lang}:b"] = out[f"{lang}:b"].fillna("")
-    return out.reset_index(drop=True)
-
-
 def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
     """``bible_paraphrase``: English edition pairs → pairs within and across languages."""
-    from pipeline.evaluation.tasks.bible_paraphrase import CROSS_PAIRS, EDITION_PAIRS
-    from pipeline.sources.seed import default_bible_db
-
     db = cfg.bible_db or default_bible_db()
     base = ["id", "book", "chapter", "verse"]
     source = read_table(cfg.bible_source, columns=[*base, SOURCE])
-    source = _with_second_editions(source, db, [SOURCE])
+    source = with_second_editions(source, db, [SOURCE])
     held_out = dev_chapters(source, cfg.data_seed).to_numpy()
 
     def english_pairs(verses: pd.DataFrame, n: int) -> Split:
@@ -253,7 +194,7 @@ def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
     cross = [(SOURCE, lang) for lang in langs if lang != SOURCE]
     cross += [(a, b) for a, b in CROSS_PAIRS if SOURCE not in (a, b) and {a, b} <= set(langs)]
     test = read_table(cfg.bible_test, columns=[*base, *langs])
-    test = _with_second_editions(test, db, within)
+    test = with_second_editions(test, db, within)
     # The same verses and labels in every subset: a verse must be usable on every side.
     sides = [f"{lang}:b" for lang in within] + [b for _, b in cross]
     test = test[non_empty(test, langs)].reset_index(drop=True)

@@ -6,7 +6,11 @@
 - :mod:`pipeline.evaluation.suites` — the suite catalogue ``configs/mteb.yaml``.
 - :mod:`pipeline.evaluation.run` — evaluate one encoder on a suite with ``mteb.evaluate``
   and flatten the results into per-language and seen/unseen metrics.
-- :mod:`pipeline.evaluation.mining` — faiss k-NN ratio-margin mining (LASER/BUCC style).
+- :mod:`pipeline.evaluation.verse_mining` — test verses mined between every pair of
+  evaluated languages, one outcome per verse; :mod:`pipeline.evaluation.items` — the mteb
+  tasks' per-item outcomes.
+- :mod:`pipeline.evaluation.mining` — faiss k-NN ratio-margin mining (LASER/BUCC style) and
+  ``multiway mine``.
 
 Nothing heavy is imported here: ``mining`` must not pay for ``mteb``'s import.
 """

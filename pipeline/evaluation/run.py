@@ -54,7 +54,6 @@ ORGANISATION = "multiway-align"
 RUN_DEPENDENT = ("evaluation_time", "kg_co2_emissions", "date", "evaluation_phases")
 
 
-
 def result_dir(output_dir: str | Path, label: str) -> Path:
     """``<output_dir>/results/multiway-align__<label>``: one model's folder in the result cache."""
     return Path(output_dir) / "results" / f"{ORGANISATION}__{label}"

@@ -5,7 +5,7 @@ pairs, cosine retrieval) sits near its ceiling for the aligned models, and mteb 
 the accuracy of a subset, not which verses were found. This evaluation mines
 ``mining_sentences`` test verses between **every** pair of evaluated languages, in both
 directions, with plain cosine and with the ratio margin of the project's own miner
-(:func:`pipeline.evaluation.mining.margin_candidates`), and keeps each verse's outcome, so
+(:func:`pipeline.evaluation.mining.margin.margin_candidates`), and keeps each verse's outcome, so
 two models evaluated on the same verses can be compared with a paired bootstrap
 (:mod:`pipeline.stats`).
 
@@ -26,9 +26,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.evaluation.mining import margin_candidates, normalize
-from pipeline.evaluation.tasks.base import non_empty, parquet_languages, unique_texts
+from pipeline.evaluation.mining.margin import margin_candidates
+from pipeline.evaluation.mining.shards import normalize
 from pipeline.io import read_table
+from pipeline.sources.bible import non_empty, parquet_languages, unique_texts
 
 logger = logging.getLogger(__name__)
 

