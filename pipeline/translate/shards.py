@@ -155,7 +155,7 @@ def work_done(reused: int, sentences: int, tokens: int, seconds: float, cpu_seco
     """The runtime part of translate's metrics: what this run translated, how fast.
 
     It depends on where an interrupted run stopped and on the machine, so it stays out of
-    the tracked metrics (see :class:`pipeline.cli.Stage`).
+    the tracked metrics (see :class:`pipeline.registry.Stage`).
     """
     return {
         "shards_reused": reused, "translated_sentences": sentences, "target_tokens": tokens,
