@@ -18,7 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-import yaml
+from pipeline.io import read_yaml_mapping
 
 T = TypeVar("T")
 
@@ -38,20 +38,10 @@ def load_params(path: str | Path, sections: Collection[str] | None = None) -> di
         FileNotFoundError: The file does not exist.
         ValueError: The file is not valid YAML, not a mapping, or has an unknown section.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"params file not found: {path}; pass an existing file with --params, or leave "
-            "--params out to use params.yaml (defaults when there is none)"
-        )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    data = read_yaml_mapping(
+        path, f"params file not found: {path}; pass an existing file with --params, or leave "
+        "--params out to use params.yaml (defaults when there is none)",
+        "hold a mapping of sections")
     for key in data:
         if sections is not None and key not in sections:
             close = difflib.get_close_matches(str(key), list(sections), n=1)

@@ -149,3 +149,29 @@ def metrics_path(name: str, item: str | None = None, root: str | Path = "data",
     run to run (times, rates, memory, machine, date, git revision), untracked.
     """
     return Path(root) / kind / (f"{name}@{item}.json" if item else f"{name}.json")
+
+
+def read_yaml_mapping(path: str | Path, missing: str, holds: str) -> dict[str, Any]:
+    """A YAML file that holds a mapping (an empty file: ``{}``).
+
+    Args:
+        path: The file.
+        missing: The message when it does not exist (what it is and how to fix that).
+        holds: What the mapping maps, for the error on anything else (``suite keys to suites``).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file is not valid YAML, or not a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must {holds}, got {type(data).__name__}")
+    return data

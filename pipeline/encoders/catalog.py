@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipeline.config import from_mapping
+from pipeline.io import read_yaml_mapping
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -116,20 +117,10 @@ def load_catalogue(path: str | Path = DEFAULT_CATALOGUE) -> dict[str, EncoderSpe
         ValueError: The file is not a mapping of mappings, or an entry has an unknown key or a
             value of the wrong type.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"encoder catalogue not found: {path}; run from the repository root or pass "
-            f"catalogue=<path to encoders.yaml>"
-        )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must map encoder keys to entries, got {type(data).__name__}")
+    data = read_yaml_mapping(
+        path, f"encoder catalogue not found: {path}; run from the repository root or pass "
+        "catalogue=<path to encoders.yaml>", "map encoder keys to entries")
     specs: dict[str, EncoderSpec] = {}
     for key, entry in data.items():
         if not isinstance(entry, dict):

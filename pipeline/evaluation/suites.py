@@ -16,10 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline import langs as langmod
 from pipeline.evaluation.tasks import PROJECT_TASKS, LocalData, get_project_task
+from pipeline.io import read_yaml_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +76,9 @@ def load_suites(path: str | Path = DEFAULT_SUITES) -> dict[str, Suite]:
         ValueError: The file is not a mapping of suites, or a suite is malformed.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"mteb suite catalogue not found: {path}; run from the repository root"
-        )
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must map suite keys to suites, got {type(data).__name__}")
+    data = read_yaml_mapping(
+        path, f"mteb suite catalogue not found: {path}; run from the repository root",
+        "map suite keys to suites")
     suites = {}
     for key, entry in data.items():
         where = f"{path}:{key}"

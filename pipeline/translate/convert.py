@@ -44,7 +44,7 @@ from ctranslate2.converters import TransformersConverter
 from pipeline import langs
 from pipeline.config import ConvertNmtConfig, from_mapping, to_dict
 from pipeline.encoders.catalog import HUB_FILES, download_command, fetch_snapshot, snapshot_commit
-from pipeline.io import read_json, write_json
+from pipeline.io import read_json, read_yaml_mapping, write_json
 from pipeline.runtime import file_hash, write_meta
 from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
 
@@ -96,12 +96,9 @@ def load_catalog(path: str | Path = CATALOG_PATH) -> dict[str, CatalogEntry]:
         FileNotFoundError: The file is missing.
         ValueError: An entry has an unknown key, a wrong type or an unknown family.
     """
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"NMT catalogue {path} not found")
-    models = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("models") or {}
+    models = read_yaml_mapping(path, f"NMT catalogue {path} not found",
+                               "hold a mapping with models").get("models") or {}
     catalog = {}
     for key, data in models.items():
         entry = from_mapping(CatalogEntry, data, where=f"{path}:{key}")
