@@ -27,9 +27,9 @@ with the reason, and the others still run):
    refuses it under a cached loss (a third forward pass for no memory saved).
 2. ``train_enx``: the En-X regime: the project's ``BilingualInfoNCELoss`` on 512 pairs (1,024
    sentences in one forward/backward), same optimiser and precision; ``train_enx_ckpt`` the
-   same with activation checkpointing (configs/profiles/paper.yaml's
-   ``gradient_checkpointing: true``); ``train_enx_cached`` the project's
-   ``CachedBilingualInfoNCELoss`` (mini-batches of 64), when ``pipeline.losses`` has it.
+   same with activation checkpointing (``gradient_checkpointing: true``, for comparison);
+   ``train_enx_cached`` the project's ``CachedBilingualInfoNCELoss`` (mini-batches of 64),
+   how the paper profile trains En-X.
 3. ``encode_bf16`` / ``encode_fp32``: evaluation's encoding, inference only, batches of 128
    sentences of 128 tokens, mean pooling; bf16 autocast (how ``evaluate`` runs on a GPU with
    bf16, ``pipeline/devices.py``) vs fp32 (how it ran there before, and runs on the CPU).
