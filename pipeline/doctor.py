@@ -178,7 +178,7 @@ def check_hub(s: Sections) -> list[str]:
     """Problems of the hub models and datasets: neither cached nor reachable."""
     from huggingface_hub import constants
 
-    from pipeline.encoders.catalog import download_command
+    from pipeline.encoders.hub import download_command
 
     offline = constants.HF_HUB_OFFLINE
     cache = _datasets_cache()

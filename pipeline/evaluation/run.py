@@ -67,7 +67,7 @@ def origin(model: Any, located: Any) -> dict[str, Any]:
     """
     info: dict[str, Any] = {"model": str(model)}
     if located.path is None:
-        from pipeline.encoders.catalog import hub_commit
+        from pipeline.encoders.hub import hub_commit
 
         return {**info, "source": located.hub_id, "revision": located.revision,
                 "commit": hub_commit(str(located.hub_id), located.revision)}

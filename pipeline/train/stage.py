@@ -46,7 +46,6 @@ from transformers import TrainerCallback
 from pipeline.config import LangsConfig, TrainEncoderConfig, item_dict, to_dict
 from pipeline.encoders.catalog import (
     Located,
-    hub_commit,
     load_catalogue,
     load_encoder,
     locate,
@@ -54,6 +53,7 @@ from pipeline.encoders.catalog import (
     save_encoder,
     set_model_card,
 )
+from pipeline.encoders.hub import hub_commit
 from pipeline.encoders.trunk import backbone_layers, frozen_trunk
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.runtime import (

@@ -43,7 +43,7 @@ from ctranslate2.converters import TransformersConverter
 
 from pipeline import langs
 from pipeline.config import ConvertNmtConfig, from_mapping, to_dict
-from pipeline.encoders.catalog import HUB_FILES, download_command, fetch_snapshot, snapshot_commit
+from pipeline.encoders.hub import HUB_FILES, download_command, fetch_snapshot, snapshot_commit
 from pipeline.io import read_json, read_yaml_mapping, write_json
 from pipeline.runtime import file_hash, write_meta
 from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
@@ -145,7 +145,7 @@ def fetch_model(model: str | Path, revision: str | None = None) -> Path:
 
     Returns:
         ``model`` itself, or the HF-cache snapshot directory of the commit fetched
-        (:func:`~pipeline.encoders.catalog.snapshot_commit` names it).
+        (:func:`~pipeline.encoders.hub.snapshot_commit` names it).
 
     Raises:
         FileNotFoundError: Neither a local directory nor obtainable from the hub or cache.
