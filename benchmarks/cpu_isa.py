@@ -58,9 +58,10 @@ def _sha(*arrays: object) -> str:
 
 
 def work_translate(n: int) -> dict:
-    from pipeline.config import PrepareSeedConfig, TranslateConfig, load_section
-    from pipeline.sources.seed import default_bible_db, load_bible
+    from pipeline.config import load_section
+    from pipeline.sources.prepare_seed import PrepareSeedConfig, default_bible_db, load_bible
     from pipeline.translate.engine import load_translator
+    from pipeline.translate.translate import TranslateConfig
 
     cfg = load_section(ROOT / "params.yaml", "translate", TranslateConfig)
     seed = load_section(ROOT / "params.yaml", "prepare_seed", PrepareSeedConfig)

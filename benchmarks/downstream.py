@@ -21,13 +21,10 @@ import platform
 import time
 from pathlib import Path
 
-from pipeline.config import (
-    EvaluateDownstreamConfig,
-    LangsConfig,
-    TrainDrmimConfig,
-    load_section,
-)
-from pipeline.downstream import evaluate, stage
+from pipeline.config import LangsConfig, load_section
+from pipeline.downstream import evaluate_downstream, train_drmim
+from pipeline.downstream.evaluate_downstream import EvaluateDownstreamConfig
+from pipeline.downstream.train_drmim import TrainDrmimConfig
 from pipeline.runtime import setup_logging
 
 
@@ -49,9 +46,9 @@ def main() -> None:
     for task in train_cfg.tasks:
         for encoder in train_cfg.encoders:
             t0, c0 = time.perf_counter(), time.process_time()
-            trained = stage.run(train_cfg, langs, task, encoder)
+            trained = train_drmim.run(train_cfg, langs, task, encoder)
             t1, c1 = time.perf_counter(), time.process_time()
-            scored = evaluate.run(eval_cfg, langs, task, encoder)
+            scored = evaluate_downstream.run(eval_cfg, langs, task, encoder)
             items.append({
                 "task": task, "encoder": encoder, "runs": trained["runs"],
                 "features/sequences": trained["runtime"]["features/sequences"],

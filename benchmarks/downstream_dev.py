@@ -34,13 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import (
-    EvaluateDownstreamConfig,
-    LangsConfig,
-    TrainDrmimConfig,
-    load_section,
-)
-from pipeline.downstream import evaluate, stage
+from pipeline.config import LangsConfig, load_section
+from pipeline.downstream import evaluate_downstream, train_drmim
+from pipeline.downstream.evaluate_downstream import EvaluateDownstreamConfig
+from pipeline.downstream.train_drmim import TrainDrmimConfig
 from pipeline.runtime import setup_logging
 
 DRMIM_WEIGHTS = ("w_lang", "w_adv", "w_decorr", "w_mi", "w_tie")
@@ -52,10 +49,10 @@ def dev_score(cfg: TrainDrmimConfig, eval_cfg: EvaluateDownstreamConfig, langs: 
     cfg = dataclasses.replace(cfg, methods=(variant,), languages=(langs.source,),
                               output_dir=str(out / "runs"), work_dir=str(out / "work"),
                               figure_examples=0)
-    stage.run(cfg, langs, task, encoder)
+    train_drmim.run(cfg, langs, task, encoder)
     eval_cfg = dataclasses.replace(eval_cfg, runs_dir=cfg.output_dir,
                                    output_dir=str(out / "scores"))
-    metrics = evaluate.run(eval_cfg, langs, task, encoder)
+    metrics = evaluate_downstream.run(eval_cfg, langs, task, encoder)
     mean, std = metrics[f"{variant}/accuracy/dev"], metrics[f"{variant}/accuracy/dev/std"]
     return {"dev": mean, "sem": std / math.sqrt(len(cfg.seeds))}
 

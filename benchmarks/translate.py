@@ -3,7 +3,7 @@
 In one run, on the same model and the same English sentences, all on CPU with the same
 number of threads, greedy search and the same maximum output length:
 
-(a) the pipeline's ``translate`` stage function (``pipeline.translate.stage.run``),
+(a) the pipeline's ``translate`` stage function (``pipeline.translate.translate.run``),
 (b) raw ``ctranslate2.Translator.translate_iterable`` on pre-tokenised input,
 (c) Hugging Face ``MarianMTModel.generate`` (fp32, length-sorted batches),
 
@@ -112,8 +112,8 @@ def build_random_marian(out: Path, sentences: list[str]) -> Path:
 
 def prepare_model(work: Path, sentences: list[str]) -> tuple[Path, Path, str]:
     """(HF dir, CT2 dir, description)."""
-    from pipeline.config import TrainNmtConfig
-    from pipeline.translate.convert import convert_hf_model
+    from pipeline.translate.convert_nmt import convert_hf_model
+    from pipeline.translate.train_nmt import TrainNmtConfig
 
     extra = {"target_langs": list(POOL), "target_tag": ">>{code}<<"}
     if HF_MODEL.is_dir():
@@ -143,7 +143,7 @@ NO_REPEAT = 4
 
 
 def stage_config(source: Path, ct2: Path, out: Path, args: argparse.Namespace, shard_size: int):
-    from pipeline.config import TranslateConfig
+    from pipeline.translate.translate import TranslateConfig
 
     return TranslateConfig(
         source=str(source), model_dir=str(ct2), device="cpu", compute_type="int8", beam_size=1,
@@ -157,12 +157,13 @@ def bench_pipeline(source: Path, ct2: Path, work: Path, args) -> dict:
     import shutil
 
     from pipeline.config import LangsConfig
-    from pipeline.translate import stage
+    from pipeline.translate import translate
 
     out = work / "pipeline"
     shutil.rmtree(out, ignore_errors=True)
     start, cpu = time.perf_counter(), time.process_time()
-    metrics = stage.run(stage_config(source, ct2, out, args, 1000), LangsConfig(pool=POOL), LANG)
+    cfg = stage_config(source, ct2, out, args, 1000)
+    metrics = translate.run(cfg, LangsConfig(pool=POOL), LANG)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
     work = metrics["runtime"]
     tokens = work["target_tokens"]
@@ -232,9 +233,9 @@ def peak_rss_mb() -> dict:
 def rss_child(args) -> None:
     """Run the stage once in this (fresh) process and print its peak RSS."""
     from pipeline.config import LangsConfig
-    from pipeline.translate import stage
+    from pipeline.translate import translate
 
-    metrics = stage.run(stage_config(Path(args.rss_child), Path(args.ct2),
+    metrics = translate.run(stage_config(Path(args.rss_child), Path(args.ct2),
                                      Path(args.out_dir), args, args.shard_size),
                         LangsConfig(pool=POOL), LANG)
     print(json.dumps({**peak_rss_mb(), "sentences": metrics["sentences"],

@@ -38,13 +38,14 @@ def main() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.config import BuildCorpusConfig, LangsConfig, TranslateConfig, load_section
+    from pipeline.config import LangsConfig, load_section
     from pipeline.corpus import langid
+    from pipeline.corpus.build_corpus import BuildCorpusConfig
     from pipeline.corpus.filters import REASONS, failure_matrix
     from pipeline.io import read_table
     from pipeline.runtime import run_context
     from pipeline.translate.engine import load_translator
-    from pipeline.translate.stage import corpus_scores
+    from pipeline.translate.translate import TranslateConfig, corpus_scores
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--beams", type=int, nargs="+", default=[1, 2, 4])

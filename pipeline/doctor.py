@@ -26,7 +26,15 @@ import logging
 import shutil
 from pathlib import Path
 
-from pipeline import config as cfgmod
+from pipeline.config import LangsConfig, from_mapping, load_params
+from pipeline.downstream.train_drmim import TrainDrmimConfig
+from pipeline.encoders.import_encoder import ImportEncoderConfig
+from pipeline.evaluation.evaluate import EvaluateConfig
+from pipeline.registry import config_class
+from pipeline.sources.prepare_source import PrepareSourceConfig
+from pipeline.train.train_encoder import TrainEncoderConfig
+from pipeline.translate.convert_nmt import ConvertNmtConfig
+from pipeline.translate.translate import TranslateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -41,24 +49,22 @@ CHECKPOINT_FACTOR = 3
 class Sections:
     """The params sections the checks read (defaults where a section is absent)."""
 
-    langs: cfgmod.LangsConfig
-    prepare_source: cfgmod.PrepareSourceConfig
-    convert_nmt: cfgmod.ConvertNmtConfig
-    translate: cfgmod.TranslateConfig
-    import_encoder: cfgmod.ImportEncoderConfig
-    train_encoder: cfgmod.TrainEncoderConfig
-    evaluate: cfgmod.EvaluateConfig
-    train_drmim: cfgmod.TrainDrmimConfig
+    langs: LangsConfig
+    prepare_source: PrepareSourceConfig
+    convert_nmt: ConvertNmtConfig
+    translate: TranslateConfig
+    import_encoder: ImportEncoderConfig
+    train_encoder: TrainEncoderConfig
+    evaluate: EvaluateConfig
+    train_drmim: TrainDrmimConfig
 
 
 def load_sections(params_path: str | Path) -> Sections:
     """Read the sections of ``params_path`` that :func:`check` needs."""
-    params = cfgmod.load_params(params_path)
-    hints = {f.name: f.type for f in dataclasses.fields(Sections)}
+    params = load_params(params_path)
     return Sections(**{
-        name: cfgmod.from_mapping(getattr(cfgmod, hint.rsplit(".", 1)[-1]), params.get(name),
-                                  f"{params_path}:{name}")
-        for name, hint in hints.items()
+        f.name: from_mapping(config_class(f.name), params.get(f.name), f"{params_path}:{f.name}")
+        for f in dataclasses.fields(Sections)
     })
 
 
@@ -111,7 +117,7 @@ def _check_ctranslate2(compute_type: str) -> list[str]:
 def hub_models(s: Sections) -> list[tuple[str, str, str | None]]:
     """``(what, hub id, revision)`` of every hub model the params load."""
     from pipeline.encoders.catalog import get_spec, load_catalogue
-    from pipeline.translate.convert import load_catalog, resolve_model
+    from pipeline.translate.convert_nmt import load_catalog, resolve_model
 
     specs = load_catalogue(s.import_encoder.catalogue)
     models = [(f"encoder {key}", spec.source, spec.revision)

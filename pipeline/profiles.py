@@ -14,7 +14,7 @@ import yaml as pyyaml
 
 from pipeline import config as cfgmod
 from pipeline.io import atomic_path
-from pipeline.registry import SHARED, STAGES
+from pipeline.registry import SHARED, STAGES, config_class
 
 PROFILES_DIR = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 
@@ -50,16 +50,15 @@ def apply_profile(name: str, params_path: str | Path = "params.yaml",
         type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
     params = yaml.load(Path(params_path).read_text(encoding="utf-8"))
     overrides = yaml.load(path.read_text(encoding="utf-8")) or {}
-    classes = {**{s: st.config for s, st in STAGES.items()}, **SHARED}
     changed = []
     for section, values in overrides.items():
-        if section not in classes:
+        if section not in STAGES and section not in SHARED:
             raise ValueError(f"profile {path}: unknown section '{section}'")
         for key, value in values.items():
             params.setdefault(section, {})[key] = value
             changed.append(f"{section}.{key}")
         plain = pyyaml.safe_load(_dump(yaml, params[section]))
-        cfgmod.from_mapping(getattr(cfgmod, classes[section]), plain, where=f"{path}:{section}")
+        cfgmod.from_mapping(config_class(section), plain, where=f"{path}:{section}")
     with atomic_path(params_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yaml.dump(params, fh)
     return changed

@@ -1,12 +1,16 @@
-"""DVC stage `train_encoder` (see `multiway train_encoder --help`)."""
+"""DVC stage ``train_encoder``.
+
+Its config class and ``run`` are in ``pipeline/train/train_encoder.py``.
+"""
 
 import sys
 
 from pipeline.cli import run_stage
+from pipeline.train import train_encoder
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage("train_encoder", argv)
+    return run_stage(train_encoder, argv)
 
 
 if __name__ == "__main__":

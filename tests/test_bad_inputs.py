@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.config import BuildCorpusConfig, load_params
+from pipeline.config import load_params
+from pipeline.corpus.build_corpus import BuildCorpusConfig
 from pipeline.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +67,7 @@ def test_without_params_yaml_every_section_takes_its_defaults(tmp_path, monkeypa
         return {"ok": 1}
 
     monkeypatch.chdir(tmp_path)  # outside a project: no params.yaml here
-    monkeypatch.setattr("pipeline.corpus.build.run", fake_run)
+    monkeypatch.setattr("pipeline.corpus.build_corpus.run", fake_run)
     assert cli.main(["build_corpus"]) == 0
     assert seen["cfg"] == BuildCorpusConfig()
 
@@ -136,7 +137,7 @@ def test_mine_names_the_file_and_line_of_a_bad_byte(tmp_path, capsys):
 
 def test_nan_in_metrics_fails_instead_of_writing_invalid_json(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("pipeline.corpus.build.run", lambda cfg, langs: {"mean": math.nan})
+    monkeypatch.setattr("pipeline.corpus.build_corpus.run", lambda cfg, langs: {"mean": math.nan})
     line = one_error(cli.main(["build_corpus"]), capsys)
     assert "cannot write data/metrics/build_corpus.json" in line
     assert not (tmp_path / "data").exists()  # neither the file nor a temp file
@@ -153,15 +154,15 @@ def test_write_json_refuses_infinity(tmp_path):
 # prepare_source, paused after 50 kept lines (two batches already in its temp file).
 PAUSED_PREPARE = """
 import sys, time
-from pipeline.sources import prepare
-prepare._BATCH_ROWS = 20
-real = prepare._filter
+from pipeline.sources import prepare_source
+prepare_source._BATCH_ROWS = 20
+real = prepare_source._filter
 def paused(text, cfg, seen):
     if len(seen) == 50:
         print("writing", flush=True)
         time.sleep(600)
     return real(text, cfg, seen)
-prepare._filter = paused
+prepare_source._filter = paused
 from stages.prepare_source import main
 sys.exit(main(["--params", "params.yaml"]))
 """

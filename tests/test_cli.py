@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline import cli
+from pipeline.registry import config_class
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def test_flags_override_params(tmp_path, monkeypatch):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"build_corpus": {"seed": 5, "max_repeat": 3},
                                       "langs": {"pool": ["deu_Latn"]}}))
-    monkeypatch.setattr("pipeline.corpus.build.run", fake_run)
+    monkeypatch.setattr("pipeline.corpus.build_corpus.run", fake_run)
     assert cli.main(["build_corpus", "--params", str(params), "--max-repeat", "7"]) == 0
     assert seen["cfg"].seed == 5 and seen["cfg"].max_repeat == 7
     assert seen["langs"].pool == ("deu_Latn",)
@@ -56,7 +57,7 @@ def test_runtime_part_of_the_metrics_goes_to_an_untracked_file(tmp_path, monkeyp
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"build_corpus": {"seed": 5}}))
-    monkeypatch.setattr("pipeline.corpus.build.run", fake_run)
+    monkeypatch.setattr("pipeline.corpus.build_corpus.run", fake_run)
     assert cli.execute("build_corpus", "params.yaml") == {"rows": 3}
     assert json.loads((tmp_path / "data/metrics/build_corpus.json").read_text()) == {"rows": 3}
     runtime = json.loads((tmp_path / "data/runtime/build_corpus.json").read_text())
@@ -75,7 +76,7 @@ def test_ad_hoc_output_keeps_its_metrics_next_to_it(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # the project itself: its tracked metrics must stay untouched
     tracked = ROOT / "data/metrics/translate@deu_Latn.json"
     before = (git_status("data/metrics"), tracked.read_bytes() if tracked.exists() else None)
-    monkeypatch.setattr("pipeline.translate.stage.run", fake_run)
+    monkeypatch.setattr("pipeline.translate.translate.run", fake_run)
     out = tmp_path / "x"
     assert cli.main(["translate", "--lang", "deu_Latn", "--output-dir", str(out)]) == 0
     assert (git_status("data/metrics"), tracked.read_bytes() if tracked.exists() else None) \
@@ -110,7 +111,7 @@ def test_a_nested_section_flag_merges_into_params(tmp_path, monkeypatch):
 
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"train_drmim": {"drmim": {"w_tie": 0.5, "w_mi": 0.2}}}))
-    monkeypatch.setattr("pipeline.downstream.stage.run", fake_run)
+    monkeypatch.setattr("pipeline.downstream.train_drmim.run", fake_run)
     assert cli.main(["train_drmim", "--params", str(params), "--task", "bible_genre",
                      "--encoder", "e", "--drmim", "{w_mi: 0.7}"]) == 0
     assert (seen["cfg"].drmim.w_tie, seen["cfg"].drmim.w_mi) == (0.5, 0.7)
@@ -145,8 +146,8 @@ def test_paper_profile_merges_into_valid_params_keeping_comments(tmp_path):
     assert merged["evaluate"]["suite"] == "paper"
     default = c.load_params("params.yaml")
     assert merged["translate"]["shard_size"] == default["translate"]["shard_size"]
-    for name, stage in cli.STAGES.items():
-        c.from_mapping(getattr(c, stage.config), merged[name], where=name)
+    for name, _stage in cli.STAGES.items():
+        c.from_mapping(config_class(name), merged[name], where=name)
     assert "# Knobs of the default" in params.read_text()
     with pytest.raises(ValueError, match="unknown profile 'papr'; did you mean 'paper'"):
         apply_profile("papr", params)

@@ -5,33 +5,36 @@ import yaml
 
 from pipeline import config as c
 from pipeline.cli import SHARED, STAGES
+from pipeline.registry import config_class
+from pipeline.train.train_encoder import TrainEncoderConfig
+from pipeline.translate.translate import TranslateConfig
 
 
 def test_unknown_key_suggests_the_closest():
     with pytest.raises(ValueError, match="unknown key 'beam_sise'; did you mean 'beam_size'"):
-        c.from_mapping(c.TranslateConfig, {"beam_sise": 2})
+        c.from_mapping(TranslateConfig, {"beam_sise": 2})
 
 
 def test_wrong_type_names_key_type_and_value():
     with pytest.raises(ValueError, match=r"beam_size: expected int, got str 'four'"):
-        c.from_mapping(c.TranslateConfig, {"beam_size": "four"})
+        c.from_mapping(TranslateConfig, {"beam_size": "four"})
 
 
 def test_floats_in_scientific_notation_without_a_dot():
     # PyYAML reads "2e-5" (params.yaml or a --learning-rate flag) as a string.
     section = yaml.safe_load("learning_rate: 2e-5")
     assert section == {"learning_rate": "2e-5"}
-    assert c.from_mapping(c.TrainEncoderConfig, section).learning_rate == 2e-5
+    assert c.from_mapping(TrainEncoderConfig, section).learning_rate == 2e-5
     for bad in ("fast", "nan", "inf"):
         with pytest.raises(ValueError, match=f"learning_rate: expected float, got str '{bad}'"):
-            c.from_mapping(c.TrainEncoderConfig, {"learning_rate": bad})
+            c.from_mapping(TrainEncoderConfig, {"learning_rate": bad})
 
 
 def test_literal_and_optional_fields():
-    cfg = c.from_mapping(c.TranslateConfig, {"references": None, "family": "nllb"})
+    cfg = c.from_mapping(TranslateConfig, {"references": None, "family": "nllb"})
     assert cfg.references is None and cfg.family == "nllb"
     with pytest.raises(ValueError, match="expected one of"):
-        c.from_mapping(c.TranslateConfig, {"family": "t5"})
+        c.from_mapping(TranslateConfig, {"family": "t5"})
 
 
 def test_lists_become_tuples_and_config_is_frozen():
@@ -45,15 +48,15 @@ def test_missing_section_is_reported(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text(yaml.safe_dump({"translat": {}}))
     with pytest.raises(ValueError, match="no section 'translate' \\(did you mean 'translat'"):
-        c.load_section(p, "translate", c.TranslateConfig)
+        c.load_section(p, "translate", TranslateConfig)
 
 
 def test_params_yaml_loads_into_every_stage_config():
     params = c.load_params("params.yaml")
-    for name, stage in STAGES.items():
-        c.from_mapping(getattr(c, stage.config), params[name], where=name)
-    for name, cls in SHARED.items():
-        c.from_mapping(getattr(c, cls), params[name], where=name)
+    for name, _stage in STAGES.items():
+        c.from_mapping(config_class(name), params[name], where=name)
+    for name, _cls in SHARED.items():
+        c.from_mapping(config_class(name), params[name], where=name)
 
 
 def test_dvc_params_match_config_fields():
@@ -62,10 +65,10 @@ def test_dvc_params_match_config_fields():
         if name not in dvc["stages"]:
             continue
         declared = set(dvc["stages"][name].get("params", []))
-        cls = getattr(c, stage.config)
+        cls = config_class(name)
         # The lists a matrix enumerates are not params: adding an item reruns only it.
         matrix = getattr(cls, "MATRIX", ())
         expected = {f"{name}.{f}" for f in c.field_names(cls) if f not in matrix}
         for shared in stage.shared:
-            expected |= {f"{shared}.{f}" for f in c.field_names(getattr(c, SHARED[shared]))}
+            expected |= {f"{shared}.{f}" for f in c.field_names(config_class(shared))}
         assert declared == expected, name

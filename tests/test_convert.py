@@ -10,7 +10,8 @@ import yaml
 from ctranslate2.converters import TransformersConverter
 
 from pipeline import config as c
-from pipeline.translate import convert
+from pipeline.translate import convert_nmt
+from pipeline.translate.convert_nmt import ConvertNmtConfig
 from pipeline.translate.families import META_FILE, read_vocabularies
 from tests.fixtures.nmt import MARIAN_TARGETS, build_marian
 
@@ -39,19 +40,19 @@ def test_metadata_follows_the_contract(nmt_models):
 def test_conversion_is_cached_and_redone_when_quantization_changes(nmt_hf_models, tmp_path,
                                                                     caplog):
     out = tmp_path / "marian"
-    convert.convert_hf_model(nmt_hf_models["marian"], out, quantization="int8")
+    convert_nmt.convert_hf_model(nmt_hf_models["marian"], out, quantization="int8")
     first = (out / "model.bin").stat()
-    with caplog.at_level(logging.INFO, logger="pipeline.translate.convert"):
-        convert.convert_hf_model(nmt_hf_models["marian"], out, quantization="int8")
+    with caplog.at_level(logging.INFO, logger="pipeline.translate.convert_nmt"):
+        convert_nmt.convert_hf_model(nmt_hf_models["marian"], out, quantization="int8")
     assert "up to date" in caplog.text
     assert (out / "model.bin").stat().st_mtime_ns == first.st_mtime_ns
 
-    convert.convert_hf_model(nmt_hf_models["marian"], out, quantization="float32")
+    convert_nmt.convert_hf_model(nmt_hf_models["marian"], out, quantization="float32")
     assert json.loads((out / META_FILE).read_text())["quantization"] == "float32"
     assert (out / "model.bin").stat().st_size > first.st_size  # 4-byte weights, not 1
 
     before = (out / "model.bin").stat().st_mtime_ns
-    convert.convert_hf_model(nmt_hf_models["marian"], out, quantization="float32", force=True)
+    convert_nmt.convert_hf_model(nmt_hf_models["marian"], out, quantization="float32", force=True)
     assert (out / "model.bin").stat().st_mtime_ns != before
     assert not list(tmp_path.glob(".marian.*"))  # no leftover temp/old directories
 
@@ -60,12 +61,12 @@ def test_changed_source_model_is_reconverted(nmt_hf_models, tmp_path):
     hf = tmp_path / "hf"
     shutil.copytree(nmt_hf_models["marian"], hf)
     out = tmp_path / "ct2"
-    convert.convert_hf_model(hf, out)
+    convert_nmt.convert_hf_model(hf, out)
     old = json.loads((out / META_FILE).read_text())["fingerprint"]
     config = json.loads((hf / "config.json").read_text())
     config["max_position_embeddings"] = 32  # a changed model, same directory
     (hf / "config.json").write_text(json.dumps(config))
-    convert.convert_hf_model(hf, out)
+    convert_nmt.convert_hf_model(hf, out)
     meta = json.loads((out / META_FILE).read_text())
     assert meta["fingerprint"] != old and meta["max_positions"] == 32
 
@@ -87,7 +88,7 @@ def test_m2m100_language_tokens_are_at_their_ids(nmt_models, nmt_hf_models):
 
 
 def test_plain_ct2_converter_falls_into_the_m2m100_trap(nmt_hf_models, tmp_path):
-    """Documents why convert.py rebuilds the vocabulary: the stock converter gets it wrong."""
+    """Documents why convert_nmt.py rebuilds the vocabulary: the stock converter gets it wrong."""
     try:
         TransformersConverter(str(nmt_hf_models["m2m100"])).convert(str(tmp_path / "raw"))
     except ValueError as exc:  # vocabulary size mismatch: the language tokens are missing
@@ -104,9 +105,9 @@ def test_marian_pad_anywhere_converts_to_the_same_model(nmt_hf_models, tmp_path)
         TransformersConverter(str(pad_first)).convert(str(tmp_path / "raw"))
 
     extra = {"target_langs": list(MARIAN_TARGETS), "target_tag": ">>{code}<<"}
-    fixed = convert.convert_hf_model(pad_first, tmp_path / "fixed", extra_meta=extra,
+    fixed = convert_nmt.convert_hf_model(pad_first, tmp_path / "fixed", extra_meta=extra,
                                      quantization="float32")
-    ref = convert.convert_hf_model(nmt_hf_models["marian"], tmp_path / "ref", extra_meta=extra,
+    ref = convert_nmt.convert_hf_model(nmt_hf_models["marian"], tmp_path / "ref", extra_meta=extra,
                                    quantization="float32")
     assert read_vocabularies(fixed) == read_vocabularies(ref)
     source = [[">>deu_Latn<<", "▁In", "▁the", "▁beginning", "</s>"],
@@ -120,19 +121,19 @@ def test_marian_pad_anywhere_converts_to_the_same_model(nmt_hf_models, tmp_path)
 
 
 def test_family_is_detected_and_mismatch_rejected(nmt_hf_models, tmp_path):
-    assert {f: convert.detect_family(d) for f, d in nmt_hf_models.items()} == {
+    assert {f: convert_nmt.detect_family(d) for f, d in nmt_hf_models.items()} == {
         "marian": "marian", "m2m100": "m2m100", "nllb": "nllb"}
     with pytest.raises(ValueError, match="family 'nllb' does not match .* marian model"):
-        convert.convert_hf_model(nmt_hf_models["marian"], tmp_path / "x", family="nllb")
+        convert_nmt.convert_hf_model(nmt_hf_models["marian"], tmp_path / "x", family="nllb")
     with pytest.raises(ValueError, match="family 'm2m100' does not match .* nllb model"):
-        convert.convert_hf_model(nmt_hf_models["nllb"], tmp_path / "y", family="m2m100")
+        convert_nmt.convert_hf_model(nmt_hf_models["nllb"], tmp_path / "y", family="m2m100")
 
 
 def test_bad_quantization_and_metadata_fail_before_converting(nmt_hf_models, tmp_path):
     with pytest.raises(ValueError, match="quantization 'int4' is not one of int8"):
-        convert.convert_hf_model(nmt_hf_models["marian"], tmp_path / "q", quantization="int4")
+        convert_nmt.convert_hf_model(nmt_hf_models["marian"], tmp_path / "q", quantization="int4")
     with pytest.raises(ValueError, match="unknown language code 'german'"):
-        convert.convert_hf_model(nmt_hf_models["marian"], tmp_path / "m",
+        convert_nmt.convert_hf_model(nmt_hf_models["marian"], tmp_path / "m",
                                  extra_meta={"target_langs": ["german"]})
     assert not (tmp_path / "q").exists() and not (tmp_path / "m").exists()
 
@@ -141,38 +142,38 @@ def test_missing_hub_model_says_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"'facebook/nllb-200-distilled-600M' is not a "
                        r"local directory .*hf download facebook/nllb-200-distilled-600M.* local"):
-        convert.convert_hf_model("facebook/nllb-200-distilled-600M", tmp_path / "nllb")
+        convert_nmt.convert_hf_model("facebook/nllb-200-distilled-600M", tmp_path / "nllb")
     assert not (tmp_path / "nllb").exists()
 
 
 def test_catalog_and_model_resolution(nmt_hf_models):
-    catalog = convert.load_catalog()
+    catalog = convert_nmt.load_catalog()
     nllb = catalog["nllb-200-distilled-600M"]
     assert (nllb.hub_id, nllb.family) == ("facebook/nllb-200-distilled-600M", "nllb")
     assert catalog["m2m100_418M"].family == "m2m100"
     for lang in ("de", "fr", "es", "ru", "ar", "ko"):
         entry = catalog[f"opus-mt-en-{lang}"]
         assert entry.family == "marian" and len(entry.target_langs) == 1
-    assert convert.resolve_model("opus-mt-en-de", catalog)[:2] == (
+    assert convert_nmt.resolve_model("opus-mt-en-de", catalog)[:2] == (
         "opus-mt-en-de", "Helsinki-NLP/opus-mt-en-de")
     # A hub id of a catalogue model gets the catalogue's metadata and key.
-    name, source, entry = convert.resolve_model("Helsinki-NLP/opus-mt-en-ar", catalog)
+    name, source, entry = convert_nmt.resolve_model("Helsinki-NLP/opus-mt-en-ar", catalog)
     assert (name, entry.target_tag) == ("opus-mt-en-ar", ">>ara<<")
-    assert convert.resolve_model("someone/my-model", catalog) == ("my-model", "someone/my-model",
-                                                                  None)
-    assert convert.resolve_model(str(nmt_hf_models["nllb"]), catalog)[0] == "nllb"
+    assert convert_nmt.resolve_model("someone/my-model", catalog) == (
+        "my-model", "someone/my-model", None)
+    assert convert_nmt.resolve_model(str(nmt_hf_models["nllb"]), catalog)[0] == "nllb"
     with pytest.raises(FileNotFoundError, match="not a key of nmt.yaml .* fix convert_nmt.model"):
-        convert.resolve_model("no such model", catalog)
+        convert_nmt.resolve_model("no such model", catalog)
 
 
 def test_catalog_rejects_bad_entries(tmp_path):
     path = tmp_path / "nmt.yaml"
     path.write_text(yaml.safe_dump({"models": {"x": {"hub_id": "a/b", "family": "t5"}}}))
     with pytest.raises(ValueError, match="unknown NMT family 't5'"):
-        convert.load_catalog(path)
+        convert_nmt.load_catalog(path)
     path.write_text(yaml.safe_dump({"models": {"x": {"hub_id": "a/b", "familly": "nllb"}}}))
     with pytest.raises(ValueError, match="unknown key 'familly'; did you mean 'family'"):
-        convert.load_catalog(path)
+        convert_nmt.load_catalog(path)
 
 
 def test_convert_nmt_stage_converts_then_caches(nmt_hf_models, tmp_path, monkeypatch):
@@ -209,11 +210,11 @@ def test_convert_nmt_stage_reports_missing_model_in_one_line(tmp_path, monkeypat
 
 
 def test_convert_config_matches_params():
-    cfg = c.load_section("params.yaml", "convert_nmt", c.ConvertNmtConfig)
+    cfg = c.load_section("params.yaml", "convert_nmt", ConvertNmtConfig)
     assert cfg.models == ()  # the default profile trains its own model
     paper = yaml.safe_load(open("configs/profiles/paper.yaml"))["convert_nmt"]
-    assert paper["models"] and set(paper["models"]) <= set(convert.load_catalog())
-    assert os.path.basename(convert.CATALOG_PATH) == "nmt.yaml"
+    assert paper["models"] and set(paper["models"]) <= set(convert_nmt.load_catalog())
+    assert os.path.basename(convert_nmt.CATALOG_PATH) == "nmt.yaml"
 
 
 def test_incomplete_model_directory_is_reported(nmt_hf_models, tmp_path):
@@ -223,8 +224,8 @@ def test_incomplete_model_directory_is_reported(nmt_hf_models, tmp_path):
         (broken / name).unlink()
     with pytest.raises(FileNotFoundError, match=r"broken is incomplete: no source.spm; no "
                        r"target.spm; no vocab.json; download"):
-        convert.convert_hf_model(broken, tmp_path / "out")
+        convert_nmt.convert_hf_model(broken, tmp_path / "out")
     (broken / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"no model.safetensors or .*pytorch_model.bin"):
-        convert.convert_hf_model(broken, tmp_path / "out")
+        convert_nmt.convert_hf_model(broken, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.converting").exists()

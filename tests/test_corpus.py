@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline.config import BuildCorpusConfig, LangsConfig
-from pipeline.corpus import build, filters, langid
+from pipeline.config import LangsConfig
+from pipeline.corpus import build_corpus, filters, langid
+from pipeline.corpus.build_corpus import BuildCorpusConfig
 from pipeline.corpus.split import assign_split, balanced_draw, sample_enx
 from pipeline.io import read_json, read_table, write_table
 from stages import build_corpus as stage
@@ -306,7 +307,7 @@ def _write_inputs(root, order_seed=0, refs_langs=POOL):
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     cfg = _write_inputs(root)
-    metrics = build.run(cfg, LangsConfig(pool=POOL))
+    metrics = build_corpus.run(cfg, LangsConfig(pool=POOL))
     return cfg, metrics, root / "corpus"
 
 
@@ -374,7 +375,7 @@ def test_split_does_not_depend_on_which_rows_survive(built, tmp_path):
     cfg, _, out = built
     before = read_table(out / "multiway.parquet").set_index("id")["split"]
     loose = dataclasses.replace(cfg, min_length_ratio=0.0, output_dir=str(tmp_path))
-    build.run(loose, LangsConfig(pool=POOL))
+    build_corpus.run(loose, LangsConfig(pool=POOL))
     after = read_table(tmp_path / "multiway.parquet").set_index("id")["split"]
     assert len(after) > len(before)
     assert after[before.index].equals(before)
@@ -384,10 +385,10 @@ def test_no_human_corpus_when_references_lack_a_pool_language(tmp_path):
     cfg = _write_inputs(tmp_path, refs_langs=("deu_Latn", "rus_Cyrl"))
     (tmp_path / "corpus").mkdir()
     (tmp_path / "corpus" / "human.parquet").write_text("stale")
-    metrics = build.run(cfg, LangsConfig(pool=POOL))
+    metrics = build_corpus.run(cfg, LangsConfig(pool=POOL))
     assert metrics["human_rows"] == 0
     assert not (tmp_path / "corpus" / "human.parquet").exists()
-    no_refs = build.run(dataclasses.replace(cfg, references=None), LangsConfig(pool=POOL))
+    no_refs = build_corpus.run(dataclasses.replace(cfg, references=None), LangsConfig(pool=POOL))
     assert no_refs["human_rows"] == 0 and no_refs["rows_out"] == metrics["rows_out"]
 
 
@@ -396,7 +397,7 @@ def test_missing_translation_file(tmp_path):
     (tmp_path / "translated" / "kor_Hang.parquet").unlink()
     with pytest.raises(FileNotFoundError, match=r"kor_Hang.parquet is missing; run "
                                                 r"`dvc repro translate@kor_Hang`"):
-        build.run(cfg, LangsConfig(pool=POOL))
+        build_corpus.run(cfg, LangsConfig(pool=POOL))
 
 
 def test_ids_not_matching_the_source(tmp_path):
@@ -407,10 +408,10 @@ def test_ids_not_matching_the_source(tmp_path):
     with pytest.raises(ValueError, match=r"rus_Cyrl.parquet ids do not match the source: 1 source "
                                          r"id\(s\) missing \('s005'\), 1 unknown id\(s\) "
                                          r"\('x999'\)"):
-        build.run(cfg, LangsConfig(pool=POOL))
+        build_corpus.run(cfg, LangsConfig(pool=POOL))
     write_table(pd.concat([df, df.iloc[:1]]), path)
     with pytest.raises(ValueError, match="rus_Cyrl.parquet has 1 duplicated id"):
-        build.run(cfg, LangsConfig(pool=POOL))
+        build_corpus.run(cfg, LangsConfig(pool=POOL))
 
 
 def test_zero_rows_left_names_the_worst_filter(tmp_path):
@@ -420,13 +421,13 @@ def test_zero_rows_left_names_the_worst_filter(tmp_path):
     with pytest.raises(ValueError, match=r"no rows left after filtering 40 rows: the 'script' "
                                          r"filter removed the most \(\d+ rows, mostly in "
                                          r"deu_Latn\); lower build_corpus.min_script_fraction"):
-        build.run(cfg, LangsConfig(pool=POOL))
+        build_corpus.run(cfg, LangsConfig(pool=POOL))
 
 
 def test_source_language_in_pool_is_rejected(tmp_path):
     cfg = _write_inputs(tmp_path)
     with pytest.raises(ValueError, match="langs.pool contains the source language eng_Latn"):
-        build.run(cfg, LangsConfig(pool=("eng_Latn", *POOL)))
+        build_corpus.run(cfg, LangsConfig(pool=("eng_Latn", *POOL)))
 
 
 # ---------------------------------------------------------------- stage entry
@@ -451,7 +452,7 @@ def test_stage_main_end_to_end(tmp_path, monkeypatch):
     assert metrics["rows_in"] == N and metrics["rows_out"] == N - len(BAD)
     assert metrics["enx_rows"] == len(read_table(tmp_path / "corpus" / "enx.parquet"))
     # The same run through the library gives the same corpus.
-    direct = build.run(dataclasses.replace(cfg, output_dir=str(tmp_path / "direct")),
+    direct = build_corpus.run(dataclasses.replace(cfg, output_dir=str(tmp_path / "direct")),
                        LangsConfig(pool=POOL))
     assert direct == metrics
     for name in ("multiway", "enx", "human"):
@@ -474,7 +475,7 @@ def test_stage_main_missing_translation_is_one_line_error(tmp_path, monkeypatch,
 
 def test_filter_rows_keeps_a_clean_row():
     src = pd.DataFrame({"id": ["a", "b"], "eng_Latn": [EN_GEN, EN_JOHN]})
-    keep, stats = build.filter_rows(
+    keep, stats = build_corpus.filter_rows(
         src, {"kor_Hang": pd.Series([KO_GEN, RU_GEN])}, "eng_Latn", CFG)
     assert keep.tolist() == [True, False]
     assert stats["dropped_by_reason"] == {**dict.fromkeys(filters.REASONS, 0), "script": 1}
@@ -584,7 +585,7 @@ def test_streamed_build_equals_in_memory_reference(tmp_path, monkeypatch, small)
         monkeypatch.setattr(stream, "BATCH_ROWS", 7)
         monkeypatch.setattr(stream, "ROW_GROUP_ROWS", 50)
         monkeypatch.setattr(stream, "BUCKET_ROWS", 32)
-    metrics = build.run(cfg, LangsConfig(pool=pool))
+    metrics = build_corpus.run(cfg, LangsConfig(pool=pool))
     tables, want = _reference_build(cfg, pool)
     stats = read_json(tmp_path / "corpus" / "stats.json")
     for key, value in want.items():
@@ -605,4 +606,4 @@ def test_duplicated_source_id(tmp_path):
     write_table(pd.concat([src, src.iloc[[3, 3, 7]]]), cfg.source)
     with pytest.raises(ValueError, match=r"source.parquet has 3 duplicated id\(s\) \('s003', "
                                          r"'s007'\); ids must be unique"):
-        build.run(cfg, LangsConfig(pool=POOL))
+        build_corpus.run(cfg, LangsConfig(pool=POOL))

@@ -18,16 +18,11 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import (
-    DrmimConfig,
-    EvaluateDownstreamConfig,
-    LangsConfig,
-    TrainDrmimConfig,
-    from_mapping,
-)
+from pipeline.config import LangsConfig, from_mapping
 from pipeline.downstream import data as D
-from pipeline.downstream import evaluate, stage
+from pipeline.downstream import evaluate_downstream, train_drmim
 from pipeline.downstream import losses as L
+from pipeline.downstream import train as downstream_train
 from pipeline.downstream.encoder import (
     FeatureStore,
     TopBlock,
@@ -35,8 +30,14 @@ from pipeline.downstream.encoder import (
     pad_batch,
     stack_features,
 )
-from pipeline.downstream.evaluate import qa_scores, subset_group, summarize
+from pipeline.downstream.evaluate_downstream import (
+    EvaluateDownstreamConfig,
+    qa_scores,
+    subset_group,
+    summarize,
+)
 from pipeline.downstream.methods import CorpusBatch, TaskBatch, parse_variant
+from pipeline.downstream.train_drmim import DrmimConfig, TrainDrmimConfig
 
 torch.set_num_threads(1)
 
@@ -183,10 +184,10 @@ def tiny_cfg(world, **kw) -> TrainDrmimConfig:
 def train_and_score(world, cfg: TrainDrmimConfig, task: str = "bible_genre",
                     figure: str = "pca") -> tuple[dict, dict]:
     """Both stages on the tiny encoder: ``train_drmim``'s and ``evaluate_downstream``'s metrics."""
-    trained = stage.run(cfg, LANGS, task, "tiny-encoder")
-    scored = evaluate.run(EvaluateDownstreamConfig(runs_dir=cfg.output_dir, figure=figure,
-                                                   output_dir=str(world / "scores")),
-                          LANGS, task, "tiny-encoder")
+    trained = train_drmim.run(cfg, LANGS, task, "tiny-encoder")
+    scoring = EvaluateDownstreamConfig(runs_dir=cfg.output_dir, figure=figure,
+                                       output_dir=str(world / "scores"))
+    scored = evaluate_downstream.run(scoring, LANGS, task, "tiny-encoder")
     return trained, scored
 
 
@@ -637,7 +638,7 @@ def test_config_errors(world):
     with pytest.raises(ValueError, match="unknown key 'w_mii'"):
         from_mapping(TrainDrmimConfig, {"drmim": {"w_mii": 0.5}})
     with pytest.raises(FileNotFoundError, match="run `dvc repro build_corpus`"):
-        stage.run(tiny_cfg(world, corpus=str(world / "none.parquet")), LANGS, "bible_genre",
+        train_drmim.run(tiny_cfg(world, corpus=str(world / "none.parquet")), LANGS, "bible_genre",
                   "tiny-encoder")
 
 
@@ -664,14 +665,14 @@ def test_scores_from_predictions():
         {"variant": "v", "seed": 0, "subset": "deu_Latn", "example": k, "prediction": p,
          "gold": g} for k, (p, g) in enumerate(((1, 1), (0, 1), (2, 2), (3, 0)))
     ])
-    scores = evaluate.score_predictions(preds, "classification")
+    scores = evaluate_downstream.score_predictions(preds, "classification")
     assert scores.to_dict("records") == [{"variant": "v", "seed": 0, "subset": "deu_Latn",
                                           "metric": "accuracy", "value": 50.0}]
     qa = pd.DataFrame([{"variant": "v", "seed": 0, "subset": "kor_Hang", "example": 0,
                         "prediction": "the song", "gold": ["song", "psalm"]},
                        {"variant": "v", "seed": 0, "subset": "kor_Hang", "example": 1,
                         "prediction": "", "gold": ["letter"]}])
-    values = evaluate.score_predictions(qa, "qa").set_index("metric").value
+    values = evaluate_downstream.score_predictions(qa, "qa").set_index("metric").value
     assert values["f1"] == 50.0 and values["exact_match"] == 50.0
 
 
@@ -687,8 +688,8 @@ def test_variant_intervals_against_finetune_are_paired_per_example():
                                          ("better", max(ft, int(k % 4 == 0)))):
                     rows.append({"variant": variant, "seed": seed, "subset": subset,
                                  "example": k, "prediction": correct, "gold": 1})
-    items = evaluate.item_scores(pd.DataFrame(rows), "classification")
-    out = evaluate.versus_finetune(items, LANGS, seed=0)
+    items = evaluate_downstream.item_scores(pd.DataFrame(rows), "classification")
+    out = evaluate_downstream.versus_finetune(items, LANGS, seed=0)
     # finetune misses k = 0, 3, ..., 39 (14 of 40); "better" recovers k % 12 == 0 (4 of 40).
     assert out["better/accuracy/zero_shot/vs_finetune"] == pytest.approx(10.0)
     assert out["better/accuracy/seen/vs_finetune"] == pytest.approx(10.0)
@@ -731,7 +732,7 @@ def test_every_method_trains_and_predicts_on_the_bible_genre_task(world):
 def test_an_interrupted_item_resumes_from_its_finished_runs(world, monkeypatch):
     cfg = tiny_cfg(world, methods=("finetune", "drmim"), output_dir=str(world / "resume"))
     calls = []
-    real = stage.train_variant
+    real = downstream_train.train_variant
 
     def crash_on_drmim(variant, *args, **kwargs):
         calls.append(variant.name)
@@ -739,11 +740,11 @@ def test_an_interrupted_item_resumes_from_its_finished_runs(world, monkeypatch):
             raise KeyboardInterrupt
         return real(variant, *args, **kwargs)
 
-    monkeypatch.setattr(stage, "train_variant", crash_on_drmim)
+    monkeypatch.setattr(downstream_train, "train_variant", crash_on_drmim)
     with pytest.raises(KeyboardInterrupt):
-        stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+        train_drmim.run(cfg, LANGS, "bible_genre", "tiny-encoder")
     assert (world / "work" / "bible_genre" / "tiny-encoder" / "finetune-seed0.json").is_file()
-    trained = stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+    trained = train_drmim.run(cfg, LANGS, "bible_genre", "tiny-encoder")
     assert calls == ["finetune", "drmim", "drmim"]  # finetune was not trained again
     assert trained["runs"] == 2
     preds = pd.read_parquet(world / "resume" / "bible_genre" / "tiny-encoder" /
@@ -764,7 +765,7 @@ def test_variants_of_one_seed_train_on_the_same_batches(world, monkeypatch):
         return orders[-1]
 
     monkeypatch.setattr(train_mod, "length_batches", record)
-    stage.run(cfg, LANGS, "bible_genre", "tiny-encoder")
+    train_drmim.run(cfg, LANGS, "bible_genre", "tiny-encoder")
     assert len(orders) == 6  # 3 variants x 2 epochs
     # DR-MIM draws corpus batches and EPAR perturbs between the epochs: the order is unmoved.
     assert orders[0:2] == orders[2:4] == orders[4:6] and orders[0] != orders[1]
@@ -828,7 +829,7 @@ def test_training_reads_the_device_only_at_logging_points(world, monkeypatch):
 
 def test_evaluate_needs_train_drmim_first(world):
     with pytest.raises(FileNotFoundError, match="run train_drmim@bible_genre-none first"):
-        evaluate.run(EvaluateDownstreamConfig(runs_dir=str(world / "nowhere")), LANGS,
+        evaluate_downstream.run(EvaluateDownstreamConfig(runs_dir=str(world / "nowhere")), LANGS,
                      "bible_genre", "none")
 
 

@@ -161,8 +161,7 @@ def tiny_encoder(tiny_encoder_dir):
 @pytest.fixture(scope="session")
 def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     """The whole offline suite (every project task) through ``run`` on the tiny encoder."""
-    from pipeline.config import EvaluateConfig
-    from pipeline.evaluation.run import run
+    from pipeline.evaluation.evaluate import EvaluateConfig, run
 
     out = tmp_path_factory.mktemp("eval")
     cfg = EvaluateConfig(
@@ -232,7 +231,7 @@ def test_result_files_hold_no_run_dependent_values_and_mteb_still_loads_them(off
     import mteb
     from mteb.results import TaskResult
 
-    from pipeline.evaluation.run import RUN_DEPENDENT
+    from pipeline.evaluation.evaluate import RUN_DEPENDENT
 
     _, metrics, out = offline_run
     (rev_dir,) = (p for p in (out / "results" / "multiway-align__st").iterdir() if p.is_dir())
@@ -453,7 +452,7 @@ def test_genre_fits_one_classifier_per_experiment_with_mtebs_predictions(local_d
 def test_flatten_groups_subsets_into_languages_and_seen_unseen():
     from types import SimpleNamespace
 
-    from pipeline.evaluation.run import flatten
+    from pipeline.evaluation.evaluate import flatten
 
     def entry(subset, langs, score):
         return {"hf_subset": subset, "languages": langs, "main_score": score}
@@ -530,8 +529,7 @@ def test_configuration_mistakes_are_reported_in_one_line(tmp_path, local_data):
 
 
 def test_verse_mining_settings_are_checked_before_any_work(tmp_path):
-    from pipeline.config import EvaluateConfig
-    from pipeline.evaluation.run import run
+    from pipeline.evaluation.evaluate import EvaluateConfig, run
     from pipeline.evaluation.verse_mining import sample_verses
 
     with pytest.raises(ValueError, match="mining_sentences must be >= 0 and mining_k >= 1"):
@@ -552,7 +550,7 @@ def test_the_gpu_path_autocasts_the_encoders_forward_and_keeps_its_revision(
     from pipeline.devices import autocast_forward
     from pipeline.encoders.catalog import load_encoder
     from pipeline.encoders.trunk import backbone_layers
-    from pipeline.evaluation import run as run_mod
+    from pipeline.evaluation import evaluate as evaluate_stage
 
     cfg, metrics, out = offline_run
     loaded, autocast_on = [], []
@@ -566,10 +564,11 @@ def test_the_gpu_path_autocasts_the_encoders_forward_and_keeps_its_revision(
         loaded.append(encoder)
         return encoder
 
-    monkeypatch.setattr(run_mod, "resolve_device", lambda device: "cuda")
-    monkeypatch.setattr(run_mod, "load_encoder", load_eager_on_cpu)
-    monkeypatch.setattr(run_mod, "autocast_dtype", lambda device: torch.bfloat16)
-    got = run_mod.run(dataclasses.replace(cfg, output_dir=str(tmp_path)), str(tiny_encoder_dir))
+    monkeypatch.setattr(evaluate_stage, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(evaluate_stage, "load_encoder", load_eager_on_cpu)
+    monkeypatch.setattr("pipeline.devices.autocast_dtype", lambda device: torch.bfloat16)
+    got = evaluate_stage.run(dataclasses.replace(cfg, output_dir=str(tmp_path)),
+                             str(tiny_encoder_dir))
     (encoder,) = loaded
     assert autocast_on and all(autocast_on)
     assert backbone_layers(encoder)[0].config._attn_implementation == "sdpa"

@@ -8,8 +8,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import ExtractGettextConfig
-from pipeline.sources.gettext import clean_message, is_prose, read_catalogs, run
+from pipeline.sources.extract_gettext import (
+    ExtractGettextConfig,
+    clean_message,
+    is_prose,
+    read_catalogs,
+    run,
+)
 
 HEADER = (
     "Content-Type: text/plain; charset=UTF-8\n"

@@ -118,7 +118,7 @@ def test_missing_models_fail_offline(hub_cache, tmp_path):
         from sentence_transformers import SentenceTransformer
         from transformers import AutoModel
         from pipeline.encoders.catalog import load_encoder
-        from pipeline.translate.convert import fetch_model
+        from pipeline.translate.convert_nmt import fetch_model
 
         errors = {{}}
         attempts = {{
@@ -148,8 +148,7 @@ def test_nllb_converts_offline(hub_cache, tmp_path):
         import json
         import ctranslate2
         from transformers import AutoTokenizer
-        from pipeline.config import ConvertNmtConfig
-        from pipeline.translate.convert import run
+        from pipeline.translate.convert_nmt import ConvertNmtConfig, run
 
         tok = AutoTokenizer.from_pretrained({NLLB_ID!r}, revision={NLLB_REVISION!r})
         metrics = run(ConvertNmtConfig(output_dir={str(tmp_path / "nmt")!r}),
@@ -175,9 +174,10 @@ def test_datasets_load_offline(hub_cache, tmp_path):
     out = run_offline(env, f"""
         import json
         import datasets
-        from pipeline.config import PrepareSourceConfig, TrainDrmimConfig
+        from pipeline.downstream.train_drmim import TrainDrmimConfig
+        from pipeline.sources.prepare_source import PrepareSourceConfig
         from pipeline.downstream.data import load_pawsx, load_tydiqa, load_xnli
-        from pipeline.sources.prepare import read_rows
+        from pipeline.sources.prepare_source import read_rows
 
         out = {{}}
         talks = datasets.load_dataset("sentence-transformers/parallel-sentences-talks", "en-de",
@@ -277,7 +277,7 @@ def test_mteb_paper_tasks_offline(hub_cache, tmp_path):
     out = run_offline(env, f"""
         import json
         from pipeline.encoders.catalog import load_encoder
-        from pipeline.evaluation.run import evaluate, flatten
+        from pipeline.evaluation.evaluate import evaluate, flatten
         from pipeline.evaluation.suites import Suite, get_suite, resolve_tasks
 
         paper = get_suite("paper")

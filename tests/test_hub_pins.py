@@ -87,8 +87,7 @@ def _tensors(path: Path) -> dict:
 
 
 def test_import_records_the_commit_loaded_and_zeroes_absent_weights(pins, offline, tmp_path):
-    from pipeline.config import ImportEncoderConfig
-    from pipeline.encoders.stage import run
+    from pipeline.encoders.import_encoder import ImportEncoderConfig, run
 
     cfg = ImportEncoderConfig(catalogue=str(offline), output_dir=str(tmp_path), threads=1)
     out = tmp_path / "pinned"
@@ -116,10 +115,10 @@ def test_import_records_the_commit_loaded_and_zeroes_absent_weights(pins, offlin
 
 
 def test_a_missing_pin_names_the_commit_and_the_command_that_fetches_it(offline, tmp_path):
-    from pipeline.config import ConvertNmtConfig, ImportEncoderConfig
     from pipeline.encoders import catalog
-    from pipeline.encoders.stage import run
-    from pipeline.translate import convert
+    from pipeline.encoders.import_encoder import ImportEncoderConfig, run
+    from pipeline.translate import convert_nmt
+    from pipeline.translate.convert_nmt import ConvertNmtConfig
 
     fetch = re.escape(f"`hf download {TINY_ID} --revision {ABSENT}`")
     error = f"^encoder 'absent': cannot load '{re.escape(TINY_ID)}' at its pinned revision " \
@@ -142,21 +141,22 @@ def test_a_missing_pin_names_the_commit_and_the_command_that_fetches_it(offline,
         catalog.load_encoder("other", catalogue={"other": spec}, models_dir=None)
 
     # convert_nmt: the catalogue pins NLLB-200 to a commit the cache lacks (it has main).
-    commit = convert.load_catalog()["nllb-200-distilled-600M"].revision
+    commit = convert_nmt.load_catalog()["nllb-200-distilled-600M"].revision
     assert re.fullmatch(r"[0-9a-f]{40}", commit) and commit != MAIN
     with pytest.raises(FileNotFoundError, match=rf"cannot be fetched at its pinned revision "
                                                 rf"{commit} .*`hf download {NLLB_ID} "
                                                 rf"--revision {commit}`"):
-        convert.run(ConvertNmtConfig(output_dir=str(tmp_path / "nmt")), "nllb-200-distilled-600M")
+        convert_nmt.run(ConvertNmtConfig(output_dir=str(tmp_path / "nmt")),
+                        "nllb-200-distilled-600M")
     assert not (tmp_path / "nmt").exists()
 
 
 def test_convert_records_the_commit_converted(offline, tmp_path):
     """A hub id given directly converts main; both metadata files name its commit."""
-    from pipeline.config import ConvertNmtConfig
-    from pipeline.translate import convert
+    from pipeline.translate import convert_nmt
+    from pipeline.translate.convert_nmt import ConvertNmtConfig
 
-    metrics = convert.run(ConvertNmtConfig(output_dir=str(tmp_path)), NLLB_ID)
+    metrics = convert_nmt.run(ConvertNmtConfig(output_dir=str(tmp_path)), NLLB_ID)
     assert metrics["converted"] == 1
     out = tmp_path / "nllb-200-distilled-600M"
     nmt = json.loads((out / "multiway_nmt.json").read_text())
@@ -168,7 +168,7 @@ def test_convert_records_the_commit_converted(offline, tmp_path):
 def test_catalogue_revisions_are_commits():
     """Pins are full commits (a branch or tag could move); only opus-mt-en-ar is unpinned."""
     from pipeline.encoders.catalog import load_catalogue
-    from pipeline.translate.convert import load_catalog
+    from pipeline.translate.convert_nmt import load_catalog
 
     encoders = {k: s.revision for k, s in load_catalogue().items() if s.is_hub}
     nmt = {k: e.revision for k, e in load_catalog().items()}

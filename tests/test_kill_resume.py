@@ -113,7 +113,7 @@ def test_train_encoder_resumes_after_sigkill(workspace, trained, tmp_path):  # n
 
 
 def test_config_change_discards_the_checkpoints(workspace, tmp_path, caplog):  # noqa: F811
-    from pipeline.train.stage import run
+    from pipeline.train.train_encoder import run
 
     dirs = {"output_dir": str(tmp_path / "models"), "plots_dir": str(tmp_path / "plots"),
             "work_dir": str(tmp_path / "work")}
@@ -132,7 +132,7 @@ def test_config_change_discards_the_checkpoints(workspace, tmp_path, caplog):  #
 
 
 def test_train_drmim_resumes_after_sigkill(world, tmp_path):  # noqa: F811
-    from pipeline.downstream import stage
+    from pipeline.downstream import train_drmim
 
     def cfg(out: Path):
         return tiny_cfg(world, methods=("finetune", "drmim"), seeds=(0, 1), epochs=4,
@@ -150,7 +150,7 @@ def test_train_drmim_resumes_after_sigkill(world, tmp_path):  # noqa: F811
 
     log = rerun(cmd, tmp_path, stage_env())
     assert f"resuming: {len(done)} of 4 runs already done" in log
-    stage.run(cfg(tmp_path / "reference"), DOWNSTREAM_LANGS, "bible_genre", "tiny-encoder")
+    train_drmim.run(cfg(tmp_path / "reference"), DOWNSTREAM_LANGS, "bible_genre", "tiny-encoder")
     out = tmp_path / "runs" / "bible_genre" / "tiny-encoder"
     reference = tmp_path / "reference" / "runs" / "bible_genre" / "tiny-encoder"
     for name in ("predictions.parquet", "features.parquet", "runs.json"):

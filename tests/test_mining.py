@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluation.mining.command import mine
 from pipeline.evaluation.mining.faiss_index import IndexParams, index_factory_string, knn_recall
 from pipeline.evaluation.mining.margin import margin_candidates, mine_pairs, select_pairs
+from pipeline.evaluation.mining.mine import mine
 from pipeline.evaluation.mining.sentences import read_sentences
 from pipeline.evaluation.mining.shards import EmbeddingShards, ShardWriter, normalize
 

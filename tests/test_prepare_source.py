@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.config import LangsConfig, PrepareSourceConfig
-from pipeline.sources import prepare
-from pipeline.sources.prepare import DROP_REASONS, run
+from pipeline.config import LangsConfig
+from pipeline.sources import prepare_source
+from pipeline.sources.prepare_source import DROP_REASONS, PrepareSourceConfig, run
 from pipeline.sources.text import clean_line
 
 LANGS = LangsConfig()
@@ -123,7 +123,7 @@ def test_a_sample_is_fixed_by_the_ids_and_nested_across_fractions(tmp_path):
 def test_small_batches_give_the_same_table(txt, tmp_path, monkeypatch):
     whole = cfg_for(tmp_path, input=str(txt))
     run(whole, LANGS)
-    monkeypatch.setattr(prepare, "_BATCH_ROWS", 2)
+    monkeypatch.setattr(prepare_source, "_BATCH_ROWS", 2)
     batched = PrepareSourceConfig(input=str(txt), output=str(tmp_path / "batched.parquet"),
                                   dependency=str(txt), max_bad_fraction=1.0)
     run(batched, LANGS)

@@ -13,7 +13,8 @@ from matplotlib.figure import Figure as MplFigure
 
 from pipeline import config as c
 from pipeline.io import write_json, write_table
-from pipeline.report import build, collect, compare, headline, projection, render, results
+from pipeline.report import collect, compare, headline, projection, render, report, results
+from pipeline.report.report import ReportConfig
 from stages import report as stage
 
 POOL = ["deu_Latn", "fra_Latn"]
@@ -42,7 +43,7 @@ SCORES = {
 
 
 def evaluate_metrics(label: str) -> dict:
-    """Flat metrics shaped as pipeline.evaluation.run.flatten writes them."""
+    """Flat metrics shaped as pipeline.evaluation.evaluate.flatten writes them."""
     out: dict = {}
     for task, per_model in SCORES.items():
         scores = per_model[label]
@@ -243,17 +244,17 @@ def built(tmp_path_factory):
     params = make_tree(root)
     encode = fake_encoder()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "model_encoder", lambda cfg: encode)
+        mp.setattr(projection, "model_encoder", lambda cfg: encode)
         assert stage.main(["--params", str(params)]) == 0
     out = root / "report"
     return {"root": root, "params": params, "out": out, "encode": encode,
             "md": (out / "report.md").read_text(), "html": (out / "report.html").read_text()}
 
 
-def load_cfg(params: Path, **overrides) -> c.ReportConfig:
+def load_cfg(params: Path, **overrides) -> ReportConfig:
     data = yaml.safe_load(params.read_text())["report"]
     data.update(overrides)
-    return c.from_mapping(c.ReportConfig, data)
+    return c.from_mapping(ReportConfig, data)
 
 
 # ------------------------------------------------------------------- the report itself
@@ -342,7 +343,7 @@ def test_report_holds_no_run_dependent_values_and_rebuilds_byte_identically(buil
     params.write_text(yaml.safe_dump(data))
     with pytest.MonkeyPatch.context() as mp:
         encode = fake_encoder()  # a fresh one: the fixture's records its calls
-        mp.setattr(build, "model_encoder", lambda cfg: encode)
+        mp.setattr(projection, "model_encoder", lambda cfg: encode)
         assert stage.main(["--params", str(params)]) == 0
 
     def files(root: Path) -> dict[str, bytes]:
@@ -438,7 +439,7 @@ def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_
                 / "verse_mining.parquet")
     write_table(verse_outcomes("enx"), root / "eval" / "results"
                 / "multiway-align__me5-tiny-enx-2" / "verse_mining.parquet")
-    cfg = c.ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
+    cfg = ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
         "enx": (MODELS["enx"], "me5-tiny-enx-2"),
         "multiway": (MODELS["multiway"], "me5-tiny-multiway-2")})
     blocks, _ = headline.verse_mining_section(cfg, LANGS)
@@ -600,12 +601,12 @@ def test_scores_csv_is_the_tidy_table(built):
 
 
 def test_missing_inputs_give_not_run_sections(tmp_path):
-    cfg = c.ReportConfig(metrics_dir=str(tmp_path / "m"), corpus_stats=str(tmp_path / "s.json"),
+    cfg = ReportConfig(metrics_dir=str(tmp_path / "m"), corpus_stats=str(tmp_path / "s.json"),
                          plots_dir=str(tmp_path / "p"), nmt_history=str(tmp_path / "h.json"),
                          eval_dir=str(tmp_path / "e"), downstream_dir=str(tmp_path / "d"),
                          projection_data=str(tmp_path / "t.parquet"),
                          output_dir=str(tmp_path / "out"))
-    build.run(cfg, LANGS, encode=fake_encoder())
+    report.run(cfg, LANGS, encode=fake_encoder())
     md = (tmp_path / "out" / "report.md").read_text()
     for what in ("source text", "multi-way corpus", "NMT training", "projection data"):
         assert f"Not run: {what} (" in md
@@ -640,19 +641,19 @@ def test_malformed_inputs_raise_value_errors_naming_the_file(tmp_path, name, con
     (tmp_path / name).write_text(content)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / Path(name).parent)) + ".*"
                        + message):
-        build.run(load_cfg(params, projection_sentences=0), LANGS, encode=fake_encoder())
+        report.run(load_cfg(params, projection_sentences=0), LANGS, encode=fake_encoder())
 
 
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="report.focus 'human' is not a regime of "
                                          "report.aligned \\(enx, multiway\\)"):
-        build.check_config(c.ReportConfig(focus="human"), LANGS)
+        report.check_config(ReportConfig(focus="human"), LANGS)
     with pytest.raises(ValueError, match="report.aligned has a regime called 'base'"):
-        build.check_config(c.ReportConfig(aligned={"base": ("x",), "multiway": ("y",)}), LANGS)
+        report.check_config(ReportConfig(aligned={"base": ("x",), "multiway": ("y",)}), LANGS)
     with pytest.raises(ValueError, match="unknown language code 'ita'"):
-        build.check_config(c.ReportConfig(projection_unseen=("ita",)), LANGS)
+        report.check_config(ReportConfig(projection_unseen=("ita",)), LANGS)
     with pytest.raises(ValueError, match="projection_sentences must be >= 0"):
-        build.check_config(c.ReportConfig(projection_sentences=-1), LANGS)
+        report.check_config(ReportConfig(projection_sentences=-1), LANGS)
 
 
 # ------------------------------------------------------------------------- the pieces
@@ -727,7 +728,7 @@ def test_collect_reads_absent_files_as_none(tmp_path):
 def test_projection_without_a_complete_verse_says_so(tmp_path):
     table = pd.DataFrame({"id": ["a"], "eng_Latn": ["x"], "deu_Latn": ["y"], "fra_Latn": [""]})
     write_table(table, tmp_path / "t.parquet")
-    cfg = c.ReportConfig(projection_data=str(tmp_path / "t.parquet"), projection_unseen=())
+    cfg = ReportConfig(projection_data=str(tmp_path / "t.parquet"), projection_unseen=())
     encode = fake_encoder()
     blocks = projection.projection_section(cfg, LANGS, tmp_path, encode)
     assert blocks[-1] == render.Paragraph(
@@ -739,7 +740,7 @@ def test_projection_without_a_complete_verse_says_so(tmp_path):
 def test_a_model_not_evaluated_leaves_its_column_empty(tmp_path):
     params = make_tree(tmp_path)
     (tmp_path / "metrics" / "evaluate@me5-tiny-enx.json").unlink()
-    build.run(load_cfg(params, projection_sentences=0), LANGS)
+    report.run(load_cfg(params, projection_sentences=0), LANGS)
     md = (tmp_path / "report" / "report.md").read_text()
     assert "Not run: evaluate@me5-tiny-enx (their columns are empty)." in md
     assert "Skipped (report.projection_sentences is 0)." in md
@@ -756,7 +757,7 @@ def test_encoders_side_by_side_table(tmp_path):
     for label, name in MODELS.items():
         write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
     aligned = {"enx": ("me5-tiny-enx",), "multiway": ("me5-tiny-multiway",)}
-    cfg = c.ReportConfig(metrics_dir=str(metrics), base="me5-tiny", aligned=aligned,
+    cfg = ReportConfig(metrics_dir=str(metrics), base="me5-tiny", aligned=aligned,
                          encoders=("me5-tiny", "never-run"))
     heading, note, table = results.encoders_section(cfg, LANGS)
     assert heading.text == "Encoders side by side" and "relative change of multiway" in note.text
@@ -768,4 +769,4 @@ def test_encoders_side_by_side_table(tmp_path):
     assert rows["base: me5-tiny"][col] == "85.0 (+6.5 %)"
     assert rows["multiway: me5-tiny-multiway"][col] == "90.5"
     assert all(v == "–" for v in rows["base: never-run"][2:])
-    assert results.encoders_section(c.ReportConfig(), LANGS) == []
+    assert results.encoders_section(ReportConfig(), LANGS) == []

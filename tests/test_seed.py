@@ -5,9 +5,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import LangsConfig, PrepareSeedConfig
+from pipeline.config import LangsConfig
 from pipeline.io import read_json, write_table
-from pipeline.sources import seed
+from pipeline.sources import prepare_seed
+from pipeline.sources.prepare_seed import PrepareSeedConfig
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def tiny_db(tmp_path_factory):
 
 
 def test_load_bible_is_wide_and_aligned(tiny_db):
-    df = seed.load_bible(tiny_db, {"eng_Latn": "4", "deu_Latn": "e"})
+    df = prepare_seed.load_bible(tiny_db, {"eng_Latn": "4", "deu_Latn": "e"})
     assert list(df.columns) == ["id", "book", "chapter", "verse", "eng_Latn", "deu_Latn"]
     assert len(df) == 36
     row = df[df.id == "40.002.003"].iloc[0]
@@ -42,36 +43,36 @@ def test_load_bible_is_wide_and_aligned(tiny_db):
 
 def test_edition_language_mismatch_is_rejected(tiny_db):
     with pytest.raises(ValueError, match=r"edition 'e' \(Elberfelder 1905\) is deu_Latn, not fra"):
-        seed.load_bible(tiny_db, {"fra_Latn": "e"})
+        prepare_seed.load_bible(tiny_db, {"fra_Latn": "e"})
     with pytest.raises(ValueError, match="unknown Bible edition 'Q'"):
-        seed.load_bible(tiny_db, {"eng_Latn": "Q"})
+        prepare_seed.load_bible(tiny_db, {"eng_Latn": "Q"})
 
 
 def test_splits_are_chapter_disjoint_and_follow_fractions(tiny_db):
-    df = seed.load_bible(tiny_db, {"eng_Latn": "4"})
+    df = prepare_seed.load_bible(tiny_db, {"eng_Latn": "4"})
     fractions = {"a": 0.5, "b": 0.25, "c": 0.25}
-    split = seed.assign_splits(df, fractions, seed=1)
+    split = prepare_seed.assign_splits(df, fractions, seed=1)
     per_chapter = pd.DataFrame({"bc": list(zip(df.book, df.chapter)), "s": split})
     assert per_chapter.groupby("bc").s.nunique().max() == 1  # a chapter never straddles splits
     chapters = per_chapter.drop_duplicates("bc").s.value_counts()
     assert chapters.to_dict() == {"a": 6, "b": 3, "c": 3}
-    assert split.equals(seed.assign_splits(df, fractions, seed=1))  # deterministic
-    assert not split.equals(seed.assign_splits(df, fractions, seed=2))
+    assert split.equals(prepare_seed.assign_splits(df, fractions, seed=1))  # deterministic
+    assert not split.equals(prepare_seed.assign_splits(df, fractions, seed=2))
 
 
 def test_split_fractions_must_sum_to_one(tiny_db):
-    df = seed.load_bible(tiny_db, {"eng_Latn": "4"})
+    df = prepare_seed.load_bible(tiny_db, {"eng_Latn": "4"})
     with pytest.raises(ValueError, match="sum to 1"):
-        seed.assign_splits(df, {"a": 0.5, "b": 0.6}, seed=0)
+        prepare_seed.assign_splits(df, {"a": 0.5, "b": 0.6}, seed=0)
 
 
 def test_real_database_editions_match_their_languages():
     """Every edition letter in EDITIONS exists in the shipped database with 31,102 verses."""
-    db = seed.default_bible_db()
+    db = prepare_seed.default_bible_db()
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     counts = dict(con.execute("SELECT bbName, COUNT(*) FROM bible GROUP BY bbName").fetchall())
     con.close()
-    assert set(seed.EDITIONS) == set(counts)
+    assert set(prepare_seed.EDITIONS) == set(counts)
     assert set(counts.values()) == {31102}
 
 
@@ -94,7 +95,7 @@ def test_run_copies_the_committed_gettext_table(tiny_db, messages, tmp_path):
         bible_db=str(tiny_db), editions={"eng_Latn": "4", "deu_Latn": "e"},
         gettext=str(messages), output_dir=str(tmp_path / "seed"),
     )
-    metrics = seed.run(cfg, LangsConfig(source="eng_Latn", pool=("deu_Latn",)))
+    metrics = prepare_seed.run(cfg, LangsConfig(source="eng_Latn", pool=("deu_Latn",)))
     out = tmp_path / "seed"
     # The same bytes as the project's own writer gives the table: no host catalog is read.
     write_table(pq.read_table(messages), tmp_path / "expected.parquet")
@@ -109,11 +110,11 @@ def test_run_copies_the_committed_gettext_table(tiny_db, messages, tmp_path):
 def test_read_gettext_names_the_file_and_the_fix(messages, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not found: .*nope\.parquet; restore it with "
                                                 r"`git checkout -- .*nope\.parquet`"):
-        seed.read_gettext(tmp_path / "nope.parquet")
+        prepare_seed.read_gettext(tmp_path / "nope.parquet")
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 not parquet")
     with pytest.raises(ValueError, match=r"bad\.parquet is not a readable Parquet .*git checkout"):
-        seed.read_gettext(bad)
+        prepare_seed.read_gettext(bad)
     pq.write_table(pq.read_table(messages).drop_columns(["domain"]), bad)
     with pytest.raises(ValueError, match=r"bad\.parquet lacks column\(s\) \['domain'\]"):
-        seed.read_gettext(bad)
+        prepare_seed.read_gettext(bad)

@@ -26,11 +26,11 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import LangsConfig, TrainEncoderConfig, from_mapping, load_section
+from pipeline.config import LangsConfig, from_mapping, load_section
 from pipeline.io import read_json, write_table
 from pipeline.runtime import file_hash
 from pipeline.train.data import load_regime
-from pipeline.train.stage import _prepare_work_dir, run
+from pipeline.train.train_encoder import TrainEncoderConfig, _prepare_work_dir, run
 from pipeline.train.trainer import (
     COMPLETE_FILE,
     TimeBudget,
@@ -170,13 +170,13 @@ def kill_after_save(step: int):
 @pytest.fixture(scope="module")
 def trained(workspace):
     """One uninterrupted multiway run through the stage entry (params file, matrix flags)."""
-    import pipeline.train.stage as stage_mod
+    import pipeline.train.train_encoder as stage_mod
     from stages import train_encoder
 
     capture = Capture()
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(workspace["root"])  # data/metrics/... is relative to the working directory
-        # The registry resolves "pipeline.train.stage:run" at call time: add the capture.
+        # The registry resolves "pipeline.train.train_encoder:run" at call time: add the capture.
         mp.setattr(stage_mod, "run", functools.partial(stage_mod.run, callbacks=[capture.callback]))
         rc = train_encoder.main(["--params", str(workspace["params"]),
                                  "--encoder", "tiny", "--regime", "multiway",
@@ -423,7 +423,7 @@ def test_time_budget_fails_the_stage_unless_partial_is_allowed(workspace, traine
 
 def test_base_weights_are_part_of_the_fingerprint(workspace, tmp_path):
     from pipeline.encoders.catalog import Located
-    from pipeline.train.stage import fingerprint_parts
+    from pipeline.train.train_encoder import fingerprint_parts
 
     cfg, langs = load_cfg(workspace)
     base = tmp_path / "base"

@@ -5,8 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.config import LangsConfig, TrainNmtConfig, from_mapping
+from pipeline.config import LangsConfig, from_mapping
 from pipeline.translate import train_nmt
+from pipeline.translate.train_nmt import TrainNmtConfig
 
 LANGS = LangsConfig(source="eng_Latn", pool=("deu_Latn", "fra_Latn"))
 EN = "the a red blue green cat dog house tree sees eats big small old new".split()

@@ -14,8 +14,9 @@ import yaml
 
 from pipeline import config as c
 from pipeline.io import read_table, write_table
-from pipeline.translate import engine, stage
+from pipeline.translate import engine, translate
 from pipeline.translate.engine import CT2Translator, load_translator
+from pipeline.translate.translate import TranslateConfig
 from tests.fixtures.nmt import SENTENCES, source_frame
 from tests.test_kill_resume import assert_no_temp_files, kill_when, rerun, stage_cmd, stage_env
 
@@ -25,14 +26,14 @@ TEXTS = [*SENTENCES[:8], "Hello world, this is a test.", "A"]
 
 
 def make_cfg(tmp_path: Path, model_dir: Path, source_path: Path, **overrides
-             ) -> c.TranslateConfig:
+             ) -> TranslateConfig:
     base = dict(source=str(source_path), model_dir=str(model_dir), device="cpu", beam_size=2,
                 max_batch_tokens=128, max_decoding_length=24, intra_threads=1, shard_size=16,
                 references=None, output_dir=str(tmp_path / "out"))
-    return c.TranslateConfig(**{**base, **overrides})
+    return TranslateConfig(**{**base, **overrides})
 
 
-def params_file(tmp_path: Path, cfg: c.TranslateConfig) -> Path:
+def params_file(tmp_path: Path, cfg: TranslateConfig) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump({"langs": c.to_dict(LANGS), "translate": c.to_dict(cfg)}))
     return path
@@ -125,7 +126,7 @@ def test_stage_writes_source_order_and_scores_references(nmt_models, nmt_source,
     write_table(refs, tmp_path / "refs.parquet")
     cfg = make_cfg(tmp_path, nmt_models["nllb"], nmt_source,
                    references=str(tmp_path / "refs.parquet"))
-    metrics = stage.run(cfg, LANGS, "deu_Latn")
+    metrics = translate.run(cfg, LANGS, "deu_Latn")
 
     out = read_table(tmp_path / "out/deu_Latn.parquet")
     source = read_table(nmt_source)
@@ -152,20 +153,20 @@ def test_stage_writes_source_order_and_scores_references(nmt_models, nmt_source,
 
 def test_references_without_the_language_are_skipped(nmt_models, nmt_source, tmp_path):
     cfg = make_cfg(tmp_path, nmt_models["marian"], nmt_source, references=str(nmt_source))
-    metrics = stage.run(cfg, LANGS, "fra_Latn")
+    metrics = translate.run(cfg, LANGS, "fra_Latn")
     assert "chrf" not in metrics and metrics["sentences"] == 60
 
 
 def test_empty_rows_and_empty_source(nmt_models, tmp_path):
     frame = pd.DataFrame({"id": ["a", "b", "c"], "eng_Latn": ["Hello world.", "", "  "]})
     write_table(frame, tmp_path / "src.parquet")
-    stage.run(make_cfg(tmp_path, nmt_models["m2m100"], tmp_path / "src.parquet"), LANGS,
+    translate.run(make_cfg(tmp_path, nmt_models["m2m100"], tmp_path / "src.parquet"), LANGS,
               "deu_Latn")
     out = read_table(tmp_path / "out/deu_Latn.parquet")
     assert out["deu_Latn"].tolist()[1:] == ["", ""]
 
     write_table(frame.iloc[:0], tmp_path / "empty.parquet")
-    metrics = stage.run(make_cfg(tmp_path, nmt_models["m2m100"], tmp_path / "empty.parquet"),
+    metrics = translate.run(make_cfg(tmp_path, nmt_models["m2m100"], tmp_path / "empty.parquet"),
                         LANGS, "fra_Latn")
     empty = read_table(tmp_path / "out/fra_Latn.parquet")
     assert empty.columns.tolist() == ["id", "fra_Latn"] and len(empty) == 0
@@ -183,7 +184,7 @@ def test_shards_do_not_depend_on_parquet_row_groups(nmt_models, tmp_path):
     for name in ("rg", "one"):
         cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / f"{name}.parquet",
                        shard_size=8, output_dir=str(tmp_path / name))
-        assert stage.run(cfg, LANGS, "deu_Latn")["shards"] == 5
+        assert translate.run(cfg, LANGS, "deu_Latn")["shards"] == 5
     assert read_table(tmp_path / "rg/deu_Latn.parquet").equals(
         read_table(tmp_path / "one/deu_Latn.parquet"))
 
@@ -194,7 +195,7 @@ def test_shards_do_not_depend_on_parquet_row_groups(nmt_models, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(nmt_models, nmt_source, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("uninterrupted")
-    stage.run(make_cfg(tmp, nmt_models["marian"], nmt_source), LANGS, "deu_Latn")
+    translate.run(make_cfg(tmp, nmt_models["marian"], nmt_source), LANGS, "deu_Latn")
     return read_table(tmp / "out/deu_Latn.parquet")
 
 
@@ -218,13 +219,13 @@ def test_resume_after_injected_failure(nmt_models, nmt_source, tmp_path, monkeyp
     with monkeypatch.context() as m:
         fail_after(m, 2)
         with pytest.raises(RuntimeError, match="injected failure"):
-            stage.run(cfg, LANGS, "deu_Latn")
+            translate.run(cfg, LANGS, "deu_Latn")
     parts = tmp_path / "out/deu_Latn.parts"
     assert sorted(p.name for p in parts.glob("shard-*")) == [
         "shard-000000.parquet", "shard-000001.parquet"]
     assert not (tmp_path / "out/deu_Latn.parquet").exists()
 
-    work = stage.run(cfg, LANGS, "deu_Latn")["runtime"]
+    work = translate.run(cfg, LANGS, "deu_Latn")["runtime"]
     assert work["shards_reused"] == 2 and work["translated_sentences"] == 60 - 32
     pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"), uninterrupted)
     assert not parts.exists()
@@ -237,7 +238,7 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
     with monkeypatch.context() as m:
         fail_after(m, 3)
         with pytest.raises(RuntimeError):
-            stage.run(cfg, LANGS, "deu_Latn")
+            translate.run(cfg, LANGS, "deu_Latn")
     shard = parts / "shard-000001.parquet"
     column = pq.ParquetFile(shard).metadata.row_group(0).column(1)
     data = bytearray(shard.read_bytes())
@@ -245,16 +246,16 @@ def test_corrupt_shard_is_redone_and_changed_settings_start_over(
     data[column.data_page_offset + column.total_compressed_size // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     (parts / "shard-000002.parquet").write_bytes(b"PAR1 truncated")
-    metrics = stage.run(cfg, LANGS, "deu_Latn")
+    metrics = translate.run(cfg, LANGS, "deu_Latn")
     assert metrics["runtime"]["shards_reused"] == 1
     pd.testing.assert_frame_equal(read_table(tmp_path / "out/deu_Latn.parquet"), uninterrupted)
 
     with monkeypatch.context() as m:
         fail_after(m, 2)
         with pytest.raises(RuntimeError):
-            stage.run(cfg, LANGS, "deu_Latn")
+            translate.run(cfg, LANGS, "deu_Latn")
     greedy = dataclasses.replace(cfg, beam_size=1)  # another job: old shards must not be used
-    assert stage.run(greedy, LANGS, "deu_Latn")["runtime"]["shards_reused"] == 0
+    assert translate.run(greedy, LANGS, "deu_Latn")["runtime"]["shards_reused"] == 0
 
 
 def kill_and_resume(nmt_models, tmp_path: Path, env_extra: dict | None = None, seed: int = 0,
@@ -281,7 +282,7 @@ def kill_and_resume(nmt_models, tmp_path: Path, env_extra: dict | None = None, s
 
     reference_cfg = make_cfg(tmp_path, nmt_models["marian"], tmp_path / "big.parquet",
                              shard_size=30, output_dir=str(tmp_path / "ref"))
-    stage.run(reference_cfg, LANGS, "deu_Latn")
+    translate.run(reference_cfg, LANGS, "deu_Latn")
     assert ((tmp_path / "out/deu_Latn.parquet").read_bytes()
             == (tmp_path / "ref/deu_Latn.parquet").read_bytes())
     assert not parts.exists()
@@ -342,7 +343,7 @@ def _bad_setup(case: str, nmt_models, nmt_source, tmp_path):
 def test_bad_input_raises_one_line_error(case, nmt_models, nmt_source, tmp_path):
     cfg, lang, exc, message = _bad_setup(case, nmt_models, nmt_source, tmp_path)
     with pytest.raises(exc, match=message) as info:
-        stage.run(cfg, LANGS, lang)
+        translate.run(cfg, LANGS, lang)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
 
@@ -376,7 +377,7 @@ def test_ray_backend_without_ray_is_a_one_line_error(nmt_models, nmt_source, tmp
     with pytest.raises(ValueError, match=r"translate.backend is 'ray' but Ray is not "
                                          r"installed; install it with pip install -e "
                                          r"'\.\[scale\]'") as info:
-        stage.run(cfg, LANGS, "deu_Latn")
+        translate.run(cfg, LANGS, "deu_Latn")
     assert "\n" not in str(info.value)
     monkeypatch.chdir(tmp_path)
     assert main(["--params", str(params_file(tmp_path, cfg)), "--lang", "deu_Latn"]) == 2
@@ -387,7 +388,7 @@ def test_ray_backend_without_ray_is_a_one_line_error(nmt_models, nmt_source, tmp
 
 def test_device_index_is_checked_and_ignored_on_cpu(nmt_models, nmt_source, tmp_path):
     cfg = make_cfg(tmp_path, nmt_models["marian"], nmt_source, device_index=(1, 0))
-    assert stage.run(cfg, LANGS, "deu_Latn")["shards"] == 4  # CPU: no GPU ids used
+    assert translate.run(cfg, LANGS, "deu_Latn")["shards"] == 4  # CPU: no GPU ids used
     for bad in ((), (0, 0), (-1,)):
         with pytest.raises(ValueError, match="device_index must be a non-empty list of "
                                              "distinct GPU ids"):

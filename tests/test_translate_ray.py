@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import read_table
-from pipeline.translate import ray_backend, stage
+from pipeline.translate import ray_backend, translate
 from tests.fixtures.nmt import source_frame
 from tests.test_translate import LANGS, fail_after, kill_and_resume, make_cfg
 
@@ -44,8 +44,8 @@ def test_ray_output_is_the_local_output_byte_for_byte(ray_address, nmt_models, m
                      output_dir=str(tmp_path / "local"))
     distributed = dataclasses.replace(local, backend="ray", ray_actors=2,
                                       output_dir=str(tmp_path / "ray"))
-    expected = stage.run(local, LANGS, "deu_Latn")
-    metrics = stage.run(distributed, LANGS, "deu_Latn")
+    expected = translate.run(local, LANGS, "deu_Latn")
+    metrics = translate.run(distributed, LANGS, "deu_Latn")
 
     assert (tmp_path / "ray/deu_Latn.parquet").read_bytes() == \
         (tmp_path / "local/deu_Latn.parquet").read_bytes()
@@ -65,12 +65,12 @@ def test_shards_of_one_backend_are_resumed_by_the_other(ray_address, nmt_models,
     cfg = make_cfg(tmp_path, nmt_models["nllb"], nmt_source)
     reference = make_cfg(tmp_path, nmt_models["nllb"], nmt_source,
                          output_dir=str(tmp_path / "ref"))
-    stage.run(reference, LANGS, "deu_Latn")
+    translate.run(reference, LANGS, "deu_Latn")
     with monkeypatch.context() as m:
         fail_after(m, 2)  # the local backend stops after 2 of 4 shards
         with pytest.raises(RuntimeError, match="injected failure"):
-            stage.run(cfg, LANGS, "deu_Latn")
-    work = stage.run(dataclasses.replace(cfg, backend="ray"), LANGS, "deu_Latn")["runtime"]
+            translate.run(cfg, LANGS, "deu_Latn")
+    work = translate.run(dataclasses.replace(cfg, backend="ray"), LANGS, "deu_Latn")["runtime"]
     assert work["shards_reused"] == 2 and work["translated_sentences"] == 60 - 32
     assert (tmp_path / "out/deu_Latn.parquet").read_bytes() == \
         (tmp_path / "ref/deu_Latn.parquet").read_bytes()
@@ -96,7 +96,7 @@ def test_bad_model_fails_before_ray_work(ray_address, nmt_models, nmt_source, tm
     cfg = make_cfg(tmp_path, model, nmt_source, backend="ray")
     with pytest.raises(ValueError, match="CTranslate2 cannot load .* on cpu .*; if the model "
                                          "directory is incomplete .* reconvert it") as info:
-        stage.run(cfg, LANGS, "deu_Latn")
+        translate.run(cfg, LANGS, "deu_Latn")
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
 
 

@@ -35,14 +35,16 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.config import BuildCorpusConfig
 from pipeline.corpus.langid import wrong_language
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.corpus.build_corpus import BuildCorpusConfig
 
 REASONS: tuple[str, ...] = (
     "empty", "repeat", "copy", "script", "language", "too_short", "too_long",

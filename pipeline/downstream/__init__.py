@@ -13,10 +13,10 @@ configs (:class:`~pipeline.config.TrainDrmimConfig` with the nested DR-MIM/EPAR 
 - :mod:`pipeline.downstream.methods` — ``finetune``, ``drmim``, ``epar`` and their switchable
   parts.
 - :mod:`pipeline.downstream.train` — the training loop and prediction.
-- :mod:`pipeline.downstream.stage` — stage ``train_drmim``: all variants × seeds on one
+- :mod:`pipeline.downstream.train_drmim` — stage ``train_drmim``: all variants × seeds on one
   encoder and task, predictions in every language.
-- :mod:`pipeline.downstream.evaluate` — stage ``evaluate_downstream``: accuracy or QA F1/EM
-  per language, means and spreads over seeds, the feature figure.
+- :mod:`pipeline.downstream.evaluate_downstream` — stage ``evaluate_downstream``: accuracy or QA
+  F1/EM per language, means and spreads over seeds, the feature figure.
 
 The design of the methods is in ``docs/downstream.md``.
 """

@@ -32,12 +32,11 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 
-from pipeline.config import LangsConfig, TrainDrmimConfig
-from pipeline.downstream.encoder import Encoder, Seq
+from pipeline.config import LangsConfig
 from pipeline.io import read_table
 from pipeline.sources.bible import (
     CROSS_PAIRS,
@@ -52,7 +51,11 @@ from pipeline.sources.bible import (
     subset_languages,
     with_second_editions,
 )
-from pipeline.sources.seed import default_bible_db
+from pipeline.sources.prepare_seed import default_bible_db
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.downstream.encoder import Encoder, Seq
+    from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 logger = logging.getLogger(__name__)
 

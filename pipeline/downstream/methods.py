@@ -20,16 +20,18 @@ The design of each method, as we read the papers, is in ``docs/downstream.md``.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import TrainDrmimConfig
 from pipeline.devices import to_device
 from pipeline.downstream import losses as L
 from pipeline.downstream.encoder import TopBlock
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 
 @dataclasses.dataclass

@@ -21,15 +21,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.config import TrainDrmimConfig
 from pipeline.devices import to_device
-from pipeline.downstream.data import Encoded, Split, TaskData
+from pipeline.downstream.data import Encoded, Split, TaskData, subset_languages
 from pipeline.downstream.encoder import Encoder, FeatureStore, Seq, TopBlock
-from pipeline.downstream.methods import CorpusBatch, Method, TaskBatch, Variant
+from pipeline.downstream.methods import CorpusBatch, DrMim, Method, TaskBatch, Variant
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -321,3 +325,45 @@ def predict_split(method: Method, store: FeatureStore, enc: Encoded, split: Spli
     if method.kind == "qa":
         return best_spans(logits, enc, [c for _, c in split.inputs], cfg.max_answer_tokens)
     return torch.stack(logits).argmax(-1).tolist()
+
+
+@torch.no_grad()
+def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
+                  encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+    """Universal and specific features of test examples (single-language subsets only).
+
+    Returns:
+        One row per example: ``subset``, ``universal`` and ``specific`` (float lists);
+        the first ``cfg.figure_examples`` examples of each subset.
+    """
+    rows: list[dict[str, Any]] = []
+    for subset in task.test:
+        if len(subset_languages(subset)) != 1:
+            continue
+        seqs = encoded[subset].seqs[: cfg.figure_examples]
+        for start in range(0, len(seqs), cfg.eval_batch_size):
+            h, mask = store.get(seqs[start:start + cfg.eval_batch_size])
+            u, s = method.split(h, mask)
+            rows += [{"subset": subset, "universal": a, "specific": b}
+                     for a, b in zip(u.float().cpu().tolist(), s.float().cpu().tolist())]
+    return pd.DataFrame.from_records(rows)
+
+
+def predict_all(method: Method, store: FeatureStore, task: TaskData,
+                encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+    """One trained run's predictions on every test subset and the dev split, with the gold.
+
+    Returns:
+        Columns ``subset``, ``example`` (index in the subset), ``prediction`` and ``gold``:
+        class indices, or for QA the predicted text and the list of gold answers.
+    """
+    frames = []
+    for subset, split in task.scored().items():
+        gold = ([list(a) for a in split.answers] if task.kind == "qa"
+                else list(split.labels))
+        frames.append(pd.DataFrame({
+            "subset": subset, "example": range(len(gold)),
+            "prediction": predict_split(method, store, encoded[subset], split, cfg),
+            "gold": gold,
+        }))
+    return pd.concat(frames, ignore_index=True)

@@ -4,7 +4,7 @@
   module): Bible and gettext bitext mining, cross-lingual genre classification, paraphrase
   pair classification.
 - :mod:`pipeline.evaluation.suites` — the suite catalogue ``configs/mteb.yaml``.
-- :mod:`pipeline.evaluation.run` — evaluate one encoder on a suite with ``mteb.evaluate``
+- :mod:`pipeline.evaluation.evaluate` — evaluate one encoder on a suite with ``mteb.evaluate``
   and flatten the results into per-language and seen/unseen metrics.
 - :mod:`pipeline.evaluation.verse_mining` — test verses mined between every pair of
   evaluated languages, one outcome per verse; :mod:`pipeline.evaluation.items` — the mteb

@@ -1,6 +1,6 @@
 """The ``report`` stage: every stage's output gathered into one Markdown and one HTML report.
 
-- :mod:`~pipeline.report.build`: the stage's ``run``, config check, document assembly;
+- :mod:`~pipeline.report.report`: the stage's ``run``, config check, document assembly;
 - one module per group of sections, in the report's order:
   :mod:`~pipeline.report.headline` (regime differences with paired intervals),
   :mod:`~pipeline.report.corpus` (source, filters, MT quality),

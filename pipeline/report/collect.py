@@ -4,10 +4,10 @@ Every reader returns ``None`` when its input does not exist (the stage has not r
 report says so and goes on) and raises ``ValueError`` naming the file when the input exists
 but is not what the producing stage writes (a half-edited or foreign file must not become a
 silently wrong report). The shapes read here are those written by ``pipeline/cli.py``
-(``data/metrics/<stage>[@<item>].json``), ``pipeline/corpus/build.py`` (``stats.json``),
-``pipeline/train/stage.py`` (loss curves), ``pipeline/translate/train_nmt.py``
-(``history.json``), ``pipeline/evaluation/run.py`` (``flatten`` keys and ``meta.json``) and
-``pipeline/downstream/evaluate.py`` (``<task>/<encoder>/metrics.json``).
+(``data/metrics/<stage>[@<item>].json``), ``pipeline/corpus/build_corpus.py`` (``stats.json``),
+``pipeline/train/train_encoder.py`` (loss curves), ``pipeline/translate/train_nmt.py``
+(``history.json``), ``pipeline/evaluation/evaluate.py`` (``flatten`` keys and ``meta.json``) and
+``pipeline/downstream/evaluate_downstream.py`` (``<task>/<encoder>/metrics.json``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def evaluation_scores(metrics_dir: str | Path, models: Mapping[str, Sequence[str
                       ) -> pd.DataFrame:
     """Per-language scores of every evaluated model, from ``evaluate@<model>.json``.
 
-    Reads the ``<Task>/lang/<code>`` keys of :func:`pipeline.evaluation.run.flatten` (the
+    Reads the ``<Task>/lang/<code>`` keys of :func:`pipeline.evaluation.evaluate.flatten` (the
     mean main score over the subsets involving the language); the other keys are subset
     scores and subset-grouped means, which the report recomputes per language.
 
@@ -208,7 +208,7 @@ def nmt_history(path: str | Path) -> pd.DataFrame | None:
 def _result_file(eval_dir: str | Path, name: str, file: str) -> Path:
     """``file`` in the result folder ``evaluate`` writes for model ``name``."""
     from pipeline.encoders.catalog import model_label
-    from pipeline.evaluation.run import result_dir
+    from pipeline.evaluation.evaluate import result_dir
 
     return result_dir(eval_dir, model_label(name)) / file
 

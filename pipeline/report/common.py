@@ -8,11 +8,12 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ReportConfig
-from pipeline.evaluation.tasks import PROJECT_TASKS
 from pipeline.report.render import Paragraph
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,13 @@ def join_names(names: Sequence[str]) -> str:
 
 def task_family(task: str, families: Mapping[str, str]) -> str:
     """The family of a task: ``families[task]``, else its mteb task type, else ``Other``."""
+    from pipeline.evaluation.tasks import PROJECT_TASKS
+
     if task in families:
         return families[task]
     if task in PROJECT_TASKS:
         return str(PROJECT_TASKS[task].metadata.type)
-    import mteb  # only for tasks the params do not list: importing mteb takes seconds
+    import mteb
 
     try:
         return str(mteb.get_task(task).metadata.type)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline.config import LangsConfig, ReportConfig
+from pipeline.config import LangsConfig
 from pipeline.corpus.filters import REASONS
 from pipeline.report import collect, figures
 from pipeline.report.common import RUNTIME_NOTE, fmt_int, fmt_num, is_number, not_run
 from pipeline.report.render import Block, Figure, Heading, Paragraph, Table
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 
 def _source_blocks(cfg: ReportConfig) -> list[Block]:

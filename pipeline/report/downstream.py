@@ -5,17 +5,20 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipeline.config import LangsConfig, ReportConfig
+from pipeline.config import LangsConfig
 from pipeline.downstream.data import DEV
 from pipeline.io import atomic_path
 from pipeline.report import collect, figures
 from pipeline.report.common import file_name, is_number, model_labels
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.stats import verdict
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 _GROUPS = {"zero_shot": "zero-shot", "seen": "seen", "unseen": "unseen"}
 

@@ -8,11 +8,12 @@ difference on every measure in one table above the two detailed sections.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import LangsConfig, ReportConfig
+from pipeline.config import LangsConfig
 from pipeline.evaluation import items, verse_mining
 from pipeline.evaluation.tasks import PROJECT_TASKS
 from pipeline.report import collect
@@ -20,6 +21,9 @@ from pipeline.report.common import model_labels, ordered_tasks
 from pipeline.report.compare import SCALE
 from pipeline.report.render import Block, Bullets, Heading, Paragraph, Table
 from pipeline.stats import N_BOOT, Interval, paired_bootstrap
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 #: Both models at or above this accuracy: the measure is at its ceiling (marked).
 CEILING = 0.97

@@ -10,18 +10,22 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from pipeline.config import LangsConfig, ReportConfig
+from pipeline.config import LangsConfig
 from pipeline.io import read_table
 from pipeline.report import figures
 from pipeline.report.common import model_labels, not_run
 from pipeline.report.compare import language_group
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.runtime import resolve_device
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 logger = logging.getLogger(__name__)
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from pipeline.config import LangsConfig, ReportConfig
+from pipeline.config import LangsConfig
 from pipeline.report import collect, figures
 from pipeline.report.common import file_name, join_names, model_labels, ordered_tasks
 from pipeline.report.compare import (
@@ -30,6 +31,9 @@ from pipeline.report.compare import (
     sentence,
 )
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 
 def _scored_tasks(scores: pd.DataFrame, labels: list[str], cfg: ReportConfig,

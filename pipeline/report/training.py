@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ReportConfig
 from pipeline.report import collect, figures
 from pipeline.report.common import RUNTIME_NOTE, fmt_int, fmt_num, not_run
 from pipeline.report.render import Block, Figure, Heading, Paragraph, Table
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.report import ReportConfig
 
 
 def _arrow(metrics: Mapping[str, Any], first: str, last: str) -> str:

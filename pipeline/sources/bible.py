@@ -1,9 +1,9 @@
 """What the evaluation tasks and the downstream tasks share about the Bible's wide tables.
 
-``prepare_seed`` (:mod:`pipeline.sources.seed`) writes one table per split: ``id``, ``book``,
-``chapter``, ``verse``, then one text column per language (FLORES code); the gettext messages
-and the multi-way corpus have the same one-column-per-language shape. Here: the languages,
-book genres and second editions of the Bible, and helpers over such tables.
+``prepare_seed`` (:mod:`pipeline.sources.prepare_seed`) writes one table per split: ``id``,
+``book``, ``chapter``, ``verse``, then one text column per language (FLORES code); the gettext
+messages and the multi-way corpus have the same one-column-per-language shape. Here: the
+languages, book genres and second editions of the Bible, and helpers over such tables.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from pipeline import langs as langmod
-from pipeline.sources.seed import EDITIONS, load_bible
+from pipeline.sources.prepare_seed import EDITIONS, load_bible
 
 logger = logging.getLogger(__name__)
 

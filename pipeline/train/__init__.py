@@ -5,5 +5,5 @@
   English and ``x``).
 - :mod:`pipeline.train.trainer`: the trainer itself (arguments, precision, freezing,
   checkpoints and resume, the wall-time guard, loss curves).
-- :mod:`pipeline.train.stage`: the ``train_encoder@<encoder>-<regime>-<seed>`` stage.
+- :mod:`pipeline.train.train_encoder`: the ``train_encoder@<encoder>-<regime>-<seed>`` stage.
 """

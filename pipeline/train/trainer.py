@@ -43,9 +43,11 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from pipeline.config import TrainEncoderConfig
 from pipeline.encoders.trunk import backbone_layers
 from pipeline.io import atomic_path
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.train.train_encoder import TrainEncoderConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments

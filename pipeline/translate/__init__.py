@@ -4,10 +4,10 @@
   tokenisation (Marian, M2M100, NLLB).
 - :mod:`~pipeline.translate.engine` — the :class:`~pipeline.translate.engine.Translator`
   protocol and the CTranslate2 engine (``load_translator``).
-- :mod:`~pipeline.translate.convert` — Hugging Face → CTranslate2 conversion (stage
+- :mod:`~pipeline.translate.convert_nmt` — Hugging Face → CTranslate2 conversion (stage
   ``convert_nmt``, also used by ``train_nmt``).
 - :mod:`~pipeline.translate.shards` — sharded, resumable Parquet output.
-- :mod:`~pipeline.translate.stage` — stage ``translate@<lang>``.
+- :mod:`~pipeline.translate.translate` — stage ``translate@<lang>``.
 - :mod:`~pipeline.translate.ray_backend` — its ``ray`` backend (CTranslate2 actors on
   a Ray cluster; needs the ``scale`` extra).
 - :mod:`~pipeline.translate.train_nmt` — stage ``train_nmt`` (the project's own model).

@@ -1,7 +1,7 @@
 """Model metadata and per-family tokenisation of CTranslate2 NMT models.
 
 Every CTranslate2 model directory the project uses holds ``multiway_nmt.json``
-(:data:`META_FILE`), written by :mod:`pipeline.translate.convert` or by ``train_nmt``. It
+(:data:`META_FILE`), written by :mod:`pipeline.translate.convert_nmt` or by ``train_nmt``. It
 says which tokenisation family the model belongs to and where its tokenizer files are:
 
 - ``marian`` (OPUS-MT, the project's own model): raw sentencepiece (``source.spm`` /

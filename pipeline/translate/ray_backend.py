@@ -30,13 +30,12 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline.config import TranslateConfig
 from pipeline.runtime import resolve_device
 from pipeline.translate.engine import (
     CT2Translator,
@@ -51,6 +50,9 @@ from pipeline.translate.shards import (
     read_row_chunk,
     work_done,
 )
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.translate.translate import TranslateConfig
 
 logger = logging.getLogger(__name__)
 

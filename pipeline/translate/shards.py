@@ -17,15 +17,17 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import TranslateConfig
 from pipeline.io import atomic_path
 from pipeline.runtime import claim_work_dir, file_hash
 from pipeline.translate.cuda import import_ctranslate2
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.translate.translate import TranslateConfig
 
 logger = logging.getLogger(__name__)
 

