@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -167,15 +168,16 @@ def test_default_profile_undoes_the_paper_profile_byte_for_byte(tmp_path):
     assert params.read_text(encoding="utf-8") == original
 
 
-def test_default_profile_covers_every_key_of_every_profile():
-    from pipeline.profiles import PROFILES_DIR, profile_names
+def test_params_yaml_holds_every_key_at_its_config_default():
+    """Each default is written once, in its dataclass; params.yaml spells it out for DVC."""
+    from pipeline import config as c
 
-    default = yaml.safe_load((PROFILES_DIR / "default.yaml").read_text())
-    shipped = yaml.safe_load(open("params.yaml"))
-    for name in profile_names():
-        for section, values in yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text()).items():
-            missing = set(values) - set(default.get(section, {}))
-            assert not missing, f"profile {name}: {section}.{sorted(missing)} not in default.yaml"
-    for section, values in default.items():
-        for key, value in values.items():
-            assert shipped[section][key] == value, f"{section}.{key}"
+    shipped = c.load_params("params.yaml")
+    assert set(shipped) == set(cli.STAGES) | set(cli.SHARED)
+    for section, values in shipped.items():
+        cls = config_class(section)
+        assert set(values) == {f.name for f in dataclasses.fields(cls)}, section
+        loaded, default = c.from_mapping(cls, values, where=section), cls()
+        differ = [f.name for f in dataclasses.fields(cls)
+                  if getattr(loaded, f.name) != getattr(default, f.name)]
+        assert not differ, f"params.yaml {section}: {differ} differ from {cls.__name__}"

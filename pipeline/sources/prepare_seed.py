@@ -50,7 +50,13 @@ class PrepareSeedConfig:
     """
 
     bible_db: str = ""
-    editions: dict[str, str] = dataclasses.field(default_factory=dict)
+    editions: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "eng_Latn": "4", "deu_Latn": "e", "fra_Latn": "l", "spa_Latn": "v", "rus_Cyrl": "r",
+        "arb_Arab": "y", "kor_Hang": "n", "ita_Latn": "d", "por_Latn": "a", "vie_Latn": "7",
+        "pes_Arab": "p", "tgl_Latn": "f", "zho_Hans": "c", "jpn_Jpan": "j", "hin_Deva": "i",
+        "ben_Beng": "b", "tur_Latn": "t", "ron_Latn": "u", "pol_Latn": "z", "ind_Latn": "6",
+        "ukr_Cyrl": "8", "swh_Latn": "h",
+    })
     splits: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"nmt_train": 0.62, "nmt_dev": 0.03, "source": 0.25, "test": 0.10}
     )

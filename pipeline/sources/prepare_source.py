@@ -83,7 +83,7 @@ class PrepareSourceConfig:
     max_chars: int = 1000
     max_bad_fraction: float = 0.01
     limit: int | None = None
-    sample_fraction: float = 1.0
+    sample_fraction: float = 0.4
     sample_seed: int = 13
     output: str = "data/source/eng_Latn.parquet"
     dependency: str = "data/seed/bible_source.parquet"
@@ -383,6 +383,10 @@ def run(cfg: PrepareSourceConfig, langs: LangsConfig) -> dict[str, Any]:
     """
     source = langmod.get(langs.source).code
     _check_config(cfg)
+    if cfg.sample_fraction < 1:
+        logger.warning("keeping a seeded sample of about %.0f%% of the rows "
+                       "(prepare_source.sample_fraction %s; --sample-fraction 1 keeps them all)",
+                       100 * cfg.sample_fraction, cfg.sample_fraction)
     rows, total = read_rows(cfg)
     counts = dict.fromkeys(DROP_REASONS, 0)
     read = kept = control = chars_sum = chars_max = 0

