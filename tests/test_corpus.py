@@ -475,7 +475,7 @@ def test_stage_main_missing_translation_is_one_line_error(tmp_path, monkeypatch,
 
 def test_filter_rows_keeps_a_clean_row():
     src = pd.DataFrame({"id": ["a", "b"], "eng_Latn": [EN_GEN, EN_JOHN]})
-    keep, stats = build_corpus.filter_rows(
+    keep, stats = filters.filter_rows(
         src, {"kor_Hang": pd.Series([KO_GEN, RU_GEN])}, "eng_Latn", CFG)
     assert keep.tolist() == [True, False]
     assert stats["dropped_by_reason"] == {**dict.fromkeys(filters.REASONS, 0), "script": 1}

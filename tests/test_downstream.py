@@ -20,7 +20,7 @@ import torch
 
 from pipeline.config import LangsConfig, from_mapping
 from pipeline.downstream import data as D
-from pipeline.downstream import evaluate_downstream, train_drmim
+from pipeline.downstream import evaluate_downstream, tokens, train_drmim
 from pipeline.downstream import losses as L
 from pipeline.downstream import train as downstream_train
 from pipeline.downstream.encoder import (
@@ -336,7 +336,7 @@ def test_top_block_on_frozen_features_equals_the_full_model(world):
     enc = load_encoder(world / "tiny-encoder")
     assert enc.prefix == "query: " and enc.pooling == "mean"
     texts = [("query: song and king",), ("query: letter the people went to the city",)]
-    seqs = D.encode_texts(texts, dataclasses.replace(enc, prefix=""), 24)
+    seqs = tokens.encode_texts(texts, dataclasses.replace(enc, prefix=""), 24)
     ids, _, mask = pad_batch(seqs, enc.tokenizer.pad_token_id)
     with torch.no_grad():
         ref = enc.model(input_ids=ids, attention_mask=mask, output_attentions=True)
@@ -359,7 +359,7 @@ def test_top_block_on_frozen_features_equals_the_full_model(world):
 
 def test_features_read_from_the_trunk_memo_equal_the_computed_ones(world, tmp_path):
     enc = load_encoder(world / "tiny-encoder")
-    seqs = D.encode_texts([("song and king",), ("letter the people went to the city",)],
+    seqs = tokens.encode_texts([("song and king",), ("letter the people went to the city",)],
                           enc, 24)
     ids = seqs[1][0]  # a BERT-style pair: its second segment has token type 1
     seqs.append((ids, tuple(int(i >= len(ids) // 2) for i in range(len(ids)))))
@@ -398,7 +398,7 @@ def test_attention_is_sdpa_on_a_gpu_and_eager_where_probabilities_are_read(world
     monkeypatch.setattr(E, "attention_implementation", lambda device: "sdpa")  # a GPU's choice
     enc = load_encoder(world / "tiny-encoder")
     assert enc.model.config._attn_implementation == "sdpa"
-    seqs = D.encode_texts([("song and king",), ("letter the people went to the city",)],
+    seqs = tokens.encode_texts([("song and king",), ("letter the people went to the city",)],
                           enc, 24)
     h, m = FeatureStore(enc, 1).get(seqs)  # the frozen layer runs SDPA
     real = m.bool()
@@ -440,7 +440,7 @@ def test_only_epars_attention_pull_computes_attention_eagerly(world, monkeypatch
 def test_a_bf16_encoder_autocasts_its_layers_and_nothing_else(world):
     enc = load_encoder(world / "tiny-encoder")
     bf16 = dataclasses.replace(enc, dtype=torch.bfloat16)  # what a GPU with bf16 gets
-    seqs = D.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
+    seqs = tokens.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
     autocast_on: list[bool] = []
 
     def record(module, args):
@@ -489,13 +489,13 @@ def test_variant_names_and_errors():
 def _batches(world, kind="classification"):
     enc = load_encoder(world / "tiny-encoder")
     store = FeatureStore(enc, 1)
-    task_seqs = D.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
+    task_seqs = tokens.encode_texts([(verse(b, 1, v),) for b in BOOKS for v in (1, 2)], enc, 24)
     h, mask = store.get(task_seqs)
     batch = TaskBatch(h, mask, labels=torch.arange(len(task_seqs)) % 4)
     if kind == "qa":
         batch = TaskBatch(h, mask, starts=torch.ones(len(task_seqs), dtype=torch.long),
                           ends=torch.full((len(task_seqs),), 2))
-    c_seqs = D.encode_texts([(translate(verse(1, 2, v), lang),) for v in (1, 2, 3)
+    c_seqs = tokens.encode_texts([(translate(verse(1, 2, v), lang),) for v in (1, 2, 3)
                              for lang in ("eng_Latn", "deu_Latn")], enc, 24)
     ch, cmask = store.get(c_seqs)
     corpus = CorpusBatch(ch, cmask, torch.tensor([0, 1] * 3), torch.tensor([0, 0, 1, 1, 2, 2]))
@@ -614,12 +614,12 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
     with pytest.raises(ValueError, match="all taken by dev_examples"):
         D.load_task("tydiqa", tiny_cfg(world, dataset=str(world / "tydiqa"), dev_examples=24))
     enc = load_encoder(world / "tiny-encoder")
-    train = D.encode_split(task.train, "qa", enc, cfg, train=True)
+    train = tokens.encode_split(task.train, "qa", enc, cfg, train=True)
     assert train.seqs and len(set(train.example)) == len(task.train)
     for offsets, s, e, ex in zip(train.offsets, train.starts, train.ends, train.example):
         context = task.train.inputs[ex][1]
         assert context[offsets[s][0]:offsets[e][1]] == task.train.answers[ex][0]
-    test = D.encode_split(task.test["kor_Hang"], "qa", enc, cfg, train=False)
+    test = tokens.encode_split(task.test["kor_Hang"], "qa", enc, cfg, train=False)
     assert len(test.seqs) > len(task.test["kor_Hang"])  # long contexts → several windows
     assert qa_scores("The Song!", ["song"]) == (1.0, 1.0)
     f1, em = qa_scores("a long song", ["song of songs"])
@@ -797,9 +797,9 @@ def test_training_reads_the_device_only_at_logging_points(world, monkeypatch):
     cfg = tiny_cfg(world, epochs=3)  # 64 examples, batches of 16: 4 steps per epoch
     enc = load_encoder(world / "tiny-encoder")
     task = D.load_task("bible_genre", cfg)
-    train = D.encode_split(task.train, task.kind, enc, cfg, train=True)
-    corpus = D.load_corpus(cfg.corpus, LANGS, cfg.max_corpus_rows, cfg.data_seed)
-    corpus_seqs = [D.encode_texts([(t,) for t in corpus[c]], enc, cfg.max_length)
+    train = tokens.encode_split(task.train, task.kind, enc, cfg, train=True)
+    corpus = tokens.load_corpus(cfg.corpus, LANGS, cfg.max_corpus_rows, cfg.data_seed)
+    corpus_seqs = [tokens.encode_texts([(t,) for t in corpus[c]], enc, cfg.max_length)
                    for c in corpus.columns]
     store = FeatureStore(enc, cfg.trainable_layers)
     store.add(train.seqs + [s for col in corpus_seqs for s in col])

