@@ -242,7 +242,8 @@ def profile() -> dict[str, Any]:
     except (ImportError, OSError) as exc:
         values["source"] += f": {exc}"
         return values
-    te, ev, dm = paper["train_encoder"], paper["evaluate"], paper["train_drmim"]
+    te = {**params["train_encoder"], **paper["train_encoder"]}
+    ev, dm = paper["evaluate"], paper["train_drmim"]
     base_dm = params["train_drmim"]
     values.update(
         encoders=len(te["encoders"]), regimes=len(te["regimes"]),
@@ -256,7 +257,8 @@ def profile() -> dict[str, Any]:
         drmim_train_examples=dm["max_train_examples"],
         drmim_test_examples=dm["max_test_examples"],
         drmim_dev_examples=dm.get("dev_examples", base_dm["dev_examples"]),
-        drmim_epochs=dm["epochs"], drmim_batch=dm.get("batch_size", base_dm["batch_size"]),
+        drmim_epochs=dm.get("epochs", base_dm["epochs"]),
+        drmim_batch=dm.get("batch_size", base_dm["batch_size"]),
         source="configs/profiles/paper.yaml, params.yaml for the keys it leaves alone",
     )
     return values

@@ -83,7 +83,7 @@ def prepare_source(tmp_path: Path, lines: list[bytes], suffix: str = ".txt", **s
     src.write_bytes(b"\n".join(lines) + b"\n")
     params = write_params(tmp_path / "params.yaml", {"prepare_source": {
         "input": str(src), "dependency": str(src), "column": "text",
-        "output": str(tmp_path / "out.parquet"), **section}})
+        "output": str(tmp_path / "out.parquet"), "sample_fraction": 1.0, **section}})
     return main(["--params", str(params)]), src
 
 
@@ -175,7 +175,8 @@ def test_a_writer_killed_by_sigkill_leaves_no_temp_file_after_the_rerun(tmp_path
     src = tmp_path / "src.txt"
     src.write_bytes(b"\n".join(sentences(300)) + b"\n")
     write_params(tmp_path / "params.yaml", {"prepare_source": {
-        "input": str(src), "dependency": str(src), "output": "data/source/eng.parquet"}})
+        "input": str(src), "dependency": str(src), "output": "data/source/eng.parquet",
+        "sample_fraction": 1.0}})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", PAUSED_PREPARE], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -174,6 +174,9 @@ def tiny_cfg(world, **kw) -> TrainDrmimConfig:
         dev_examples=8,
         max_corpus_rows=32, max_length=24, doc_stride=4, batch_size=16, epochs=3, lr=1e-3,
         head_lr=1e-2, seeds=(0,), threads=1, eval_batch_size=32, models_dir=str(world),
+        trunk_layers=0, tasks=("bible_genre", "bible_paraphrase"), methods=(
+            "finetune", "drmim", "drmim-no_mi", "drmim-no_disentangle", "drmim-no_tie",
+            "drmim-no_disentangle-no_mi", "epar"),
         output_dir=str(world / "runs"), work_dir=str(world / "work"),
         drmim=DrmimConfig(universal_dim=16, specific_dim=8, critic_dim=8, corpus_rows=4),
     )

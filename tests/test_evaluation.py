@@ -167,7 +167,7 @@ def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     cfg = EvaluateConfig(
         output_dir=str(out), seen=SEEN, unseen=("ita_Latn",), bible_test=local_data.bible_test,
         gettext=local_data.gettext, bible_db=local_data.bible_db, batch_size=8, device="cpu",
-        threads=1,
+        threads=1, suite="offline", mining_sentences=1000, trunk_layers=0,
     )
     metrics = run(cfg, str(tiny_encoder_dir))
     return cfg, metrics, out

@@ -328,13 +328,14 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
     _ok(_cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
              "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval",
              "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1",
-             "--mining-sentences", "0"))
+             "--mining-sentences", "0", "--trunk-layers", "0"))
     # A hub id names its outputs org--name: two organisations' models of one name keep apart.
     label = "FacebookAI--xlm-roberta-base"
     meta = json.loads((tmp_path / f"eval/results/multiway-align__{label}/meta.json").read_text())
     # Without the Bible test split, verse mining is refused before any work, in one line.
     done = _cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
-                "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval2")
+                "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval2",
+                "--trunk-layers", "0")
     assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
         "error: data/seed/bible_test.parquet does not exist: verse mining needs the Bible test "
         "split; run `dvc repro prepare_seed` first, or turn it off with "
@@ -362,7 +363,7 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
              "--catalogue", catalogue, "--methods", "[finetune]", "--seeds", "[0]",
              "--languages", "[deu_Latn]", "--max-train-examples", "16",
              "--max-test-examples", "8", "--max-length", "32", "--doc-stride", "4",
-             "--trainable-layers", "1", "--epochs", "1", "--batch-size", "8",
+             "--trainable-layers", "1", "--trunk-layers", "0", "--epochs", "1", "--batch-size", "8",
              "--figure-examples", "0", "--threads", "1", "--output-dir", "runs",
              "--work-dir", "work"))
     predictions = pd.read_parquet(
@@ -376,11 +377,11 @@ def test_hub_id_missing_from_the_cache_fails_in_one_line(tmp_path):
     (tmp_path / "a.txt").write_text("Hallo Welt\n")
     runs = {
         "evaluate": ("evaluate", "--model", XLMR_ID, "--catalogue", catalogue, "--suite", "paper",
-                     "--suites-file", str(ROOT / "configs/mteb.yaml")),
+                     "--suites-file", str(ROOT / "configs/mteb.yaml"), "--trunk-layers", "0"),
         "mine": ("mine", "--source", "a.txt", "--target", "a.txt", "--model", XLMR_ID,
                  "--catalogue", catalogue),
         "train_drmim": ("train_drmim", "--task", "xnli", "--encoder", XLMR_ID,
-                        "--catalogue", catalogue),
+                        "--catalogue", catalogue, "--trunk-layers", "0"),
     }
     for name, args in runs.items():
         done = _cli(empty, tmp_path, *args)

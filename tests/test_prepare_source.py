@@ -57,6 +57,7 @@ def cfg_for(tmp_path, **kw):
     kw.setdefault("dependency", kw.get("input", PrepareSourceConfig.dependency))
     # The inputs here are bad lines on purpose; the limit on them: test_bad_inputs.py.
     kw.setdefault("max_bad_fraction", 1.0)
+    kw.setdefault("sample_fraction", 1.0)
     return PrepareSourceConfig(output=str(tmp_path / "out" / "eng.parquet"), **kw)
 
 
@@ -125,6 +126,7 @@ def test_small_batches_give_the_same_table(txt, tmp_path, monkeypatch):
     run(whole, LANGS)
     monkeypatch.setattr(prepare_source, "_BATCH_ROWS", 2)
     batched = PrepareSourceConfig(input=str(txt), output=str(tmp_path / "batched.parquet"),
+                                  sample_fraction=1.0,
                                   dependency=str(txt), max_bad_fraction=1.0)
     run(batched, LANGS)
     assert pq.ParquetFile(batched.output).metadata.num_row_groups > 1
@@ -306,7 +308,7 @@ def test_stage_entry_writes_output_and_metrics(txt, tmp_path, monkeypatch, capsy
     params.write_text(yaml.safe_dump({
         "langs": {"source": "eng_Latn", "pool": ["deu_Latn"]},
         "prepare_source": {"input": str(txt), "dependency": str(txt), "max_bad_fraction": 0.1,
-                           "output": "data/source/eng_Latn.parquet"},
+                           "output": "data/source/eng_Latn.parquet", "sample_fraction": 1.0},
     }))
     assert main(["--params", str(params)]) == 0
     metrics = json.loads((tmp_path / "data/metrics/prepare_source.json").read_text())

@@ -118,7 +118,7 @@ def workspace(tmp_path_factory):
         "batch_size": 8, "max_seq_length": 16, "max_steps": 12, "max_minutes": 0,
         "learning_rate": 2e-3, "warmup_steps": 1, "freeze_embeddings": False, "dev_rows": 16,
         "logging_steps": 1, "save_steps": 4, "save_total_limit": 2, "device": "cpu",
-        "threads": 1, "seeds": [7],
+        "threads": 1, "seeds": [7], "train_rows": 0, "trainable_layers": 0,
         "output_dir": str(root / "models"), "plots_dir": str(root / "plots"),
         "work_dir": str(root / "work"), "trunk_dir": str(root / "trunk"),
     }
