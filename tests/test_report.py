@@ -605,7 +605,7 @@ def test_missing_inputs_give_not_run_sections(tmp_path):
                          plots_dir=str(tmp_path / "p"), nmt_history=str(tmp_path / "h.json"),
                          eval_dir=str(tmp_path / "e"), downstream_dir=str(tmp_path / "d"),
                          projection_data=str(tmp_path / "t.parquet"),
-                         output_dir=str(tmp_path / "out"))
+                         output_dir=str(tmp_path / "out"), results_doc="")
     report.run(cfg, LANGS, encode=fake_encoder())
     md = (tmp_path / "out" / "report.md").read_text()
     for what in ("source text", "multi-way corpus", "NMT training", "projection data"):
