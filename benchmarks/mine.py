@@ -103,7 +103,7 @@ def worker(args: argparse.Namespace) -> dict:
     data = Path(args.data)
     truth = np.load(data / "truth.npy")
     truth_set = set(zip(range(len(truth)), truth.tolist()))
-    params = IndexParams(kind=args.worker if args.worker != "dense" else "flat",
+    params = IndexParams(index=args.worker if args.worker != "dense" else "flat",
                          nprobe=args.nprobe[0], ef_search=args.ef_search[0], rerank=args.rerank)
     wall, cpu = time.perf_counter(), time.process_time()
     x, y = EmbeddingShards(data / "source"), EmbeddingShards(data / "target")

@@ -174,8 +174,8 @@ def run_stage(module: ModuleType, argv: list[str] | None = None) -> int:
 
 
 def _flag_help(cls: type, field: dataclasses.Field) -> str:
-    """The field's entry in the class docstring's Attributes, continuation lines included."""
-    lines = (cls.__doc__ or "").splitlines()
+    """The field's entry in the Attributes of the class's docstring (or a base class's)."""
+    lines = [line for c in cls.__mro__ for line in (c.__doc__ or "").splitlines()]
     marker = f"{field.name}:"
     for i, line in enumerate(lines):
         if line.strip().startswith(marker):

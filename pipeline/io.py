@@ -14,7 +14,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,15 @@ def write_table(df: pd.DataFrame | pa.Table, path: str | Path) -> None:
         pq.write_table(table, tmp)
 
 
-def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a Parquet file into a DataFrame.
+def open_parquet(path: str | Path, columns: Iterable[str] = ()) -> pq.ParquetFile:
+    """Open a Parquet file for streaming, after checking it exists and has ``columns``.
+
+    Args:
+        path: The file.
+        columns: Columns that must be present.
+
+    Returns:
+        The open file.
 
     Raises:
         FileNotFoundError: The file does not exist (the message names the stage to run).
@@ -112,12 +119,21 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFra
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; run the stage that produces it first")
     try:
-        schema_names = pq.read_schema(path).names
+        # pre_buffer (pyarrow's default) reads every requested row group into memory ahead,
+        # i.e. the whole file; buffered reads then load a column chunk a page at a time.
+        parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
-    missing = [c for c in columns or [] if c not in schema_names]
+    names = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; it has {schema_names}")
+        raise ValueError(f"{path} lacks column(s) {missing}; it has {names}")
+    return parquet
+
+
+def read_table(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read a Parquet file into a DataFrame, with the checks of :func:`open_parquet`."""
+    open_parquet(path, columns or [])
     return pq.read_table(path, columns=columns).to_pandas()
 
 

@@ -63,11 +63,10 @@ from pipeline.corpus.stream import (
     duplicates,
     id_hashes,
     iter_tables,
-    open_parquet,
     reordered,
     smallest_ids,
 )
-from pipeline.io import atomic_path, write_json
+from pipeline.io import atomic_path, open_parquet, write_json
 from pipeline.runtime import write_meta
 
 

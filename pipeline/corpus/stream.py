@@ -38,36 +38,6 @@ grow instead, so a reorder never runs into the open-file limit."""
 _POS = "__pos"
 
 
-def open_parquet(path: str | Path, columns: Iterable[str] = ()) -> pq.ParquetFile:
-    """Open a Parquet file for streaming, with the checks of :func:`pipeline.io.read_table`.
-
-    Args:
-        path: The file.
-        columns: Columns that must be present.
-
-    Returns:
-        The open file.
-
-    Raises:
-        FileNotFoundError: The file does not exist (the message names the stage to run).
-        ValueError: The file is not valid Parquet or lacks a requested column.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that produces it first")
-    try:
-        # pre_buffer (pyarrow's default) reads every requested row group into memory ahead,
-        # i.e. the whole file; buffered reads then load a column chunk a page at a time.
-        parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"{path} is not a readable Parquet file: {exc}") from None
-    names = parquet.schema_arrow.names
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; it has {names}")
-    return parquet
-
-
 def as_str(array: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     """Strings as ``large_string`` (pandas' ``str``); other types as ``astype(str)`` makes them."""
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):

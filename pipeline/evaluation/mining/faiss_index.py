@@ -35,7 +35,7 @@ class IndexParams:
     """Which faiss index the k-NN search uses, and how hard it searches.
 
     Attributes:
-        kind: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``ivfpq``
+        index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``ivfpq``
             (inverted lists of product-quantised codes, re-scored exactly) or ``hnsw``.
         nlist: Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near ``√m``.
         nprobe: Lists visited per query (``ivf``/``ivfpq``): recall against speed.
@@ -47,7 +47,7 @@ class IndexParams:
         seed: Seed of the training sample (``ivf``/``ivfpq``).
     """
 
-    kind: IndexKind = "flat"
+    index: IndexKind = "flat"
     nlist: int = 0
     nprobe: int = 64
     pq_m: int = 0
@@ -56,8 +56,8 @@ class IndexParams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in INDEXES:
-            raise ValueError(f"index must be one of {', '.join(INDEXES)}, got '{self.kind}'")
+        if self.index not in INDEXES:
+            raise ValueError(f"index must be one of {', '.join(INDEXES)}, got '{self.index}'")
         for name in ("nprobe", "ef_search", "rerank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -90,12 +90,12 @@ def index_factory_string(params: IndexParams, n: int, dim: int) -> str:
 
     Examples: ``Flat``, ``IVF256,Flat``, ``IVF1024,PQ64x4fs``, ``HNSW32``.
     """
-    if params.kind == "flat":
+    if params.index == "flat":
         return "Flat"
-    if params.kind == "hnsw":
+    if params.index == "hnsw":
         return "HNSW32"
     nlist = min(params.nlist or auto_nlist(n), max(n, 1))
-    if params.kind == "ivf":
+    if params.index == "ivf":
         return f"IVF{nlist},Flat"
     m = params.pq_m or _auto_pq_m(dim)
     if dim % m:
@@ -137,7 +137,7 @@ def build_index(database: Vectors, params: IndexParams, block_size: int = 8192,
     else:
         factory = index_factory_string(params, n, dim)
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-        if params.kind == "ivfpq":
+        if params.index == "ivfpq":
             ivfpq = faiss.downcast_index(faiss.extract_index_ivf(index))
             if isinstance(ivfpq, faiss.IndexIVFPQ):
                 # index_factory turns on polysemous training (Hamming pre-filtering, which
@@ -153,10 +153,10 @@ def build_index(database: Vectors, params: IndexParams, block_size: int = 8192,
             index.train(unit_rows_at(database, sample))
     for start in range(0, n, block_size):
         index.add(unit_rows(database, start, start + block_size))
-    if params.kind in ("ivf", "ivfpq"):
+    if params.index in ("ivf", "ivfpq"):
         ivf = faiss.extract_index_ivf(index)
         ivf.nprobe = min(params.nprobe, ivf.nlist)
-    elif params.kind == "hnsw":
+    elif params.index == "hnsw":
         index.hnsw.efSearch = params.ef_search
     return index
 
@@ -180,8 +180,8 @@ def search(index: Any, queries: Vectors, database: Vectors, k: int, params: Inde
         index ``-1`` and similarity ``nan`` in the missing places.
     """
     n = len(queries)
-    fetch = min(k * params.rerank, len(database)) if params.kind == "ivfpq" else k
-    if params.kind == "hnsw":
+    fetch = min(k * params.rerank, len(database)) if params.index == "ivfpq" else k
+    if params.index == "hnsw":
         index.hnsw.efSearch = max(params.ef_search, fetch)
     sims = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
@@ -189,7 +189,7 @@ def search(index: Any, queries: Vectors, database: Vectors, k: int, params: Inde
                       disable=n <= block_size):
         q = unit_rows(queries, start, start + block_size)
         s, i = index.search(q, fetch)
-        if params.kind == "ivfpq":
+        if params.index == "ivfpq":
             s, i = _rerank(q, i, database, k)
         s = s.astype(np.float32, copy=False)
         if (i < 0).any():

@@ -59,7 +59,7 @@ def margin_candidates(x: Vectors, y: Vectors, k: int = 4, block_size: int = 8192
     faiss_index = build_index(y, params, block_size)
     sim_xy, ids_xy = search(faiss_index, x, y, k, params, block_size,
                             desc="k-NN source→target")  # (n, k)
-    if params.kind in ("ivf", "ivfpq"):
+    if params.index in ("ivf", "ivfpq"):
         faiss_index.reset()  # keeps the trained centroids and codebooks
         faiss_index = build_index(x, params, block_size, trained=faiss_index)
     else:
@@ -147,7 +147,7 @@ def mine_pairs(x: Vectors, y: Vectors, k: int = 4, mode: Mode = "intersection",
     check_mode(mode)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    params = IndexParams(kind=index) if isinstance(index, str) else index  # type: ignore[arg-type]
+    params = IndexParams(index=index) if isinstance(index, str) else index  # type: ignore[arg-type]
     if len(x) == 0 or len(y) == 0:
         raise ValueError(f"nothing to mine: {len(x)} source and {len(y)} target sentences")
     if x.shape[1] != y.shape[1]:

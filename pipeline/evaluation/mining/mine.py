@@ -27,8 +27,11 @@ from pipeline.io import write_table
 
 
 @dataclasses.dataclass(frozen=True)
-class MineConfig:
+class MineConfig(IndexParams):
     """``mine`` (CLI only): mine a parallel corpus from two monolingual text files.
+
+    The faiss index settings (``index``, ``nlist``, ``nprobe``, ``pq_m``, ``ef_search``,
+    ``rerank``, ``seed``) are :class:`~pipeline.evaluation.mining.faiss_index.IndexParams`'.
 
     Attributes:
         source: Source-language sentences, one a line.
@@ -42,17 +45,6 @@ class MineConfig:
         catalogue: Encoder catalogue (for keys).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch and faiss.
-        index: faiss k-NN index: ``flat`` (exact), or approximate for large inputs:
-            ``ivf`` (inverted lists of full vectors), ``ivfpq`` (inverted lists of 32-byte
-            fast-scan codes, candidates re-scored exactly; the one for millions of
-            sentences) or
-            ``hnsw`` (graph).
-        nlist: Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near √(sentences).
-        nprobe: Lists searched per query (``ivf``/``ivfpq``): more is slower and finds more.
-        pq_m: 4-bit codes per vector of ``ivfpq``; 0 picks dim / 6 (64 for 384 dimensions).
-        ef_search: Candidate list size of ``hnsw`` queries: more is slower and finds more.
-        rerank: ``ivfpq`` re-scores k × rerank candidates exactly and keeps the best k.
-        seed: Seed of the sample that trains ``ivf``/``ivfpq``.
         shard_size: Sentences encoded per chunk and stored per embedding shard.
         dtype: Embedding shards on disk: ``float16`` (half the size) or ``float32``
             (the encoder's values exactly).
@@ -71,13 +63,6 @@ class MineConfig:
     catalogue: str = "configs/encoders.yaml"
     device: str = "auto"
     threads: int = 2
-    index: Literal["flat", "ivf", "ivfpq", "hnsw"] = "flat"
-    nlist: int = 0
-    nprobe: int = 64
-    pq_m: int = 0
-    ef_search: int = 64
-    rerank: int = 4
-    seed: int = 0
     shard_size: int = 65536
     dtype: Literal["float16", "float32"] = "float16"
     work_dir: str = ""
@@ -193,12 +178,12 @@ def mine(src_file: str | Path, tgt_file: str | Path, model: str, out: str | Path
     })
     write_table(table, out)
     logger.info("mined %d pairs from %d × %d sentences into %s (%s index)",
-                len(table), len(x), len(y), out, params.kind)
+                len(table), len(x), len(y), out, params.index)
     return {
         "src_sentences": len(x), "tgt_sentences": len(y), "pairs": len(table),
         # JSON has no NaN: no pair, no mean.
         "mean_margin": float(table.score.mean()) if len(table) else None,
-        "index": params.kind,
+        "index": params.index,
         "runtime": {"encode_seconds": encoded - start, "mine_seconds": mined - encoded},
     }
 
@@ -207,10 +192,7 @@ def run(cfg: MineConfig) -> dict[str, Any]:
     """``multiway mine``: :func:`mine` with the fields of a :class:`MineConfig`."""
     if not cfg.source or not cfg.target:
         raise ValueError("mine needs --source and --target text files (one sentence a line)")
-    # MineConfig spells IndexParams.kind "index"; the other index fields share their names.
-    index = IndexParams(kind=cfg.index, **{f.name: getattr(cfg, f.name)
-                                           for f in dataclasses.fields(IndexParams)
-                                           if f.name != "kind"})
+    index = IndexParams(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(IndexParams)})
     return mine(cfg.source, cfg.target, cfg.model, cfg.output, k=cfg.k, threshold=cfg.threshold,
                 mode=cfg.mode, batch_size=cfg.batch_size, catalogue=cfg.catalogue,
                 device=cfg.device, threads=cfg.threads, index=index,
