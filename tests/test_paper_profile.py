@@ -174,3 +174,60 @@ def test_drmim_and_epar_scores_and_the_report(paper_run):
         for model in (key, f"{key}-enx-13", f"{key}-multiway-13"):
             assert f": {model} |" in side, model
     assert (repo / "data/report/report.html").is_file()
+
+
+# ------------------------------------------- experiments and a remote (on the same run)
+
+GIT_ENV = {"GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.org",
+           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.org"}
+
+
+@pytest.fixture(scope="module")
+def committed(paper_run):
+    """The paper run committed to git (DVC experiments start from a commit)."""
+    repo, _, env = paper_run
+    env = {**env, **GIT_ENV}
+    _run(["git", "add", "-A"], repo, env, 120)
+    _run(["git", "commit", "-q", "-m", "tiny paper run"], repo, env, 120)
+    return repo, env
+
+
+def test_an_experiment_changes_a_seed_and_leaves_the_workspace_alone(committed):
+    repo, env = committed
+    dvc = str(VENV_BIN / "dvc")
+    _run([dvc, "exp", "run", "--temp", "-n", "drmim-seed-1", "-S", "train_drmim.seeds=[1]"],
+         repo, env, 900)
+    assert _run(["git", "status", "--porcelain"], repo, env, 60) == ""
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train_drmim"]["seeds"] == [0]
+    shown = json.loads(_run([dvc, "exp", "show", "--json"], repo, env, 300))
+    runs = {exp["name"]: exp["data"] for commit in shown for exp in commit.get("experiments") or []
+            for exp in exp["revs"]}
+    data = runs["drmim-seed-1"]
+    assert data["params"]["params.yaml"]["data"]["train_drmim"]["seeds"] == [1]
+    scores = data["metrics"]["data/metrics/evaluate_downstream@xnli-xlmr-base.json"]["data"]
+    assert any(key.startswith("finetune/") for key in scores)
+    # The README's view of the headline fits a 120-column terminal.
+    view = _run([dvc, "exp", "show", "--no-pager", "--drop", ".*", "--keep",
+                 r"Experiment|Created|primary\..*"], repo, {**env, "COLUMNS": "120"}, 300)
+    assert "primary.delta" in view and "drmim-seed-1" in view
+    assert max(len(line) for line in view.splitlines()) <= 120
+    # `dvc plots diff` against the experiment: loss curves and the report's bars.
+    plots = json.loads(_run([dvc, "plots", "diff", "drmim-seed-1", "--json"], repo, env, 300))
+    assert {"data/report/plots/languages.csv", "data/report/plots/differences.csv"} <= set(plots)
+    assert any(name.startswith("data/plots/train_encoder/") for name in plots)
+
+
+def test_a_collaborator_pulls_the_run_instead_of_recomputing_it(committed, tmp_path):
+    repo, env = committed
+    dvc = str(VENV_BIN / "dvc")
+    _run([dvc, "remote", "add", "-d", "shared", str(tmp_path / "remote")], repo, env, 60)
+    _run(["git", "commit", "-q", "-m", "shared remote", ".dvc/config"], repo, env, 60)
+    _run([dvc, "push"], repo, env, 600)
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env, 120)
+    _run([dvc, "pull"], clone, env, 600)
+    assert "Data and pipelines are up to date" in _run([dvc, "status"], clone, env, 300)
+    report = "data/report/report.md"
+    assert (clone / report).read_bytes() == (repo / report).read_bytes()
+    model = "data/models/encoders/xlmr-base-multiway-13/model.safetensors"
+    assert (clone / model).read_bytes() == (repo / model).read_bytes()

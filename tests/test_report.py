@@ -492,6 +492,30 @@ def test_headline_table_has_every_difference_on_every_measure(built):
     assert "models per label (training seeds): base 1, enx 1, multiway 1" in section
 
 
+def test_headline_metrics_and_plot_tables_repeat_the_headline_table(built):
+    """``headline.json`` and the bar tables hold the numbers the headline table prints."""
+    md = built["md"]
+    section = md[md.index("## Headline: regime differences"):md.index("### Verse mining")]
+    header = table_row(section, "difference")
+    pool = header.index("pool–pool (two non-English seen languages) mining")
+    cell = table_row(section, "multiway − enx")[pool]
+    delta, low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", cell)[:3])
+    headline = json.loads((built["out"] / "headline.json").read_text())
+    assert headline["primary"] == pytest.approx({"delta": delta, "low": low, "high": high},
+                                                abs=0.005)
+    assert headline["differences"]["multiway − enx"][header[pool]] == headline["primary"]
+    assert set(headline["differences"]) == {"multiway − enx", "enx − base", "multiway − base"}
+    differences = pd.read_csv(built["out"] / "plots" / "differences.csv")
+    assert len(differences) == sum(len(m) for m in headline["differences"].values())
+    row = differences[differences.measure == f"multiway − enx: {header[pool]}"].iloc[0]
+    assert row.delta == pytest.approx(delta, abs=0.005)
+    languages = pd.read_csv(built["out"] / "plots" / "languages.csv")
+    scores = pd.read_csv(built["out"] / "scores.csv")
+    expected = scores[scores.model == "multiway"].groupby("lang").score.mean()
+    assert languages.set_index("lang").score.to_dict() == pytest.approx(expected.to_dict(),
+                                                                        abs=1e-4)
+
+
 def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
     from pipeline.stats import paired_bootstrap
 

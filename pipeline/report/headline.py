@@ -8,7 +8,7 @@ difference on every measure in one table above the two detailed sections.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # annotations only
 
 #: Both models at or above this accuracy: the measure is at its ceiling (marked).
 CEILING = 0.97
-Cells = dict[tuple[str, str], str]  # (regime pair "a − b", headline column) → its cell
+Cells = dict[tuple[str, str], tuple[Interval, str]]  # ("a − b", column) → interval, verdict
 
 #: What a difference with a control regime (pipeline/train/data.py) measures, said when the
 #: regime is in the report. Each control changes one thing of ``multiway`` or ``enx``.
@@ -168,8 +168,7 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
             rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
                          _interval_cell(margin), seeds,
                          f"±{margin.detectable * SCALE:.2f}", said))
-            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = (
-                f"{_interval_cell(margin)} {said}")
+            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = (margin, said)
             by_verdict.setdefault(said, []).append(
                 f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
         verdicts.append(_verdict_line(f"{a} − {b} (margin scoring)", by_verdict))
@@ -233,7 +232,7 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
             rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
                          _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}", said))
             by_verdict.setdefault(said, []).append(f"{task} {names[g]} ({_interval_cell(iv)})")
-            cells[f"{a} − {b}", f"{task}, {names[g]}"] = f"{_interval_cell(iv)} {said}"
+            cells[f"{a} − {b}", f"{task}, {names[g]}"] = (iv, said)
         verdicts.append(_verdict_line(f"{a} − {b}", by_verdict))
     blocks.append(Table(
         ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
@@ -248,8 +247,12 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     return blocks, cells
 
 
-def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
-    """One table of every regime difference on every headline measure, then the details."""
+def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+    """One table of every regime difference on every headline measure, then the details.
+
+    Returns:
+        The blocks, and every (difference, measure) interval with its verdict.
+    """
     mining, mining_cells = verse_mining_section(cfg, langs)
     tasks, task_cells = task_items_section(cfg, langs)
     cells = {**mining_cells, **task_cells}
@@ -260,7 +263,7 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
         seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
         blocks.append(Table(
             ("difference", *columns),
-            tuple((pair, *(cells.get((pair, column), "–") for column in columns))
+            tuple((pair, *(_cell(cells.get((pair, column))) for column in columns))
                   for pair in differences),
             caption=(f"Difference in accuracy points [95% interval over the training seeds "
                      "and the test items] and "
@@ -270,4 +273,35 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
         controls = [text for regime, text in CONTROLS.items() if regime in cfg.aligned]
         if controls:
             blocks.append(Paragraph("Controls: " + "; ".join(controls) + "."))
-    return blocks + mining + tasks
+    return blocks + mining + tasks, cells
+
+
+def _cell(entry: tuple[Interval, str] | None) -> str:
+    return "–" if entry is None else f"{_interval_cell(entry[0])} {entry[1]}"
+
+
+#: The primary endpoint: the compared regime against the first other one on this measure.
+PRIMARY_MEASURE = f"{verse_mining.GROUPS['seen_seen']} mining"
+
+
+def headline_metrics(cfg: ReportConfig, cells: Cells) -> dict[str, Any]:
+    """The headline as DVC metrics: ``primary`` and every difference, in accuracy points.
+
+    ``primary`` is ``focus`` − the first other regime on :data:`PRIMARY_MEASURE` (margin
+    scoring; the first measure reported when that one is not run); each entry holds
+    ``delta``, ``low`` and ``high`` (the 95% interval).
+    """
+    def entry(iv: Interval) -> dict[str, float]:
+        return {"delta": round(iv.diff * SCALE, 4), "low": round(iv.low * SCALE, 4),
+                "high": round(iv.high * SCALE, 4)}
+
+    differences: dict[str, dict[str, dict[str, float]]] = {}
+    for (pair, measure), (iv, _) in cells.items():
+        differences.setdefault(pair, {})[measure] = entry(iv)
+    metrics: dict[str, Any] = {"differences": differences}
+    first = next((f"{a} − {b}" for a, b in _comparisons(cfg, cfg.aligned) if a == cfg.focus),
+                 None)
+    if first in differences:
+        measures = differences[first]
+        metrics["primary"] = measures.get(PRIMARY_MEASURE, next(iter(measures.values())))
+    return metrics

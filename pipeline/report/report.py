@@ -13,11 +13,13 @@ import dataclasses
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, write_json
 from pipeline.report.common import join_names, model_labels
 from pipeline.report.render import Block, Figure, Heading, Paragraph, to_html, to_markdown
 from pipeline.runtime import limit_threads
@@ -147,7 +149,11 @@ def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
 
 
 def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) -> None:
-    """Stage ``report``: write ``report.md``, ``report.html``, ``scores.csv`` and figures.
+    """Stage ``report``: ``report.md``, ``report.html``, ``scores.csv``, figures, DVC views.
+
+    The DVC views (``dvc.yaml``'s top-level ``metrics`` and ``plots``): ``headline.json``
+    (:func:`~pipeline.report.headline.headline_metrics`) and ``plots/`` (see
+    :func:`write_plot_data`).
 
     Args:
         cfg: The stage config.
@@ -161,7 +167,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
     """
     from pipeline.report.corpus import corpus_section
     from pipeline.report.downstream import downstream_section
-    from pipeline.report.headline import headline_section
+    from pipeline.report.headline import headline_metrics, headline_section
     from pipeline.report.projection import model_encoder, projection_section
     from pipeline.report.results import encoders_section, results_section
     from pipeline.report.training import training_section
@@ -181,7 +187,8 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
             f"Source {langs.source}, training pool {', '.join(langs.pool)}."
         ),
     ]
-    blocks += headline_section(cfg, langs)
+    headline, cells = headline_section(cfg, langs)
+    blocks += headline
     blocks += corpus_section(cfg, langs, fig_dir)
     blocks += training_section(cfg, fig_dir)
     results, scores = results_section(cfg, langs, fig_dir)
@@ -196,6 +203,9 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
         tmp.write_text(to_html(blocks, TITLE), encoding="utf-8")
     with atomic_path(out / "scores.csv") as tmp:
         scores.to_csv(tmp, index=False)
+    metrics = headline_metrics(cfg, cells)
+    write_json(metrics, out / "headline.json")
+    write_plot_data(metrics, scores, cfg.focus, out / "plots")
     if cfg.results_doc:
         doc = Path(cfg.results_doc)
         summary = [Heading(cfg.results_title, 1), Paragraph(RESULTS_NOTE),
@@ -203,3 +213,24 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
         with atomic_path(doc) as tmp:
             tmp.write_text(to_markdown(summary, doc.parent), encoding="utf-8")
     logger.info("report written to %s (%d figures)", out, len(list(fig_dir.glob("*.png"))))
+
+
+def write_plot_data(headline: dict[str, Any], scores: pd.DataFrame, focus: str,
+                    plots: Path) -> None:
+    """Tables of ``dvc.yaml``'s bar plots, so ``dvc plots diff`` compares two runs.
+
+    ``differences.csv``: each regime difference on each headline measure (``measure``,
+    ``delta``, ``low``, ``high``: ``headline``'s entries); ``languages.csv``: the ``focus``
+    regime's score per language, averaged over the evaluated tasks (``lang``, ``score``).
+    """
+    rows = [{"measure": f"{pair}: {measure}", **entry}
+            for pair, measures in headline["differences"].items()
+            for measure, entry in measures.items()]
+    tables = {"differences.csv": pd.DataFrame(rows, columns=["measure", "delta", "low", "high"])}
+    by_lang = (scores[scores.model == focus].groupby("lang", as_index=False).score.mean()
+               if not scores.empty else pd.DataFrame(columns=["lang", "score"]))
+    tables["languages.csv"] = by_lang.round({"score": 4})
+    plots.mkdir(parents=True, exist_ok=True)
+    for name, table in tables.items():
+        with atomic_path(plots / name) as tmp:
+            table.to_csv(tmp, index=False)
