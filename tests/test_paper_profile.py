@@ -212,7 +212,8 @@ def test_an_experiment_changes_a_seed_and_leaves_the_workspace_alone(committed):
     assert "primary.delta" in view and "drmim-seed-1" in view
     assert max(len(line) for line in view.splitlines()) <= 120
     # `dvc plots diff` against the experiment: loss curves and the report's bars.
-    plots = json.loads(_run([dvc, "plots", "diff", "drmim-seed-1", "--json"], repo, env, 300))
+    shown = _run([dvc, "plots", "diff", "drmim-seed-1", "--json"], repo, env, 300)
+    plots = json.loads(shown)["data"]
     assert {"data/report/plots/languages.csv", "data/report/plots/differences.csv"} <= set(plots)
     assert any(name.startswith("data/plots/train_encoder/") for name in plots)
 
