@@ -427,7 +427,7 @@ def test_verse_mining_section_gives_paired_intervals_and_verdicts(built):
             "X↔English, seen X "
             "(+0.00 [+0.00, +0.00]), X↔English, unseen X (+0.00 [+0.00, +0.00]), seen–unseen "
             "(+0.00 [+0.00, +0.00]); win on pool–pool (two non-English seen languages) (+50.00 "
-            "[+35.00, +65.00]).") in section
+            "[+33.81, +66.19]).") in section  # 40 verses of 0 or 1: 50 ± t(39) × 8.01
 
 
 def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_path):
@@ -517,23 +517,22 @@ def test_headline_metrics_and_plot_tables_repeat_the_headline_table(built):
 
 
 def test_verdict_says_when_seeds_disagree_or_the_measure_is_at_its_ceiling():
-    from pipeline.stats import paired_bootstrap
+    from pipeline.stats import paired_interval
 
     items = np.arange(400)
     base = pd.Series((items % 5 > 0).astype(float))  # 80 %
     up = pd.Series((items % 10 > 0).astype(float))  # 90 %: 40 items better
     down = pd.Series((items % 5 > 0) & (items != 1)).astype(float)  # one item worse
-    iv, seeds, said = headline._paired([up, down], [base], seed=0)
+    iv, seeds, said = headline._paired([up, down], [base])
     assert seeds == "+10.00 / -0.25" and said == f"{iv.verdict} (seeds disagree)"
-    _, _, said = headline._paired([up, up], [base], seed=0)
+    _, _, said = headline._paired([up, up], [base])
     assert said == "win"
-    # Unequal seed counts: the seed means, items resampled (no pairing of seeds).
-    iv, seeds, _ = headline._paired([up, down, up], [base, up], seed=0)
-    assert iv == paired_bootstrap((up + down + up).to_numpy() / 3, (base + up).to_numpy() / 2,
-                                  seed=0)
+    # Unequal seed counts: the seed means, with no seed term (no pairing of seeds).
+    iv, seeds, _ = headline._paired([up, down, up], [base, up])
+    assert iv == paired_interval((up + down + up).to_numpy() / 3, (base + up).to_numpy() / 2)
     assert seeds == "+5.00 / -5.25 / +5.00"  # each seed against the mean of the two
     top = pd.Series(np.ones(400))
-    _, _, said = headline._paired([top], [top], seed=0)
+    _, _, said = headline._paired([top], [top])
     assert said == "no difference at this power (at ceiling)"
 
 
@@ -547,68 +546,90 @@ def test_results_doc_is_the_report_without_figures(built):
     assert doc.index("## Headline: regime differences") < doc.index("## Corpus")
 
 
-def test_paired_bootstrap_matches_its_definition():
-    from pipeline.stats import DETECTABLE_SE, paired_bootstrap
+def test_paired_interval_matches_its_definition():
+    from scipy import stats
+
+    from pipeline.stats import paired_interval
 
     rng = np.random.default_rng(0)
     b = rng.random(500)
-    shifted = paired_bootstrap(b + 0.1, b, seed=1)
+    shifted = paired_interval(b + 0.1, b)
     assert shifted.diff == pytest.approx(0.1) and shifted.low == pytest.approx(0.1)
     assert shifted.verdict == "win" and shifted.detectable == pytest.approx(0.0, abs=1e-12)
     a = rng.random(500)
-    iv = paired_bootstrap(a, b, seed=1)
+    iv = paired_interval(a, b)
     d = a - b
     se = d.std(ddof=1) / np.sqrt(len(d))
+    t = stats.t.ppf(0.975, len(d) - 1)
     assert iv.diff == pytest.approx(d.mean())
-    # The percentile interval is close to the normal one for a mean of 500 values.
-    assert iv.low == pytest.approx(d.mean() - 1.96 * se, abs=0.25 * se)
-    assert iv.high == pytest.approx(d.mean() + 1.96 * se, abs=0.25 * se)
-    assert iv.detectable == pytest.approx(DETECTABLE_SE * se, rel=0.1)
+    assert (iv.low, iv.high) == pytest.approx((d.mean() - t * se, d.mean() + t * se))
+    assert iv.detectable == pytest.approx((t + stats.t.ppf(0.8, len(d) - 1)) * se)
     assert iv.verdict == "no difference at this power"
-    assert paired_bootstrap(b, b + 0.1, seed=1).verdict == "loss"
-    assert paired_bootstrap(a, b, seed=1) == iv  # seeded
+    assert paired_interval(b, b + 0.1).verdict == "loss"
     with pytest.raises(ValueError, match="two equal, non-empty arrays"):
-        paired_bootstrap(a, b[:10], seed=1)
+        paired_interval(a, b[:10])
     with pytest.raises(ValueError, match="every seed must score every item"):
-        paired_bootstrap(np.stack([a, np.full(500, np.nan)]), b[None], seed=1)
-    # Clusters: one item each is the plain bootstrap; five copies of each of 100 items are
-    # resampled as 100 draws, not 500 (the interval of the 100 items, √5 wider).
-    alone = paired_bootstrap(a, b, seed=1, clusters=np.arange(500))
+        paired_interval(np.stack([a, np.full(500, np.nan)]), b[None])
+    # Clusters: one item each is the plain interval; five copies of each of 100 items count
+    # as 100 units, not 500 (the interval of the 100 items, √5 wider than 500 copies).
+    alone = paired_interval(a, b, clusters=np.arange(500))
     assert (alone.low, alone.high) == pytest.approx((iv.low, iv.high))
-    copies = paired_bootstrap(np.repeat(a[:100], 5), np.repeat(b[:100], 5), seed=1,
-                              clusters=np.repeat(np.arange(100), 5))
-    hundred = paired_bootstrap(a[:100], b[:100], seed=1)
-    assert copies.high - copies.low == pytest.approx(hundred.high - hundred.low, rel=0.15)
-    independent = paired_bootstrap(np.repeat(a[:100], 5), np.repeat(b[:100], 5), seed=1)
-    assert copies.high - copies.low > 1.8 * (independent.high - independent.low)
+    copies = paired_interval(np.repeat(a[:100], 5), np.repeat(b[:100], 5),
+                             clusters=np.repeat(np.arange(100), 5))
+    hundred = paired_interval(a[:100], b[:100])
+    assert (copies.low, copies.high) == pytest.approx((hundred.low, hundred.high))
+    independent = paired_interval(np.repeat(a[:100], 5), np.repeat(b[:100], 5))
+    assert copies.high - copies.low > 2.1 * (independent.high - independent.low)
 
 
-def test_paired_bootstrap_resamples_training_seeds_too():
-    from pipeline.stats import paired_bootstrap
+def test_paired_interval_counts_the_training_seeds():
+    from scipy import stats
+
+    from pipeline.stats import paired_interval
 
     rng = np.random.default_rng(0)
     b = rng.random(500)
-    # One seed row is the item bootstrap; one row of b (the base) is set against every seed.
-    assert paired_bootstrap(b[None] + 0.1, b[None], seed=1) == paired_bootstrap(b + 0.1, b, 1)
-    both = paired_bootstrap(np.stack([b + 0.1, b + 0.3]), b[None], seed=1)
-    assert both == paired_bootstrap(np.stack([b + 0.1, b + 0.3]), np.stack([b, b]), seed=1)
+    # One seed row is the item interval; one row of b (the base) is set against every seed.
+    assert paired_interval(b[None] + 0.1, b[None]) == paired_interval(b + 0.1, b)
+    both = paired_interval(np.stack([b + 0.1, b + 0.3]), b[None])
+    assert both == paired_interval(np.stack([b + 0.1, b + 0.3]), np.stack([b, b]))
     assert both.diff == pytest.approx(0.2) and both.items == 500
-    # Seeds that gain +0.04 and lose 0.02 on every item: their mean (+0.01) is the same on
-    # every item, so an item bootstrap of it is certain; drawing the seeds shows it is not.
-    seeds = np.stack([b + 0.04, b - 0.02])
-    iv = paired_bootstrap(seeds, b[None], seed=1)
+    # Seeds that gain +0.04, lose 0.02 and gain 0.01 on every item: their mean (+0.01) is the
+    # same on every item, so the items alone would make it certain; the seeds do not.
+    seeds = np.stack([b + 0.04, b - 0.02, b + 0.01])
+    iv = paired_interval(seeds, b[None])
+    se = np.std([0.04, -0.02, 0.01], ddof=1) / np.sqrt(3)
     assert iv.diff == pytest.approx(0.01)
-    assert (iv.low, iv.high) == pytest.approx((-0.02, 0.04))
+    assert (iv.low, iv.high) == pytest.approx((0.01 - stats.t.ppf(0.975, 2) * se,
+                                               0.01 + stats.t.ppf(0.975, 2) * se))
     assert iv.verdict == "no difference at this power"
-    items_only = paired_bootstrap(seeds.mean(axis=0), b, seed=1)
-    assert items_only.low == pytest.approx(0.01) and items_only.verdict == "win"
-    # Clusters work per seed: copies of 100 items resampled whole, with two seeds.
-    a = rng.random(500)
-    runs = np.stack([np.repeat(a[:100], 5), np.repeat(a[:100], 5) + 0.01])
-    clustered = paired_bootstrap(runs, np.repeat(b[:100], 5)[None], seed=1,
-                                 clusters=np.repeat(np.arange(100), 5))
-    hundred = paired_bootstrap(np.stack([a[:100], a[:100] + 0.01]), b[None, :100], seed=1)
-    assert clustered.high - clustered.low == pytest.approx(hundred.high - hundred.low, rel=0.15)
+    assert paired_interval(seeds.mean(axis=0), b).verdict == "win"
+
+
+@pytest.mark.parametrize(("seeds", "items", "sd_seed", "sd_item", "sd_both", "clustered"), [
+    (3, 300, 0.05, 0.3, 0.3, False),  # the seed term matters: t with about two df
+    (3, 300, 0.02, 0.3, 0.3, False),
+    (5, 300, 0.03, 0.3, 0.3, False),
+    (3, 400, 0.03, 0.3, 0.2, True),  # clusters of five items sharing an effect
+])
+def test_paired_interval_covers_the_true_difference_95_percent_of_the_time(
+        seeds, items, sd_seed, sd_item, sd_both, clustered):
+    """Simulated scores with known seed, item and seed × item variance, no true difference."""
+    from pipeline.stats import paired_interval
+
+    rng = np.random.default_rng(7)
+    clusters = np.repeat(np.arange(items // 5), 5) if clustered else None
+    covered = 0
+    runs = 2000
+    for _ in range(runs):
+        item = rng.normal(0, sd_item, items)
+        if clustered:
+            item = item + rng.normal(0, sd_item, items // 5)[clusters]
+        d = (rng.normal(0, sd_seed, (seeds, 1)) + item[None]
+             + rng.normal(0, sd_both, (seeds, items)))
+        iv = paired_interval(d, np.zeros((1, items)), clusters=clusters)
+        covered += iv.low <= 0 <= iv.high
+    assert 0.93 <= covered / runs <= 0.97
 
 
 def test_scores_csv_is_the_tidy_table(built):

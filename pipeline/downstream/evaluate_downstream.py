@@ -17,7 +17,7 @@ hyperparameters); ``<variant>/<metric>/zero_shot`` averages every test subset ex
 English one, ``/seen`` and ``/unseen`` split those by whether all their languages are in
 ``langs`` (the aligned encoder's training languages); the spread of an average is over the
 seeds' averages. ``<variant>/<metric>/<group>/vs_finetune`` (with ``/low``, ``/high``) is a
-variant's difference from plain fine-tuning with its paired bootstrap 95 % interval.
+variant's difference from plain fine-tuning with its paired 95 % interval.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pandas as pd
 from pipeline.config import LangsConfig
 from pipeline.downstream.data import DEV, subset_languages
 from pipeline.io import read_json, read_table, write_json, write_table
-from pipeline.stats import paired_bootstrap
+from pipeline.stats import paired_interval
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +52,12 @@ class EvaluateDownstreamConfig:
     Attributes:
         runs_dir: ``train_drmim``'s output (``<task>/<encoder name>/predictions.parquet``).
         figure: Projection of the feature figure (``pca``, ``tsne``) or ``none``.
-        seed: Seed of the bootstrap resamples (each variant's interval against fine-tuning).
         output_dir: Scores, ``metrics.json``, ``table.md`` and ``features.png`` go to
             ``<output_dir>/<task>/<encoder name>/``.
     """
 
     runs_dir: str = "data/downstream/runs"
     figure: Literal["pca", "tsne", "none"] = "pca"
-    seed: int = 13
     output_dir: str = "data/downstream/scores"
 
 logger = logging.getLogger(__name__)
@@ -131,13 +129,13 @@ def item_scores(predictions: pd.DataFrame, kind: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[str, float]:
-    """Each variant's difference from ``finetune`` with a paired bootstrap 95 % interval.
+def versus_finetune(items: pd.DataFrame, langs: LangsConfig) -> dict[str, float]:
+    """Each variant's difference from ``finetune`` with a paired 95 % interval.
 
     Every variant of a seed trains on the same batches and predicts the same test examples,
-    so the difference is paired per seed and example. The resampled units are the example
+    so the difference is paired per seed and example. The sampling units are the example
     index (the same verse across the language subsets; its value the mean over the group's
-    subsets) and the seed (:func:`pipeline.stats.paired_bootstrap`). Keys
+    subsets) and the seed (:func:`pipeline.stats.paired_interval`). Keys
     ``<variant>/<metric>/<group>/vs_finetune`` (points) with ``/low`` and ``/high``, for the
     groups ``zero_shot``, ``seen``, ``unseen``; none without ``finetune``.
     """
@@ -158,8 +156,8 @@ def versus_finetune(items: pd.DataFrame, langs: LangsConfig, seed: int) -> dict[
             *paired[paired.group.isin(TRANSFER)].groupby(["metric", "group"]),
         ]:
             per_example = part.groupby(["seed", "example"])[["value", "value_ft"]].mean()
-            iv = paired_bootstrap(per_example.value.unstack("example").to_numpy(),
-                                  per_example.value_ft.unstack("example").to_numpy(), seed=seed)
+            iv = paired_interval(per_example.value.unstack("example").to_numpy(),
+                                 per_example.value_ft.unstack("example").to_numpy())
             key = f"{variant}/{metric}/{group}/vs_finetune"
             out[key] = round(iv.diff, 4)
             out[f"{key}/low"] = round(iv.low, 4)
@@ -302,8 +300,7 @@ def run(cfg: EvaluateDownstreamConfig, langs: LangsConfig, task: str,
     predictions = read_table(runs / "predictions.parquet")
     scores = score_predictions(predictions, meta["task_kind"])
     metrics = summarize(scores, langs)
-    metrics.update(versus_finetune(item_scores(predictions, meta["task_kind"]), langs,
-                                   cfg.seed))
+    metrics.update(versus_finetune(item_scores(predictions, meta["task_kind"]), langs))
     out = Path(cfg.output_dir) / task / name
     write_table(scores, out / "scores.parquet")
     write_json(metrics, out / "metrics.json")

@@ -6,8 +6,8 @@ the accuracy of a subset, not which verses were found. This evaluation mines
 ``mining_sentences`` test verses between **every** pair of evaluated languages, in both
 directions, with plain cosine and with the ratio margin of the project's own miner
 (:func:`pipeline.evaluation.mining.margin.margin_candidates`), and keeps each verse's outcome, so
-two models evaluated on the same verses can be compared with a paired bootstrap
-(:mod:`pipeline.stats`).
+two models evaluated on the same verses can be compared verse by verse with a paired
+interval (:mod:`pipeline.stats`).
 
 Pairs fall into groups by what training saw (``seen`` = the training pool, English
 included): ``x_eng_seen`` / ``x_eng_unseen`` (a language with English), ``seen_seen`` (two
@@ -124,8 +124,8 @@ def per_verse(table: pd.DataFrame, seen: Collection[str], source: str) -> pd.Dat
     """Each verse's accuracy over the ordered pairs of each group.
 
     Returns:
-        Index ``id`` (verse), columns ``(scoring, group)``: the unit a paired bootstrap
-        resamples.
+        Index ``id`` (verse), columns ``(scoring, group)``: the sampling unit of a paired
+        interval.
     """
     pairs = table[["src", "tgt"]].drop_duplicates()
     group = {(a, b): pair_group(a, b, seen, source) for a, b in pairs.itertuples(index=False)}

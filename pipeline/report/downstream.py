@@ -116,7 +116,7 @@ def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> 
             if any(lines):
                 blocks.append(Paragraph(
                     "Zero-shot difference from plain fine-tuning in points, with its paired "
-                    "bootstrap 95% interval over the training seeds and the test examples "
+                    "95% t interval over the training seeds and the test examples "
                     "(every variant of a seed trains on the same batches; the mean is over "
                     "the seeds and the examples):"))
                 blocks.append(Bullets(tuple(line for line in lines if line)))

@@ -1,4 +1,4 @@
-"""The headline: regime differences with paired bootstrap intervals and verdicts.
+"""The headline: regime differences with paired intervals and verdicts.
 
 Verse mining per pair group (``evaluate``'s ``verse_mining.parquet``) and the mteb tasks'
 items per language group (``item_outcomes.parquet``); :func:`headline_section` puts every
@@ -20,7 +20,7 @@ from pipeline.report import collect
 from pipeline.report.common import model_labels, ordered_tasks
 from pipeline.report.compare import SCALE
 from pipeline.report.render import Block, Bullets, Heading, Paragraph, Table
-from pipeline.stats import N_BOOT, Interval, paired_bootstrap
+from pipeline.stats import Interval, paired_interval
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.report.report import ReportConfig
@@ -53,20 +53,20 @@ def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, st
     return [(a, b) for a, b in pairs if a in have and b in have]
 
 
-def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series], seed: int,
+def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series],
             clusters: np.ndarray | None = None) -> tuple[Interval, str, str]:
     """Interval of ``a − b`` over seeds and items, each seed's difference, and the verdict.
 
     Seed ``i`` of ``a`` is paired with seed ``i`` of ``b`` (the same batches) or with the one
-    base model; regimes with different seed counts compare their seed means (items resampled
-    only). The verdict adds "(seeds disagree)" when the seeds' differences have both signs and
-    "(at ceiling)" when both models score at least :data:`CEILING`.
+    base model; regimes with different seed counts compare their seed means (no seed term).
+    The verdict adds "(seeds disagree)" when the seeds' differences have both signs and "(at
+    ceiling)" when both models score at least :data:`CEILING`.
     """
     a, b = sum(a_runs) / len(a_runs), sum(b_runs) / len(b_runs)
     paired = len(b_runs) in (1, len(a_runs))
     rows = (a_runs, b_runs) if paired else ([a], [b])
-    interval = paired_bootstrap(*(np.stack([r.to_numpy() for r in runs]) for runs in rows),
-                                seed=seed, clusters=clusters)
+    interval = paired_interval(*(np.stack([r.to_numpy() for r in runs]) for runs in rows),
+                               clusters=clusters)
     # Each seed of a against its own seed of b, the one model b, or (unpaired) b's mean.
     against = (b_runs if len(b_runs) == len(a_runs) else
                list(b_runs) * len(a_runs) if paired else [b] * len(a_runs))
@@ -162,9 +162,9 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
         by_verdict: dict[str, list[str]] = {}
         for g in groups:
             cosine, _, _ = _paired([r[("cosine", g)] for r in per_seed[a]],
-                                   [r[("cosine", g)] for r in per_seed[b]], cfg.seed)
+                                   [r[("cosine", g)] for r in per_seed[b]])
             margin, seeds, said = _paired([r[("margin", g)] for r in per_seed[a]],
-                                          [r[("margin", g)] for r in per_seed[b]], cfg.seed)
+                                          [r[("margin", g)] for r in per_seed[b]])
             rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
                          _interval_cell(margin), seeds,
                          f"±{margin.detectable * SCALE:.2f}", said))
@@ -175,12 +175,13 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
     blocks.append(Table(
         ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
          "margin Δ per seed", "detectable (margin)", "verdict (margin)"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the "
-                 "verses, drawn independently) of the per-verse scores: difference in accuracy "
-                 "points with its 95% interval; 'detectable' is the smallest difference this "
-                 "design detects with 80% power. The interval covers the choice of test verses "
-                 "and the training randomness of the seeds (seed i of one regime against seed "
-                 "i of the other: the same batches); with 3 seeds that level is coarse.")))
+        caption=("Paired t interval of the per-verse scores over the training seeds and the "
+                 "verses (pipeline/stats.py: the seed-level and verse-level variances, each "
+                 "from its own level, Welch–Satterthwaite degrees of freedom, so three seeds "
+                 "count as three): difference in accuracy points with its 95% interval; "
+                 "'detectable' is the smallest difference this design detects with 80% power. "
+                 "Seed i of one regime is paired with seed i of the other (the same "
+                 "batches).")))
     blocks.append(Bullets(tuple(verdicts)))
     return blocks, cells
 
@@ -228,7 +229,7 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
         for task, g in measures:
             keep = (index["task"] == task).to_numpy() & (group == g)
             iv, seeds, said = _paired([r[keep] for r in per_seed[a]],
-                                      [r[keep] for r in per_seed[b]], cfg.seed, clusters[keep])
+                                      [r[keep] for r in per_seed[b]], clusters[keep])
             rows.append((f"{a} − {b}", task, names[g], str(int(keep.sum())),
                          _interval_cell(iv), seeds, f"±{iv.detectable * SCALE:.2f}", said))
             by_verdict.setdefault(said, []).append(f"{task} {names[g]} ({_interval_cell(iv)})")
@@ -237,11 +238,10 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     blocks.append(Table(
         ("difference", "task", "group", "items", "Δ [95% CI]", "Δ per seed", "detectable",
          "verdict"), tuple(rows),
-        caption=(f"Paired bootstrap ({N_BOOT} resamples of the training seeds and the items, "
-                 "as for verse mining) of the per-item scores; a Bible task's item is one "
-                 "verse in every language of the group, resampled whole (its languages are "
-                 "not independent draws); gettext messages are drawn per language pair, so "
-                 "each (pair, message) is resampled alone.")))
+        caption=("Paired t intervals over the training seeds and the items, as for verse "
+                 "mining; a Bible task's item is one verse in every language of the group, one "
+                 "sampling unit (its languages are not independent draws); gettext messages "
+                 "are drawn per language pair, so each (pair, message) is one unit.")))
     if verdicts:
         blocks.append(Bullets(tuple(verdicts)))
     return blocks, cells

@@ -61,7 +61,7 @@ class ReportConfig:
         batch_size: Encoding batch size (projection).
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads for torch.
-        seed: Seed of the projection's verse sample and of the bootstrap resamples.
+        seed: Seed of the projection's verse sample.
         results_doc: The report without figures, kept in git (docs/results.md); empty
             writes none.
         results_title: Its heading (which run it reports: the default, a profile).
