@@ -22,13 +22,16 @@ language pairs), the item term is that of cluster sampling: cluster totals aroun
 overall mean, ``Σ (T_c − mean × n_c)² / (C (C − 1) n̄²)`` over ``C`` clusters.
 
 A difference is a **win** or a **loss** when its 95 % interval excludes zero, else **no
-difference at this power**. The smallest difference the design detects with 80 % power at
-the 5 % level is ``(t_0.975 + t_0.80) × SE``, from the same variance and degrees of freedom.
+difference at this power**. The report declares one primary endpoint and corrects the other
+differences of its headline for multiplicity with :func:`holm`. The smallest difference the
+design detects with 80 % power at the 5 % level is ``(t_0.975 + t_0.80) × SE``, from the same
+variance and degrees of freedom.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -46,6 +49,7 @@ class Interval:
         high: Upper end.
         detectable: Smallest difference the design detects with 80 % power.
         items: Number of paired items.
+        p: Two-sided p value of "no difference" (the t test the interval inverts).
     """
 
     diff: float
@@ -53,6 +57,7 @@ class Interval:
     high: float
     detectable: float
     items: int
+    p: float
 
     @property
     def verdict(self) -> str:
@@ -122,9 +127,21 @@ def paired_interval(a: np.ndarray, b: np.ndarray,
         parts.append((float(d.mean(axis=1).var(ddof=1) / n_seeds), n_seeds - 1))
     variance = sum(v for v, _ in parts)
     if variance == 0:
-        return Interval(diff=mean, low=mean, high=mean, detectable=0.0, items=n_items)
+        return Interval(diff=mean, low=mean, high=mean, detectable=0.0, items=n_items,
+                        p=1.0 if mean == 0 else 0.0)
     df = variance ** 2 / sum(v ** 2 / f for v, f in parts if v > 0)
     se = variance ** 0.5
     t = float(stats.t.ppf(0.5 + LEVEL / 2, df))
     return Interval(diff=mean, low=mean - t * se, high=mean + t * se,
-                    detectable=(t + float(stats.t.ppf(POWER, df))) * se, items=n_items)
+                    detectable=(t + float(stats.t.ppf(POWER, df))) * se, items=n_items,
+                    p=float(2 * stats.t.sf(abs(mean) / se, df)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p values (family-wise error at most the level), input order."""
+    order = np.argsort(pvalues, kind="stable")
+    m, running, adjusted = len(pvalues), 0.0, [0.0] * len(pvalues)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        adjusted[i] = running
+    return adjusted

@@ -485,7 +485,10 @@ def test_headline_table_has_every_difference_on_every_measure(built):
         "BibleGenreClassification, the source language"]
     row = table_row(section, "multiway − enx")
     assert row[3].startswith("+50.00 [+") and row[3].endswith("win")
-    assert row[5].startswith("+50.00 [+") and row[5].endswith("win")
+    assert row[5].startswith("+50.00 [+") and row[5].endswith("win (Holm)")
+    # The primary endpoint keeps its own verdict; the other 26 cells are one Holm family.
+    assert row[3].endswith("] win") and "The other 26 differences below are corrected" in md
+    assert "Primary endpoint (declared before the run): multiway − enx on pool–pool" in md
     assert [r[0] for r in (table_row(section, d) for d in (
         "multiway − enx", "enx − base", "multiway − base"))] == [
         "multiway − enx", "enx − base", "multiway − base"]
@@ -501,8 +504,9 @@ def test_headline_metrics_and_plot_tables_repeat_the_headline_table(built):
     cell = table_row(section, "multiway − enx")[pool]
     delta, low, high = (float(x) for x in re.findall(r"[+-]\d+\.\d+", cell)[:3])
     headline = json.loads((built["out"] / "headline.json").read_text())
-    assert headline["primary"] == pytest.approx({"delta": delta, "low": low, "high": high},
-                                                abs=0.005)
+    primary = {k: headline["primary"][k] for k in ("delta", "low", "high")}
+    assert primary == pytest.approx({"delta": delta, "low": low, "high": high}, abs=0.005)
+    assert 0 <= headline["primary"]["p"] < 0.05
     assert headline["differences"]["multiway − enx"][header[pool]] == headline["primary"]
     assert set(headline["differences"]) == {"multiway − enx", "enx − base", "multiway − base"}
     differences = pd.read_csv(built["out"] / "plots" / "differences.csv")
@@ -604,6 +608,15 @@ def test_paired_interval_counts_the_training_seeds():
                                                0.01 + stats.t.ppf(0.975, 2) * se))
     assert iv.verdict == "no difference at this power"
     assert paired_interval(seeds.mean(axis=0), b).verdict == "win"
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    from pipeline.stats import holm
+
+    # Sorted 0.01, 0.03, 0.04 → ×3, ×2, ×1 = 0.03, 0.06, 0.04 → monotone: 0.03, 0.06, 0.06.
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
 
 
 @pytest.mark.parametrize(("seeds", "items", "sd_seed", "sd_item", "sd_both", "clustered"), [

@@ -20,11 +20,13 @@ from pipeline.report import collect
 from pipeline.report.common import model_labels, ordered_tasks
 from pipeline.report.compare import SCALE
 from pipeline.report.render import Block, Bullets, Heading, Paragraph, Table
-from pipeline.stats import Interval, paired_interval
+from pipeline.stats import Interval, holm, paired_interval
 
 if TYPE_CHECKING:  # annotations only
     from pipeline.report.report import ReportConfig
 
+#: The primary endpoint: the compared regime against the first other one on this measure.
+PRIMARY_MEASURE = f"{verse_mining.GROUPS['seen_seen']} mining"
 #: Both models at or above this accuracy: the measure is at its ceiling (marked).
 CEILING = 0.97
 Cells = dict[tuple[str, str], tuple[Interval, str]]  # ("a − b", column) → interval, verdict
@@ -248,16 +250,30 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
 
 
 def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
-    """One table of every regime difference on every headline measure, then the details.
+    """The primary endpoint, then every regime difference on every measure, then the details.
+
+    The primary endpoint (:func:`primary_key`) keeps its own verdict; the other differences
+    of the headline table are one family, their verdicts from Holm-adjusted p values.
 
     Returns:
-        The blocks, and every (difference, measure) interval with its verdict.
+        The blocks, and every (difference, measure) interval with its headline verdict.
     """
     mining, mining_cells = verse_mining_section(cfg, langs)
     tasks, task_cells = task_items_section(cfg, langs)
-    cells = {**mining_cells, **task_cells}
+    cells: Cells = {**mining_cells, **task_cells}
+    primary = primary_key(cfg, cells)
+    cells = _holm_verdicts(cells, primary)
     blocks: list[Block] = [Heading("Headline: regime differences with paired intervals")]
     if cells:
+        if primary is not None:
+            iv, said = cells[primary]
+            blocks.append(Paragraph(
+                f"Primary endpoint (declared before the run): {primary[0]} on {primary[1]}, "
+                f"margin scoring: {_interval_cell(iv)} points, {said}. The other "
+                f"{len(cells) - 1} differences below are corrected for multiplicity together "
+                "(Holm, family-wise error 5%): their verdicts use the adjusted p values, "
+                "their intervals are the unadjusted 95% ones; the detail tables further down "
+                "give unadjusted verdicts."))
         columns = list(dict.fromkeys(column for _, column in cells))
         differences = list(dict.fromkeys(pair for pair, _ in cells))
         seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
@@ -276,32 +292,54 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block]
     return blocks + mining + tasks, cells
 
 
+def _holm_verdicts(cells: Cells, primary: tuple[str, str] | None) -> Cells:
+    """``cells`` with every verdict but the primary endpoint's from Holm-adjusted p values."""
+    family = [key for key in cells if key != primary]
+    adjusted = dict(zip(family, holm([cells[key][0].p for key in family]), strict=True))
+    out: Cells = {}
+    for key, (iv, said) in cells.items():
+        if key in adjusted:
+            base = ("no difference at this power" if adjusted[key] >= 0.05
+                    else "win" if iv.diff > 0 else "loss")
+            said = f"{base} (Holm){said[len(iv.verdict):]}"
+        out[key] = (iv, said)
+    return out
+
+
+def primary_key(cfg: ReportConfig, cells: Mapping[tuple[str, str], Any]
+                ) -> tuple[str, str] | None:
+    """The primary endpoint's (difference, measure), ``None`` without one.
+
+    It is ``focus`` − the first other regime on :data:`PRIMARY_MEASURE`, or on the first
+    measure reported when that one is not run.
+    """
+    first = next((f"{a} − {b}" for a, b in _comparisons(cfg, cfg.aligned) if a == cfg.focus),
+                 None)
+    measures = [measure for pair, measure in cells if pair == first]
+    if not measures:
+        return None
+    return first, PRIMARY_MEASURE if PRIMARY_MEASURE in measures else measures[0]
+
+
 def _cell(entry: tuple[Interval, str] | None) -> str:
     return "–" if entry is None else f"{_interval_cell(entry[0])} {entry[1]}"
-
-
-#: The primary endpoint: the compared regime against the first other one on this measure.
-PRIMARY_MEASURE = f"{verse_mining.GROUPS['seen_seen']} mining"
 
 
 def headline_metrics(cfg: ReportConfig, cells: Cells) -> dict[str, Any]:
     """The headline as DVC metrics: ``primary`` and every difference, in accuracy points.
 
-    ``primary`` is ``focus`` − the first other regime on :data:`PRIMARY_MEASURE` (margin
-    scoring; the first measure reported when that one is not run); each entry holds
-    ``delta``, ``low`` and ``high`` (the 95% interval).
+    Each entry holds ``delta``, ``low`` and ``high`` (its 95% interval) and ``p`` (two-sided,
+    unadjusted); ``primary`` is the :func:`primary_key` entry.
     """
     def entry(iv: Interval) -> dict[str, float]:
         return {"delta": round(iv.diff * SCALE, 4), "low": round(iv.low * SCALE, 4),
-                "high": round(iv.high * SCALE, 4)}
+                "high": round(iv.high * SCALE, 4), "p": float(f"{iv.p:.4g}")}
 
     differences: dict[str, dict[str, dict[str, float]]] = {}
     for (pair, measure), (iv, _) in cells.items():
         differences.setdefault(pair, {})[measure] = entry(iv)
     metrics: dict[str, Any] = {"differences": differences}
-    first = next((f"{a} − {b}" for a, b in _comparisons(cfg, cfg.aligned) if a == cfg.focus),
-                 None)
-    if first in differences:
-        measures = differences[first]
-        metrics["primary"] = measures.get(PRIMARY_MEASURE, next(iter(measures.values())))
+    primary = primary_key(cfg, cells)
+    if primary is not None:
+        metrics["primary"] = differences[primary[0]][primary[1]]
     return metrics
