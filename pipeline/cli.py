@@ -1,10 +1,10 @@
 """The ``multiway`` command and the shared entry of every DVC stage.
 
-Each stage is registered once in :data:`STAGES`: its params section (= stage name = script
-name in ``stages/``), its config dataclass, the function that runs it and, for matrix
-stages, the matrix key. ``stages/<name>.py`` calls :func:`run_stage` with the params file;
-``multiway <name>`` calls the same function, with one ``--flag`` per config field overriding
-``params.yaml``. Heavy libraries are imported only inside the run functions, so
+A stage ``<name>`` (= params section = ``stages/<name>.py``) is one module holding its config
+class and ``run``, registered in :data:`~pipeline.registry.STAGES` with its shared sections
+and matrix keys. ``stages/<name>.py`` hands its module to :func:`run_stage`; ``multiway
+<name>`` runs the same :func:`execute`, with one ``--flag`` per config field overriding
+``params.yaml``. Stage modules import heavy libraries inside their functions, so
 ``multiway --help`` answers at once.
 """
 

@@ -113,7 +113,6 @@ STAGES: dict[str, Stage] = {
 }
 
 
-
 def stage_module(name: str) -> ModuleType:
     """The module of stage ``name`` (imported on first use)."""
     return importlib.import_module(STAGES[name].module)

@@ -1,4 +1,5 @@
 import dataclasses
+import importlib
 import json
 import subprocess
 import sys
@@ -32,6 +33,15 @@ def test_every_dvc_stage_has_a_script_and_a_subcommand():
         assert name in sub.choices
         assert stage["cmd"].startswith(f"python stages/{name}.py")
         __import__(f"stages.{name}")
+
+
+def test_a_stage_is_one_module_named_after_it_holding_its_config_and_run():
+    for name, stage in cli.STAGES.items():
+        module = importlib.import_module(stage.module)
+        assert stage.module.rsplit(".", 1)[-1] == name
+        assert config_class(name).__module__ == stage.module and callable(module.run)
+        script = (ROOT / "stages" / f"{name}.py")
+        assert not script.exists() or f"import {name}" in script.read_text()
 
 
 def test_flags_override_params(tmp_path, monkeypatch):
