@@ -91,15 +91,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _shared import NMT_MODEL, ROOT, bible_or_generated
 
 # The package's own import only sets environment variables (the CPU instruction-set pins of
 # the stages, pipeline/__init__.py); it must come before ctranslate2 loads, as in a stage.
-import pipeline  # noqa: E402, F401
+import pipeline  # noqa: F401
 
-NMT_MODEL = ROOT / "data/models/nmt/bible-marian"
-BIBLE = ROOT / "data/seed/bible_source.parquet"
 PAPER = ROOT / "configs/profiles/paper.yaml"
 PARAMS = ROOT / "params.yaml"
 
@@ -576,24 +573,9 @@ def drmim_part(bf16: bool, attn: str, shapes: Shapes, device: str, peak: float |
 
 def english_sentences(n: int) -> tuple[list[str], str]:
     """``n`` English sentences: Bible verses when ``prepare_seed`` has run, else generated."""
-    import random
-
-    rng = random.Random(0)
-    if BIBLE.is_file():
-        try:
-            import pyarrow.parquet as pq
-
-            verses = [v for v in pq.read_table(BIBLE, columns=["eng_Latn"])["eng_Latn"]
-                      .to_pylist() if v]
-            rng.shuffle(verses)
-            return [verses[i % len(verses)] for i in range(n)], "Bible verses (data/seed)"
-        except ImportError:
-            pass
-    words = ("the of and to in that he shall unto for his a they lord be is him not them it "
-             "with all thou thy was which my me said but ye their have will are from as "
-             "people land house day king son god").split()
-    return ([" ".join(rng.choice(words) for _ in range(rng.randint(8, 40))).capitalize() + "."
-             for _ in range(n)], "generated lines of 8-40 Bible-vocabulary words")
+    lines, verses = bible_or_generated(n)
+    return lines, ("Bible verses (data/seed)" if verses
+                   else "generated lines of 8-40 Bible-vocabulary words")
 
 
 def translate_part(shapes: Shapes, cores: int) -> dict:

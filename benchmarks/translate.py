@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import resource
 import subprocess
 import sys
@@ -40,33 +39,19 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _shared import BIBLE, RESULTS_DIR, ROOT, bible_or_generated
 
 HF_MODEL = ROOT / "data/work/train_nmt/hf_model"
 TRAINER_SPM = ROOT / "data/work/train_nmt/spm.model"
-BIBLE = ROOT / "data/seed/bible_source.parquet"
-RESULTS = ROOT / "benchmarks/results/translate.json"
+RESULTS = RESULTS_DIR / "translate.json"
 LANG = "deu_Latn"
 POOL = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab", "kor_Hang")
 
 
 def english_sentences(n: int, seed: int = 0) -> tuple[list[str], str]:
     """``n`` English sentences (Bible verses when available, cycled if needed)."""
-    rng = random.Random(seed)
-    if BIBLE.is_file():
-        import pyarrow.parquet as pq
-
-        verses = [v for v in pq.read_table(BIBLE, columns=["eng_Latn"])["eng_Latn"].to_pylist()
-                  if v]
-        rng.shuffle(verses)
-        return [verses[i % len(verses)] for i in range(n)], f"Bible verses ({BIBLE.name})"
-    words = ("the of and to in that he shall unto for his a they lord be is him not them it "
-             "with all thou thy was which my me said but ye their have will are from as "
-             "people land house day king son god").split()
-    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 40))).capitalize() + "."
-             for _ in range(n)]
-    return lines, "generated lines"
+    lines, verses = bible_or_generated(n, seed)
+    return lines, f"Bible verses ({BIBLE.name})" if verses else "generated lines"
 
 
 def build_random_marian(out: Path, sentences: list[str]) -> Path:

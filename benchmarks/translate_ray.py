@@ -35,17 +35,13 @@ import os
 import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _shared import BIBLE, NMT_MODEL, RESULTS_DIR, ROOT
 
-BIBLE = ROOT / "data/seed/bible_source.parquet"
-MODEL = ROOT / "data/models/nmt/bible-marian"
-RESULTS = ROOT / "benchmarks/results/translate_ray.json"
+RESULTS = RESULTS_DIR / "translate_ray.json"
 LANG = "deu_Latn"
 
 
@@ -143,7 +139,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="threads / actors per variant")
     parser.add_argument("--shard-size", type=int, default=250)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--model", type=Path, default=NMT_MODEL)
     parser.add_argument("--variants", default="local,local_inter,ray")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()

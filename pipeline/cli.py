@@ -173,22 +173,6 @@ def run_stage(module: ModuleType, argv: list[str] | None = None) -> int:
     return run_entry(lambda: execute(name, args.params, matrix=matrix))
 
 
-def _flag_help(cls: type, field: dataclasses.Field) -> str:
-    """The field's entry in the Attributes of the class's docstring (or a base class's)."""
-    lines = [line for c in cls.__mro__ for line in (c.__doc__ or "").splitlines()]
-    marker = f"{field.name}:"
-    for i, line in enumerate(lines):
-        if line.strip().startswith(marker):
-            indent = len(line) - len(line.lstrip())
-            text = [line.strip()[len(marker):].strip()]
-            for more in lines[i + 1:]:
-                if not more.strip() or len(more) - len(more.lstrip()) <= indent:
-                    break
-                text.append(more.strip())
-            return " ".join(text)
-    return ""
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``multiway`` argument parser: one subcommand per stage, one flag per field."""
     parser = argparse.ArgumentParser(
@@ -203,12 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="params file whose section gives defaults (default: %(default)s)")
         for key in stage.matrix:
             p.add_argument(f"--{key}", required=True, help="matrix item")
-        hints = typing.get_type_hints(cls)
+        hints, docs = typing.get_type_hints(cls), cfgmod.field_docs(cls)
         for field in dataclasses.fields(cls):
             p.add_argument(
                 f"--{field.name.replace('_', '-')}", dest=f"set_{field.name}",
                 metavar=cfgmod._type_name(hints[field.name]).upper(),
-                help=_flag_help(cls, field) + (
+                help=docs.get(field.name, "") + (
                     " (YAML mapping: the keys given replace those of the section)"
                     if dataclasses.is_dataclass(hints[field.name]) else " (YAML value)"),
             )

@@ -227,6 +227,40 @@ def field_names(cls: type) -> list[str]:
     return names
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's comment: the one on its line, else the comment lines right above it.
+
+    A config class documents its fields where they are declared (``batch_size: int = 32  #
+    rows per step``); ``multiway --help`` prints these. Base classes' fields included.
+    """
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    docs: dict[str, str] = {}
+    for klass in reversed([c for c in cls.__mro__ if dataclasses.is_dataclass(c)]):
+        source = textwrap.dedent(inspect.getsource(klass))
+        comments: dict[int, tuple[str, bool]] = {}  # line -> (text, stands alone)
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                alone = not tok.line[: tok.start[1]].strip()
+                comments[tok.start[0]] = (tok.string.lstrip("#").strip(), alone)
+        body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+        for node in body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            above, line = [], node.lineno - 1
+            while line in comments and comments[line][1]:
+                above.insert(0, comments[line][0])
+                line -= 1
+            inline = [comments[n][0] for n in range(node.lineno, node.end_lineno + 1)
+                      if n in comments and not comments[n][1]]
+            docs[node.target.id] = " ".join(above + inline)
+    return docs
+
+
 # --------------------------------------------------------------------------------------
 # Stage configurations. One frozen dataclass per params.yaml section (= DVC stage name).
 # Paths are fields too, so dvc.yaml reads them with ${section.key} and the CLI can
@@ -236,12 +270,8 @@ def field_names(cls: type) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class LangsConfig:
-    """Shared ``langs`` section: the source language and the translation target pool.
+    """Shared ``langs`` section: the source language and the translation target pool."""
 
-    Attributes:
-        source: FLORES-200 code of the source text (English).
-        pool: Target languages the corpus is translated into (seen in training).
-    """
-
-    source: str = "eng_Latn"
+    source: str = "eng_Latn"  # FLORES-200 code of the source text (English).
+    # Target languages the corpus is translated into (seen in training).
     pool: tuple[str, ...] = ("deu_Latn", "fra_Latn", "spa_Latn", "rus_Cyrl", "arb_Arab", "kor_Hang")

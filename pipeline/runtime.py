@@ -176,6 +176,27 @@ def code_version(*modules: str) -> str:
     return h.hexdigest()
 
 
+def training_parts(cfg: Any, langs: Any, device: str, code: tuple[str, ...],
+                   neutral: tuple[str, ...], **inputs: Any) -> dict[str, Any]:
+    """The fingerprint parts of a training run, for :func:`claim_work_dir`.
+
+    Args:
+        cfg: The stage config; its matrix lists and the ``neutral`` fields (those that do not
+            change the trained weights) are left out.
+        langs: The shared ``langs`` config.
+        device: The resolved device.
+        code: Modules whose source the weights depend on (:func:`code_version`).
+        neutral: Config fields that do not change the trained weights (a rerun may change
+            them and still resume).
+        **inputs: What else the run depends on (input hashes, seed, precision...).
+    """
+    from pipeline.config import item_dict, to_dict
+
+    return {"config": {k: v for k, v in item_dict(cfg).items() if k not in neutral},
+            "langs": to_dict(langs), **inputs, "device": device,
+            "code": code_version(*code), "versions": package_versions()}
+
+
 def claim_work_dir(work: str | Path, what: str, **parts: Any) -> bool:
     """Tie a resumable stage's work directory to the fingerprint of ``parts``.
 

@@ -15,6 +15,8 @@ SCRIPT = ROOT / "benchmarks/gpu.py"
 
 def _module():
     if "benchmark_gpu" not in sys.modules:
+        if str(SCRIPT.parent) not in sys.path:  # as `python benchmarks/gpu.py` has it
+            sys.path.append(str(SCRIPT.parent))  # for its `from _shared import ...`
         spec = importlib.util.spec_from_file_location("benchmark_gpu", SCRIPT)
         module = importlib.util.module_from_spec(spec)
         sys.modules["benchmark_gpu"] = module  # dataclasses look their module up there

@@ -1,5 +1,6 @@
 import ast
 import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,20 @@ def test_dvc_code_deps_cover_every_module_a_stage_runs():
         missing = sorted(f for f in needed
                          if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in code))
         assert not missing, f"dvc.yaml {name}: deps lack {missing}"
+
+
+def test_every_config_field_is_documented_where_it_is_declared():
+    # The comment beside a field (or the lines right above it) is what `multiway --help` prints.
+    def classes(cls):
+        yield cls
+        for tp in typing.get_type_hints(cls).values():
+            if dataclasses.is_dataclass(tp):
+                yield from classes(tp)
+
+    configs = [cls for section in [*SHARED, *STAGES] for cls in classes(config_class(section))]
+    assert len(configs) > len(STAGES)  # nested sections (DR-MIM's, EPAR's) are checked too
+    undocumented = [f"{cls.__name__}.{f.name}" for cls in configs
+                    for f in dataclasses.fields(cls) if not c.field_docs(cls).get(f.name)]
+    assert undocumented == []
+    docs = c.field_docs(config_class("mine"))  # fields of a base class (faiss IndexParams) too
+    assert docs["nprobe"].startswith("Lists visited per query")

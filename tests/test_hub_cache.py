@@ -50,6 +50,27 @@ def run_offline(env: dict[str, str], code: str, tmp_path: Path | None = None) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+# Appended to a script that defines ``attempts`` (name -> a call without arguments): prints,
+# per name, the class name of the exception the call raised, or None where it returned.
+_PRINT_ATTEMPT_ERRORS = """
+import json
+
+errors = {}
+for name, attempt in attempts.items():
+    try:
+        attempt()
+        errors[name] = None
+    except Exception as exc:
+        errors[name] = type(exc).__name__
+print(json.dumps(errors))
+"""
+
+
+def attempt_errors_offline(env: dict[str, str], code: str, tmp_path: Path | None = None) -> dict:
+    """:func:`run_offline` of ``code``, which defines ``attempts``: what each attempt raised."""
+    return run_offline(env, textwrap.dedent(code) + _PRINT_ATTEMPT_ERRORS, tmp_path)
+
+
 def test_env_and_layout(hub_cache):
     root, env = hub_cache
     assert env["HF_HUB_OFFLINE"] == env["HF_DATASETS_OFFLINE"] == env["TRANSFORMERS_OFFLINE"] == "1"
@@ -113,14 +134,12 @@ def test_encoders_load_offline(hub_cache, tmp_path):
 
 def test_missing_models_fail_offline(hub_cache, tmp_path):
     _, env = hub_cache
-    out = run_offline(env, f"""
-        import json
+    out = attempt_errors_offline(env, f"""
         from sentence_transformers import SentenceTransformer
         from transformers import AutoModel
         from pipeline.encoders.catalog import load_encoder
         from pipeline.translate.convert_nmt import fetch_model
 
-        errors = {{}}
         attempts = {{
             "absent_id": lambda: AutoModel.from_pretrained("FacebookAI/xlm-roberta-large"),
             "absent_revision": lambda: AutoModel.from_pretrained({XLMR_ID!r}, revision="0" * 40),
@@ -128,13 +147,6 @@ def test_missing_models_fail_offline(hub_cache, tmp_path):
             "catalogue_absent": lambda: load_encoder("me5-small"),
             "convert_absent": lambda: fetch_model("facebook/nllb-200-1.3B"),
         }}
-        for name, attempt in attempts.items():
-            try:
-                attempt()
-                errors[name] = None
-            except Exception as exc:
-                errors[name] = type(exc).__name__
-        print(json.dumps(errors))
     """, tmp_path)
     assert out["absent_id"] == "OSError" and out["absent_revision"] == "OSError"
     assert out["st_absent_id"] is not None
@@ -248,25 +260,16 @@ def test_datasets_load_offline(hub_cache, tmp_path):
 
 def test_missing_datasets_fail_offline(hub_cache, tmp_path):
     _, env = hub_cache
-    out = run_offline(env, """
-        import json
+    out = attempt_errors_offline(env, """
         import datasets
         from pipeline.downstream.data import load_rows
 
-        errors = {}
         attempts = {
             "absent_id": lambda: datasets.load_dataset("facebook/anli", split="test"),
             "absent_config": lambda: datasets.load_dataset("facebook/xnli", "bg", split="test"),
             "absent_split": lambda: datasets.load_dataset("facebook/xnli", "de", split="train"),
             "project_absent_id": lambda: load_rows("facebook/anli", "plain_text", "test"),
         }
-        for name, attempt in attempts.items():
-            try:
-                attempt()
-                errors[name] = None
-            except Exception as exc:
-                errors[name] = type(exc).__name__
-        print(json.dumps(errors))
     """, tmp_path)
     assert out == {"absent_id": "ConnectionError", "absent_config": "ValueError",
                    "absent_split": "ValueError", "project_absent_id": "FileNotFoundError"}

@@ -14,6 +14,7 @@ from pipeline.losses import LOSSES, duplicate_rows, get_loss, text_keys
 from pipeline.losses.bilingual_infonce import BilingualInfoNCELoss, CachedBilingualInfoNCELoss
 from pipeline.losses.multiway_infonce import CachedMultiwayInfoNCELoss, MultiwayInfoNCELoss
 from pipeline.losses.xlco import XLCoLoss
+from tests.fixtures.wordlevel import word_level_tokenizer
 
 DIM = 6
 
@@ -485,19 +486,9 @@ SENTENCES = {
 
 @pytest.fixture(scope="module")
 def tiny_st_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {w: i for i, w in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast, vocab = word_level_tokenizer(WORDS)
     path = tmp_path_factory.mktemp("tiny_st")
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2,
@@ -532,43 +523,39 @@ def param_grads(model, total):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_cached_multiway_gradients_equal_uncached(tiny_st_dir):
-    model = tiny_st(tiny_st_dir, dropout=False)
-    langs = list(SENTENCES)
-    uncached = MultiwayInfoNCELoss(model, temperature=0.1, languages=langs)
-    cached = CachedMultiwayInfoNCELoss(model, temperature=0.1, languages=langs, mini_batch_size=3)
-    ref_terms = uncached(st_features(model))
+def assert_cached_equals_uncached(model, cached, uncached, n_cols: int, names: list[str]):
+    """``cached`` on the first ``n_cols`` columns returns the terms ``names`` of ``uncached``
+    (same values) and, summed, the same parameter gradients."""
+    ref_terms = uncached(st_features(model)[:n_cols])
     ref_grads = param_grads(model, torch.stack(list(ref_terms.values())).sum())
-    terms = cached(st_features(model))
+    terms = cached(st_features(model)[:n_cols])
     got_grads = param_grads(model, torch.stack(list(terms.values())).sum())
 
-    assert list(terms) == [f"anchor_{lang}" for lang in langs]
+    assert list(terms) == names
     for name in terms:
         torch.testing.assert_close(terms[name], ref_terms[name].detach(), atol=1e-5, rtol=1e-5)
     assert got_grads.keys() == ref_grads.keys() and len(ref_grads) > 10
     for name, grad in ref_grads.items():
         torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
     assert cached.get_config_dict()["mini_batch_size"] == 3
+
+
+def test_cached_multiway_gradients_equal_uncached(tiny_st_dir):
+    model = tiny_st(tiny_st_dir, dropout=False)
+    langs = list(SENTENCES)
+    uncached = MultiwayInfoNCELoss(model, temperature=0.1, languages=langs)
+    cached = CachedMultiwayInfoNCELoss(model, temperature=0.1, languages=langs, mini_batch_size=3)
+    assert_cached_equals_uncached(model, cached, uncached, len(langs),
+                                  [f"anchor_{lang}" for lang in langs])
 
 
 def test_cached_bilingual_equals_uncached(tiny_st_dir):
     """En-X on the cached loss: same terms and parameter gradients as the plain bilingual loss,
     with mini-batches smaller than the batch (so the GradCache passes really split it)."""
     model = tiny_st(tiny_st_dir, dropout=False)
-    feats = st_features(model)[:2]
-    ref_terms = BilingualInfoNCELoss(model, temperature=0.1)(feats)
-    ref_grads = param_grads(model, torch.stack(list(ref_terms.values())).sum())
+    uncached = BilingualInfoNCELoss(model, temperature=0.1)
     cached = CachedBilingualInfoNCELoss(model, temperature=0.1, mini_batch_size=3)
-    terms = cached(st_features(model)[:2])
-    got_grads = param_grads(model, torch.stack(list(terms.values())).sum())
-
-    assert list(terms) == ["src_to_tgt", "tgt_to_src"]
-    for name in terms:
-        torch.testing.assert_close(terms[name], ref_terms[name].detach(), atol=1e-5, rtol=1e-5)
-    assert got_grads.keys() == ref_grads.keys() and len(ref_grads) > 10
-    for name, grad in ref_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
-    assert cached.get_config_dict()["mini_batch_size"] == 3
+    assert_cached_equals_uncached(model, cached, uncached, 2, ["src_to_tgt", "tgt_to_src"])
     with pytest.raises(ValueError, match="needs exactly 2 columns"):
         cached(st_features(model))
 

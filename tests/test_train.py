@@ -38,6 +38,7 @@ from pipeline.train.trainer import (
     freeze_word_embeddings,
     last_checkpoint,
 )
+from tests.fixtures.wordlevel import word_level_tokenizer
 
 WORDS = {
     "eng_Latn": "cat dog bird man woman child apple house boat tree book car "
@@ -71,21 +72,11 @@ def make_corpus(n_rows: int, seed: int = 0) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A tiny encoder in a catalogue, the corpus tables and a params file."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+    from transformers import BertConfig, BertModel
 
     root = tmp_path_factory.mktemp("train")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    words = sorted({w for ws in LEXICON.values() for w in ws} | {"query", ":"})
-    vocab = {w: i for i, w in enumerate(specials + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    fast, vocab = word_level_tokenizer(
+        sorted({w for ws in LEXICON.values() for w in ws} | {"query", ":"}))
     model_dir = root / "tiny-bert"
     torch.manual_seed(0)
     BertModel(BertConfig(

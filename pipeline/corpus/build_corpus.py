@@ -72,47 +72,35 @@ from pipeline.runtime import write_meta
 
 @dataclasses.dataclass(frozen=True)
 class BuildCorpusConfig:
-    """``build_corpus``: join translations into the multi-way corpus, filter, split, sample En-X.
+    """``build_corpus``: join translations into the multi-way corpus, filter, split, sample En-X."""
 
-    Attributes:
-        source: Source table from ``prepare_source``.
-        translated_dir: Directory of ``<lang>.parquet`` from ``translate``.
-        references: Human translations (``id`` + language columns) for the ``human``
-            corpus; ``None`` skips it.
-        min_length_ratio: Drop a row when a translation is shorter than this × the source
-            (in characters, divided by the script's factor in
-            ``pipeline.corpus.filters.LENGTH_FACTORS``: Korean 0.45, Chinese 0.3, ...).
-        max_length_ratio: ... or longer than this × the source.
-        max_copy_ratio: Drop when a translation shares this fraction of its word bigrams
-            with the source (untranslated copy).
-        max_repeat: Drop when any n-gram (n ≤ 4) of words (of characters for Han,
-            Japanese, Thai) repeats more than this many times in a row (decoder loop).
-        min_script_fraction: Drop when fewer than this fraction of letters are in the
-            language's script.
-        language_id: Drop when a language identifier ranks another language first:
-            ``pool`` (candidates: the source and the pool), ``all`` (every language the
-            identifier knows) or ``none`` (``pipeline.corpus.langid``).
-        language_id_margin: The language filter flags a text only when the language it
-            finds leads the runner-up by this much (lingua's minimum relative distance,
-            0 to 0.99; closer calls are not flagged).
-        dev_fraction: Fraction of rows (by id) held out as the dev split.
-        seed: Seed of the split and of the En-X language draw.
-        output_dir: Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``,
-            ``stats.json`` and ``meta.json`` go (schemas in ``pipeline.corpus.build_corpus``).
-    """
-
-    source: str = "data/source/eng_Latn.parquet"
-    translated_dir: str = "data/translated"
+    source: str = "data/source/eng_Latn.parquet"  # Source table from ``prepare_source``.
+    translated_dir: str = "data/translated"  # Directory of ``<lang>.parquet`` from ``translate``.
+    # Human translations (``id`` + language columns) for the ``human`` corpus; ``None`` skips it.
     references: str | None = "data/seed/bible_source.parquet"
+    # Drop a row when a translation is shorter than this × the source (in characters, divided by the
+    # script's factor in ``pipeline.corpus.filters.LENGTH_FACTORS``: Korean 0.45, Chinese 0.3, ...).
     min_length_ratio: float = 0.3
-    max_length_ratio: float = 3.0
+    max_length_ratio: float = 3.0  # ... or longer than this × the source.
+    # Drop when a translation shares this fraction of its word bigrams with the source (untranslated
+    # copy).
     max_copy_ratio: float = 0.5
+    # Drop when any n-gram (n ≤ 4) of words (of characters for Han, Japanese, Thai) repeats more
+    # than this many times in a row (decoder loop).
     max_repeat: int = 4
+    # Drop when fewer than this fraction of letters are in the language's script.
     min_script_fraction: float = 0.5
+    # Drop when a language identifier ranks another language first: ``pool`` (candidates: the source
+    # and the pool), ``all`` (every language the identifier knows) or ``none``
+    # (``pipeline.corpus.langid``).
     language_id: str = "pool"
+    # The language filter flags a text only when the language it finds leads the runner-up by this
+    # much (lingua's minimum relative distance, 0 to 0.99; closer calls are not flagged).
     language_id_margin: float = 0.5
-    dev_fraction: float = 0.05
-    seed: int = 13
+    dev_fraction: float = 0.05  # Fraction of rows (by id) held out as the dev split.
+    seed: int = 13  # Seed of the split and of the En-X language draw.
+    # Where ``multiway.parquet``, ``enx.parquet``, ``human.parquet``, ``stats.json`` and
+    # ``meta.json`` go (schemas in ``pipeline.corpus.build_corpus``).
     output_dir: str = "data/corpus"
 
 logger = logging.getLogger(__name__)

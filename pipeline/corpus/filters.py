@@ -77,16 +77,8 @@ _NAME_PREFIX_SCRIPT = {
 # Script of a language (the part after "_" in its FLORES code) -> character scripts that
 # count as "in script". Japanese mixes kana and kanji; Chinese codes name the variant.
 SCRIPT_CHARS: dict[str, frozenset[str]] = {
-    "Latn": frozenset({"Latn"}),
-    "Cyrl": frozenset({"Cyrl"}),
-    "Grek": frozenset({"Grek"}),
-    "Hebr": frozenset({"Hebr"}),
-    "Arab": frozenset({"Arab"}),
-    "Deva": frozenset({"Deva"}),
-    "Beng": frozenset({"Beng"}),
-    "Thai": frozenset({"Thai"}),
-    "Hang": frozenset({"Hang"}),
-    "Hani": frozenset({"Hani"}),
+    **{script: frozenset({script}) for script in
+       ("Latn", "Cyrl", "Grek", "Hebr", "Arab", "Deva", "Beng", "Thai", "Hang", "Hani")},
     "Hans": frozenset({"Hani"}),
     "Hant": frozenset({"Hani"}),
     "Jpan": frozenset({"Hani", "Hira", "Kana"}),

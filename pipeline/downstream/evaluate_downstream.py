@@ -48,16 +48,14 @@ class EvaluateDownstreamConfig:
     Per-subset accuracy (F1 and exact match for QA), means and spreads over seeds, zero-shot /
     seen / unseen averages, a per-language table and the universal-vs-specific feature figure.
     The matrix is ``train_drmim``'s (``train_drmim.tasks`` × ``train_drmim.encoders``).
-
-    Attributes:
-        runs_dir: ``train_drmim``'s output (``<task>/<encoder name>/predictions.parquet``).
-        figure: Projection of the feature figure (``pca``, ``tsne``) or ``none``.
-        output_dir: Scores, ``metrics.json``, ``table.md`` and ``features.png`` go to
-            ``<output_dir>/<task>/<encoder name>/``.
     """
 
+    # ``train_drmim``'s output (``<task>/<encoder name>/predictions.parquet``).
     runs_dir: str = "data/downstream/runs"
+    # Projection of the feature figure (``pca``, ``tsne``) or ``none``.
     figure: Literal["pca", "tsne", "none"] = "pca"
+    # Scores, ``metrics.json``, ``table.md`` and ``features.png`` go to
+    # ``<output_dir>/<task>/<encoder name>/``.
     output_dir: str = "data/downstream/scores"
 
 logger = logging.getLogger(__name__)

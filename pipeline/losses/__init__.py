@@ -68,6 +68,26 @@ def loss_class(name: str) -> type[nn.Module]:
     return getattr(importlib.import_module(module), attr)
 
 
+def hyperparameters(cls: type) -> list[str]:
+    """The keyword arguments ``cls(model, ...)`` accepts.
+
+    A constructor that passes ``**settings`` on (to its base class, or to the ``wrapped`` loss
+    of a cached one) accepts those of the class it passes them to as well.
+    """
+    names: list[str] = []
+    for step in cls.__mro__:
+        if "__init__" not in vars(step):
+            continue
+        params = inspect.signature(step.__init__).parameters.values()
+        names += [p.name for p in params if p.name not in ("self", "model")
+                  and p.kind is not inspect.Parameter.VAR_KEYWORD and p.name not in names]
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return names
+        if hasattr(cls, "wrapped"):
+            return names + [n for n in hyperparameters(cls.wrapped) if n not in names]
+    return names
+
+
 def get_loss(name: str, model: nn.Module, **hparams: Any) -> nn.Module:
     """Build the loss registered under ``name`` for ``model``.
 
@@ -84,7 +104,7 @@ def get_loss(name: str, model: nn.Module, **hparams: Any) -> nn.Module:
             loss (the message lists the accepted ones).
     """
     cls = loss_class(name)
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model")]
+    accepted = hyperparameters(cls)
     for key in hparams:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)

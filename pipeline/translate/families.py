@@ -293,31 +293,46 @@ class MarianFamily(_SentencePieceFamily):
         return [[*head, *pieces, EOS] for pieces in self._pieces(texts)]
 
 
-class M2M100Family(_SentencePieceFamily):
-    """M2M100: ``__en__ pieces </s>``, target prefix ``__de__``."""
+class _LanguageTokenFamily(FamilyTokenizer):
+    """A family that names languages by tokens: the source's in front, the target's as prefix."""
 
-    family = "m2m100"
+    @staticmethod
+    @abstractmethod
+    def lang_token(lang: str) -> str:
+        """The vocabulary token of a FLORES code."""
+
+    @abstractmethod
+    def _pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """Subword pieces of each text, without special tokens."""
 
     def check(self, source_lang: str, target_lang: str) -> None:
         """Check that both language tokens are in the vocabulary."""
         super().check(source_lang, target_lang)
-        self._require(langs.to_m2m100(source_lang), self.source_vocab, source_lang)
-        self._require(langs.to_m2m100(target_lang), self.target_vocab, target_lang)
+        self._require(self.lang_token(source_lang), self.source_vocab, source_lang)
+        self._require(self.lang_token(target_lang), self.target_vocab, target_lang)
 
     def encode(self, texts: Sequence[str], source_lang: str, target_lang: str) -> list[list[str]]:
-        """Source language token, sentencepiece pieces, ``</s>``."""
-        head = langs.to_m2m100(source_lang)
+        """Source language token, subword pieces, ``</s>``."""
+        head = self.lang_token(source_lang)
         return [[head, *pieces, EOS] for pieces in self._pieces(texts)]
 
     def target_prefix(self, target_lang: str) -> list[str]:
-        """``[__xx__]``."""
-        return [langs.to_m2m100(target_lang)]
+        """The target language token."""
+        return [self.lang_token(target_lang)]
 
 
-class NllbFamily(FamilyTokenizer):
+class M2M100Family(_SentencePieceFamily, _LanguageTokenFamily):
+    """M2M100: ``__en__ pieces </s>``, target prefix ``__de__``."""
+
+    family = "m2m100"
+    lang_token = staticmethod(langs.to_m2m100)
+
+
+class NllbFamily(_LanguageTokenFamily):
     """NLLB-200: ``eng_Latn pieces </s>`` (current, non-legacy order), prefix ``deu_Latn``."""
 
     family = "nllb"
+    lang_token = staticmethod(langs.to_nllb)
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -327,21 +342,10 @@ class NllbFamily(FamilyTokenizer):
             str(self._file(self.meta.tokenizer_json, "tokenizer.json"))
         )
 
-    def check(self, source_lang: str, target_lang: str) -> None:
-        """Check that both language tokens are in the vocabulary."""
-        super().check(source_lang, target_lang)
-        self._require(langs.to_nllb(source_lang), self.source_vocab, source_lang)
-        self._require(langs.to_nllb(target_lang), self.target_vocab, target_lang)
-
-    def encode(self, texts: Sequence[str], source_lang: str, target_lang: str) -> list[list[str]]:
-        """Source language token, pieces (Rust tokenizer, batched), ``</s>``."""
-        head = langs.to_nllb(source_lang)
+    def _pieces(self, texts: Sequence[str]) -> list[list[str]]:
+        """Pieces from the Rust tokenizer, batched."""
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [[head, *e.tokens, EOS] for e in encodings]
-
-    def target_prefix(self, target_lang: str) -> list[str]:
-        """``[deu_Latn]``."""
-        return [langs.to_nllb(target_lang)]
+        return [e.tokens for e in encodings]
 
     def decode(self, tokens: Sequence[str]) -> str:
         """Detokenise with the tokenizer's own decoder (Metaspace)."""

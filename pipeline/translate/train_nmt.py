@@ -45,73 +45,50 @@ from pipeline.config import LangsConfig, to_dict
 from pipeline.io import atomic_path, read_table, write_json
 from pipeline.runtime import (
     claim_work_dir,
-    code_version,
     file_hash,
-    package_versions,
     resolve_device,
     seed_everything,
+    training_parts,
     write_meta,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainNmtConfig:
-    """``train_nmt``: train the project's own multilingual English→X Marian model.
+    """``train_nmt``: train the project's own multilingual English→X Marian model."""
 
-    Attributes:
-        train: Parallel training table (``id`` + one column per language).
-        dev: Held-out dev table (chapter-disjoint from ``train``).
-        vocab_size: Shared sentencepiece vocabulary size.
-        d_model: Transformer width.
-        encoder_layers: Encoder depth.
-        decoder_layers: Decoder depth.
-        heads: Attention heads.
-        ffn_dim: Feed-forward width.
-        dropout: Dropout.
-        max_tokens: Longer sequences (in subwords) are truncated.
-        batch_tokens: Approximate target tokens per batch.
-        lr: Peak learning rate (inverse-square-root schedule after warm-up).
-        warmup_steps: Linear warm-up steps.
-        max_steps: Training stops after this many updates...
-        max_minutes: ...or after this much wall time of one run, whichever comes first
-            (a checkpoint is saved; 0 disables it).
-        allow_partial: Accept a model that ``max_minutes`` stopped before ``max_steps``
-            (otherwise the stage fails and a rerun continues from the checkpoint).
-        eval_every: Steps between dev-loss evaluations and checkpoints.
-        dev_sentences: Dev sentences per language scored with chrF/BLEU at the end.
-        beam_size: Beam used for the dev translations.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch.
-        seed: Random seed.
-        quantization: CTranslate2 weight type of the exported model.
-        output_dir: CTranslate2 model directory (committed to git; ~10 MB at int8).
-        work_dir: Checkpoints and the HF model (resumable; not committed).
-    """
-
+    # Parallel training table (``id`` + one column per language).
     train: str = "data/seed/bible_nmt_train.parquet"
+    # Held-out dev table (chapter-disjoint from ``train``).
     dev: str = "data/seed/bible_nmt_dev.parquet"
-    vocab_size: int = 12000
-    d_model: int = 256
-    encoder_layers: int = 6
-    decoder_layers: int = 3
-    heads: int = 4
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    max_tokens: int = 128
-    batch_tokens: int = 16384
-    lr: float = 1.0e-3
-    warmup_steps: int = 1000
-    max_steps: int = 4909
+    vocab_size: int = 12000  # Shared sentencepiece vocabulary size.
+    d_model: int = 256  # Transformer width.
+    encoder_layers: int = 6  # Encoder depth.
+    decoder_layers: int = 3  # Decoder depth.
+    heads: int = 4  # Attention heads.
+    ffn_dim: int = 1024  # Feed-forward width.
+    dropout: float = 0.1  # Dropout.
+    max_tokens: int = 128  # Longer sequences (in subwords) are truncated.
+    batch_tokens: int = 16384  # Approximate target tokens per batch.
+    lr: float = 1.0e-3  # Peak learning rate (inverse-square-root schedule after warm-up).
+    warmup_steps: int = 1000  # Linear warm-up steps.
+    max_steps: int = 4909  # Training stops after this many updates...
+    # ...or after this much wall time of one run, whichever comes first (a checkpoint is saved; 0
+    # disables it).
     max_minutes: float = 240.0
+    # Accept a model that ``max_minutes`` stopped before ``max_steps`` (otherwise the stage fails
+    # and a rerun continues from the checkpoint).
     allow_partial: bool = False
-    eval_every: int = 500
-    dev_sentences: int = 300
-    beam_size: int = 2
-    device: str = "auto"
-    threads: int = 2
-    seed: int = 13
-    quantization: str = "int8"
+    eval_every: int = 500  # Steps between dev-loss evaluations and checkpoints.
+    dev_sentences: int = 300  # Dev sentences per language scored with chrF/BLEU at the end.
+    beam_size: int = 2  # Beam used for the dev translations.
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    threads: int = 2  # CPU threads for torch.
+    seed: int = 13  # Random seed.
+    quantization: str = "int8"  # CTranslate2 weight type of the exported model.
+    # CTranslate2 model directory (committed to git; ~10 MB at int8).
     output_dir: str = "data/models/nmt/bible-marian"
+    # Checkpoints and the HF model (resumable; not committed).
     work_dir: str = "data/work/train_nmt"
 
 logger = logging.getLogger(__name__)
@@ -248,11 +225,8 @@ def fingerprint_parts(cfg: TrainNmtConfig, langs: LangsConfig, device: str) -> d
     Config (fields in ``_RESUME_NEUTRAL`` left out), languages, the train and dev tables'
     hashes, the resolved device, this module's code and the package versions.
     """
-    return {
-        "config": {k: v for k, v in to_dict(cfg).items() if k not in _RESUME_NEUTRAL},
-        "langs": to_dict(langs), "train": file_hash(cfg.train), "dev": file_hash(cfg.dev),
-        "device": device, "code": code_version(__name__), "versions": package_versions(),
-    }
+    return training_parts(cfg, langs, device, (__name__,), _RESUME_NEUTRAL,
+                          train=file_hash(cfg.train), dev=file_hash(cfg.dev))
 
 
 def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:

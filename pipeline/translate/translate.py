@@ -36,57 +36,42 @@ from pipeline.translate.shards import ShardStore, fingerprint, iter_row_chunks, 
 
 @dataclasses.dataclass(frozen=True)
 class TranslateConfig:
-    """``translate@<lang>``: translate the source into one target language with CTranslate2.
+    """``translate@<lang>``: translate the source into one target language with CTranslate2."""
 
-    Attributes:
-        source: Source table from ``prepare_source``.
-        model_dir: CTranslate2 model directory (``train_nmt`` or ``convert_nmt`` output).
-        family: Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir
-            (a family name is needed only for a CT2 dir converted by other tools).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        compute_type: ``auto`` = int8 on CPU, bfloat16/float16 on GPU; or any CT2 type.
-        beam_size: Beam size (1 = greedy).
-        max_batch_tokens: Token budget of a batch (``batch_type="tokens"``).
-        max_decoding_length: Cap on output length in subwords.
-        no_repeat_ngram_size: Forbid any subword n-gram of this size from occurring twice in
-            an output (0 = off): guards against decoder repetition loops, which a small NMT
-            model produces often (build_corpus drops such rows).
-        inter_threads: Parallel translators (CPU) or batches in flight (GPU).
-        intra_threads: Threads per translator (CPU).
-        shard_size: Source rows per output shard (resume granularity, memory bound).
-        references: Table with ``id`` + language columns of human translations; chrF/BLEU
-            are computed against it when set and the language is present.
-        output_dir: Output ``<output_dir>/<lang>.parquet``; shards in ``<lang>.parts/``.
-        device_index: GPUs of the ``local`` backend (CTranslate2 ``device_index``): one
-            model replica per GPU (× ``inter_threads``), batches spread over all of them;
-            ignored on CPU.
-        backend: ``local`` (one CTranslate2 translator in the stage's process) or ``ray``
-            (a pool of translator actors on the Ray cluster named by ``RAY_ADDRESS``, else
-            on a local Ray instance the stage starts and stops; needs the ``scale``
-            extra). Same shards, same output file.
-        ray_actors: Translator actors of the ``ray`` backend; 0 = one per GPU of the
-            cluster (device ``cuda``), else one per ``ray_actor_threads`` CPUs.
-        ray_actor_threads: CPU threads of each ``ray`` actor (Ray CPUs it reserves).
-    """
-
-    source: str = "data/source/eng_Latn.parquet"
+    source: str = "data/source/eng_Latn.parquet"  # Source table from ``prepare_source``.
+    # CTranslate2 model directory (``train_nmt`` or ``convert_nmt`` output).
     model_dir: str = "data/models/nmt/bible-marian"
+    # Tokenisation family; ``auto`` reads ``multiway_nmt.json`` in the model dir (a family name is
+    # needed only for a CT2 dir converted by other tools).
     family: Literal["auto", "marian", "m2m100", "nllb"] = "auto"
-    device: str = "auto"
-    compute_type: str = "auto"
-    beam_size: int = 1
-    max_batch_tokens: int = 2048
-    max_decoding_length: int = 256
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    compute_type: str = "auto"  # ``auto`` = int8 on CPU, bfloat16/float16 on GPU; or any CT2 type.
+    beam_size: int = 1  # Beam size (1 = greedy).
+    max_batch_tokens: int = 2048  # Token budget of a batch (``batch_type="tokens"``).
+    max_decoding_length: int = 256  # Cap on output length in subwords.
+    # Forbid any subword n-gram of this size from occurring twice in an output (0 = off): guards
+    # against decoder repetition loops, which a small NMT model produces often (build_corpus drops
+    # such rows).
     no_repeat_ngram_size: int = 4
-    inter_threads: int = 2
-    intra_threads: int = 1
-    shard_size: int = 1000
+    inter_threads: int = 2  # Parallel translators (CPU) or batches in flight (GPU).
+    intra_threads: int = 1  # Threads per translator (CPU).
+    shard_size: int = 1000  # Source rows per output shard (resume granularity, memory bound).
+    # Table with ``id`` + language columns of human translations; chrF/BLEU are computed against it
+    # when set and the language is present.
     references: str | None = "data/seed/bible_source.parquet"
+    # Output ``<output_dir>/<lang>.parquet``; shards in ``<lang>.parts/``.
     output_dir: str = "data/translated"
+    # GPUs of the ``local`` backend (CTranslate2 ``device_index``): one model replica per GPU (×
+    # ``inter_threads``), batches spread over all of them; ignored on CPU.
     device_index: tuple[int, ...] = (0,)
+    # ``local`` (one CTranslate2 translator in the stage's process) or ``ray`` (a pool of translator
+    # actors on the Ray cluster named by ``RAY_ADDRESS``, else on a local Ray instance the stage
+    # starts and stops; needs the ``scale`` extra). Same shards, same output file.
     backend: Literal["local", "ray"] = "local"
+    # Translator actors of the ``ray`` backend; 0 = one per GPU of the cluster (device ``cuda``),
+    # else one per ``ray_actor_threads`` CPUs.
     ray_actors: int = 0
-    ray_actor_threads: int = 1
+    ray_actor_threads: int = 1  # CPU threads of each ``ray`` actor (Ray CPUs it reserves).
 
 logger = logging.getLogger(__name__)
 

@@ -32,28 +32,21 @@ INDEXES: tuple[str, ...] = ("flat", "ivf", "ivfpq", "hnsw")
 
 @dataclasses.dataclass(frozen=True)
 class IndexParams:
-    """Which faiss index the k-NN search uses, and how hard it searches.
+    """Which faiss index the k-NN search uses, and how hard it searches."""
 
-    Attributes:
-        index: ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``ivfpq``
-            (inverted lists of product-quantised codes, re-scored exactly) or ``hnsw``.
-        nlist: Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near ``√m``.
-        nprobe: Lists visited per query (``ivf``/``ivfpq``): recall against speed.
-        pq_m: 4-bit sub-quantisers of ``ivfpq`` (half a byte each); 0 picks ``dim / 6``
-            rounded to an even divisor of ``dim``.
-        ef_search: Candidate list size of ``hnsw`` queries: recall against speed.
-        rerank: ``ivfpq`` fetches ``k × rerank`` candidates by their approximate scores
-            and keeps the ``k`` best by exact cosine.
-        seed: Seed of the training sample (``ivf``/``ivfpq``).
-    """
-
+    # ``flat`` (exact), ``ivf`` (inverted lists of full vectors), ``ivfpq`` (inverted lists of
+    # product-quantised codes, re-scored exactly) or ``hnsw``.
     index: IndexKind = "flat"
-    nlist: int = 0
-    nprobe: int = 64
+    nlist: int = 0  # Inverted lists of ``ivf``/``ivfpq``; 0 picks a power of two near ``√m``.
+    nprobe: int = 64  # Lists visited per query (``ivf``/``ivfpq``): recall against speed.
+    # 4-bit sub-quantisers of ``ivfpq`` (half a byte each); 0 picks ``dim / 6`` rounded to an even
+    # divisor of ``dim``.
     pq_m: int = 0
-    ef_search: int = 64
+    ef_search: int = 64  # Candidate list size of ``hnsw`` queries: recall against speed.
+    # ``ivfpq`` fetches ``k × rerank`` candidates by their approximate scores and keeps the ``k``
+    # best by exact cosine.
     rerank: int = 4
-    seed: int = 0
+    seed: int = 0  # Seed of the training sample (``ivf``/``ivfpq``).
 
     def __post_init__(self) -> None:
         if self.index not in INDEXES:

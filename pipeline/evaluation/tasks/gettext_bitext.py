@@ -18,26 +18,11 @@ from datasets import Dataset, DatasetDict
 from mteb.abstasks.text.bitext_mining import AbsTaskBitextMining
 
 from pipeline import langs as langmod
-from pipeline.evaluation.tasks.base import (
-    NON_ENGLISH_PAIRS,
-    ProjectTask,
-    both_directions,
-    pair_subsets,
-    task_metadata,
-)
+from pipeline.evaluation.tasks.base import ProjectTask, bitext_metadata, mineable_rows
 from pipeline.io import read_table
-from pipeline.sources.bible import (
-    SOURCE,
-    non_empty,
-    parquet_languages,
-    subset_languages,
-    unique_texts,
-)
+from pipeline.sources.bible import parquet_languages, subset_languages
 
 logger = logging.getLogger(__name__)
-
-PAIRS = both_directions([(code, SOURCE) for code in langmod.LANGUAGES if code != SOURCE]
-                        + list(NON_ENGLISH_PAIRS))
 
 
 class GettextBitextMining(ProjectTask, AbsTaskBitextMining):
@@ -48,7 +33,8 @@ class GettextBitextMining(ProjectTask, AbsTaskBitextMining):
 
     OPTIONS = {"n_pairs": (300, 2)}
 
-    metadata = task_metadata(
+    metadata = bitext_metadata(
+        langmod.LANGUAGES,
         name="GettextBitextMining",
         description=(
             "Software messages from Debian's gettext catalogs (/usr/share/locale, e.g. "
@@ -60,12 +46,7 @@ class GettextBitextMining(ProjectTask, AbsTaskBitextMining):
         ),
         reference="https://www.gnu.org/software/gettext/",
         dataset={"path": "data/seed/gettext.parquet", "revision": "prepare_seed"},
-        type="BitextMining",
-        category="t2t",
-        eval_langs=pair_subsets(PAIRS),
-        main_score="accuracy",
         domains=["Programming", "Written"],
-        task_subtypes=[],
         sample_creation="human-translated and localized",
     )
 
@@ -81,8 +62,7 @@ class GettextBitextMining(ProjectTask, AbsTaskBitextMining):
         for subset in list(self.hf_subsets):
             a, b = subset_languages(subset)
             # The sample is drawn per pair, so both directions mine the same messages.
-            pairs = table[non_empty(table, [a, b])]
-            pairs = pairs[unique_texts(pairs, [a, b])]
+            pairs = mineable_rows(table, [a, b])
             if len(pairs) < 2:
                 logger.warning("%s: dropping %s (%d usable messages)",
                                self.metadata.name, subset, len(pairs))
