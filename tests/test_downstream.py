@@ -36,8 +36,9 @@ from pipeline.downstream.evaluate_downstream import (
     subset_group,
     summarize,
 )
+from pipeline.downstream.knobs import DrmimConfig
 from pipeline.downstream.methods import CorpusBatch, TaskBatch, parse_variant
-from pipeline.downstream.train_drmim import DrmimConfig, TrainDrmimConfig
+from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 torch.set_num_threads(1)
 
@@ -182,6 +183,18 @@ def tiny_cfg(world, **kw) -> TrainDrmimConfig:
     )
     base.update(kw)
     return TrainDrmimConfig(**base)
+
+
+def load_task(name: str, cfg: TrainDrmimConfig) -> D.TaskData:
+    """``D.load_task`` given the fields of ``cfg`` it reads."""
+    fields = ("bible_source", "bible_test", "bible_db", "dataset", "languages",
+              "max_train_examples", "max_test_examples", "dev_examples", "data_seed")
+    return D.load_task(name, **{f: getattr(cfg, f) for f in fields})
+
+
+def method_knobs(cfg: TrainDrmimConfig) -> dict:
+    """The fields of ``cfg`` a method's ``Variant.build`` reads."""
+    return {"dropout": cfg.dropout, "drmim": cfg.drmim, "epar": cfg.epar}
 
 
 def train_and_score(world, cfg: TrainDrmimConfig, task: str = "bible_genre",
@@ -434,7 +447,7 @@ def test_only_epars_attention_pull_computes_attention_eagerly(world, monkeypatch
     monkeypatch.setattr(E, "attention_implementation", lambda device: "sdpa")
     enc, batch, corpus = _batches(world)
     model = parse_variant(variant).build(TopBlock(enc, 1), "classification", 4,
-                                         tiny_cfg(world), n_langs=2)
+                                         **method_knobs(tiny_cfg(world)), n_langs=2)
     calls = _kernels(model.top)
     model.losses(batch, corpus, torch.Generator().manual_seed(0))
     assert calls == kernels
@@ -457,7 +470,7 @@ def test_a_bf16_encoder_autocasts_its_layers_and_nothing_else(world):
     assert not torch.equal(h, plain) and torch.allclose(h, plain, atol=0.1)
 
     model = parse_variant("epar").build(TopBlock(bf16, 1), "classification", 4,
-                                        tiny_cfg(world), n_langs=0)
+                                        **method_knobs(tiny_cfg(world)), n_langs=0)
     autocast_on.clear()
     model.top.layers[0].register_forward_pre_hook(record)
     batch = TaskBatch(h, mask, labels=torch.arange(len(seqs)) % 4)
@@ -514,7 +527,8 @@ def test_switching_a_part_off_removes_exactly_its_terms(world, kind):
 
     def terms(name):
         torch.manual_seed(0)
-        model = parse_variant(name).build(TopBlock(enc, 1), kind, 4, cfg, n_langs=2).eval()
+        model = parse_variant(name).build(TopBlock(enc, 1), kind, 4, **method_knobs(cfg),
+                                          n_langs=2).eval()
         out = model.losses(batch, corpus, torch.Generator().manual_seed(0))
         return {k: v.item() for k, v in out.items()}
 
@@ -537,7 +551,8 @@ def test_switching_a_part_off_removes_exactly_its_terms(world, kind):
 
 def test_drmim_without_corpus_batches_is_refused(world):
     enc, batch, _ = _batches(world)
-    model = parse_variant("drmim").build(TopBlock(enc, 1), "classification", 4, tiny_cfg(world),
+    model = parse_variant("drmim").build(TopBlock(enc, 1), "classification", 4,
+                                         **method_knobs(tiny_cfg(world)),
                                          n_langs=2)
     with pytest.raises(ValueError, match="needs corpus batches"):
         model.losses(batch)
@@ -547,7 +562,7 @@ def test_drmim_without_corpus_batches_is_refused(world):
 
 
 def test_bible_genre_task_trains_on_english_and_tests_every_language(world):
-    task = D.load_task("bible_genre", tiny_cfg(world))
+    task = load_task("bible_genre", tiny_cfg(world))
     assert task.kind == "classification" and len(task.label_names) == 8
     assert list(task.test) == ["eng_Latn", "deu_Latn", "kor_Hang"]
     assert len(task.train) == 64 and len(task.test["deu_Latn"]) == 16
@@ -562,13 +577,13 @@ def test_bible_genre_task_trains_on_english_and_tests_every_language(world):
     dev_chapters = {chapter[t] for (t,) in task.dev.inputs}
     assert dev_chapters and not dev_chapters & {chapter[t] for (t,) in task.train.inputs}
     assert set(task.dev.labels) <= set(range(8)) and "dev" in task.scored()
-    assert D.load_task("bible_genre", tiny_cfg(world, dev_examples=0)).dev is None
-    only = D.load_task("bible_genre", tiny_cfg(world, languages=("kor_Hang",)))
+    assert load_task("bible_genre", tiny_cfg(world, dev_examples=0)).dev is None
+    only = load_task("bible_genre", tiny_cfg(world, languages=("kor_Hang",)))
     assert list(only.test) == ["eng_Latn", "kor_Hang"]
 
 
 def test_bible_paraphrase_pairs_within_and_across_languages(world):
-    task = D.load_task("bible_paraphrase", tiny_cfg(world))
+    task = load_task("bible_paraphrase", tiny_cfg(world))
     assert task.kind == "pair"
     assert set(task.test) == {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn", "eng_Latn-kor_Hang"}
     test = pd.read_parquet(world / "bible_test.parquet")
@@ -588,7 +603,7 @@ def test_bible_paraphrase_pairs_within_and_across_languages(world):
 
 
 def test_hub_pair_standin_aligns_examples_across_languages(world, tmp_path):
-    task = D.load_task("pawsx", tiny_cfg(world, dataset=str(world / "pawsx")))
+    task = load_task("pawsx", tiny_cfg(world, dataset=str(world / "pawsx")))
     assert set(task.test) == {"eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"}
     en, de, cross = (task.test[k] for k in ("eng_Latn", "deu_Latn", "eng_Latn-deu_Latn"))
     assert de.inputs[0] == tuple(translate(t, "deu_Latn") for t in en.inputs[0])
@@ -599,10 +614,10 @@ def test_hub_pair_standin_aligns_examples_across_languages(world, tmp_path):
     nodev = shutil.copytree(world / "pawsx", tmp_path / "pawsx")
     (nodev / "en" / "validation.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="en has no validation.jsonl"):
-        D.load_task("pawsx", tiny_cfg(world, dataset=str(nodev)))
-    assert D.load_task("pawsx", tiny_cfg(world, dataset=str(nodev), dev_examples=0)).dev is None
+        load_task("pawsx", tiny_cfg(world, dataset=str(nodev)))
+    assert load_task("pawsx", tiny_cfg(world, dataset=str(nodev), dev_examples=0)).dev is None
     with pytest.raises(FileNotFoundError, match="has no English config of xnli"):
-        D.load_task("xnli", tiny_cfg(world, dataset=str(world / "tydiqa")))
+        load_task("xnli", tiny_cfg(world, dataset=str(world / "tydiqa")))
     with pytest.raises(FileNotFoundError, match="needs the Hugging Face hub"):
         D.load_rows("no-such-org/no-such-dataset", "en", "train")
 
@@ -610,19 +625,21 @@ def test_hub_pair_standin_aligns_examples_across_languages(world, tmp_path):
 def test_qa_windows_hold_the_answer_and_metrics(world):
     cfg = tiny_cfg(world, dataset=str(world / "tydiqa"), max_length=20,
                    doc_stride=6)
-    task = D.load_task("tydiqa", cfg)
+    task = load_task("tydiqa", cfg)
     assert set(task.test) == {"eng_Latn", "kor_Hang"}
     # English training questions only: 8 held out as the dev split, the other 16 trained on.
     assert len(task.train) == 16 and len(task.dev) == 8
     with pytest.raises(ValueError, match="all taken by dev_examples"):
-        D.load_task("tydiqa", tiny_cfg(world, dataset=str(world / "tydiqa"), dev_examples=24))
+        load_task("tydiqa", tiny_cfg(world, dataset=str(world / "tydiqa"), dev_examples=24))
     enc = load_encoder(world / "tiny-encoder")
-    train = tokens.encode_split(task.train, "qa", enc, cfg, train=True)
+    train = tokens.encode_split(task.train, "qa", enc, cfg.max_length, cfg.doc_stride,
+                                train=True)
     assert train.seqs and len(set(train.example)) == len(task.train)
     for offsets, s, e, ex in zip(train.offsets, train.starts, train.ends, train.example):
         context = task.train.inputs[ex][1]
         assert context[offsets[s][0]:offsets[e][1]] == task.train.answers[ex][0]
-    test = tokens.encode_split(task.test["kor_Hang"], "qa", enc, cfg, train=False)
+    test = tokens.encode_split(task.test["kor_Hang"], "qa", enc, cfg.max_length,
+                               cfg.doc_stride, train=False)
     assert len(test.seqs) > len(task.test["kor_Hang"])  # long contexts → several windows
     assert qa_scores("The Song!", ["song"]) == (1.0, 1.0)
     f1, em = qa_scores("a long song", ["song of songs"])
@@ -631,7 +648,7 @@ def test_qa_windows_hold_the_answer_and_metrics(world):
 
 def test_config_errors(world):
     with pytest.raises(ValueError, match="unknown downstream task 'genre'.*bible_genre"):
-        D.load_task("genre", tiny_cfg(world))
+        load_task("genre", tiny_cfg(world))
     with pytest.raises(ValueError, match=r"doc_stride must be in \[0, max_length / 2 - 2\)"):
         tiny_cfg(world, max_length=24, doc_stride=12)
     with pytest.raises(ValueError, match="corpus_langs must be at least 2"):
@@ -643,6 +660,24 @@ def test_config_errors(world):
     with pytest.raises(FileNotFoundError, match="run `dvc repro build_corpus`"):
         train_drmim.run(tiny_cfg(world, corpus=str(world / "none.parquet")), LANGS, "bible_genre",
                   "tiny-encoder")
+
+
+def test_helpers_never_import_a_stage_module():
+    # A helper takes the config values it uses as parameters: no import (not even one for
+    # annotations) points back at a stage module.
+    import ast
+    from pathlib import Path
+
+    def imported(node):
+        if isinstance(node, ast.ImportFrom):
+            return [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+        return [a.name for a in node.names] if isinstance(node, ast.Import) else []
+
+    stages = ("train_drmim", "evaluate_downstream")
+    back = [(path.name, name) for path in Path(D.__file__).parent.glob("*.py")
+            if path.stem not in stages for node in ast.walk(ast.parse(path.read_text()))
+            for name in imported(node) if name.endswith(stages)]
+    assert back == []
 
 
 def test_summary_groups_and_spreads():
@@ -799,8 +834,9 @@ def test_training_reads_the_device_only_at_logging_points(world, monkeypatch):
 
     cfg = tiny_cfg(world, epochs=3)  # 64 examples, batches of 16: 4 steps per epoch
     enc = load_encoder(world / "tiny-encoder")
-    task = D.load_task("bible_genre", cfg)
-    train = tokens.encode_split(task.train, task.kind, enc, cfg, train=True)
+    task = load_task("bible_genre", cfg)
+    train = tokens.encode_split(task.train, task.kind, enc, cfg.max_length, cfg.doc_stride,
+                                train=True)
     corpus = tokens.load_corpus(cfg.corpus, LANGS, cfg.max_corpus_rows, cfg.data_seed)
     corpus_seqs = [tokens.encode_texts([(t,) for t in corpus[c]], enc, cfg.max_length)
                    for c in corpus.columns]
@@ -822,8 +858,12 @@ def test_training_reads_the_device_only_at_logging_points(world, monkeypatch):
     monkeypatch.setattr(T, "LOG_EVERY", 3)
     for variant in ("finetune", "drmim", "epar"):
         reads.clear()
-        _, log = T.train_variant(parse_variant(variant), enc, store, task, train, cfg, 0,
-                                 corpus_seqs)
+        _, log = T.train_variant(
+            parse_variant(variant), enc, store, task, train, 0, corpus_seqs,
+            **{f: getattr(cfg, f) for f in ("trainable_layers", "dropout", "drmim", "epar", "lr",
+                                            "head_lr", "weight_decay", "batch_size", "epochs",
+                                            "warmup_ratio")},
+        )
         assert log.steps == 12
         # Per epoch: one read at step 3, one at the end (step 4). The tie's grouping check
         # reads its row indices, which the loop keeps on the host.

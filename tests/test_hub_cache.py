@@ -218,7 +218,9 @@ def test_datasets_load_offline(hub_cache, tmp_path):
         cfg = TrainDrmimConfig(languages={tuple(POOL)!r}, max_train_examples=30,
                                max_test_examples=12, dev_examples=9)
         for load in (load_xnli, load_pawsx, load_tydiqa):
-            task = load(cfg)
+            task = load(dataset=cfg.dataset, languages=cfg.languages, data_seed=cfg.data_seed,
+                        max_train_examples=cfg.max_train_examples,
+                        max_test_examples=cfg.max_test_examples, dev_examples=cfg.dev_examples)
             out[task.name] = [len(task.train), {{k: len(v) for k, v in task.test.items()}},
                               task.test["eng_Latn"].labels, len(task.dev)]
             out[task.name].append(not set(task.dev.inputs) & set(task.train.inputs))

@@ -1,5 +1,9 @@
 """The report stage on a tiny fake data tree (real key shapes, no models: a fake encoder)."""
 
+import ast
+import dataclasses
+import importlib
+import inspect
 import json
 import re
 import struct
@@ -244,7 +248,7 @@ def built(tmp_path_factory):
     params = make_tree(root)
     encode = fake_encoder()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(projection, "model_encoder", lambda cfg: encode)
+        mp.setattr(projection, "model_encoder", lambda **settings: encode)
         assert stage.main(["--params", str(params)]) == 0
     out = root / "report"
     return {"root": root, "params": params, "out": out, "encode": encode,
@@ -255,6 +259,13 @@ def load_cfg(params: Path, **overrides) -> ReportConfig:
     data = yaml.safe_load(params.read_text())["report"]
     data.update(overrides)
     return c.from_mapping(ReportConfig, data)
+
+
+def with_settings(function, cfg: ReportConfig, *args):
+    """``function(*args)`` with its keyword-only parameters taken from the fields of ``cfg``."""
+    names = [p.name for p in inspect.signature(function).parameters.values()
+             if p.kind is p.KEYWORD_ONLY]
+    return function(*args, **{name: getattr(cfg, name) for name in names})
 
 
 # ------------------------------------------------------------------- the report itself
@@ -343,7 +354,7 @@ def test_report_holds_no_run_dependent_values_and_rebuilds_byte_identically(buil
     params.write_text(yaml.safe_dump(data))
     with pytest.MonkeyPatch.context() as mp:
         encode = fake_encoder()  # a fresh one: the fixture's records its calls
-        mp.setattr(projection, "model_encoder", lambda cfg: encode)
+        mp.setattr(projection, "model_encoder", lambda **settings: encode)
         assert stage.main(["--params", str(params)]) == 0
 
     def files(root: Path) -> dict[str, bytes]:
@@ -442,7 +453,7 @@ def test_verse_mining_averages_seeds_and_shows_each_seeds_difference(built, tmp_
     cfg = ReportConfig(base=MODELS["base"], eval_dir=str(root / "eval"), aligned={
         "enx": (MODELS["enx"], "me5-tiny-enx-2"),
         "multiway": (MODELS["multiway"], "me5-tiny-multiway-2")})
-    blocks, _ = headline.verse_mining_section(cfg, LANGS)
+    blocks, _ = with_settings(headline.verse_mining_section, cfg, LANGS)
     assert "Seeds per model: base 1, enx 2, multiway 2" in blocks[1].text
     accuracy, intervals = blocks[2], blocks[3]
     pool = next(r for r in accuracy.rows if r[0].startswith("pool–pool"))
@@ -788,7 +799,7 @@ def test_projection_without_a_complete_verse_says_so(tmp_path):
     write_table(table, tmp_path / "t.parquet")
     cfg = ReportConfig(projection_data=str(tmp_path / "t.parquet"), projection_unseen=())
     encode = fake_encoder()
-    blocks = projection.projection_section(cfg, LANGS, tmp_path, encode)
+    blocks = with_settings(projection.projection_section, cfg, LANGS, tmp_path, encode)
     assert blocks[-1] == render.Paragraph(
         f"No verse of {tmp_path / 't.parquet'} has text in every one of eng_Latn, deu_Latn, "
         "fra_Latn; nothing to project.")
@@ -817,7 +828,7 @@ def test_encoders_side_by_side_table(tmp_path):
     aligned = {"enx": ("me5-tiny-enx",), "multiway": ("me5-tiny-multiway",)}
     cfg = ReportConfig(metrics_dir=str(metrics), base="me5-tiny", aligned=aligned,
                          encoders=("me5-tiny", "never-run"))
-    heading, note, table = results.encoders_section(cfg, LANGS)
+    heading, note, table = with_settings(results.encoders_section, cfg, LANGS)
     assert heading.text == "Encoders side by side" and "relative change of multiway" in note.text
     assert table.columns[:2] == ("encoder", "model")
     assert "Bitext mining, seen" in table.columns and "All tasks, unseen" in table.columns
@@ -827,4 +838,25 @@ def test_encoders_side_by_side_table(tmp_path):
     assert rows["base: me5-tiny"][col] == "85.0 (+6.5 %)"
     assert rows["multiway: me5-tiny-multiway"][col] == "90.5"
     assert all(v == "–" for v in rows["base: never-run"][2:])
-    assert results.encoders_section(ReportConfig(), LANGS) == []
+    assert with_settings(results.encoders_section, ReportConfig(), LANGS) == []
+
+
+def test_sections_take_settings_not_the_config():
+    """Only report.py imports the stage module (no import circle); the section functions'
+    keyword-only parameters are ReportConfig fields, passed one by one."""
+    fields = {f.name for f in dataclasses.fields(ReportConfig)}
+    for path in sorted(Path(report.__file__).parent.glob("*.py")):
+        source = path.read_text() if path.name != "report.py" else ""
+        for node in ast.walk(ast.parse(source)):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert "pipeline.report.report" not in names, path
+            if isinstance(node, ast.ImportFrom) and node.module == "pipeline.report":
+                assert "report" not in [a.name for a in node.names], path
+        module = importlib.import_module(
+            "pipeline.report" + (f".{path.stem}" if path.stem != "__init__" else ""))
+        for name, function in inspect.getmembers(module, inspect.isfunction):
+            if function.__module__ == module.__name__:
+                keywords = {p.name for p in inspect.signature(function).parameters.values()
+                            if p.kind is p.KEYWORD_ONLY}
+                assert keywords <= fields, (path.name, name, keywords - fields)

@@ -1,11 +1,16 @@
 """Zero-shot cross-lingual transfer on top of the (aligned) encoders: DR-MIM, EPAR, baseline.
 
-Train a task head on English labels only, test it in every other language. The stage
-configs (:class:`~pipeline.config.TrainDrmimConfig` with the nested DR-MIM/EPAR knobs,
-:class:`~pipeline.config.EvaluateDownstreamConfig`) live in :mod:`pipeline.config`.
+Train a task head on English labels only, test it in every other language. Each stage
+module holds its config (:class:`~pipeline.downstream.train_drmim.TrainDrmimConfig`,
+:class:`~pipeline.downstream.evaluate_downstream.EvaluateDownstreamConfig`) and ``run``;
+the other modules never import a stage module: they take the config values they use as
+parameters named after the fields.
 
+- :mod:`pipeline.downstream.knobs` — the DR-MIM and EPAR knobs (the ``drmim`` and ``epar``
+  sections nested in ``train_drmim``'s config; torch-free).
 - :mod:`pipeline.downstream.data` — tasks (Bible genre and paraphrase offline; PAWS-X, XNLI,
-  TyDiQA-GoldP from the hub), the multi-way corpus, tokenisation.
+  TyDiQA-GoldP from the hub).
+- :mod:`pipeline.downstream.tokens` — the multi-way corpus rows, tokenisation.
 - :mod:`pipeline.downstream.encoder` — frozen bottom (features computed once) and trainable
   top block of the encoder.
 - :mod:`pipeline.downstream.losses` — the loss terms (gradient reversal, decorrelation, MI

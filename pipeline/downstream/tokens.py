@@ -25,7 +25,6 @@ from pipeline.sources.bible import (
 if TYPE_CHECKING:  # annotations only
     from pipeline.downstream.data import Kind, Split
     from pipeline.downstream.encoder import Encoder, Seq
-    from pipeline.downstream.train_drmim import TrainDrmimConfig
 
 logger = logging.getLogger(__name__)
 
@@ -109,29 +108,37 @@ def encode_texts(texts: Sequence[tuple[str, ...]], encoder: Encoder, max_length:
     return [_seq(enc, i) for i in range(len(texts))]
 
 
-def encode_split(split: Split, kind: Kind, encoder: Encoder, cfg: TrainDrmimConfig,
+def encode_split(split: Split, kind: Kind, encoder: Encoder, max_length: int, doc_stride: int,
                  train: bool) -> Encoded:
     """Tokenise a split; QA contexts become overlapping windows.
 
     For QA training, windows that do not contain the first gold answer are dropped (the
     common simplification of zero-shot QA fine-tuning); at test time every window is kept
     and the best span over an example's windows is its prediction.
+
+    Args:
+        split: The examples.
+        kind: The task kind (``qa`` makes windows).
+        encoder: The loaded encoder (tokenizer and prefix).
+        max_length: Token limit of a sequence (specials included).
+        doc_stride: Overlap of consecutive context windows (QA).
+        train: Whether the split is trained on (QA: keep only windows holding the answer).
     """
     if kind != "qa":
-        seqs = encode_texts(split.inputs, encoder, cfg.max_length)
+        seqs = encode_texts(split.inputs, encoder, max_length)
         return Encoded(seqs, list(range(len(seqs))), labels=list(split.labels))
     tok = encoder.tokenizer
     # A question may take at most half of a window, so a window always has room for the
     # context stride (the tokenizer refuses windows shorter than the stride).
-    room = cfg.max_length // 2 - 2
+    room = max_length // 2 - 2
     questions = []
     for q, _ in split.inputs:
         q = encoder.prefix + q
         cut = tok(q, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         questions.append(q[: cut[room - 1][1]] if len(cut) > room else q)
     contexts = [c for _, c in split.inputs]
-    enc = tok(questions, contexts, truncation="only_second", max_length=cfg.max_length,
-              stride=cfg.doc_stride, return_overflowing_tokens=True,
+    enc = tok(questions, contexts, truncation="only_second", max_length=max_length,
+              stride=doc_stride, return_overflowing_tokens=True,
               return_offsets_mapping=True)
     out = Encoded([], [])
     for i, example in enumerate(enc["overflow_to_sample_mapping"]):

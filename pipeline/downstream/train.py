@@ -34,7 +34,7 @@ from pipeline.downstream.methods import CorpusBatch, DrMim, Method, TaskBatch, V
 from pipeline.downstream.tokens import Encoded
 
 if TYPE_CHECKING:  # annotations only
-    from pipeline.downstream.train_drmim import TrainDrmimConfig
+    from pipeline.downstream.knobs import DrmimConfig, EparConfig
 
 logger = logging.getLogger(__name__)
 
@@ -171,9 +171,19 @@ def train_variant(
     store: FeatureStore,
     task: TaskData,
     train: Encoded,
-    cfg: TrainDrmimConfig,
     seed: int,
     corpus: Sequence[Sequence[Seq]] | None = None,
+    *,
+    trainable_layers: int,
+    dropout: float,
+    drmim: DrmimConfig,
+    epar: EparConfig,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    batch_size: int,
+    epochs: int,
+    warmup_ratio: float,
 ) -> tuple[Method, RunLog]:
     """Train one variant with one seed.
 
@@ -183,10 +193,19 @@ def train_variant(
         store: Bottom features of every sequence.
         task: The task (kind and labels).
         train: The tokenised English training split.
-        cfg: The downstream config.
         seed: Seed of the head initialisation, batch order, corpus draws and dropout; the
             batch order depends on it alone (the same for every variant).
         corpus: Per corpus language, the tokenised sentences (needed by corpus parts).
+        trainable_layers: Top transformer layers fine-tuned.
+        dropout: Dropout before task heads.
+        drmim: The DR-MIM knobs (its method's, and the corpus batch sizes).
+        epar: The EPAR knobs.
+        lr: Learning rate of the trainable transformer layers.
+        head_lr: Learning rate of heads, projections, classifiers and critics.
+        weight_decay: AdamW weight decay.
+        batch_size: English examples per step.
+        epochs: Passes over the English training examples.
+        warmup_ratio: Share of steps with linear warm-up (then linear decay to 0).
 
     Returns:
         The trained method module (eval mode) and the run log.
@@ -203,33 +222,33 @@ def train_variant(
     # (which differ between variants) use the other.
     order = torch.Generator().manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + AUX_SEED_OFFSET)
-    top = TopBlock(encoder, cfg.trainable_layers).to(store.device)
-    method = variant.build(top, task.kind, len(task.label_names), cfg,
-                           n_langs=len(corpus) if corpus else 0).to(store.device)
+    top = TopBlock(encoder, trainable_layers).to(store.device)
+    method = variant.build(top, task.kind, len(task.label_names), dropout=dropout, drmim=drmim,
+                           epar=epar, n_langs=len(corpus) if corpus else 0).to(store.device)
     method.train()
-    sampler = (CorpusSampler(corpus, cfg.drmim.corpus_rows, cfg.drmim.corpus_langs)
+    sampler = (CorpusSampler(corpus, drmim.corpus_rows, drmim.corpus_langs)
                if variant.uses_corpus and corpus else None)
     top_params = list(method.top.parameters())
     top_ids = {id(p) for p in top_params}
     other = [p for p in method.parameters() if id(p) not in top_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": top_params, "lr": cfg.lr}, {"params": other, "lr": cfg.head_lr}],
-        weight_decay=cfg.weight_decay,
+        [{"params": top_params, "lr": lr}, {"params": other, "lr": head_lr}],
+        weight_decay=weight_decay,
     )
     lengths = [len(s[0]) for s in train.seqs]
-    steps_per_epoch = -(-len(lengths) // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    steps_per_epoch = -(-len(lengths) // batch_size)
+    total = steps_per_epoch * epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _linear_schedule(total, int(cfg.warmup_ratio * total))
+        optimizer, _linear_schedule(total, int(warmup_ratio * total))
     )
     log = RunLog(variant.name, seed)
     start, cpu_start = time.perf_counter(), time.process_time()
     bar = tqdm(total=total, desc=f"{variant.name} seed {seed}", unit="step")
-    for epoch in range(cfg.epochs):
+    for epoch in range(epochs):
         sums: Counter[str] = Counter()
         pending: dict[str, list[torch.Tensor]] = {}  # per-step values not read back yet
         n_steps = 0
-        for idx in length_batches(lengths, cfg.batch_size, order):
+        for idx in length_batches(lengths, batch_size, order):
             batch = task_batch(store, train, idx, task.kind)
             # Real tokens counted from the lengths on the host (the mask's sum, unread).
             log.train_tokens += sum(len(train.seqs[i][0]) for i in idx)
@@ -320,30 +339,43 @@ def best_spans(logits: list[torch.Tensor], enc: Encoded, contexts: Sequence[str]
 
 
 def predict_split(method: Method, store: FeatureStore, enc: Encoded, split: Split,
-                  cfg: TrainDrmimConfig) -> list[int] | list[str]:
-    """Predicted class (classification, pairs) or answer text (QA) of every example."""
-    logits = predict(method, store, enc, cfg.eval_batch_size)
+                  eval_batch_size: int, max_answer_tokens: int) -> list[int] | list[str]:
+    """Predicted class (classification, pairs) or answer text (QA) of every example.
+
+    ``eval_batch_size`` sequences go into one inference batch; ``max_answer_tokens`` bounds a
+    predicted answer span (QA, :func:`best_spans`).
+    """
+    logits = predict(method, store, enc, eval_batch_size)
     if method.kind == "qa":
-        return best_spans(logits, enc, [c for _, c in split.inputs], cfg.max_answer_tokens)
+        return best_spans(logits, enc, [c for _, c in split.inputs], max_answer_tokens)
     return torch.stack(logits).argmax(-1).tolist()
 
 
 @torch.no_grad()
 def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
-                  encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+                  encoded: dict[str, Encoded], figure_examples: int,
+                  eval_batch_size: int) -> pd.DataFrame:
     """Universal and specific features of test examples (single-language subsets only).
+
+    Args:
+        method: A trained DR-MIM run.
+        store: Bottom features of every sequence.
+        task: The task (its test subsets).
+        encoded: Subset → its tokenised examples.
+        figure_examples: Examples kept per subset (the first ones).
+        eval_batch_size: Sequences per inference batch.
 
     Returns:
         One row per example: ``subset``, ``universal`` and ``specific`` (float lists);
-        the first ``cfg.figure_examples`` examples of each subset.
+        the first ``figure_examples`` examples of each subset.
     """
     rows: list[dict[str, Any]] = []
     for subset in task.test:
         if len(subset_languages(subset)) != 1:
             continue
-        seqs = encoded[subset].seqs[: cfg.figure_examples]
-        for start in range(0, len(seqs), cfg.eval_batch_size):
-            h, mask = store.get(seqs[start:start + cfg.eval_batch_size])
+        seqs = encoded[subset].seqs[:figure_examples]
+        for start in range(0, len(seqs), eval_batch_size):
+            h, mask = store.get(seqs[start:start + eval_batch_size])
             u, s = method.split(h, mask)
             rows += [{"subset": subset, "universal": a, "specific": b}
                      for a, b in zip(u.float().cpu().tolist(), s.float().cpu().tolist())]
@@ -351,8 +383,11 @@ def feature_table(method: DrMim, store: FeatureStore, task: TaskData,
 
 
 def predict_all(method: Method, store: FeatureStore, task: TaskData,
-                encoded: dict[str, Encoded], cfg: TrainDrmimConfig) -> pd.DataFrame:
+                encoded: dict[str, Encoded], eval_batch_size: int,
+                max_answer_tokens: int) -> pd.DataFrame:
     """One trained run's predictions on every test subset and the dev split, with the gold.
+
+    ``eval_batch_size`` and ``max_answer_tokens`` are :func:`predict_split`'s.
 
     Returns:
         Columns ``subset``, ``example`` (index in the subset), ``prediction`` and ``gold``:
@@ -364,7 +399,8 @@ def predict_all(method: Method, store: FeatureStore, task: TaskData,
                 else list(split.labels))
         frames.append(pd.DataFrame({
             "subset": subset, "example": range(len(gold)),
-            "prediction": predict_split(method, store, encoded[subset], split, cfg),
+            "prediction": predict_split(method, store, encoded[subset], split,
+                                        eval_batch_size, max_answer_tokens),
             "gold": gold,
         }))
     return pd.concat(frames, ignore_index=True)

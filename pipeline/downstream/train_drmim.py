@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Literal
 import pandas as pd
 
 from pipeline.config import LangsConfig, to_dict
+from pipeline.downstream.knobs import DrmimConfig, EparConfig
 from pipeline.encoders.catalog import local_dir, model_label
 from pipeline.io import read_json, read_table, write_json, write_table
 from pipeline.runtime import (
@@ -43,53 +44,6 @@ from pipeline.runtime import (
     training_parts,
     write_meta,
 )
-
-
-@dataclasses.dataclass(frozen=True)
-class DrmimConfig:
-    """DR-MIM knobs: the feature split, its loss weights and the multilingual batches."""
-
-    # Width of the universal (language-invariant) projection the task head reads.
-    universal_dim: int = 256
-    specific_dim: int = 64  # Width of the language-specific projection.
-    w_lang: float = 0.1  # Weight of the language-ID cross-entropy on the specific features.
-    # Weight of the adversarial language-ID cross-entropy on the universal features (through
-    # gradient reversal).
-    w_adv: float = 0.1
-    # Gradient reversal factor: the universal projection receives ``-grl_lambda ×`` the adversary's
-    # gradient.
-    grl_lambda: float = 1.0
-    w_decorr: float = 0.1  # Weight of the universal/specific cross-correlation penalty.
-    w_mi: float = 0.1  # Weight of the mutual-information term (its bound is maximised).
-    # ``infonce`` (van den Oord et al.) or ``jsd`` (Jensen–Shannon, Hjelm et al.) lower bound.
-    mi_estimator: Literal["infonce", "jsd"] = "infonce"
-    critic_dim: int = 64  # Width of the separable MI critic's embeddings.
-    # Cap on the items (sentences, or tokens for QA) one MI bound compares (its cost is quadratic);
-    # a seeded random subset is used beyond it.
-    mi_max_items: int = 256
-    # Weight of the parallel tie (multi-way InfoNCE between the universal features of a row's
-    # translations).
-    w_tie: float = 0.1
-    tie_temperature: float = 0.05  # Softmax temperature of the tie.
-    corpus_rows: int = 8  # Multi-way corpus rows per training step.
-    corpus_langs: int = 3  # Languages drawn per row and step (2 or more, for the tie).
-
-
-@dataclasses.dataclass(frozen=True)
-class EparConfig:
-    """EPAR knobs: Embedding-Push radius, Attention-Pull and Robust-target weights."""
-
-    # Push radius per token, relative to the token's RMS norm at the input of the trainable block.
-    epsilon: float = 0.3
-    w_virtual: float = 1.0  # Weight of the task loss on the pushed ("virtual multilingual") pass.
-    # Weight of the attention pull (KL of the pushed pass's attention from the clean pass's, per
-    # head and query token).
-    w_pull: float = 1.0
-    # Share of the clean pass's predicted distribution in the robust target of the pushed pass (the
-    # rest is the one-hot gold label).
-    robust_mix: float = 0.5
-    # Momentum of the running English centroid the push moves away from.
-    centroid_momentum: float = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +252,11 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     seed_everything(cfg.data_seed)
     started, cpu_started = time.perf_counter(), time.process_time()
     out_dir = Path(cfg.output_dir) / task / model_label(encoder)
-    data = load_task(task, cfg)
+    data = load_task(task, bible_source=cfg.bible_source, bible_test=cfg.bible_test,
+                     bible_db=cfg.bible_db, dataset=cfg.dataset, languages=cfg.languages,
+                     max_train_examples=cfg.max_train_examples,
+                     max_test_examples=cfg.max_test_examples, dev_examples=cfg.dev_examples,
+                     data_seed=cfg.data_seed)
     corpus = None
     if any(v.uses_corpus for v in variants):
         corpus = load_corpus(cfg.corpus, langs, cfg.max_corpus_rows, cfg.data_seed)
@@ -314,11 +272,13 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
                     len(cfg.seeds) * len(variants), work)
     with FeatureStore(model, cfg.trainable_layers, cfg.eval_batch_size, cfg.cache_features,
                       cfg.trunk_layers, cfg.trunk_dir) as store:
-        train = encode_split(data.train, data.kind, model, cfg, train=True)
+        train = encode_split(data.train, data.kind, model, cfg.max_length, cfg.doc_stride,
+                             train=True)
         if not train.seqs:
             raise ValueError(f"task {task}: no training example fits max_length "
                              f"{cfg.max_length} (no QA window holds its answer); raise it")
-        tests = {name: encode_split(split, data.kind, model, cfg, train=False)
+        tests = {name: encode_split(split, data.kind, model, cfg.max_length, cfg.doc_stride,
+                                    train=False)
                  for name, split in data.scored().items()}
         corpus_seqs = None
         if corpus is not None:
@@ -338,9 +298,15 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
         features_file = work / "features.parquet"
         want_features = cfg.figure_examples > 0 and not features_file.is_file()
         for seed, variant in pending:
-            method, log = train_variant(variant, model, store, data, train, cfg, seed, corpus_seqs)
+            method, log = train_variant(
+                variant, model, store, data, train, seed, corpus_seqs,
+                trainable_layers=cfg.trainable_layers, dropout=cfg.dropout, drmim=cfg.drmim,
+                epar=cfg.epar, lr=cfg.lr, head_lr=cfg.head_lr, weight_decay=cfg.weight_decay,
+                batch_size=cfg.batch_size, epochs=cfg.epochs, warmup_ratio=cfg.warmup_ratio,
+            )
             eval_start, eval_cpu = time.perf_counter(), time.process_time()
-            preds = predict_all(method, store, data, tests, cfg)
+            preds = predict_all(method, store, data, tests, cfg.eval_batch_size,
+                                cfg.max_answer_tokens)
             run_log = dataclasses.asdict(log)
             run_log.update({
                 "eval_seconds": round(time.perf_counter() - eval_start, 2),
@@ -353,7 +319,8 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
                         variant.name, seed, log.steps, log.train_seconds, run_log["eval_seconds"],
                         log.first_loss, log.last_loss)
             if want_features and isinstance(method, DrMim) and method.on("disentangle"):
-                write_table(feature_table(method, store, data, tests, cfg), features_file)
+                write_table(feature_table(method, store, data, tests, cfg.figure_examples,
+                                          cfg.eval_batch_size), features_file)
                 want_features = False
             write_table(preds.assign(variant=variant.name, seed=seed)[PREDICTION_COLUMNS],
                         work / f"{variant.name}-seed{seed}.parquet")

@@ -8,12 +8,9 @@ import numbers
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.report.render import Paragraph
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +44,15 @@ def file_name(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text)
 
 
-def model_labels(cfg: ReportConfig) -> dict[str, tuple[str, ...]]:
-    """Display label → its models (one per seed): ``base`` first, then ``aligned``'s regimes."""
-    return {"base": (cfg.base,), **cfg.aligned}
+def model_labels(base: str, aligned: Mapping[str, tuple[str, ...]]
+                 ) -> dict[str, tuple[str, ...]]:
+    """Display label → its models (one per seed): ``base`` first, then ``aligned``'s regimes.
+
+    Args:
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
+    """
+    return {"base": (base,), **aligned}
 
 
 def join_names(names: Sequence[str]) -> str:
@@ -74,11 +77,17 @@ def task_family(task: str, families: Mapping[str, str]) -> str:
         return "Other"
 
 
-def ordered_tasks(tasks: list[str], cfg: ReportConfig) -> tuple[list[str], dict[str, str]]:
-    """Tasks grouped by family, in the order ``report.families`` lists them; task → family."""
-    family_of = {t: task_family(t, cfg.families) for t in tasks}
-    listed = list(cfg.families)
-    order = list(dict.fromkeys([*cfg.families.values(), *sorted(family_of.values())]))
+def ordered_tasks(tasks: list[str], families: Mapping[str, str]
+                  ) -> tuple[list[str], dict[str, str]]:
+    """Tasks grouped by family, in the order ``families`` lists them; task → family.
+
+    Args:
+        tasks: The task names.
+        families: ``report.families``, task → family.
+    """
+    family_of = {t: task_family(t, families) for t in tasks}
+    listed = list(families)
+    order = list(dict.fromkeys([*families.values(), *sorted(family_of.values())]))
     ordered = sorted(family_of, key=lambda t: (order.index(family_of[t]),
                                                listed.index(t) if t in listed else len(listed), t))
     return ordered, family_of

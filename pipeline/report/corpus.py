@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -13,12 +13,9 @@ from pipeline.report import collect, figures
 from pipeline.report.common import RUNTIME_NOTE, fmt_int, fmt_num, is_number, not_run
 from pipeline.report.render import Block, Figure, Heading, Paragraph, Table
 
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
-
-def _source_blocks(cfg: ReportConfig) -> list[Block]:
-    path = collect.metrics_file(cfg.metrics_dir, "prepare_source")
+def _source_blocks(metrics_dir: str) -> list[Block]:
+    path = collect.metrics_file(metrics_dir, "prepare_source")
     source = collect.read_metrics(path)
     if source is None:
         return [not_run("source text", path, "prepare_source")]
@@ -81,13 +78,13 @@ def _filter_blocks(stats: dict[str, Any], langs: LangsConfig
     return [Paragraph(text), table], failures
 
 
-def _mt_blocks(cfg: ReportConfig, langs: LangsConfig
+def _mt_blocks(metrics_dir: str, langs: LangsConfig
                ) -> tuple[list[Block], pd.DataFrame | None]:
-    nmt = collect.read_metrics(collect.metrics_file(cfg.metrics_dir, "train_nmt"))
-    translated = collect.per_language_metrics(cfg.metrics_dir, "translate", langs.pool)
+    nmt = collect.read_metrics(collect.metrics_file(metrics_dir, "train_nmt"))
+    translated = collect.per_language_metrics(metrics_dir, "translate", langs.pool)
     if nmt is None and not translated:
         return [Paragraph(f"Not run: neither train_nmt nor translate@<lang> metrics exist in "
-                          f"{cfg.metrics_dir}.")], None
+                          f"{metrics_dir}.")], None
     dev = nmt or {}
     table_rows, series = [], {}
     for code in langs.pool:
@@ -122,19 +119,27 @@ def _mt_blocks(cfg: ReportConfig, langs: LangsConfig
     return blocks, chrf
 
 
-def corpus_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> list[Block]:
-    """Source text, corpus filters and MT quality per language."""
-    blocks: list[Block] = [Heading("Corpus"), Heading("Source text", 3), *_source_blocks(cfg),
-                           Heading("Multi-way corpus", 3)]
-    stats = collect.corpus_stats(cfg.corpus_stats)
+def corpus_section(langs: LangsConfig, fig_dir: Path, *, metrics_dir: str,
+                   corpus_stats: str) -> list[Block]:
+    """Source text, corpus filters and MT quality per language.
+
+    Args:
+        langs: Source language and training pool.
+        fig_dir: Where the figure goes.
+        metrics_dir: ``report.metrics_dir``, the flat stage metrics.
+        corpus_stats: ``report.corpus_stats``, ``build_corpus``'s ``stats.json``.
+    """
+    blocks: list[Block] = [Heading("Corpus"), Heading("Source text", 3),
+                           *_source_blocks(metrics_dir), Heading("Multi-way corpus", 3)]
+    stats = collect.corpus_stats(corpus_stats)
     failures = None
     if stats is None:
-        blocks.append(not_run("multi-way corpus", cfg.corpus_stats, "build_corpus"))
+        blocks.append(not_run("multi-way corpus", corpus_stats, "build_corpus"))
     else:
         filter_blocks, failures = _filter_blocks(stats, langs)
         blocks += filter_blocks
     blocks.append(Heading("Machine translation quality", 3))
-    mt_blocks, chrf = _mt_blocks(cfg, langs)
+    mt_blocks, chrf = _mt_blocks(metrics_dir, langs)
     blocks += mt_blocks
     if failures is not None or chrf is not None:
         path = figures.corpus_figure(failures, chrf, fig_dir / "corpus.png")

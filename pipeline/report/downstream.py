@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
@@ -16,9 +16,6 @@ from pipeline.report import collect, figures
 from pipeline.report.common import file_name, is_number, model_labels
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.stats import verdict
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
 _GROUPS = {"zero_shot": "zero-shot", "seen": "seen", "unseen": "unseen"}
 
@@ -63,18 +60,26 @@ def _versus_finetune(label: str, metrics: Mapping[str, Any], variants: list[str]
     return f"{label}: " + "; ".join(parts) + "." if parts else ""
 
 
-def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> list[Block]:
+def downstream_section(langs: LangsConfig, fig_dir: Path, *, downstream_dir: str, base: str,
+                       aligned: Mapping[str, tuple[str, ...]]) -> list[Block]:
     """Every task under ``downstream_dir``, its encoders side by side.
 
     Per metric: variants × encoders, a bar chart, each variant against plain fine-tuning,
     per-subset tables; then the DR-MIM feature figures.
+
+    Args:
+        langs: Source language and training pool.
+        fig_dir: Where the figures go.
+        downstream_dir: ``report.downstream_dir``, ``evaluate_downstream``'s output.
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
     """
     blocks: list[Block] = [Heading("Downstream zero-shot transfer (DR-MIM / EPAR)")]
-    results = collect.downstream_results(cfg.downstream_dir)
+    results = collect.downstream_results(downstream_dir)
     if not results:
         return [*blocks, Paragraph(
             f"Not run: no downstream results (<task>/<encoder>/metrics.json) in "
-            f"{cfg.downstream_dir}; run `dvc repro evaluate_downstream`.")]
+            f"{downstream_dir}; run `dvc repro evaluate_downstream`.")]
     blocks.append(Paragraph(
         "Each task head is fine-tuned on English labels only (train_drmim) and scored in "
         "every other language (evaluate_downstream). Mean ± standard deviation over seeds; "
@@ -83,7 +88,8 @@ def downstream_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path) -> 
         "zero-shot = every non-English test subset, seen = subsets whose languages are all in "
         "the alignment pool or English, unseen = the others. The method design is in "
         "docs/downstream.md."))
-    labels = {name: label for label, names in model_labels(cfg).items() for name in names}
+    labels = {name: label for label, names in model_labels(base, aligned).items()
+              for name in names}
     scopes = {DEV: "English dev", langs.source: "English", **_GROUPS}
     tasks: dict[str, list[collect.DownstreamResult]] = {}
     for res in results:

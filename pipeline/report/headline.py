@@ -8,7 +8,7 @@ difference on every measure in one table above the two detailed sections.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,6 @@ from pipeline.report.common import model_labels, ordered_tasks
 from pipeline.report.compare import SCALE
 from pipeline.report.render import Block, Bullets, Heading, Paragraph, Table
 from pipeline.stats import Interval, holm, paired_interval
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
 #: The primary endpoint: the compared regime against the first other one on this measure.
 PRIMARY_MEASURE = f"{verse_mining.GROUPS['seen_seen']} mining"
@@ -48,10 +45,11 @@ def _interval_cell(iv: Interval) -> str:
     return (f"{iv.diff * SCALE:+.2f} [{iv.low * SCALE:+.2f}, {iv.high * SCALE:+.2f}]")
 
 
-def _comparisons(cfg: ReportConfig, have: Collection[str]) -> list[tuple[str, str]]:
+def _comparisons(focus: str, aligned: Mapping[str, tuple[str, ...]], have: Collection[str]
+                 ) -> list[tuple[str, str]]:
     """``focus`` − every other regime, then every regime − ``base``, among labels in ``have``."""
-    pairs = [(cfg.focus, other) for other in cfg.aligned if other != cfg.focus]
-    pairs += [(regime, "base") for regime in cfg.aligned]
+    pairs = [(focus, other) for other in aligned if other != focus]
+    pairs += [(regime, "base") for regime in aligned]
     return [(a, b) for a, b in pairs if a in have and b in have]
 
 
@@ -81,17 +79,19 @@ def _paired(a_runs: Sequence[pd.Series], b_runs: Sequence[pd.Series],
     return interval, " / ".join(f"{d:+.2f}" for d in seeds), said
 
 
-def _outcome_runs(cfg: ReportConfig, file: str) -> dict[str, list[pd.DataFrame]]:
+def _outcome_runs(eval_dir: str, models: Mapping[str, Sequence[str]], file: str
+                  ) -> dict[str, list[pd.DataFrame]]:
     """Label → the outcome tables ``file`` of its models that exist; labels with none left out."""
     runs = {label: [t for name in names
-                    if (t := collect.outcomes(cfg.eval_dir, name, file)) is not None]
-            for label, names in model_labels(cfg).items()}
+                    if (t := collect.outcomes(eval_dir, name, file)) is not None]
+            for label, names in models.items()}
     return {label: tables for label, tables in runs.items() if tables}
 
 
-def _seen(cfg: ReportConfig, langs: LangsConfig, label: str) -> set[str]:
+def _seen(eval_dir: str, models: Mapping[str, Sequence[str]], langs: LangsConfig,
+          label: str) -> set[str]:
     """The seen languages ``evaluate`` recorded for ``label``'s first model (else the pool)."""
-    meta = collect.eval_meta(cfg.eval_dir, model_labels(cfg)[label][0]) or {}
+    meta = collect.eval_meta(eval_dir, models[label][0]) or {}
     return set(meta.get("seen") or (langs.source, *langs.pool))
 
 
@@ -108,8 +108,17 @@ def _verdict_line(head: str, by_verdict: Mapping[str, list[str]]) -> str:
         f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + "."
 
 
-def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+def verse_mining_section(langs: LangsConfig, *, eval_dir: str, base: str,
+                         aligned: Mapping[str, tuple[str, ...]], focus: str
+                         ) -> tuple[list[Block], Cells]:
     """Verse-mining accuracy per pair group, and paired intervals of the regime differences.
+
+    Args:
+        langs: Source language and training pool (seen languages).
+        eval_dir: ``report.eval_dir``, ``evaluate``'s output.
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
+        focus: ``report.focus``, the compared regime.
 
     Returns:
         The blocks, and the margin-scoring cells per (difference, "<group> mining").
@@ -119,15 +128,16 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
     """
     blocks: list[Block] = [Heading("Verse mining with paired intervals", 3)]
     cells: Cells = {}
-    tables = _outcome_runs(cfg, verse_mining.OUTCOMES)
+    models = model_labels(base, aligned)
+    tables = _outcome_runs(eval_dir, models, verse_mining.OUTCOMES)
     if not tables:
         return blocks + [Paragraph(
-            f"Not run: no verse-mining outcomes in {cfg.eval_dir} (run `dvc repro evaluate` "
+            f"Not run: no verse-mining outcomes in {eval_dir} (run `dvc repro evaluate` "
             "with evaluate.mining_sentences > 0).")], cells
-    seen = _seen(cfg, langs, next(iter(tables)))
+    seen = _seen(eval_dir, models, langs, next(iter(tables)))
     per_seed = {label: [verse_mining.per_verse(t, seen, langs.source) for t in runs]
                 for label, runs in tables.items()}
-    _check_same_index(per_seed, f"{cfg.eval_dir}: the models' verse-mining outcomes are on "
+    _check_same_index(per_seed, f"{eval_dir}: the models' verse-mining outcomes are on "
                                 "different verses (evaluate.mining_sentences or seed changed "
                                 "for some); rerun `dvc repro evaluate`")
     first = next(iter(per_seed.values()))[0]
@@ -156,7 +166,7 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
         ("pair group", "pairs", *(f"{m} {scoring}" for m in labels
                                   for scoring in verse_mining.SCORINGS)), tuple(rows),
         caption="Verse-mining accuracy"))
-    comparisons = _comparisons(cfg, scores)
+    comparisons = _comparisons(focus, aligned, scores)
     if not comparisons:
         return blocks, cells
     rows, verdicts = [], []
@@ -188,8 +198,13 @@ def verse_mining_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bl
     return blocks, cells
 
 
-def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+def task_items_section(langs: LangsConfig, *, eval_dir: str, base: str,
+                       aligned: Mapping[str, tuple[str, ...]], focus: str,
+                       families: Mapping[str, str]) -> tuple[list[Block], Cells]:
     """Paired intervals on the mteb tasks' items (bitext mining, classification) per group.
+
+    ``langs``, ``eval_dir``, ``base``, ``aligned`` and ``focus`` as for
+    :func:`verse_mining_section`; ``families`` (``report.families``) orders the tasks.
 
     Returns:
         The blocks, and the cells per (difference, "<task>, <group>").
@@ -199,20 +214,21 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     """
     blocks: list[Block] = [Heading("mteb tasks with paired intervals", 3)]
     cells: Cells = {}
+    models = model_labels(base, aligned)
     per_seed = {label: [t.set_index(["task", "subset", "split", "langs", "item"])["correct"]
                         .sort_index() for t in runs]
-                for label, runs in _outcome_runs(cfg, items.OUTCOMES).items()}
+                for label, runs in _outcome_runs(eval_dir, models, items.OUTCOMES).items()}
     if not per_seed:
-        return [*blocks, Paragraph(f"Not run: no per-item outcomes in {cfg.eval_dir} (run "
+        return [*blocks, Paragraph(f"Not run: no per-item outcomes in {eval_dir} (run "
                                    "`dvc repro evaluate`).")], cells
-    _check_same_index(per_seed, f"{cfg.eval_dir}: the models' mteb items differ (the suite "
+    _check_same_index(per_seed, f"{eval_dir}: the models' mteb items differ (the suite "
                                 "or its sampling changed for some); rerun `dvc repro evaluate`")
     first = next(iter(per_seed.values()))[0]
-    seen = _seen(cfg, langs, next(iter(per_seed)))
+    seen = _seen(eval_dir, models, langs, next(iter(per_seed)))
     index = first.index.to_frame(index=False)
     group = index["langs"].map(lambda c: items.item_group(c, seen, langs.source)).to_numpy()
     names = {**verse_mining.GROUPS, **items.GROUPS}
-    ordered, _ = ordered_tasks(list(dict.fromkeys(index["task"])), cfg)  # report.families
+    ordered, _ = ordered_tasks(list(dict.fromkeys(index["task"])), families)
     measures = [(task, g) for task in ordered
                 for g in names if ((index["task"] == task).to_numpy() & (group == g)).any()]
     # Item i of a task whose subsets share one sample is one verse in every subset.
@@ -226,7 +242,7 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
         "a language group (the source language's own subsets apart); a regime's item score "
         "is the mean over its seeds."))
     rows, verdicts = [], []
-    for a, b in _comparisons(cfg, per_seed):
+    for a, b in _comparisons(focus, aligned, per_seed):
         by_verdict: dict[str, list[str]] = {}
         for task, g in measures:
             keep = (index["task"] == task).to_numpy() & (group == g)
@@ -249,19 +265,25 @@ def task_items_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Bloc
     return blocks, cells
 
 
-def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block], Cells]:
+def headline_section(langs: LangsConfig, *, eval_dir: str, base: str,
+                     aligned: Mapping[str, tuple[str, ...]], focus: str,
+                     families: Mapping[str, str]) -> tuple[list[Block], Cells]:
     """The primary endpoint, then every regime difference on every measure, then the details.
 
     The primary endpoint (:func:`primary_key`) keeps its own verdict; the other differences
     of the headline table are one family, their verdicts from Holm-adjusted p values.
+    ``langs`` and the ``report`` settings go to :func:`verse_mining_section` and
+    :func:`task_items_section`.
 
     Returns:
         The blocks, and every (difference, measure) interval with its headline verdict.
     """
-    mining, mining_cells = verse_mining_section(cfg, langs)
-    tasks, task_cells = task_items_section(cfg, langs)
+    mining, mining_cells = verse_mining_section(langs, eval_dir=eval_dir, base=base,
+                                                aligned=aligned, focus=focus)
+    tasks, task_cells = task_items_section(langs, eval_dir=eval_dir, base=base,
+                                           aligned=aligned, focus=focus, families=families)
     cells: Cells = {**mining_cells, **task_cells}
-    primary = primary_key(cfg, cells)
+    primary = primary_key(cells, focus=focus, aligned=aligned)
     cells = _holm_verdicts(cells, primary)
     blocks: list[Block] = [Heading("Headline: regime differences with paired intervals")]
     if cells:
@@ -276,7 +298,8 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block]
                 "give unadjusted verdicts."))
         columns = list(dict.fromkeys(column for _, column in cells))
         differences = list(dict.fromkeys(pair for pair, _ in cells))
-        seeds = ", ".join(f"{label} {len(names)}" for label, names in model_labels(cfg).items())
+        seeds = ", ".join(f"{label} {len(names)}"
+                          for label, names in model_labels(base, aligned).items())
         blocks.append(Table(
             ("difference", *columns),
             tuple((pair, *(_cell(cells.get((pair, column))) for column in columns))
@@ -286,7 +309,7 @@ def headline_section(cfg: ReportConfig, langs: LangsConfig) -> tuple[list[Block]
                      "verdict (seeds disagree: the training seeds' own differences have both "
                      f"signs; at ceiling: both models ≥ {CEILING * SCALE:g}); models per label "
                      f"(training seeds): {seeds}. Details below.")))
-        controls = [text for regime, text in CONTROLS.items() if regime in cfg.aligned]
+        controls = [text for regime, text in CONTROLS.items() if regime in aligned]
         if controls:
             blocks.append(Paragraph("Controls: " + "; ".join(controls) + "."))
     return blocks + mining + tasks, cells
@@ -306,15 +329,20 @@ def _holm_verdicts(cells: Cells, primary: tuple[str, str] | None) -> Cells:
     return out
 
 
-def primary_key(cfg: ReportConfig, cells: Mapping[tuple[str, str], Any]
-                ) -> tuple[str, str] | None:
+def primary_key(cells: Mapping[tuple[str, str], Any], *, focus: str,
+                aligned: Mapping[str, tuple[str, ...]]) -> tuple[str, str] | None:
     """The primary endpoint's (difference, measure), ``None`` without one.
 
     It is ``focus`` − the first other regime on :data:`PRIMARY_MEASURE`, or on the first
     measure reported when that one is not run.
+
+    Args:
+        cells: The headline's (difference, measure) keys.
+        focus: ``report.focus``, the compared regime.
+        aligned: ``report.aligned``, regime → its models.
     """
-    first = next((f"{a} − {b}" for a, b in _comparisons(cfg, cfg.aligned) if a == cfg.focus),
-                 None)
+    first = next((f"{a} − {b}" for a, b in _comparisons(focus, aligned, aligned)
+                  if a == focus), None)
     measures = [measure for pair, measure in cells if pair == first]
     if not measures:
         return None
@@ -325,11 +353,17 @@ def _cell(entry: tuple[Interval, str] | None) -> str:
     return "–" if entry is None else f"{_interval_cell(entry[0])} {entry[1]}"
 
 
-def headline_metrics(cfg: ReportConfig, cells: Cells) -> dict[str, Any]:
+def headline_metrics(cells: Cells, *, focus: str,
+                     aligned: Mapping[str, tuple[str, ...]]) -> dict[str, Any]:
     """The headline as DVC metrics: ``primary`` and every difference, in accuracy points.
 
     Each entry holds ``delta``, ``low`` and ``high`` (its 95% interval) and ``p`` (two-sided,
     unadjusted); ``primary`` is the :func:`primary_key` entry.
+
+    Args:
+        cells: :func:`headline_section`'s intervals.
+        focus: ``report.focus``, the compared regime.
+        aligned: ``report.aligned``, regime → its models.
     """
     def entry(iv: Interval) -> dict[str, float]:
         return {"delta": round(iv.diff * SCALE, 4), "low": round(iv.low * SCALE, 4),
@@ -339,7 +373,7 @@ def headline_metrics(cfg: ReportConfig, cells: Cells) -> dict[str, Any]:
     for (pair, measure), (iv, _) in cells.items():
         differences.setdefault(pair, {})[measure] = entry(iv)
     metrics: dict[str, Any] = {"differences": differences}
-    primary = primary_key(cfg, cells)
+    primary = primary_key(cells, focus=focus, aligned=aligned)
     if primary is not None:
         metrics["primary"] = differences[primary[0]][primary[1]]
     return metrics

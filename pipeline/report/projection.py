@@ -8,9 +8,8 @@ its own English verse, and how much closer to it than to the other English verse
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,9 +22,6 @@ from pipeline.report.common import model_labels, not_run
 from pipeline.report.compare import language_group
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 from pipeline.runtime import resolve_device
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -115,45 +111,64 @@ def alignment_stats(emb: np.ndarray, codes: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["lang", "top1", "cos_parallel", "cos_other"])
 
 
-def model_encoder(cfg: ReportConfig) -> Encoder:
+def model_encoder(*, catalogue: str, device: str, models_dir: str, batch_size: int) -> Encoder:
     """An :data:`Encoder` loading each model as ``evaluate`` does (catalogue key or directory).
 
     A model is loaded for its one call and released afterwards (each is ~0.5 GB for the
     small encoders). Sentences get the model's default prompt, as in mteb's symmetric tasks.
+
+    Args:
+        catalogue: ``report.catalogue``, the encoder catalogue.
+        device: ``report.device``: ``auto``, ``cpu`` or ``cuda``.
+        models_dir: ``report.models_dir``, the trained encoders.
+        batch_size: ``report.batch_size``, the encoding batch size.
     """
     def encode(name: str, sentences: list[str]) -> np.ndarray:
         # Imported on first use: sentence-transformers takes seconds, needless when nothing
         # is encoded.
         from pipeline.encoders.catalog import load_encoder
 
-        model = load_encoder(name, cfg.catalogue, device=resolve_device(cfg.device),
-                             models_dir=cfg.models_dir)
-        vectors = model.encode(sentences, batch_size=cfg.batch_size, convert_to_numpy=True,
+        model = load_encoder(name, catalogue, device=resolve_device(device),
+                             models_dir=models_dir)
+        vectors = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True,
                                show_progress_bar=False)
         return np.asarray(vectors)
 
     return encode
 
 
-def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
-                       encode: Encoder) -> list[Block]:
-    """Embed a multi-way verse sample with every model; PCA panels and alignment numbers."""
+def projection_section(langs: LangsConfig, fig_dir: Path, encode: Encoder, *,
+                       projection_data: str, projection_sentences: int,
+                       projection_unseen: Sequence[str], seed: int, base: str,
+                       aligned: Mapping[str, tuple[str, ...]]) -> list[Block]:
+    """Embed a multi-way verse sample with every model; PCA panels and alignment numbers.
+
+    Args:
+        langs: Source language and training pool (seen languages).
+        fig_dir: Where the figure goes.
+        encode: Embeds each model's sentences.
+        projection_data: ``report.projection_data``, the multi-way test table.
+        projection_sentences: ``report.projection_sentences``, verses per language (0 skips).
+        projection_unseen: ``report.projection_unseen``, languages outside the pool.
+        seed: ``report.seed``, seed of the verse sample.
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
+    """
     blocks: list[Block] = [Heading("Embedding projection")]
-    if cfg.projection_sentences == 0:
+    if projection_sentences == 0:
         return [*blocks, Paragraph("Skipped (report.projection_sentences is 0).")]
-    if not Path(cfg.projection_data).is_file():
-        return [*blocks, not_run("projection data", cfg.projection_data, "prepare_seed")]
-    wanted = list(dict.fromkeys((langs.source, *langs.pool, *cfg.projection_unseen)))
-    sample, absent = sample_verses(cfg.projection_data, wanted, cfg.projection_sentences,
-                                   cfg.seed)
+    if not Path(projection_data).is_file():
+        return [*blocks, not_run("projection data", projection_data, "prepare_seed")]
+    wanted = list(dict.fromkeys((langs.source, *langs.pool, *projection_unseen)))
+    sample, absent = sample_verses(projection_data, wanted, projection_sentences, seed)
     if sample.empty:
-        return [*blocks, Paragraph(f"No verse of {cfg.projection_data} has text in every one "
+        return [*blocks, Paragraph(f"No verse of {projection_data} has text in every one "
                                    f"of {', '.join(wanted)}; nothing to project.")]
     codes = [c for c in wanted if c in sample.columns]
     sentences = [text for code in codes for text in sample[code]]  # language-major
     groups = {c: language_group(c, langs) for c in codes}
     panels, stats_rows, unavailable = [], [], []
-    models = model_labels(cfg)
+    models = model_labels(base, aligned)
     for label, (name, *_) in tqdm(models.items(), desc="projection", unit="model"):
         try:
             vectors = encode(name, sentences)
@@ -172,7 +187,7 @@ def projection_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path,
         "embedded by each model (a regime by its first seed); PCA to 2-D fitted per model. "
         "Circles: source and seen languages; crosses: unseen. A language-neutral space mixes "
         "the colours; a language-separated one shows one cloud per language."
-        + (f" Not in {cfg.projection_data}: {', '.join(absent)}." if absent else "")
+        + (f" Not in {projection_data}: {', '.join(absent)}." if absent else "")
     ))
     if unavailable:
         blocks.append(Paragraph("Model not available: " + "; ".join(unavailable) + "."))

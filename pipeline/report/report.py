@@ -123,7 +123,8 @@ def check_config(cfg: ReportConfig, langs: LangsConfig) -> None:
             f"report.focus '{cfg.focus}' is not a regime of report.aligned "
             f"({', '.join(cfg.aligned) or 'empty'}); set it to one of them"
         )
-    empty = [k for k, v in model_labels(cfg).items() if not v or not all(n.strip() for n in v)]
+    empty = [k for k, v in model_labels(cfg.base, cfg.aligned).items()
+             if not v or not all(n.strip() for n in v)]
     if empty:
         raise ValueError(f"report: empty model name for {empty}; give the evaluated name")
     langmod.validate((langs.source, *langs.pool))
@@ -173,15 +174,31 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
             f"Source {langs.source}, training pool {', '.join(langs.pool)}."
         ),
     ]
-    headline, cells = headline_section(cfg, langs)
+    headline, cells = headline_section(
+        langs, eval_dir=cfg.eval_dir, base=cfg.base, aligned=cfg.aligned, focus=cfg.focus,
+        families=cfg.families)
     blocks += headline
-    blocks += corpus_section(cfg, langs, fig_dir)
-    blocks += training_section(cfg, fig_dir)
-    results, scores = results_section(cfg, langs, fig_dir)
+    blocks += corpus_section(langs, fig_dir, metrics_dir=cfg.metrics_dir,
+                             corpus_stats=cfg.corpus_stats)
+    blocks += training_section(fig_dir, metrics_dir=cfg.metrics_dir,
+                               nmt_history=cfg.nmt_history, plots_dir=cfg.plots_dir,
+                               aligned=cfg.aligned)
+    results, scores = results_section(
+        langs, fig_dir, metrics_dir=cfg.metrics_dir, eval_dir=cfg.eval_dir, base=cfg.base,
+        aligned=cfg.aligned, focus=cfg.focus, families=cfg.families)
     blocks += results
-    blocks += encoders_section(cfg, langs)
-    blocks += projection_section(cfg, langs, fig_dir, encode or model_encoder(cfg))
-    blocks += downstream_section(cfg, langs, fig_dir)
+    blocks += encoders_section(langs, encoders=cfg.encoders, metrics_dir=cfg.metrics_dir,
+                               base=cfg.base, aligned=cfg.aligned, focus=cfg.focus,
+                               families=cfg.families)
+    encode = encode or model_encoder(catalogue=cfg.catalogue, device=cfg.device,
+                                     models_dir=cfg.models_dir, batch_size=cfg.batch_size)
+    blocks += projection_section(
+        langs, fig_dir, encode, projection_data=cfg.projection_data,
+        projection_sentences=cfg.projection_sentences,
+        projection_unseen=cfg.projection_unseen, seed=cfg.seed, base=cfg.base,
+        aligned=cfg.aligned)
+    blocks += downstream_section(langs, fig_dir, downstream_dir=cfg.downstream_dir,
+                                 base=cfg.base, aligned=cfg.aligned)
 
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(to_markdown(blocks, out), encoding="utf-8")
@@ -189,7 +206,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
         tmp.write_text(to_html(blocks, TITLE), encoding="utf-8")
     with atomic_path(out / "scores.csv") as tmp:
         scores.to_csv(tmp, index=False)
-    metrics = headline_metrics(cfg, cells)
+    metrics = headline_metrics(cells, focus=cfg.focus, aligned=cfg.aligned)
     write_json(metrics, out / "headline.json")
     write_plot_data(metrics, scores, cfg.focus, out / "plots")
     if cfg.results_doc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -32,15 +31,12 @@ from pipeline.report.compare import (
 )
 from pipeline.report.render import Block, Bullets, Figure, Heading, Paragraph, Table
 
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
-
-def _scored_tasks(scores: pd.DataFrame, labels: list[str], cfg: ReportConfig,
+def _scored_tasks(scores: pd.DataFrame, labels: list[str], families: Mapping[str, str],
                   langs: LangsConfig
                   ) -> tuple[list[str], dict[str, str], dict[str, pd.DataFrame], pd.DataFrame]:
     """Tasks in report order, task → family, task → score matrix, family × group means."""
-    tasks, family_of = ordered_tasks(list(dict.fromkeys(scores.task)), cfg)
+    tasks, family_of = ordered_tasks(list(dict.fromkeys(scores.task)), families)
     matrices = {t: score_matrix(scores, t, labels, langs) for t in tasks}
     return tasks, family_of, matrices, family_means(group_means(matrices, langs), family_of)
 
@@ -52,10 +48,10 @@ def _score_cells(row: Mapping[str, float], labels: Sequence[str], focus: str
             *[fmt_change(relative_change(row[focus], row[o])) for o in labels if o != focus])
 
 
-def _suite_note(cfg: ReportConfig, models: Mapping[str, Sequence[str]]) -> str:
+def _suite_note(eval_dir: str, models: Mapping[str, Sequence[str]]) -> str:
     suites = {}
     for label, names in models.items():
-        meta = collect.eval_meta(cfg.eval_dir, names[0])
+        meta = collect.eval_meta(eval_dir, names[0])
         if meta is not None:
             suites[label] = f"{meta.get('suite', '?')} ({len(meta.get('tasks', []))} tasks)"
     if not suites:
@@ -115,26 +111,37 @@ def _task_blocks(task: str, family: str, matrix: pd.DataFrame, focus: str,
     ]
 
 
-def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
-                    ) -> tuple[list[Block], pd.DataFrame]:
+def results_section(langs: LangsConfig, fig_dir: Path, *, metrics_dir: str, eval_dir: str,
+                    base: str, aligned: Mapping[str, tuple[str, ...]], focus: str,
+                    families: Mapping[str, str]) -> tuple[list[Block], pd.DataFrame]:
     """Family × group table, then per task: sentences, per-language table, bar chart.
+
+    Args:
+        langs: Source language and training pool (seen languages).
+        fig_dir: Where the figures go.
+        metrics_dir: ``report.metrics_dir``, the flat stage metrics.
+        eval_dir: ``report.eval_dir``, ``evaluate``'s output.
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
+        focus: ``report.focus``, the compared regime.
+        families: ``report.families``, task → family.
 
     Returns:
         The blocks and the tidy score table written to ``scores.csv`` (``task``, ``family``,
         ``lang``, ``group``, ``model`` label, model ``name``, ``score`` in points).
     """
-    models = model_labels(cfg)
+    models = model_labels(base, aligned)
     blocks: list[Block] = [Heading("Evaluation results")]
-    scores = collect.evaluation_scores(cfg.metrics_dir, models)
+    scores = collect.evaluation_scores(metrics_dir, models)
     if scores.empty:
         blocks.append(Paragraph(
             "Not run: no evaluate@<model> metrics in "
-            f"{cfg.metrics_dir} for {', '.join(n for v in models.values() for n in v)} "
+            f"{metrics_dir} for {', '.join(n for v in models.values() for n in v)} "
             "(run `dvc repro evaluate`)."
         ))
         return blocks, pd.DataFrame()
     labels = list(models)
-    tasks, family_of, matrices, fam = _scored_tasks(scores, labels, cfg, langs)
+    tasks, family_of, matrices, fam = _scored_tasks(scores, labels, families, langs)
     blocks.append(Paragraph(
         f"Scores are mteb main scores × {SCALE:g} (points). Seen languages are the alignment "
         f"pool, langs.pool ({', '.join(langs.pool)}); unseen are all others; {langs.source} "
@@ -143,17 +150,17 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
         "languages of the group that every evaluated model has a score for (evaluate's own "
         "seen/unseen metrics average task subsets instead, so they may differ slightly). A "
         "regime's score is the mean over its training seeds (report.aligned). "
-        f"Relative change = ({cfg.focus} − other) / other × 100 %. Differences under "
-        f"{TIE_POINTS} points count as ties." + _suite_note(cfg, models)
+        f"Relative change = ({focus} − other) / other × 100 %. Differences under "
+        f"{TIE_POINTS} points count as ties." + _suite_note(eval_dir, models)
     ))
     missing = [name for names in models.values() for name in names
-               if not collect.metrics_file(cfg.metrics_dir, "evaluate", name).is_file()]
+               if not collect.metrics_file(metrics_dir, "evaluate", name).is_file()]
     if missing:
         blocks.append(Paragraph("Not run: evaluate@" + ", evaluate@".join(missing)
                                 + " (their columns are empty)."))
-    blocks += _family_blocks(fam, labels, cfg.focus, fig_dir)
+    blocks += _family_blocks(fam, labels, focus, fig_dir)
     for task in tasks:
-        blocks += _task_blocks(task, family_of[task], matrices[task], cfg.focus, langs, fig_dir)
+        blocks += _task_blocks(task, family_of[task], matrices[task], focus, langs, fig_dir)
     tidy = scores.assign(
         family=scores.task.map(family_of),
         group=scores.lang.map(lambda c: language_group(c, langs)),
@@ -163,32 +170,43 @@ def results_section(cfg: ReportConfig, langs: LangsConfig, fig_dir: Path
     return blocks, tidy
 
 
-def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
-    """The paper's table: each encoder of ``cfg.encoders`` before and after each regime.
+def encoders_section(langs: LangsConfig, *, encoders: Sequence[str], metrics_dir: str,
+                     base: str, aligned: Mapping[str, tuple[str, ...]], focus: str,
+                     families: Mapping[str, str]) -> list[Block]:
+    """The paper's table: each encoder of ``encoders`` before and after each regime.
 
-    An encoder's regime models are the base's with its name in place of ``cfg.base``
-    (seeds averaged); empty ``cfg.encoders`` leaves the section out.
+    An encoder's regime models are the base's with its name in place of ``base``
+    (seeds averaged); empty ``encoders`` leaves the section out.
+
+    Args:
+        langs: Source language and training pool (seen languages).
+        encoders: ``report.encoders``, the encoders of the table.
+        metrics_dir: ``report.metrics_dir``, the flat stage metrics.
+        base: ``report.base``, the base encoder.
+        aligned: ``report.aligned``, regime → its models.
+        focus: ``report.focus``, the compared regime.
+        families: ``report.families``, task → family.
     """
-    if not cfg.encoders:
+    if not encoders:
         return []
-    families: dict[str, pd.DataFrame] = {}
+    means: dict[str, pd.DataFrame] = {}
     names: dict[str, dict[str, tuple[str, ...]]] = {}
-    for encoder in cfg.encoders:
+    for encoder in encoders:
         names[encoder] = {"base": (encoder,), **{
-            r: tuple(encoder + n.removeprefix(cfg.base) for n in models)
-            for r, models in cfg.aligned.items()}}
-        scores = collect.evaluation_scores(cfg.metrics_dir, names[encoder])
+            r: tuple(encoder + n.removeprefix(base) for n in models)
+            for r, models in aligned.items()}}
+        scores = collect.evaluation_scores(metrics_dir, names[encoder])
         if not scores.empty:
-            *_, families[encoder] = _scored_tasks(scores, list(names[encoder]), cfg, langs)
+            *_, means[encoder] = _scored_tasks(scores, list(names[encoder]), families, langs)
     blocks: list[Block] = [Heading("Encoders side by side")]
-    if not families:
+    if not means:
         return [*blocks, Paragraph("Not run: no evaluate@<model> metrics for "
-                                   f"{', '.join(cfg.encoders)}.")]
-    columns = list(dict.fromkeys((r["family"], r["group"]) for fam in families.values()
+                                   f"{', '.join(encoders)}.")]
+    columns = list(dict.fromkeys((r["family"], r["group"]) for fam in means.values()
                                  for r in fam.to_dict("records")))
     rows = []
     for encoder, models in names.items():
-        cells = {(r["family"], r["group"]): r for r in families.get(
+        cells = {(r["family"], r["group"]): r for r in means.get(
             encoder, pd.DataFrame()).to_dict("records")}
         for label, name in models.items():
             values = []
@@ -196,16 +214,16 @@ def encoders_section(cfg: ReportConfig, langs: LangsConfig) -> list[Block]:
                 r = cells.get(key)
                 if r is None or math.isnan(r[label]):
                     values.append("–")
-                elif label == cfg.focus or math.isnan(r[cfg.focus]):
+                elif label == focus or math.isnan(r[focus]):
                     values.append(fmt_score(r[label]))
                 else:
-                    change = fmt_change(relative_change(r[cfg.focus], r[label]))
+                    change = fmt_change(relative_change(r[focus], r[label]))
                     values.append(f"{fmt_score(r[label])} ({change})")
             rows.append((encoder, f"{label}: {join_names(name)}", *values))
     blocks.append(Paragraph(
         "Mean score per task family over seen and unseen languages, for every encoder before "
-        f"alignment and after each regime; in brackets, the relative change of {cfg.focus} "
-        f"over that model: ({cfg.focus} − model) / model × 100 %. A dash: not evaluated."))
+        f"alignment and after each regime; in brackets, the relative change of {focus} "
+        f"over that model: ({focus} − model) / model × 100 %. A dash: not evaluated."))
     blocks.append(Table(("encoder", "model", *[f"{f}, {g}" for f, g in columns]), tuple(rows),
                         "Encoders × regimes (the paper's table)."))
     return blocks

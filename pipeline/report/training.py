@@ -4,26 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.report import collect, figures
 from pipeline.report.common import RUNTIME_NOTE, fmt_int, fmt_num, not_run
 from pipeline.report.render import Block, Figure, Heading, Paragraph, Table
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.report.report import ReportConfig
 
 
 def _arrow(metrics: Mapping[str, Any], first: str, last: str) -> str:
     return f"{fmt_num(metrics.get(first), 3)} → {fmt_num(metrics.get(last), 3)}"
 
 
-def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
-    """NMT training summary and curve; one row and one curve per encoder alignment run."""
+def training_section(fig_dir: Path, *, metrics_dir: str, nmt_history: str, plots_dir: str,
+                     aligned: Mapping[str, tuple[str, ...]]) -> list[Block]:
+    """NMT training summary and curve; one row and one curve per encoder alignment run.
+
+    Args:
+        fig_dir: Where the figure goes.
+        metrics_dir: ``report.metrics_dir``, the flat stage metrics.
+        nmt_history: ``report.nmt_history``, the NMT loss curve.
+        plots_dir: ``report.plots_dir``, the encoder loss curves.
+        aligned: ``report.aligned``, regime → its models.
+    """
     blocks: list[Block] = [Heading("Training")]
-    nmt_path = collect.metrics_file(cfg.metrics_dir, "train_nmt")
+    nmt_path = collect.metrics_file(metrics_dir, "train_nmt")
     nmt = collect.read_metrics(nmt_path)
-    history = collect.nmt_history(cfg.nmt_history)
+    history = collect.nmt_history(nmt_history)
     if nmt is None:
         blocks.append(not_run("NMT training", nmt_path, "train_nmt"))
     else:
@@ -32,14 +38,14 @@ def training_section(cfg: ReportConfig, fig_dir: Path) -> list[Block]:
             f"train loss {fmt_num(nmt.get('train_loss'), 3)}, "
             f"dev loss {fmt_num(nmt.get('dev_loss'), 3)}, "
             f"mean dev chrF {fmt_num(nmt.get('chrf_mean'), 1)}."
-            + ("" if history is not None else f" (No curve: {cfg.nmt_history} not found.)")
+            + ("" if history is not None else f" (No curve: {nmt_history} not found.)")
         ))
     rows, curves, moves = [], {}, []
-    for regime, names in cfg.aligned.items():
+    for regime, names in aligned.items():
         for name in names:
             metrics = collect.read_metrics(
-                collect.metrics_file(cfg.metrics_dir, "train_encoder", name))
-            curve = collect.loss_curve(Path(cfg.plots_dir) / f"{name}.csv")
+                collect.metrics_file(metrics_dir, "train_encoder", name))
+            curve = collect.loss_curve(Path(plots_dir) / f"{name}.csv")
             if curve is not None:
                 curves[name] = curve
             if metrics is None:
