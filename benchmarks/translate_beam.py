@@ -92,8 +92,12 @@ def main() -> None:
         for lang in langs.pool:
             hyps = outputs[beam][lang]
             scores = corpus_scores(hyps, dev[lang].tolist(), lang)
-            fails = failure_matrix(pa.array(hyps), pa.array(sources), lang, corpus_cfg,
-                                   detector=detector)
+            fails = failure_matrix(
+                pa.array(hyps), pa.array(sources), lang, detector=detector,
+                max_repeat=corpus_cfg.max_repeat, max_copy_ratio=corpus_cfg.max_copy_ratio,
+                min_script_fraction=corpus_cfg.min_script_fraction,
+                min_length_ratio=corpus_cfg.min_length_ratio,
+                max_length_ratio=corpus_cfg.max_length_ratio)
             per_lang[lang] = {"chrf": scores["chrf"], "bleu": scores["bleu"],
                               "dropped": float(fails.any(axis=0).mean()),
                               "failures": dict(zip(REASONS, fails.sum(axis=1).tolist(),

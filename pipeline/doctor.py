@@ -12,7 +12,7 @@ One line per problem, each with its fix:
 - **Disk**: free space for one run's checkpoints and every saved model, where the sizes of
   the weights are known (a cached or local model), plus a margin.
 - **Training settings** that would waste GPU time or lose the dev loss
-  (:func:`pipeline.train.trainer.config_problems`, which ``train_encoder`` enforces too).
+  (:func:`pipeline.train.train_encoder.config_problems`, which ``train_encoder`` enforces too).
 
 ``dvc repro`` runs it as its first stage (``doctor``): the stages that reach the hub or the GPU
 first (``prepare_source``, ``convert_nmt``, ``import_encoder``) depend on its record, which
@@ -240,7 +240,7 @@ def check_disk(s: Sections, root: str | Path = ".") -> list[str]:
 
 def check_config(s: Sections) -> list[str]:
     """Training settings that would waste GPU time or lose the dev loss (as train_encoder)."""
-    from pipeline.train.trainer import config_problems
+    from pipeline.train.train_encoder import config_problems
 
     return config_problems(s.train_encoder, s.train_encoder.regimes)
 

@@ -142,3 +142,33 @@ def test_every_config_field_is_documented_where_it_is_declared():
     assert undocumented == []
     docs = c.field_docs(config_class("mine"))  # fields of a base class (faiss IndexParams) too
     assert docs["nprobe"].startswith("Lists visited per query")
+
+
+def test_no_import_circle_in_the_pipeline():
+    # Every import statement counts: inside functions and under TYPE_CHECKING too.
+    root = Path(c.__file__).parent
+    modules = {".".join(f.relative_to(root.parent).with_suffix("").parts).removesuffix(
+        ".__init__"): f for f in root.rglob("*.py")}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                # `from pkg import mod` imports the submodule, `from pkg import name` the package
+                targets = [f"{node.module}.{a.name}" for a in node.names
+                           if f"{node.module}.{a.name}" in modules] or [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t != name}
+
+    def reaches(start):
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in graph[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    circles = sorted(name for name in graph if name in reaches(name))
+    assert circles == []

@@ -17,6 +17,15 @@ from stages import build_corpus as stage
 
 CFG = BuildCorpusConfig()
 
+
+def limits(cfg: BuildCorpusConfig) -> dict[str, float]:
+    """The filter thresholds of ``cfg``, as keyword arguments of the filters."""
+    return {k: getattr(cfg, k) for k in ("max_repeat", "max_copy_ratio", "min_script_fraction",
+                                         "min_length_ratio", "max_length_ratio")}
+
+
+LIMITS = limits(CFG)
+
 EN_GEN = "In the beginning God created the heavens and the earth."
 EN_JOHN = (
     "For God so loved the world, that he gave his one and only Son, that whoever believes "
@@ -118,15 +127,15 @@ def test_max_repeat_run_examples(tokens, expected):
 def test_repetition_loop_is_dropped():
     src = "And he said to them: go and see the land of promise."
     loop = "Und er sagte zu ihnen: geht und seht das Land, das Land, das Land, das Land, das Land"
-    assert filters.failures(loop, src, "deu_Latn", CFG)[0] == "repeat"
+    assert filters.failures(loop, src, "deu_Latn", **LIMITS)[0] == "repeat"
     ok = "Und er sagte zu ihnen: das Land, das Land, das Land, das Land."  # 4 times: allowed
-    assert "repeat" not in filters.failures(ok, src, "deu_Latn", CFG)
+    assert "repeat" not in filters.failures(ok, src, "deu_Latn", **LIMITS)
 
 
 def test_repetition_in_unspaced_scripts_counts_characters_not_punctuation():
     src = "They loved him and he loved them."
-    assert "repeat" in filters.failures("他们爱他爱他爱他爱他爱他爱他", src, "zho_Hans", CFG)
-    assert "repeat" not in filters.failures("他们爱他......他也爱他们。", src, "zho_Hans", CFG)
+    assert "repeat" in filters.failures("他们爱他爱他爱他爱他爱他爱他", src, "zho_Hans", **LIMITS)
+    assert "repeat" not in filters.failures("他们爱他......他也爱他们。", src, "zho_Hans", **LIMITS)
 
 
 # ---------------------------------------------------------------- copy, length, all
@@ -136,14 +145,14 @@ def test_copied_source_is_dropped():
     assert filters.copy_ratio(EN_GEN, EN_GEN) == 1.0
     assert filters.copy_ratio(DE_GEN, EN_GEN) == 0.0
     assert filters.copy_ratio("Amen.", "Amen.") == 0.0  # one word: no bigrams to judge
-    assert filters.failures(EN_GEN, EN_GEN, "deu_Latn", CFG) == ["copy"]
+    assert filters.failures(EN_GEN, EN_GEN, "deu_Latn", **LIMITS) == ["copy"]
     # Into Russian a copy also has the wrong script; "copy" is reported first.
-    assert filters.failures(EN_GEN, EN_GEN, "rus_Cyrl", CFG) == ["copy", "script"]
+    assert filters.failures(EN_GEN, EN_GEN, "rus_Cyrl", **LIMITS) == ["copy", "script"]
 
 
 def test_wrong_script_is_dropped():
-    assert filters.failures(RU_GEN, EN_GEN, "kor_Hang", CFG) == ["script"]
-    assert filters.failures(RU_GEN, EN_GEN, "rus_Cyrl", CFG) == []
+    assert filters.failures(RU_GEN, EN_GEN, "kor_Hang", **LIMITS) == ["script"]
+    assert filters.failures(RU_GEN, EN_GEN, "rus_Cyrl", **LIMITS) == []
 
 
 FR_GEN = "Au commencement, Dieu créa les cieux et la terre."
@@ -154,13 +163,13 @@ EN_LOVE = "For God so loved the world, that he gave his one and only Son."
 def test_wrong_language_in_the_right_script_is_dropped():
     detector = langid.detector("pool", ("eng_Latn", "deu_Latn", "fra_Latn", "spa_Latn"))
     # French where Spanish was asked for: Latin script, a plausible length, no copy.
-    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", CFG, detector) == ["language"]
-    assert filters.failures(ES_GEN, EN_GEN, "spa_Latn", CFG, detector) == []
-    assert filters.failures(DE_GEN, EN_GEN, "deu_Latn", CFG, detector) == []
+    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", detector, **LIMITS) == ["language"]
+    assert filters.failures(ES_GEN, EN_GEN, "spa_Latn", detector, **LIMITS) == []
+    assert filters.failures(DE_GEN, EN_GEN, "deu_Latn", detector, **LIMITS) == []
     # English left untranslated (no bigram shared with this source, so not a "copy").
-    assert filters.failures(EN_LOVE, EN_GEN, "fra_Latn", CFG, detector) == ["language"]
+    assert filters.failures(EN_LOVE, EN_GEN, "fra_Latn", detector, **LIMITS) == ["language"]
     # Without a detector the filter is off.
-    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", CFG) == []
+    assert filters.failures(FR_GEN, EN_GEN, "spa_Latn", **LIMITS) == []
     assert langid.wrong_language([FR_GEN, ES_GEN, "1:1 ..."], "spa_Latn", detector).tolist() \
         == [True, False, False]
 
@@ -179,26 +188,26 @@ def test_language_filter_modes_and_unknown_languages():
 
 
 def test_korean_and_chinese_pass_the_length_ratio_thanks_to_the_script_factor():
-    assert filters.failures(KO_JOHN, EN_JOHN, "kor_Hang", CFG) == []
-    assert filters.failures(ZH_GEN, EN_GEN, "zho_Hans", CFG) == []
+    assert filters.failures(KO_JOHN, EN_JOHN, "kor_Hang", **LIMITS) == []
+    assert filters.failures(ZH_GEN, EN_GEN, "zho_Hans", **LIMITS) == []
     # Without the factor, the Chinese verse would be "too short".
     assert filters.length_ratio(ZH_GEN, EN_GEN, "Latn") < CFG.min_length_ratio
     strict = dataclasses.replace(CFG, min_length_ratio=0.5)
-    assert filters.failures(KO_GEN, EN_GEN, "kor_Hang", strict) == []
+    assert filters.failures(KO_GEN, EN_GEN, "kor_Hang", **limits(strict)) == []
     assert filters.length_ratio(KO_GEN, EN_GEN, "Latn") < 0.5
     assert filters.length_ratio(KO_GEN, EN_GEN, "Hang") == pytest.approx(
         len(KO_GEN) / (len(EN_GEN) * 0.45))
 
 
 def test_length_ratio_bounds():
-    assert filters.failures("Im Anfang.", EN_JOHN, "deu_Latn", CFG) == ["too_short"]
+    assert filters.failures("Im Anfang.", EN_JOHN, "deu_Latn", **LIMITS) == ["too_short"]
     long = " ".join(f"Wort{i}" for i in range(60))
-    assert filters.failures(long, EN_GEN, "deu_Latn", CFG) == ["too_long"]
+    assert filters.failures(long, EN_GEN, "deu_Latn", **LIMITS) == ["too_long"]
 
 
 @pytest.mark.parametrize("text", [None, "", "  \n"])
 def test_empty_output_is_only_empty(text):
-    assert filters.failures(text, EN_GEN, "deu_Latn", CFG) == ["empty"]
+    assert filters.failures(text, EN_GEN, "deu_Latn", **LIMITS) == ["empty"]
 
 
 # ---------------------------------------------------------------- split and En-X
@@ -476,7 +485,8 @@ def test_stage_main_missing_translation_is_one_line_error(tmp_path, monkeypatch,
 def test_filter_rows_keeps_a_clean_row():
     src = pd.DataFrame({"id": ["a", "b"], "eng_Latn": [EN_GEN, EN_JOHN]})
     keep, stats = filters.filter_rows(
-        src, {"kor_Hang": pd.Series([KO_GEN, RU_GEN])}, "eng_Latn", CFG)
+        src, {"kor_Hang": pd.Series([KO_GEN, RU_GEN])}, "eng_Latn", language_id=CFG.language_id,
+        language_id_margin=CFG.language_id_margin, **LIMITS)
     assert keep.tolist() == [True, False]
     assert stats["dropped_by_reason"] == {**dict.fromkeys(filters.REASONS, 0), "script": 1}
     assert stats["dropped_by_lang"] == {"kor_Hang": 1}
@@ -496,10 +506,10 @@ def test_failure_matrix_equals_failures_row_by_row():
     ]
     detector = langid.detector("pool", ("eng_Latn", "deu_Latn", "rus_Cyrl", "zho_Hans"))
     for lang in ("deu_Latn", "rus_Cyrl", "zho_Hans"):
-        got = filters.failure_matrix(pa.array(texts), pa.array(src), lang, CFG,
-                                     detector=detector)
+        got = filters.failure_matrix(pa.array(texts), pa.array(src), lang, detector=detector,
+                                     **LIMITS)
         for i, (text, sent) in enumerate(zip(texts, src, strict=True)):
-            want = filters.failures(text, sent or "", lang, CFG, detector)
+            want = filters.failures(text, sent or "", lang, detector, **LIMITS)
             assert [r for k, r in enumerate(filters.REASONS) if got[k, i]] == want, (lang, i)
 
 
@@ -515,7 +525,7 @@ def _reference_build(cfg, pool):
     detector = langid.detector(cfg.language_id, ("eng_Latn", *pool), cfg.language_id_margin)
     for lang in pool:
         for i, (text, sent) in enumerate(zip(texts[lang], src["eng_Latn"], strict=True)):
-            failed = filters.failures(text, sent, lang, cfg, detector)
+            failed = filters.failures(text, sent, lang, detector, **limits(cfg))
             by_lang[lang] += bool(failed)
             for reason in failed:
                 failures[lang][reason] += 1

@@ -243,7 +243,10 @@ def _write_multiway(src: _Source, rows: Mapping[str, Rows], cfg: BuildCorpusConf
             for lang, lang_rows in rows.items():
                 table = _aligned(lang_rows.take(batch.num_rows), batch["id"], lang)
                 texts[lang] = _no_null(table[lang])
-            keep, part = filter_batch(sources, texts, cfg, detector)
+            keep, part = filter_batch(
+                sources, texts, detector, max_repeat=cfg.max_repeat,
+                max_copy_ratio=cfg.max_copy_ratio, min_script_fraction=cfg.min_script_fraction,
+                min_length_ratio=cfg.min_length_ratio, max_length_ratio=cfg.max_length_ratio)
             add_stats(stats, part)
             kept = pa.table({"id": batch["id"], src.column: sources, **texts}).filter(keep)
             # A row's split depends only on its id, so it is the same whichever rows survive.

@@ -1,8 +1,8 @@
 """Quality filters for machine translations.
 
 Each filter is a small pure function of one translation (and its English source), so it can
-be tested on hand-made examples; :func:`failures` runs all of them with the thresholds of
-:class:`~pipeline.config.BuildCorpusConfig` and names every filter a translation fails:
+be tested on hand-made examples; :func:`failures` runs all of them with the thresholds (the
+``build_corpus`` settings of the same names) and names every filter a translation fails:
 
 - ``empty``: nothing but whitespace (or a missing value).
 - ``repeat``: a decoder repetition loop, i.e. some n-gram (n = 1..4) repeated more than
@@ -35,7 +35,7 @@ import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,6 @@ import pyarrow.compute as pc
 from pipeline import langs as langs_mod
 from pipeline.corpus import langid
 from pipeline.corpus.langid import wrong_language
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.corpus.build_corpus import BuildCorpusConfig
 
 REASONS: tuple[str, ...] = (
     "empty", "repeat", "copy", "script", "language", "too_short", "too_long",
@@ -270,18 +267,22 @@ def repeat_tokens(text: str, script: str) -> list[str]:
     return _WORD.findall(text.casefold())
 
 
-def failures(translation: str | None, source: str, lang: str, cfg: BuildCorpusConfig,
-             detector: Any | None = None) -> list[str]:
+def failures(translation: str | None, source: str, lang: str, detector: Any | None = None, *,
+             max_repeat: int, max_copy_ratio: float, min_script_fraction: float,
+             min_length_ratio: float, max_length_ratio: float) -> list[str]:
     """All filters one translation fails, in :data:`REASONS` order.
 
     Args:
         translation: The machine translation (``None`` counts as empty).
         source: The English source sentence.
         lang: The target language's FLORES code (its script part picks the script rules).
-        cfg: The thresholds (``max_repeat``, ``max_copy_ratio``, ``min_script_fraction``,
-            ``min_length_ratio``, ``max_length_ratio``).
         detector: A language identifier (:func:`pipeline.corpus.langid.detector`); ``None``
             skips the ``language`` filter.
+        max_repeat: Most back-to-back repeats of an n-gram allowed (``repeat``).
+        max_copy_ratio: Share of bigrams copied from the source that fails (``copy``).
+        min_script_fraction: Least share of letters in the language's script (``script``).
+        min_length_ratio: Least normalised length ratio (``too_short``).
+        max_length_ratio: Largest normalised length ratio (``too_long``).
 
     Returns:
         The failed filter names; ``["empty"]`` alone for an empty output (the other filters
@@ -295,18 +296,18 @@ def failures(translation: str | None, source: str, lang: str, cfg: BuildCorpusCo
     if translation is None or not translation.strip():
         return ["empty"]
     failed = []
-    if max_repeat_run(repeat_tokens(translation, script)) > cfg.max_repeat:
+    if max_repeat_run(repeat_tokens(translation, script)) > max_repeat:
         failed.append("repeat")
-    if copy_ratio(translation, source) >= cfg.max_copy_ratio:
+    if copy_ratio(translation, source) >= max_copy_ratio:
         failed.append("copy")
-    if script_fraction(translation, script) < cfg.min_script_fraction:
+    if script_fraction(translation, script) < min_script_fraction:
         failed.append("script")
     if detector is not None and wrong_language([translation], lang, detector)[0]:
         failed.append("language")
     ratio = length_ratio(translation, source, script)
-    if ratio < cfg.min_length_ratio:
+    if ratio < min_length_ratio:
         failed.append("too_short")
-    elif ratio > cfg.max_length_ratio:
+    elif ratio > max_length_ratio:
         failed.append("too_long")
     return failed
 
@@ -333,19 +334,24 @@ def strip_lengths(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array | pa.ChunkedArray,
-                   lang: str, cfg: BuildCorpusConfig,
-                   source_bigrams: Sequence[set[tuple[str, str]] | None] | None = None,
-                   detector: Any | None = None) -> np.ndarray:
+                   lang: str, source_bigrams: Sequence[set[tuple[str, str]] | None] | None = None,
+                   detector: Any | None = None, *, max_repeat: int, max_copy_ratio: float,
+                   min_script_fraction: float, min_length_ratio: float,
+                   max_length_ratio: float) -> np.ndarray:
     """:func:`failures` over a batch: which filters each translation fails.
 
     Args:
         translations: Machine translations (nulls count as empty).
         sources: Their English sources, aligned (nulls count as empty).
         lang: The target language's FLORES code.
-        cfg: The thresholds.
         source_bigrams: Optional cache of the sources' word bigrams, shared between the
             languages of one batch (a list of ``None`` filled in here as needed).
         detector: A language identifier, or ``None`` to skip the ``language`` filter.
+        max_repeat: Threshold of ``repeat`` (as for :func:`failures`).
+        max_copy_ratio: Threshold of ``copy``.
+        min_script_fraction: Threshold of ``script``.
+        min_length_ratio: Threshold of ``too_short``.
+        max_length_ratio: Threshold of ``too_long``.
 
     Returns:
         A boolean array ``(len(REASONS), n)``: ``[k, i]`` is true when translation ``i``
@@ -365,9 +371,9 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
     out[_ROW["empty"]] = empty
     # The same float64 operations as length_ratio, so the same ratios to the last bit.
     ratio = t_len / (np.maximum(strip_lengths(sources), 1) * LENGTH_FACTORS[script])
-    short = ~empty & (ratio < cfg.min_length_ratio)
+    short = ~empty & (ratio < min_length_ratio)
     out[_ROW["too_short"]] = short
-    out[_ROW["too_long"]] = ~empty & ~short & (ratio > cfg.max_length_ratio)
+    out[_ROW["too_long"]] = ~empty & ~short & (ratio > max_length_ratio)
 
     # Tokenising, bigrams and Unicode names have no vectorised equivalent with the same
     # semantics (\w, casefold), so these filters stay per translation.
@@ -377,7 +383,7 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
     cache = source_bigrams if source_bigrams is not None else [None] * n
     repeat, copy, wrong_script = [], [], []
     for i, text, src in zip(live.tolist(), texts, srcs, strict=True):
-        repeat.append(max_repeat_run(repeat_tokens(text, script)) > cfg.max_repeat)
+        repeat.append(max_repeat_run(repeat_tokens(text, script)) > max_repeat)
         t_bigrams = _bigrams(text)
         ratio_i = 0.0  # copy_ratio of a translation without bigrams
         if t_bigrams:
@@ -385,8 +391,8 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
             if s_bigrams is None:
                 s_bigrams = cache[i] = _bigrams(src or "")
             ratio_i = _overlap(t_bigrams, s_bigrams)
-        copy.append(ratio_i >= cfg.max_copy_ratio)
-        wrong_script.append(script_fraction(text, script) < cfg.min_script_fraction)
+        copy.append(ratio_i >= max_copy_ratio)
+        wrong_script.append(script_fraction(text, script) < min_script_fraction)
     out[_ROW["repeat"], live] = repeat
     out[_ROW["copy"], live] = copy
     out[_ROW["script"], live] = wrong_script
@@ -416,16 +422,21 @@ def add_stats(total: dict[str, Any], part: dict[str, Any]) -> None:
 
 def filter_batch(sources: pa.Array | pa.ChunkedArray,
                  translations: Mapping[str, pa.Array | pa.ChunkedArray],
-                 cfg: BuildCorpusConfig, detector: Any | None = None,
+                 detector: Any | None = None, *, max_repeat: int, max_copy_ratio: float,
+                 min_script_fraction: float, min_length_ratio: float, max_length_ratio: float,
                  ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run every filter on every translation of a batch of rows and decide which to keep.
 
     Args:
         sources: The English sources of the rows.
         translations: Language → translations aligned with ``sources``.
-        cfg: Filter thresholds.
         detector: The language identifier (:func:`pipeline.corpus.langid.detector`), or
             ``None`` without the ``language`` filter.
+        max_repeat: The ``repeat`` filter's threshold (each as for :func:`failures`).
+        max_copy_ratio: The ``copy`` filter's.
+        min_script_fraction: The ``script`` filter's.
+        min_length_ratio: The ``too_short`` filter's.
+        max_length_ratio: The ``too_long`` filter's.
 
     Returns:
         A boolean keep-mask over the rows, and the drop statistics: ``dropped_by_reason``
@@ -441,8 +452,11 @@ def filter_batch(sources: pa.Array | pa.ChunkedArray,
     stats = empty_stats(list(translations))
     source_bigrams: list[Any] = [None] * n  # shared by the languages' copy filters
     for lang, texts in translations.items():
-        lang_fails = failure_matrix(texts, sources, langs_mod.get(lang).code, cfg,
-                                    source_bigrams, detector)
+        lang_fails = failure_matrix(
+            texts, sources, langs_mod.get(lang).code, source_bigrams, detector,
+            max_repeat=max_repeat, max_copy_ratio=max_copy_ratio,
+            min_script_fraction=min_script_fraction, min_length_ratio=min_length_ratio,
+            max_length_ratio=max_length_ratio)
         fails |= lang_fails
         stats["failures"][lang] = {r: int(c) for r, c in zip(REASONS, lang_fails.sum(axis=1),
                                                              strict=True)}
@@ -454,7 +468,8 @@ def filter_batch(sources: pa.Array | pa.ChunkedArray,
 
 
 def filter_rows(
-    src: pd.DataFrame, translations: dict[str, pd.Series], source: str, cfg: BuildCorpusConfig
+    src: pd.DataFrame, translations: dict[str, pd.Series], source: str, *, language_id: str,
+    language_id_margin: float, **thresholds: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """:func:`filter_batch` on in-memory tables.
 
@@ -462,7 +477,10 @@ def filter_rows(
         src: Source table (``id``, ``source``).
         translations: Language → translations aligned with ``src``.
         source: Source language column.
-        cfg: Filter thresholds.
+        language_id: Candidate languages of the ``language`` filter (``pool``, ``all`` or
+            ``none``: :func:`pipeline.corpus.langid.detector`).
+        language_id_margin: Lead the detected language needs over the runner-up.
+        **thresholds: ``max_repeat`` … ``max_length_ratio`` of :func:`filter_batch`.
 
     Returns:
         The keep-mask and drop statistics of :func:`filter_batch`.
@@ -470,7 +488,6 @@ def filter_rows(
     def arrow(texts: pd.Series) -> pa.Array:
         return pa.array(texts.to_numpy(dtype=object), pa.large_string(), from_pandas=True)
 
-    detector = langid.detector(cfg.language_id, (source, *translations),
-                               cfg.language_id_margin)
-    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()}, cfg,
-                        detector)
+    detector = langid.detector(language_id, (source, *translations), language_id_margin)
+    return filter_batch(arrow(src[source]), {k: arrow(v) for k, v in translations.items()},
+                        detector, **thresholds)

@@ -205,6 +205,45 @@ def fingerprint_parts(cfg: TrainEncoderConfig, langs: LangsConfig, base: Located
         precision=resolve_precision(cfg.precision, device), world_size=world_size)
 
 
+def config_problems(cfg: TrainEncoderConfig, regimes: Sequence[str], dev_split: int | None = None,
+                    world_size: int | None = None) -> list[str]:
+    """Settings that would waste a run or lose its dev loss, one line each with its fix.
+
+    ``train_encoder`` fails on them before training; ``multiway doctor`` reports them before
+    the pipeline starts.
+
+    Args:
+        cfg: The stage config.
+        regimes: The regimes to check (their losses).
+        dev_split: Rows of the dev split (``None``: not built yet; ``dev_rows`` alone is checked).
+        world_size: Processes of the run (``None``: ``cfg.gpus``, at least 1).
+
+    Returns:
+        Problems: gradient checkpointing under a cached loss (GradCache already keeps one
+        mini-batch of activations; checkpointing adds a third forward pass), or a dev set
+        smaller than one batch on every process (its loss could not be computed).
+    """
+    problems = []
+    cached = sorted({cfg.loss[r] for r in regimes if cfg.loss.get(r, "").startswith("cached_")})
+    if cfg.gradient_checkpointing and cached:
+        problems.append(
+            f"train_encoder: gradient_checkpointing with the cached loss {', '.join(cached)} runs "
+            "three forward passes per step for no memory saved (GradCache keeps one "
+            "mini-batch of activations); set gradient_checkpointing: false"
+        )
+    world = world_size or max(cfg.gpus, 1)
+    needed = cfg.batch_size * world
+    rows = cfg.dev_rows if dev_split is None else min(cfg.dev_rows, dev_split)
+    if cfg.dev_rows and rows < needed:
+        split = "" if dev_split is None else f" and the dev split has {dev_split}"
+        problems.append(
+            f"train_encoder: the dev loss needs {needed} rows (batch_size {cfg.batch_size} x "
+            f"{world} process(es)), but dev_rows is {cfg.dev_rows}{split}; raise dev_rows (or "
+            "build_corpus.dev_fraction), or set dev_rows: 0 to skip the dev loss"
+        )
+    return problems
+
+
 def _prepare_work_dir(work: Path, parts: dict[str, Any]) -> Path | None:
     """The checkpoint to resume from when ``work`` holds one of the same run, else ``None``.
 
@@ -280,7 +319,6 @@ def run(
         MarkComplete,
         TimeBudget,
         build_loss,
-        config_problems,
         count_parameters,
         freeze_lower_layers,
         freeze_pooler,
@@ -322,7 +360,12 @@ def run(
     from sentence_transformers import SentenceTransformerTrainer
 
     work = Path(cfg.work_dir) / name
-    args = training_arguments(cfg, work, device, prompt, seed)
+    args = training_arguments(
+        work, device, prompt, seed, precision=cfg.precision, batch_size=cfg.batch_size,
+        max_steps=cfg.max_steps, learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps, save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit)
     if problems := config_problems(cfg, (regime,), len(data.dev), args.world_size):
         raise ValueError(problems[0])
     dev_rows = min(cfg.dev_rows, len(data.dev))

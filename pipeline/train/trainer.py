@@ -5,7 +5,7 @@ mixed precision, DDP and checkpointing):
 
 - :func:`training_arguments`: the arguments this project trains with (precision, gradient
   checkpointing, the duplicate-free epoch-seeded batch sampler, the model's default prompt,
-  checkpoint cadence), each derived from one :class:`~pipeline.config.TrainEncoderConfig` field;
+  checkpoint cadence), each from the ``train_encoder`` setting of the same name;
 - :func:`freeze_pooler`: the pooler no embedding uses, frozen so DDP finds no unused parameter;
 - :func:`freeze_word_embeddings`: the CPU lever (the word-embedding matrix is most of a
   multilingual encoder's parameters, and with AdamW most of its memory and update time);
@@ -30,7 +30,6 @@ one (tests/test_train.py checks that the final weights are bit-identical).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import shutil
 import time
@@ -45,9 +44,6 @@ from transformers import TrainerCallback
 
 from pipeline.encoders.trunk import backbone_layers
 from pipeline.io import atomic_path
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.train.train_encoder import TrainEncoderConfig
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformerTrainingArguments
@@ -191,10 +187,10 @@ def build_loss(
         ValueError: Unknown loss or hyperparameter (from the registry), or a bilingual loss
             (``bilingual_infonce``, ``xlco``) with other than two columns.
     """
-    from pipeline.losses import get_loss, loss_class
+    from pipeline.losses import get_loss, hyperparameters, loss_class
 
     hparams = dict(params.get(name) or {})
-    accepts = inspect.signature(loss_class(name).__init__).parameters
+    accepts = hyperparameters(loss_class(name))
     if "languages" in accepts:
         hparams.setdefault("languages", list(columns))
     elif len(columns) != 2:
@@ -211,21 +207,42 @@ def build_loss(
 
 
 def training_arguments(
-    cfg: TrainEncoderConfig,
     checkpoint_dir: str | Path,
     device: str,
     prompt: str | None,
     seed: int,
+    *,
+    precision: str,
+    batch_size: int,
+    max_steps: int,
+    learning_rate: float,
+    warmup_steps: int,
+    weight_decay: float,
+    gradient_checkpointing: bool,
+    logging_steps: int,
+    save_steps: int,
+    save_total_limit: int,
 ) -> SentenceTransformerTrainingArguments:
     """The trainer arguments for one run.
 
+    The keyword arguments are the ``train_encoder`` settings of the same names.
+
     Args:
-        cfg: The stage config.
         checkpoint_dir: Where the trainer writes ``checkpoint-<step>`` directories.
         device: ``cpu`` or ``cuda``.
         seed: The run's training seed (batch order, dropout).
         prompt: Text prefix put before every training sentence (the encoder's default prompt,
             e.g. mE5's ``"query: "``), or ``None``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (:func:`resolve_precision`).
+        batch_size: Rows per device and step (training and evaluation).
+        max_steps: Optimiser steps.
+        learning_rate: Peak learning rate (linear warm-up, then linear decay).
+        warmup_steps: Warm-up steps.
+        weight_decay: AdamW weight decay.
+        gradient_checkpointing: Recompute activations in the backward pass.
+        logging_steps: Steps between logged losses.
+        save_steps: Steps between checkpoints.
+        save_total_limit: Checkpoints kept.
 
     Returns:
         The arguments.
@@ -233,19 +250,19 @@ def training_arguments(
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 
-    precision = resolve_precision(cfg.precision, device)
+    precision = resolve_precision(precision, device)
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoint_dir),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        max_steps=cfg.max_steps,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        max_steps=max_steps,
+        learning_rate=learning_rate,
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
         lr_scheduler_type="linear",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
-        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=gradient_checkpointing,
         # Non-reentrant checkpointing works when the embedding output needs no gradient
         # (frozen word embeddings); the reentrant variant would drop those gradients.
         activation_checkpointing_kwargs={"use_reentrant": False},
@@ -257,11 +274,11 @@ def training_arguments(
         dataloader_num_workers=0,
         prompts=prompt,
         seed=seed,
-        logging_steps=cfg.logging_steps,
+        logging_steps=logging_steps,
         logging_first_step=True,
         save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
+        save_steps=save_steps,
+        save_total_limit=save_total_limit,
         eval_strategy="no",
         report_to=[],
         disable_tqdm=False,
@@ -270,45 +287,6 @@ def training_arguments(
         # uses, the pooler, is frozen (freeze_pooler); checking for more costs a graph walk.
         ddp_find_unused_parameters=False,
     )
-
-
-def config_problems(cfg: TrainEncoderConfig, regimes: Sequence[str], dev_split: int | None = None,
-                    world_size: int | None = None) -> list[str]:
-    """Settings that would waste a run or lose its dev loss, one line each with its fix.
-
-    ``train_encoder`` fails on them before training; ``multiway doctor`` reports them before
-    the pipeline starts.
-
-    Args:
-        cfg: The stage config.
-        regimes: The regimes to check (their losses).
-        dev_split: Rows of the dev split (``None``: not built yet; ``dev_rows`` alone is checked).
-        world_size: Processes of the run (``None``: ``cfg.gpus``, at least 1).
-
-    Returns:
-        Problems: gradient checkpointing under a cached loss (GradCache already keeps one
-        mini-batch of activations; checkpointing adds a third forward pass), or a dev set
-        smaller than one batch on every process (its loss could not be computed).
-    """
-    problems = []
-    cached = sorted({cfg.loss[r] for r in regimes if cfg.loss.get(r, "").startswith("cached_")})
-    if cfg.gradient_checkpointing and cached:
-        problems.append(
-            f"train_encoder: gradient_checkpointing with the cached loss {', '.join(cached)} runs "
-            "three forward passes per step for no memory saved (GradCache keeps one "
-            "mini-batch of activations); set gradient_checkpointing: false"
-        )
-    world = world_size or max(cfg.gpus, 1)
-    needed = cfg.batch_size * world
-    rows = cfg.dev_rows if dev_split is None else min(cfg.dev_rows, dev_split)
-    if cfg.dev_rows and rows < needed:
-        split = "" if dev_split is None else f" and the dev split has {dev_split}"
-        problems.append(
-            f"train_encoder: the dev loss needs {needed} rows (batch_size {cfg.batch_size} x "
-            f"{world} process(es)), but dev_rows is {cfg.dev_rows}{split}; raise dev_rows (or "
-            "build_corpus.dev_fraction), or set dev_rows: 0 to skip the dev loss"
-        )
-    return problems
 
 
 def last_checkpoint(checkpoint_dir: str | Path) -> Path | None:

@@ -30,7 +30,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +39,7 @@ from tqdm import tqdm
 from pipeline.runtime import resolve_device
 from pipeline.translate.engine import (
     CT2Translator,
+    DecodingOptions,
     iter_translations,
     load_translator,
     resolve_compute_type,
@@ -50,9 +51,6 @@ from pipeline.translate.shards import (
     read_row_chunk,
     work_done,
 )
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.translate.translate import TranslateConfig
 
 logger = logging.getLogger(__name__)
 
@@ -313,16 +311,31 @@ def _translate_shards(ray: Any, job: ShardJob, pending: dict[int, int], store: S
     return work
 
 
-def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: Path,
-                   max_decoding_length: int) -> dict[str, float]:
-    """Translate ``cfg.source`` into ``output`` with a pool of Ray actors (see module doc).
+def translate_file(source_column: str, lang: str, output: Path, max_decoding_length: int, *,
+                   source: str, model_dir: str, family: str, device: str, compute_type: str,
+                   options: DecodingOptions, inter_threads: int, shard_size: int,
+                   ray_actors: int, ray_actor_threads: int) -> dict[str, float]:
+    """Translate ``source`` into ``output`` with a pool of Ray actors (see module doc).
+
+    The keyword arguments are the ``translate`` settings of the same names, already checked
+    (model included).
 
     Args:
-        cfg: The ``translate`` section (already checked, model included).
         source_column: Source text column (``langs.source``).
         lang: Target FLORES code (also the output column name).
         output: Final Parquet file.
         max_decoding_length: The model's effective cap on output length (fingerprint).
+        source: Source table.
+        model_dir: CTranslate2 model directory.
+        family: Tokenisation family.
+        device: ``auto``, ``cpu`` or ``cuda`` (resolved on the cluster).
+        compute_type: Compute type (resolved on the cluster).
+        options: Search settings (``beam_size``, ``max_batch_tokens``,
+            ``max_decoding_length``, ``no_repeat_ngram_size``).
+        inter_threads: Batches in flight per actor on a GPU.
+        shard_size: Rows per shard.
+        ray_actors: Actors in the pool (0: one per GPU, else per ``ray_actor_threads`` CPUs).
+        ray_actor_threads: CPU threads (Ray CPUs) of each actor.
 
     Returns:
         The local backend's metrics (in ``runtime``, ``translate_seconds`` is the wall time
@@ -330,41 +343,42 @@ def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: 
         ``translate_cpu_seconds`` the actors' CPU time), plus ``ray_actors`` and
         ``actor_seconds`` (translation time summed over actors) in ``runtime``.
     """
-    source = Path(cfg.source).resolve()
-    local_cpus = cfg.ray_actors * cfg.ray_actor_threads or None
+    path = Path(source).resolve()
+    local_cpus = ray_actors * ray_actor_threads or None
     with ray_session(local_cpus) as ray:
-        device, compute_type, gpus = resolve_on_cluster(ray, cfg.device, cfg.compute_type)
-        id_type = pq.read_schema(source).field("id").type
+        device, compute_type, gpus = resolve_on_cluster(ray, device, compute_type)
+        id_type = pq.read_schema(path).field("id").type
         schema = pa.schema([("id", id_type), (lang, pa.string())])
-        store = ShardStore(output.parent / f"{lang}.parts",
-                           fingerprint(cfg, source_column, lang, device, compute_type,
-                                       max_decoding_length))
+        store = ShardStore(output.parent / f"{lang}.parts", fingerprint(
+            source=source, model_dir=model_dir, source_column=source_column, lang=lang,
+            device=device, compute_type=compute_type, options=options,
+            max_decoding_length=max_decoding_length, shard_size=shard_size))
         store.open()
-        total = pq.ParquetFile(source).metadata.num_rows
+        total = pq.ParquetFile(path).metadata.num_rows
         pending: dict[int, int] = {}
         shards = 0
         with tqdm(total=total, unit="sent", desc=f"translate {lang} (ray)",
                   dynamic_ncols=True) as bar:
-            for index, chunk in enumerate(iter_row_chunks(source, ["id"], cfg.shard_size)):
+            for index, chunk in enumerate(iter_row_chunks(path, ["id"], shard_size)):
                 shards += 1
                 if store.verify(index, chunk["id"].combine_chunks(), schema):
                     bar.update(len(chunk))
                 else:
                     pending[index] = len(chunk)
             cuda = device == "cuda"
-            actors = cfg.ray_actors or (
+            actors = ray_actors or (
                 gpus if cuda else int(ray.cluster_resources().get("CPU", 1))
-                // cfg.ray_actor_threads)
+                // ray_actor_threads)
             actors = max(1, min(actors, len(pending)))
             job = ShardJob(
-                source=str(source), source_column=source_column, lang=lang,
-                shard_size=cfg.shard_size, model_dir=str(Path(cfg.model_dir).resolve()),
-                family=cfg.family, device=device, compute_type=compute_type,
-                beam_size=cfg.beam_size, max_batch_tokens=cfg.max_batch_tokens,
-                max_decoding_length=cfg.max_decoding_length,
-                no_repeat_ngram_size=cfg.no_repeat_ngram_size,
-                inter_threads=cfg.inter_threads if cuda else 1,
-                intra_threads=cfg.ray_actor_threads,
+                source=str(path), source_column=source_column, lang=lang,
+                shard_size=shard_size, model_dir=str(Path(model_dir).resolve()),
+                family=family, device=device, compute_type=compute_type,
+                beam_size=options.beam_size, max_batch_tokens=options.max_batch_tokens,
+                max_decoding_length=options.max_decoding_length,
+                no_repeat_ngram_size=options.no_repeat_ngram_size,
+                inter_threads=inter_threads if cuda else 1,
+                intra_threads=ray_actor_threads,
             )
             start = time.perf_counter()
             work = _Work()
@@ -372,7 +386,7 @@ def translate_file(cfg: TranslateConfig, source_column: str, lang: str, output: 
                 logger.info("%d shard(s) to translate on %d %s actor(s)", len(pending), actors,
                             device)
                 work = _translate_shards(ray, job, pending, store, schema, bar, actors,
-                                         cfg.ray_actor_threads, 1 if cuda else 0)
+                                         ray_actor_threads, 1 if cuda else 0)
             seconds = time.perf_counter() - start if pending else 0.0
     store.merge(shards, output, schema)
     runtime = work_done(shards - len(pending), work.sentences, work.tokens, seconds,

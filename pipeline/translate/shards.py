@@ -17,7 +17,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,9 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.io import atomic_path
 from pipeline.runtime import claim_work_dir, file_hash
 from pipeline.translate.cuda import import_ctranslate2
-
-if TYPE_CHECKING:  # annotations only
-    from pipeline.translate.translate import TranslateConfig
+from pipeline.translate.engine import DecodingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -167,19 +165,32 @@ def work_done(reused: int, sentences: int, tokens: int, seconds: float, cpu_seco
     }
 
 
-def fingerprint(cfg: TranslateConfig, source_column: str, lang: str, device: str,
-                compute_type: str, max_decoding_length: int) -> dict[str, object]:
+def fingerprint(*, source: str, model_dir: str, source_column: str, lang: str, device: str,
+                compute_type: str, options: DecodingOptions, max_decoding_length: int,
+                shard_size: int) -> dict[str, object]:
     """Everything that determines the output of ``translate@<lang>`` (see :class:`ShardStore`).
 
     The backend, thread counts and GPU ids are left out: they do not change a shard, so
     shards written by one backend are kept by the other.
+
+    Args:
+        source: Source table (``translate.source``; its content is hashed).
+        model_dir: CTranslate2 model directory (``translate.model_dir``; hashed).
+        source_column: Source text column (``langs.source``).
+        lang: Target FLORES code.
+        device: Resolved device.
+        compute_type: Resolved compute type.
+        options: The search settings (``translate.beam_size``, ``max_batch_tokens``,
+            ``no_repeat_ngram_size``; its ``max_decoding_length`` is not recorded).
+        max_decoding_length: The model's effective cap on output length (recorded instead).
+        shard_size: Rows per shard (``translate.shard_size``).
     """
     return {
         "version": OUTPUT_VERSION, "ctranslate2": import_ctranslate2().__version__,
-        "source": file_hash(cfg.source), "source_column": source_column,
-        "model": file_hash(cfg.model_dir), "lang": lang, "device": device,
-        "compute_type": compute_type, "beam_size": cfg.beam_size,
-        "max_batch_tokens": cfg.max_batch_tokens,
-        "max_decoding_length": max_decoding_length, "shard_size": cfg.shard_size,
-        "no_repeat_ngram_size": cfg.no_repeat_ngram_size,
+        "source": file_hash(source), "source_column": source_column,
+        "model": file_hash(model_dir), "lang": lang, "device": device,
+        "compute_type": compute_type, "beam_size": options.beam_size,
+        "max_batch_tokens": options.max_batch_tokens,
+        "max_decoding_length": max_decoding_length, "shard_size": shard_size,
+        "no_repeat_ngram_size": options.no_repeat_ngram_size,
     }

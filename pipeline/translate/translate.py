@@ -30,7 +30,12 @@ from tqdm import tqdm
 from pipeline import langs as langs_mod
 from pipeline.config import LangsConfig
 from pipeline.io import read_table
-from pipeline.translate.engine import CT2Translator, iter_translations, load_translator
+from pipeline.translate.engine import (
+    CT2Translator,
+    DecodingOptions,
+    iter_translations,
+    load_translator,
+)
 from pipeline.translate.shards import ShardStore, fingerprint, iter_row_chunks, work_done
 
 
@@ -271,15 +276,25 @@ def run(cfg: TranslateConfig, langs: LangsConfig, lang: str) -> dict[str, float]
     translator.check(lang)
     references = _load_references(cfg.references, lang)
     output = Path(cfg.output_dir) / f"{lang}.parquet"
+    options = DecodingOptions(
+        beam_size=cfg.beam_size, max_batch_tokens=cfg.max_batch_tokens,
+        max_decoding_length=cfg.max_decoding_length, no_repeat_ngram_size=cfg.no_repeat_ngram_size)
     if distributed:
         max_decoding_length = translator.max_decoding_length
         del translator  # the driver does not translate: free the model before actors start
-        metrics = ray_backend.translate_file(cfg, langs.source, lang, output, max_decoding_length)
+        metrics = ray_backend.translate_file(
+            langs.source, lang, output, max_decoding_length, source=cfg.source,
+            model_dir=cfg.model_dir, family=cfg.family, device=cfg.device,
+            compute_type=cfg.compute_type, options=options, inter_threads=cfg.inter_threads,
+            shard_size=cfg.shard_size, ray_actors=cfg.ray_actors,
+            ray_actor_threads=cfg.ray_actor_threads)
     else:
         metrics = translate_file(
-            translator, source, langs.source, lang, output, cfg.shard_size,
-            fingerprint(cfg, langs.source, lang, translator.device, translator.compute_type,
-                        translator.max_decoding_length))
+            translator, source, langs.source, lang, output, cfg.shard_size, fingerprint(
+                source=cfg.source, model_dir=cfg.model_dir, source_column=langs.source,
+                lang=lang, device=translator.device, compute_type=translator.compute_type,
+                options=options, max_decoding_length=translator.max_decoding_length,
+                shard_size=cfg.shard_size))
     work = metrics["runtime"]
     logger.info("%s: %d sentences (%d shards, %d reused) in %.1f s, %.1f sent/s, %.0f tok/s",
                 output, metrics["sentences"], metrics["shards"], work["shards_reused"],
