@@ -37,7 +37,8 @@ def main() -> None:
     langs = load_section(args.params, "langs", LangsConfig)
     out = Path(args.out)
     train_cfg = dataclasses.replace(load_section(args.params, "train_drmim", TrainDrmimConfig),
-                                    output_dir=str(out / "runs"), work_dir=str(out / "work"))
+                                    output_dir=str(out / "runs"), work_dir=str(out / "work"),
+                                    plots_dir=str(out / "plots"))
     eval_cfg = dataclasses.replace(
         load_section(args.params, "evaluate_downstream", EvaluateDownstreamConfig),
         runs_dir=train_cfg.output_dir, output_dir=str(out / "scores"))

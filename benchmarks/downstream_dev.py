@@ -48,7 +48,7 @@ def dev_score(cfg: TrainDrmimConfig, eval_cfg: EvaluateDownstreamConfig, langs: 
     """Mean and standard error over seeds of ``variant``'s dev accuracy under ``cfg``."""
     cfg = dataclasses.replace(cfg, methods=(variant,), languages=(langs.source,),
                               output_dir=str(out / "runs"), work_dir=str(out / "work"),
-                              figure_examples=0)
+                              plots_dir=str(out / "plots"), figure_examples=0)
     train_drmim.run(cfg, langs, task, encoder)
     eval_cfg = dataclasses.replace(eval_cfg, runs_dir=cfg.output_dir,
                                    output_dir=str(out / "scores"))

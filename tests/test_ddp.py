@@ -20,6 +20,7 @@ import yaml
 from sentence_transformers import SentenceTransformer
 
 from pipeline.io import read_json
+from pipeline.live import read_log
 from tests.test_train import PROBE, workspace  # noqa: F401  (the module fixture)
 
 
@@ -60,7 +61,7 @@ def runs(workspace, tmp_path_factory):  # noqa: F811
         assert rc == 0, label
         out[label] = {
             "metrics": read_json(run_root / "data/metrics/train_encoder@tiny-multiway-7.json"),
-            "curve": pd.read_csv(run_root / "plots" / "tiny-multiway-7.csv"),
+            "curve": read_log(run_root / "plots" / "tiny-multiway-7"),
             "meta": read_json(run_root / "models" / "tiny-multiway-7" / "meta.json"),
             "embeddings": SentenceTransformer(str(run_root / "models" / "tiny-multiway-7"))
             .encode(PROBE, convert_to_numpy=True),

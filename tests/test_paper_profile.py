@@ -215,7 +215,11 @@ def test_an_experiment_changes_a_seed_and_leaves_the_workspace_alone(committed):
     shown = _run([dvc, "plots", "diff", "drmim-seed-1", "--json"], repo, env, 300)
     plots = json.loads(shown)["data"]
     assert {"data/report/plots/languages.csv", "data/report/plots/differences.csv"} <= set(plots)
-    assert any(name.startswith("data/plots/train_encoder/") for name in plots)
+    # The training stages' DVCLive series (train_encoder's loss per step, train_drmim's per epoch).
+    assert any(name.startswith("data/plots/train_encoder/") and name.endswith(
+        "/plots/metrics/loss.tsv") for name in plots)
+    assert any(name.startswith("data/plots/train_drmim/") and name.endswith("/loss.tsv")
+               for name in plots)
 
 
 def test_a_collaborator_pulls_the_run_instead_of_recomputing_it(committed, tmp_path):

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure as MplFigure
 
 from pipeline import config as c
 from pipeline.io import write_json, write_table
+from pipeline.live import write_log
 from pipeline.report import collect, compare, headline, projection, render, report, results
 from pipeline.report.report import ReportConfig
 from stages import report as stage
@@ -154,10 +155,9 @@ def make_tree(root: Path) -> Path:
                     "dev_loss_start": start, "dev_loss_end": end, "rows_trained": 1280,
                     "stopped_by": "max_steps"},
                    metrics / f"train_encoder@{MODELS[regime]}.json")
-        curve = pd.DataFrame({"step": [2, 4, 6], "loss": [start + .5, start, end + .5],
-                              "learning_rate": [1e-5, 2e-5, 1e-5]})
-        (root / "plots").mkdir(exist_ok=True)
-        curve.to_csv(root / "plots" / f"{MODELS[regime]}.csv", index=False)
+        write_log(root / "plots" / MODELS[regime],
+                  [{"step": step, "loss": loss, "learning_rate": lr} for step, loss, lr in
+                   zip((2, 4, 6), (start + .5, start, end + .5), (1e-5, 2e-5, 1e-5))])
     for label, name in MODELS.items():
         write_json(evaluate_metrics(label), metrics / f"evaluate@{name}.json")
         write_json({"suite": "offline", "tasks": list(SCORES), "seen": ["eng_Latn", *POOL]},
@@ -178,11 +178,10 @@ def make_tree(root: Path) -> Path:
         "mean_chars": {"eng_Latn": 120.5, "deu_Latn": 130.2, "fra_Latn": 128.0},
         "enx_langs": {"deu_Latn": 40, "fra_Latn": 40},
     }, root / "corpus" / "stats.json")
-    (root / "work").mkdir()
-    (root / "work" / "history.json").write_text(json.dumps([
-        {"step": 250, "epoch": 0, "minutes": 5.0, "train_loss": 5.0, "dev_loss": 4.5},
-        {"step": 500, "epoch": 1, "minutes": 12.5, "train_loss": 3.1, "dev_loss": 3.4},
-    ]))
+    write_log(root / "work" / "log", [
+        {"step": 250, "epoch": 0, "train_loss": 5.0, "dev_loss": 4.5},
+        {"step": 500, "epoch": 1, "train_loss": 3.1, "dev_loss": 3.4},
+    ])
     # Japanese lacks verse 3: the projection samples complete rows only.
     table = pd.DataFrame({"id": [f"v{i:02d}" for i in range(30)],
                           **{code: [verse(code, i) for i in range(30)]
@@ -223,7 +222,7 @@ def make_tree(root: Path) -> Path:
             "metrics_dir": str(metrics),
             "corpus_stats": str(root / "corpus" / "stats.json"),
             "plots_dir": str(root / "plots"),
-            "nmt_history": str(root / "work" / "history.json"),
+            "nmt_log": str(root / "work" / "log"),
             "eval_dir": str(root / "eval"),
             "downstream_dir": str(root / "downstream"),
             "models_dir": str(root / "models"),
@@ -670,7 +669,7 @@ def test_scores_csv_is_the_tidy_table(built):
 
 def test_missing_inputs_give_not_run_sections(tmp_path):
     cfg = ReportConfig(metrics_dir=str(tmp_path / "m"), corpus_stats=str(tmp_path / "s.json"),
-                         plots_dir=str(tmp_path / "p"), nmt_history=str(tmp_path / "h.json"),
+                         plots_dir=str(tmp_path / "p"), nmt_log=str(tmp_path / "h"),
                          eval_dir=str(tmp_path / "e"), downstream_dir=str(tmp_path / "d"),
                          projection_data=str(tmp_path / "t.parquet"),
                          output_dir=str(tmp_path / "out"), results_doc="")
@@ -700,9 +699,12 @@ def test_malformed_metrics_file_is_named(tmp_path, capsys):
     ("metrics/evaluate@me5-tiny.json", '{"mean/all": 0.5}', r"has no per-language score"),
     ("metrics/evaluate@me5-tiny.json", '{"T/lang/deu_Latn": "high"}', r"must be a number"),
     ("metrics/train_nmt.json", '{"chrf": {"deu_Latn": 40}}', r"is not a flat metrics file"),
-    ("plots/me5-tiny-enx.csv", "step,lr\n1,0.1\n", r"needs numeric columns 'step' and 'loss'"),
+    ("plots/me5-tiny-enx/plots/metrics/loss.tsv", "epoch\tloss\n1\t0.1\n",
+     r"is not a DVCLive series"),
+    ("plots/me5-tiny-enx/plots/metrics/loss.tsv", "step\tlr\n1\t0.1\n",
+     r"is not a DVCLive series"),
     ("corpus/stats.json", '{"rows": {}}', r"is not a build_corpus stats file"),
-    ("work/history.json", '[{"step": 1}]', r"must be a list of records"),
+    ("work/log/plots/metrics/dev_loss.tsv", "step\tloss\n1\t0.1\n", r"not a DVCLive series"),
 ])
 def test_malformed_inputs_raise_value_errors_naming_the_file(tmp_path, name, content, message):
     params = make_tree(tmp_path)
@@ -789,7 +791,10 @@ def test_markdown_and_html_escape_cells():
 
 def test_collect_reads_absent_files_as_none(tmp_path):
     assert collect.read_metrics(tmp_path / "none.json") is None
-    assert collect.loss_curve(tmp_path / "none.csv") is None
+    assert collect.loss_curve(tmp_path / "none") is None
+    write_log(tmp_path / "log", [{"step": 1, "train_loss": 2.0}])
+    with pytest.raises(ValueError, match=r"without \['dev_loss'\].*rerun the train_nmt"):
+        collect.nmt_history(tmp_path / "log")
     assert collect.downstream_results(tmp_path) == []
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pipeline.config import LangsConfig, from_mapping
+from pipeline.live import read_log
 from pipeline.translate import train_nmt
 from pipeline.translate.train_nmt import TrainNmtConfig
 
@@ -112,6 +113,9 @@ def test_stage_trains_exports_and_scores(tiny_cfg):
     cfg = tiny_cfg(max_steps=4)
     metrics = train_nmt.run(cfg, LANGS)
     assert metrics["steps"] == 4
+    log = read_log(f"{cfg.work_dir}/log")  # DVCLive, at each evaluation and the last step
+    assert log.columns.tolist() == ["step", "dev_loss", "epoch", "train_loss"]
+    assert log["step"].tolist() == [3, 4] and log["dev_loss"].iloc[-1] == metrics["dev_loss"]
     assert set(metrics) >= {"chrf_deu_Latn", "chrf_fra_Latn", "bleu_deu_Latn", "chrf_mean"}
     meta = json.load(open(f"{cfg.output_dir}/multiway_nmt.json"))
     assert meta["family"] == "marian" and meta["target_tag"] == ">>{code}<<"

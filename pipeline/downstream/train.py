@@ -54,6 +54,7 @@ class RunLog:
         terms: Mean of each loss term over the last epoch.
         first_loss: Mean total loss over the first epoch.
         last_loss: Mean total loss over the last epoch.
+        curve: Per epoch: ``step`` (steps so far), the mean ``loss`` and mean of each term.
     """
 
     variant: str
@@ -65,6 +66,7 @@ class RunLog:
     terms: dict[str, float] = dataclasses.field(default_factory=dict)
     first_loss: float = float("nan")
     last_loss: float = float("nan")
+    curve: list[dict[str, float]] = dataclasses.field(default_factory=list)
 
 
 # The generator of corpus draws and method randomness is seeded with seed + this (the batch
@@ -278,6 +280,7 @@ def train_variant(
         if recent:
             bar.set_postfix(loss=f"{recent['loss']:.3f}", epoch=epoch + 1)
         means = {k: v / max(1, n_steps) for k, v in sums.items()}
+        log.curve.append({"step": log.steps, **means})
         if epoch == 0:
             log.first_loss = means["loss"]
         log.last_loss = means.pop("loss")

@@ -14,6 +14,9 @@ predictions. Outputs, under ``<output_dir>/<task>/<encoder name>/``:
   ``figure_examples`` test examples per language (for the figure);
 - ``meta.json`` — resolved config, encoder, task kind and sizes, package versions.
 
+and the training log under ``<plots_dir>/<task>/<encoder name>/`` (DVCLive: each run's mean
+loss and terms per epoch, ``dvc plots show``).
+
 Resumable: each finished run is kept in ``<work_dir>/<task>/<encoder name>/`` until the
 stage completes (its predictions first, then its log, the mark of a finished run, each written
 atomically); a restart with the same fingerprint (:func:`fingerprint_parts`: config, inputs,
@@ -35,6 +38,7 @@ from pipeline.config import LangsConfig, to_dict
 from pipeline.downstream.knobs import DrmimConfig, EparConfig
 from pipeline.encoders.catalog import local_dir, model_label
 from pipeline.io import read_json, read_table, write_json, write_table
+from pipeline.live import write_log
 from pipeline.runtime import (
     claim_work_dir,
     file_hash,
@@ -137,6 +141,8 @@ class TrainDrmimConfig:
     threads: int = 2  # CPU threads for torch.
     # Predictions, run logs and features go to ``<output_dir>/<task>/<encoder name>/``.
     output_dir: str = "data/downstream/runs"
+    # Training log (DVCLive: each run's loss and terms per epoch) of ``<task>/<encoder name>``.
+    plots_dir: str = "data/plots/train_drmim"
     # Finished runs of an interrupted stage (``<task>/<encoder name>/``): a restart reuses them;
     # removed when the stage completes.
     work_dir: str = "data/work/downstream"
@@ -177,7 +183,7 @@ RUN_TIMINGS = ("train_seconds", "train_cpu_seconds", "train_tokens_per_second",
 
 
 # Config fields that do not change a run's output: a restart may change them and still resume.
-_RESUME_NEUTRAL = ("threads", "output_dir", "work_dir")
+_RESUME_NEUTRAL = ("threads", "output_dir", "plots_dir", "work_dir")
 # Config fields naming input files or directories: their content is part of the fingerprint.
 _INPUTS = ("bible_source", "bible_test", "bible_db", "corpus", "dataset")
 
@@ -215,6 +221,17 @@ def encoder_dir(cfg: TrainDrmimConfig, encoder: str) -> Path:
     in the HF cache (downloaded when the hub is reachable).
     """
     return local_dir(encoder, cfg.catalogue, cfg.models_dir)
+
+
+def run_curves(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """The runs' per-epoch curves as one log: series ``<variant>/seed<seed>/<loss or term>``."""
+    rows: dict[int, dict[str, float]] = {}
+    for r in runs:
+        for point in r["curve"]:
+            row = rows.setdefault(point["step"], {"step": point["step"]})
+            row.update({f"{r['variant']}/seed{r['seed']}/{k}": v
+                        for k, v in point.items() if k != "step"})
+    return [rows[step] for step in sorted(rows)]
 
 
 def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> dict[str, Any]:
@@ -334,8 +351,9 @@ def run(cfg: TrainDrmimConfig, langs: LangsConfig, task: str, encoder: str) -> d
     cpu_total = time.process_time() - cpu_started
     out_dir.mkdir(parents=True, exist_ok=True)
     write_table(predictions, out_dir / "predictions.parquet")
-    write_json([{k: v for k, v in r.items() if k not in RUN_TIMINGS} for r in runs],
+    write_json([{k: v for k, v in r.items() if k not in (*RUN_TIMINGS, "curve")} for r in runs],
                out_dir / "runs.json")
+    write_log(Path(cfg.plots_dir) / task / model_label(encoder), run_curves(runs))
     if features_file.is_file():
         shutil.copyfile(features_file, out_dir / "features.parquet")
     runtime: dict[str, Any] = {

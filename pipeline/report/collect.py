@@ -161,48 +161,33 @@ def corpus_stats(path: str | Path) -> dict[str, Any] | None:
     return stats
 
 
-def loss_curve(path: str | Path) -> pd.DataFrame | None:
-    """A ``train_encoder`` loss curve (``step``, ``loss``, terms, ...); ``None`` when absent.
+def loss_curve(log_dir: str | Path) -> pd.DataFrame | None:
+    """A ``train_encoder`` training log (``step``, ``loss``, terms, ...); ``None`` when absent.
 
     Raises:
-        ValueError: Not a CSV with numeric ``step`` and ``loss`` columns.
+        ValueError: Not a DVCLive log with a ``loss`` series.
     """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable CSV loss curve ({exc})") from None
-    bad = [c for c in ("step", "loss")
-           if c not in df.columns or not pd.api.types.is_numeric_dtype(df[c])]
-    if bad:
-        raise ValueError(
-            f"{path} needs numeric columns 'step' and 'loss' (bad: {bad}; it has "
-            f"{list(df.columns)}); rerun the train_encoder stage that writes it"
-        )
-    return df
+    return _training_log(log_dir, ("loss",), "train_encoder")
 
 
-def nmt_history(path: str | Path) -> pd.DataFrame | None:
-    """``train_nmt``'s evaluation history (``step``, ``train_loss``, ``dev_loss``).
+def nmt_history(log_dir: str | Path) -> pd.DataFrame | None:
+    """``train_nmt``'s evaluation history (``step``, ``train_loss``, ``dev_loss``, ...).
 
     Raises:
-        ValueError: Not a list of records with those numeric fields.
+        ValueError: Not a DVCLive log with those series.
     """
-    data = read_json_input(path)
-    if data is None:
-        return None
-    cols = ("step", "train_loss", "dev_loss")
-    ok = isinstance(data, list) and all(
-        isinstance(r, dict) and all(isinstance(r.get(c), (int, float)) for c in cols)
-        for r in data
-    )
-    if not ok:
-        raise ValueError(
-            f"{path} must be a list of records with numeric {', '.join(cols)}; rerun train_nmt"
-        )
-    return pd.DataFrame(data, columns=list(cols))
+    return _training_log(log_dir, ("train_loss", "dev_loss"), "train_nmt")
+
+
+def _training_log(log_dir: str | Path, needs: tuple[str, ...], stage: str) -> pd.DataFrame | None:
+    from pipeline.live import read_log
+
+    log = read_log(log_dir)
+    missing = [name for name in needs if log is not None and name not in log.columns]
+    if missing:
+        raise ValueError(f"{log_dir} is a training log without {missing} (it has "
+                         f"{list(log.columns)}); rerun the {stage} stage that writes it")
+    return log
 
 
 def _result_file(eval_dir: str | Path, name: str, file: str) -> Path:

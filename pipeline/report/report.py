@@ -73,9 +73,9 @@ class ReportConfig:
     corpus_stats: str = "data/corpus/stats.json"  # ``build_corpus``'s ``stats.json``.
     # ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
     plots_dir: str = "data/plots/train_encoder"
-    # ``train_nmt``'s ``history.json`` (optional NMT loss curve). It lives in the NMT work
+    # ``train_nmt``'s training log (DVCLive; optional NMT loss curve). It lives in the NMT work
     # directory, outside DVC.
-    nmt_history: str = "data/work/train_nmt/history.json"
+    nmt_log: str = "data/work/train_nmt/log"
     eval_dir: str = "data/eval"  # ``evaluate``'s output (``<model>/meta.json``: suite and tasks).
     # ``evaluate_downstream``'s output (``<task>/<encoder>/metrics.json``, with ``scores.parquet``
     # and ``features.png`` next to it), optional.
@@ -181,7 +181,7 @@ def run(cfg: ReportConfig, langs: LangsConfig, encode: Encoder | None = None) ->
     blocks += corpus_section(langs, fig_dir, metrics_dir=cfg.metrics_dir,
                              corpus_stats=cfg.corpus_stats)
     blocks += training_section(fig_dir, metrics_dir=cfg.metrics_dir,
-                               nmt_history=cfg.nmt_history, plots_dir=cfg.plots_dir,
+                               nmt_log=cfg.nmt_log, plots_dir=cfg.plots_dir,
                                aligned=cfg.aligned)
     results, scores = results_section(
         langs, fig_dir, metrics_dir=cfg.metrics_dir, eval_dir=cfg.eval_dir, base=cfg.base,

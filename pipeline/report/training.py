@@ -15,21 +15,21 @@ def _arrow(metrics: Mapping[str, Any], first: str, last: str) -> str:
     return f"{fmt_num(metrics.get(first), 3)} → {fmt_num(metrics.get(last), 3)}"
 
 
-def training_section(fig_dir: Path, *, metrics_dir: str, nmt_history: str, plots_dir: str,
+def training_section(fig_dir: Path, *, metrics_dir: str, nmt_log: str, plots_dir: str,
                      aligned: Mapping[str, tuple[str, ...]]) -> list[Block]:
     """NMT training summary and curve; one row and one curve per encoder alignment run.
 
     Args:
         fig_dir: Where the figure goes.
         metrics_dir: ``report.metrics_dir``, the flat stage metrics.
-        nmt_history: ``report.nmt_history``, the NMT loss curve.
-        plots_dir: ``report.plots_dir``, the encoder loss curves.
+        nmt_log: ``report.nmt_log``, the NMT training log.
+        plots_dir: ``report.plots_dir``, the encoder training logs.
         aligned: ``report.aligned``, regime → its models.
     """
     blocks: list[Block] = [Heading("Training")]
     nmt_path = collect.metrics_file(metrics_dir, "train_nmt")
     nmt = collect.read_metrics(nmt_path)
-    history = collect.nmt_history(nmt_history)
+    history = collect.nmt_history(nmt_log)
     if nmt is None:
         blocks.append(not_run("NMT training", nmt_path, "train_nmt"))
     else:
@@ -38,14 +38,14 @@ def training_section(fig_dir: Path, *, metrics_dir: str, nmt_history: str, plots
             f"train loss {fmt_num(nmt.get('train_loss'), 3)}, "
             f"dev loss {fmt_num(nmt.get('dev_loss'), 3)}, "
             f"mean dev chrF {fmt_num(nmt.get('chrf_mean'), 1)}."
-            + ("" if history is not None else f" (No curve: {nmt_history} not found.)")
+            + ("" if history is not None else f" (No curve: {nmt_log} not found.)")
         ))
     rows, curves, moves = [], {}, []
     for regime, names in aligned.items():
         for name in names:
             metrics = collect.read_metrics(
                 collect.metrics_file(metrics_dir, "train_encoder", name))
-            curve = collect.loss_curve(Path(plots_dir) / f"{name}.csv")
+            curve = collect.loss_curve(Path(plots_dir) / name)
             if curve is not None:
                 curves[name] = curve
             if metrics is None:

@@ -8,8 +8,8 @@ encoder ``<models_dir>/<encoder>`` (from ``import_encoder``). Outputs:
   kept) with a model card (``README.md``: base model, languages, training corpus, regime) and
   ``meta.json``: resolved config, package versions, base model and its commit, corpus
   hash, loss settings, steps;
-- ``<plots_dir>/<encoder>-<regime>-<seed>.csv``: the loss curve (step, loss, each named term,
-  learning rate), a DVC plot;
+- ``<plots_dir>/<encoder>-<regime>-<seed>/``: the training log (DVCLive: loss, each named
+  term, learning rate, gradient norm and epoch per logging step), DVC plots and metrics;
 - the returned flat metrics (``data/metrics/train_encoder@<encoder>-<regime>-<seed>.json``).
 
 Fairness across regimes: every regime trains ``max_steps`` steps of ``batch_size`` rows of
@@ -52,7 +52,8 @@ from pipeline.encoders.catalog import (
     set_model_card,
 )
 from pipeline.encoders.hub import hub_commit
-from pipeline.io import atomic_path, read_json, write_json
+from pipeline.io import read_json, write_json
+from pipeline.live import write_log
 from pipeline.runtime import (
     claim_work_dir,
     file_hash,
@@ -148,7 +149,7 @@ class TrainEncoderConfig:
     threads: int = 2  # CPU threads for torch.
     # The model is saved to ``<output_dir>/<encoder>-<regime>-<seed>/``.
     output_dir: str = "data/models/encoders"
-    # The loss curve goes to ``<plots_dir>/<encoder>-<regime>-<seed>.csv``.
+    # The training log (DVCLive) goes to ``<plots_dir>/<encoder>-<regime>-<seed>/``.
     plots_dir: str = "data/plots/train_encoder"
     # Checkpoints go to ``<work_dir>/<encoder>-<regime>-<seed>/`` (resumed after a kill).
     work_dir: str = "data/work/train_encoder"
@@ -412,8 +413,7 @@ def run(
         return None
 
     curve = loss_curve(trainer.state.log_history)
-    with atomic_path(Path(cfg.plots_dir) / f"{name}.csv") as tmp:
-        curve.to_csv(tmp, index=False)
+    write_log(Path(cfg.plots_dir) / name, curve.to_dict("records"))
 
     steps = trainer.state.global_step
     columns = len(data.columns)

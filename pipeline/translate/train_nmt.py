@@ -20,7 +20,9 @@ root schedule) with a wall-time budget per run; it checkpoints every ``eval_ever
 fingerprint of everything the model depends on (:func:`fingerprint_parts`); state of another
 fingerprint (checkpoint, sentencepiece model) is discarded, never resumed. A run that
 ``max_minutes`` stops before ``max_steps`` fails after its checkpoint (a rerun continues),
-unless ``allow_partial`` accepts it. At the end the HF model is saved to
+unless ``allow_partial`` accepts it. Each evaluation rewrites the training log in
+``<work_dir>/log`` (DVCLive: step, epoch, train and dev loss; ``dvc plots show
+data/work/train_nmt/log/plots/metrics`` while it trains). At the end the HF model is saved to
 ``<work_dir>/hf_model``, converted to CTranslate2 (int8) in ``output_dir`` and scored with
 chrF and BLEU on the dev split, per language.
 """
@@ -42,7 +44,8 @@ from tqdm.auto import tqdm
 
 from pipeline import langs as langmod
 from pipeline.config import LangsConfig, to_dict
-from pipeline.io import atomic_path, read_table, write_json
+from pipeline.io import atomic_path, read_table
+from pipeline.live import write_log
 from pipeline.runtime import (
     claim_work_dir,
     file_hash,
@@ -92,6 +95,9 @@ class TrainNmtConfig:
     work_dir: str = "data/work/train_nmt"
 
 logger = logging.getLogger(__name__)
+
+#: What the training log (DVCLive, ``<work_dir>/log``, rewritten at each evaluation) holds.
+LOGGED = ("step", "epoch", "train_loss", "dev_loss")
 
 EOS_ID, UNK_ID = 0, 1
 # Target tag put in front of the source (a single vocabulary piece), as in OPUS-MT models.
@@ -362,6 +368,7 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
                           "dev_loss": round(dev_loss(), 4)}
                 history.append(record)
                 logger.info("step %d: %s", step, record)
+                write_log(work / "log", [{k: r[k] for k in LOGGED} for r in history])
                 run_loss, run_tok, run_t = 0.0, 0, time.monotonic()
                 save()
             if stop:
@@ -378,7 +385,6 @@ def train(cfg: TrainNmtConfig, langs: LangsConfig) -> dict:
     hf_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(hf_dir)
     _tokenizer_files(sp_path, hf_dir, vocab_size)
-    write_json(history, work / "history.json")
     last = history[-1] if history else {}
     return {"steps": step, "epochs": epoch, "runtime": {"minutes": round(elapsed / 60, 1)},
             "stopped_by": "max_steps" if step >= cfg.max_steps else "max_minutes",
