@@ -34,10 +34,21 @@ def write_log(directory: str | Path, rows: Sequence[Mapping[str, float]]) -> Non
     """
     from dvclive import Live
 
+    class FilesOnly(Live):
+        """DVCLive's files without its lookup of the DVC repository.
+
+        The stage already runs under ``dvc repro`` or ``dvc exp run``; the lookup (git revision,
+        experiment name) fails in a repository without commits and runs ``dvc init`` in a git
+        repository without DVC.
+        """
+
+        def _init_dvc(self) -> None:
+            self._dvc_file = "dvc.yaml"  # never written: dvcyaml=None
+
     steps = [row.get("step") for row in rows]
     if not all(isinstance(s, int) for s in steps) or any(a >= b for a, b in zip(steps, steps[1:])):
         raise ValueError(f"a training log needs increasing integer steps, got {steps[:10]}")
-    with Live(str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+    with FilesOnly(str(directory), save_dvc_exp=False, dvcyaml=None, report=None) as live:
         for row in rows:
             live.step = row["step"]
             for name, value in row.items():
