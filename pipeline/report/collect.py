@@ -5,8 +5,8 @@ report says so and goes on) and raises ``ValueError`` naming the file when the i
 but is not what the producing stage writes (a half-edited or foreign file must not become a
 silently wrong report). The shapes read here are those written by ``pipeline/cli.py``
 (``data/metrics/<stage>[@<item>].json``), ``pipeline/corpus/build_corpus.py`` (``stats.json``),
-``pipeline/train/train_encoder.py`` (loss curves), ``pipeline/translate/train_nmt.py``
-(``history.json``), ``pipeline/evaluation/evaluate.py`` (``flatten`` keys and ``meta.json``) and
+``pipeline/train/train_encoder.py`` and ``pipeline/translate/train_nmt.py`` (training logs, via
+``pipeline/live.py``), ``pipeline/evaluation/evaluate.py`` (``flatten`` keys and ``meta.json``) and
 ``pipeline/downstream/evaluate_downstream.py`` (``<task>/<encoder>/metrics.json``).
 """
 

@@ -71,7 +71,7 @@ class ReportConfig:
     )
     metrics_dir: str = "data/metrics"  # The flat stage metrics (``<stage>[@<item>].json``).
     corpus_stats: str = "data/corpus/stats.json"  # ``build_corpus``'s ``stats.json``.
-    # ``train_encoder``'s loss curves (``<encoder>-<regime>-<seed>.csv``).
+    # ``train_encoder``'s training logs (DVCLive, ``<encoder>-<regime>-<seed>/``).
     plots_dir: str = "data/plots/train_encoder"
     # ``train_nmt``'s training log (DVCLive; optional NMT loss curve). It lives in the NMT work
     # directory, outside DVC.
