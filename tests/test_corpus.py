@@ -305,10 +305,15 @@ def _write_inputs(root, order_seed=0, refs_langs=POOL):
                       fra_Latn="unused")
     refs.loc[10, refs_langs[0]] = ""  # an empty reference: row left out of the human corpus
     write_table(refs.sample(frac=1, random_state=0), root / "refs.parquet")
+    # Second editions of English and German: German replaces the first's in the human corpus.
+    second = pd.DataFrame({"id": src["id"], "eng_Latn": [f"second eng {i}" for i in range(N)],
+                           "rus_Cyrl": [f"second rus {i}" for i in range(N)]})
+    second.loc[12, "eng_Latn"] = " "  # left out of the English corpus only
+    write_table(second.drop(index=[14]), root / "second.parquet")
     return BuildCorpusConfig(
         source=str(root / "source.parquet"), translated_dir=str(root / "translated"),
-        references=str(root / "refs.parquet"), dev_fraction=0.25, seed=7,
-        output_dir=str(root / "corpus"),
+        references=str(root / "refs.parquet"), second_editions=str(root / "second.parquet"),
+        dev_fraction=0.25, seed=7, output_dir=str(root / "corpus"),
     )
 
 
@@ -353,10 +358,11 @@ def test_join_and_drop_counts(built):
         "dropped_script": 1, "dropped_language": 1, "dropped_too_short": 1,
         "dropped_too_long": 0, "dropped_deu_Latn": 4, "dropped_rus_Cyrl": 2,
         "dropped_kor_Hang": 2,
-        "enx_rows": len(kept), "human_rows": len(kept) - 1,
+        "enx_rows": len(kept), "human_rows": len(kept) - 2, "english_rows": len(kept) - 2,
     }
     assert stats["rows"] == {"in": N, "out": len(kept), "train": metrics["rows_train"],
-                             "dev": metrics["rows_dev"], "enx": len(kept), "human": len(kept) - 1}
+                             "dev": metrics["rows_dev"], "enx": len(kept), "human": len(kept) - 2,
+                             "english": len(kept) - 2}
     assert stats["mean_chars"]["kor_Hang"] == pytest.approx(
         np.mean([len(GOOD["kor_Hang"][i]) for i in kept]))
     assert json.loads((out / "meta.json").read_text())["config"]["seed"] == 7
@@ -373,11 +379,20 @@ def test_enx_and_human_outputs(built):
     counts = Counter(enx["lang"])
     assert set(counts) == set(POOL) and max(counts.values()) - min(counts.values()) <= 2
 
+    # Rows 10 (empty first-edition German) and 14 (no second edition) lack a reference.
     human = read_table(out / "human.parquet")
     assert list(human.columns) == ["id", "split", "eng_Latn", *POOL]
-    expected = multiway[multiway["id"] != "s010"].reset_index(drop=True)
+    expected = multiway[~multiway["id"].isin(["s010", "s014"])].reset_index(drop=True)
     assert human[["id", "split", "eng_Latn"]].equals(expected[["id", "split", "eng_Latn"]])
     assert human["kor_Hang"].tolist() == [f"human kor_Hang {int(i[1:])}" for i in human["id"]]
+    assert human["rus_Cyrl"].tolist() == [f"second rus {int(i[1:])}" for i in human["id"]]
+
+    english = read_table(out / "english.parquet")
+    assert list(english.columns) == ["id", "split", "eng_Latn", "eng_Latn_second"]
+    expected = multiway[~multiway["id"].isin(["s012", "s014"])].reset_index(drop=True)
+    assert english[["id", "split", "eng_Latn"]].equals(expected[["id", "split", "eng_Latn"]])
+    assert english["eng_Latn_second"].tolist() == [f"second eng {int(i[1:])}"
+                                                   for i in english["id"]]
 
 
 def test_split_does_not_depend_on_which_rows_survive(built, tmp_path):
@@ -397,7 +412,12 @@ def test_no_human_corpus_when_references_lack_a_pool_language(tmp_path):
     metrics = build_corpus.run(cfg, LangsConfig(pool=POOL))
     assert metrics["human_rows"] == 0
     assert not (tmp_path / "corpus" / "human.parquet").exists()
-    no_refs = build_corpus.run(dataclasses.replace(cfg, references=None), LangsConfig(pool=POOL))
+    assert metrics["english_rows"] > 0  # the second editions still make the English corpus
+    (tmp_path / "corpus" / "english.parquet").write_text("stale")
+    no_refs = build_corpus.run(dataclasses.replace(cfg, references=None, second_editions=None),
+                               LangsConfig(pool=POOL))
+    assert no_refs["english_rows"] == 0
+    assert not (tmp_path / "corpus" / "english.parquet").exists()
     assert no_refs["human_rows"] == 0 and no_refs["rows_out"] == metrics["rows_out"]
 
 
@@ -464,7 +484,7 @@ def test_stage_main_end_to_end(tmp_path, monkeypatch):
     direct = build_corpus.run(dataclasses.replace(cfg, output_dir=str(tmp_path / "direct")),
                        LangsConfig(pool=POOL))
     assert direct == metrics
-    for name in ("multiway", "enx", "human"):
+    for name in ("multiway", "enx", "human", "english"):
         assert read_table(tmp_path / "corpus" / f"{name}.parquet").equals(
             read_table(tmp_path / "direct" / f"{name}.parquet"))
 
@@ -539,16 +559,22 @@ def _reference_build(cfg, pool):
         **{lang: np.array(texts[lang], dtype=object)[keep] for lang in pool},
     })
     enx = sample_enx(multiway, "eng_Latn", pool, cfg.seed)
-    refs = read_table(cfg.references)[["id", *pool]]
-    human = multiway[["id", "split", "eng_Latn"]].merge(refs, on="id", how="inner")
+    second = read_table(cfg.second_editions)
+    refs = read_table(cfg.references)[["id", *(c for c in pool if c not in second)]]
+    refs = refs.merge(second[["id", *(c for c in pool if c in second)]], on="id", how="inner")
+    human = multiway[["id", "split", "eng_Latn"]].merge(refs[["id", *pool]], on="id", how="inner")
     human = human[human[list(pool)].fillna("").apply(lambda c: c.str.strip() != "").all(axis=1)]
+    english = multiway[["id", "split", "eng_Latn"]].merge(
+        second[["id", "eng_Latn"]].rename(columns={"eng_Latn": "eng_Latn_second"}), on="id")
+    english = english[english["eng_Latn_second"].fillna("").str.strip() != ""]
     stats = {
         "dropped_by_reason": {r: int((first == k).sum()) for k, r in enumerate(filters.REASONS)},
         "dropped_by_lang": by_lang, "failures": failures,
         "mean_chars": {c: float(multiway[c].str.len().mean()) for c in ("eng_Latn", *pool)},
         "enx_langs": {lang: int((enx["lang"] == lang).sum()) for lang in pool},
     }
-    return {"multiway": multiway, "enx": enx, "human": human.reset_index(drop=True)}, stats
+    return {"multiway": multiway, "enx": enx, "human": human.reset_index(drop=True),
+            "english": english.reset_index(drop=True)}, stats
 
 
 def _mixed_inputs(root, n=300):
@@ -580,10 +606,14 @@ def _mixed_inputs(root, n=300):
     refs = pd.DataFrame({"id": ids + ["extra"], **{
         lang: [f"human {lang} {i}" if i % 17 else " " for i in range(n + 1)] for lang in good}})
     write_table(refs.drop(index=[5, 50]).sample(frac=1, random_state=2), root / "refs.parquet")
+    second = pd.DataFrame({"id": ids, "eng_Latn": [f"second {i}" if i % 13 else "" for i in
+                                                   range(n)],
+                           "kor_Hang": [f"second kor {i}" if i % 19 else None for i in range(n)]})
+    write_table(second.drop(index=[7, 70]).sample(frac=1, random_state=3), root / "second.parquet")
     return BuildCorpusConfig(
         source=str(root / "source.parquet"), translated_dir=str(root / "translated"),
-        references=str(root / "refs.parquet"), dev_fraction=0.2, seed=3,
-        output_dir=str(root / "corpus")), tuple(good)
+        references=str(root / "refs.parquet"), second_editions=str(root / "second.parquet"),
+        dev_fraction=0.2, seed=3, output_dir=str(root / "corpus")), tuple(good)
 
 
 @pytest.mark.parametrize("small", [False, True])

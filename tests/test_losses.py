@@ -12,7 +12,11 @@ from torch import nn
 
 from pipeline.losses import LOSSES, duplicate_rows, get_loss, text_keys
 from pipeline.losses.bilingual_infonce import BilingualInfoNCELoss, CachedBilingualInfoNCELoss
-from pipeline.losses.multiway_infonce import CachedMultiwayInfoNCELoss, MultiwayInfoNCELoss
+from pipeline.losses.multiway_infonce import (
+    CachedMultiwayInfoNCELoss,
+    MultiwayInfoNCELoss,
+    PivotInfoNCELoss,
+)
 from pipeline.losses.xlco import XLCoLoss
 from tests.fixtures.wordlevel import word_level_tokenizer
 
@@ -84,9 +88,9 @@ def shares_text(texts, r1, r2):
     return texts is not None and any(column[r1] == column[r2] for column in texts)
 
 
-def ref_multiway(z, tau, similarity="cosine", texts=None):
+def ref_multiway(z, tau, similarity="cosine", texts=None, pivot=False):
     """Mean over (anchor, positive) of -log(e^{s_ap} / (e^{s_ap} + sum_neg e^{s_an})) and
-    the per-anchor-language parts of that mean."""
+    the per-anchor-language parts of that mean; ``pivot``: only pairs holding column 0."""
     n_langs, batch = len(z), z[0].shape[0]
     per_lang = [0.0] * n_langs
     count = 0
@@ -100,7 +104,7 @@ def ref_multiway(z, tau, similarity="cosine", texts=None):
                 if r2 != r and not shares_text(texts, r, r2)
             ]
             for p in range(n_langs):
-                if p == lang:
+                if p == lang or (pivot and 0 not in (p, lang)):
                     continue
                 s_p = sim(a, z[p][r], similarity) / tau
                 denom = torch.exp(s_p) + sum(torch.exp(sim(a, n, similarity) / tau) for n in negs)
@@ -143,7 +147,7 @@ def test_registry_unknown_name_lists_registered():
     with pytest.raises(ValueError, match=r"unknown loss 'multiway'; did you mean 'multiway_infonce'"
                        r".*registered: bilingual_infonce, cached_bilingual_infonce, "
                        r"cached_multiway_infonce, "
-                       r"multiway_infonce, xlco\)"):
+                       r"multiway_infonce, pivot_infonce, xlco\)"):
         get_loss("multiway", Stub())
 
 
@@ -185,17 +189,39 @@ def test_multiway_matches_reference_value_and_gradient(n_langs, similarity, tau)
     model = stub_model()
     embs = columns(n_langs, batch=5)
     loss = MultiwayInfoNCELoss(model, temperature=tau, similarity=similarity, mask_duplicates=False)
-    terms = loss(features_of(embs), None)
-    total = torch.stack(list(terms.values())).sum()
+    assert_matches_ref_multiway(loss, embs, None, tau, similarity)
 
-    z = [model({"emb": e})["sentence_embedding"] for e in embs]
-    ref_total, ref_terms = ref_multiway(z, tau, similarity)
+
+def assert_matches_ref_multiway(loss, embs, texts, tau, similarity, pivot=False) -> torch.Tensor:
+    """The loss's terms, total and gradients equal :func:`ref_multiway`'s; returns the total."""
+    terms = loss(features_of(embs, texts), None)
+    total = torch.stack(list(terms.values())).sum()
+    z = [loss.model({"emb": e})["sentence_embedding"] for e in embs]
+    ref_total, ref_terms = ref_multiway(z, tau, similarity, texts=texts, pivot=pivot)
     torch.testing.assert_close(total, ref_total)
     for got, want in zip(terms.values(), ref_terms, strict=True):
         torch.testing.assert_close(got, want)
-    params = [*embs, model.linear.weight]
+    params = [*embs, loss.model.linear.weight]
     for got, want in zip(grads(total, params), grads(ref_total, params), strict=True):
         torch.testing.assert_close(got, want)
+    return total
+
+
+@pytest.mark.parametrize(("n_langs", "similarity"), [(3, "cosine"), (4, "dot")])
+def test_pivot_keeps_only_the_source_pairs(n_langs, similarity):
+    model = stub_model()
+    embs = columns(n_langs, batch=5)
+    texts = [[[c + 1, r % 4 + 1] for r in range(5)] for c in range(n_langs)]  # rows 0, 4 repeat
+    loss = PivotInfoNCELoss(model, temperature=0.3, similarity=similarity)
+    total = assert_matches_ref_multiway(loss, embs, texts, 0.3, similarity, pivot=True)
+    # It differs from the multi-way loss on the same batch (the X-Y pairs are gone) ...
+    full = MultiwayInfoNCELoss(model, temperature=0.3, similarity=similarity)
+    assert not torch.isclose(torch.stack(list(full(features_of(embs, texts), None).values())).sum(),
+                             total)
+    # ... and equals it with two columns, where every pair holds the source.
+    two = features_of(embs[:2], texts[:2])
+    torch.testing.assert_close(torch.stack(list(loss(two, None).values())).sum(),
+                               torch.stack(list(full(two, None).values())).sum())
 
 
 def test_multiway_terms_are_named_by_language_and_checked():
@@ -464,8 +490,30 @@ def test_xlco_symmetric_terms():
 def test_xlco_rejects_bad_settings():
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
         xlco_loss(momentum=1.0)
-    with pytest.raises(ValueError, match=r"exactly 2 columns \(source, translation\), got 3"):
-        xlco_loss()(features_of(columns(3, 2)))
+    with pytest.raises(ValueError, match=r"at least 2 columns \(source, translation\), got 1"):
+        xlco_loss()(features_of(columns(1, 2)))
+    with pytest.raises(ValueError, match=r"3 columns but languages=\['a', 'b'\] names 2"):
+        xlco_loss(languages=["a", "b"])(features_of(columns(3, 2)))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_xlco_on_multiway_rows_contrasts_every_pair(symmetric):
+    loss = xlco_loss(symmetric=symmetric, momentum=0.0, queue_size=64, languages=["en", "de", "fr"])
+    loss.enqueue(F.normalize(torch.randn(4, DIM, dtype=torch.float64), dim=1))
+    queue = loss.queue[:4].clone()
+    embs = columns(3, batch=3, seed=16)
+    out = loss(features_of(embs))
+    z = [loss.model({"emb": e})["sentence_embedding"] for e in embs]
+    pairs = [(q, k) for q in range(3) for k in range(3) if q != k and (symmetric or q == 0)]
+    want = {lang: 0.0 for q, lang in enumerate(["en", "de", "fr"]) if symmetric or q == 0}
+    for q, k in pairs:
+        want[["en", "de", "fr"][q]] += ref_xlco(z[q], z[k].detach(), queue, 0.25) / len(pairs)
+    assert list(out) == [f"xlco_{lang}" for lang in want]
+    for got, ref in zip(out.values(), want.values(), strict=True):
+        torch.testing.assert_close(got, ref)
+    # The keys of every key column were enqueued: the translations', and the source's too
+    # when every language is a query.
+    assert int(loss.queue_filled) == 4 + 3 * (3 if symmetric else 2)
 
 
 # ----------------------------------------------------------------------------------------

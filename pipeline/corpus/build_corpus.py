@@ -15,8 +15,12 @@ Outputs in ``output_dir`` (texts are never modified):
   corpora hold the same English sentences.
 - ``human.parquet``: only when ``references`` is set and has every pool language: the
   multi-way rows (same ``id``, ``split``, English) with the human translations instead of
-  the machine ones, an upper bound for later comparisons. Rows without a reference (or
-  with an empty one) are left out and counted.
+  the machine ones, each pool language from its edition in ``second_editions`` when it has
+  one there (not the edition the tests use), else from ``references``. Rows without a
+  reference (or with an empty one) are left out and counted.
+- ``english.parquet``: only when ``second_editions`` has the source language: the multi-way
+  rows' ``id``, ``split`` and English with ``<source>_second``, the same verse in a second
+  English edition (a human paraphrase: the English-only control).
 - ``stats.json``: row counts, rows dropped by first failing filter and by language,
   per-(language, filter) failure counts, mean characters per language, En-X language counts.
 - ``meta.json``: resolved config, package versions.
@@ -27,11 +31,11 @@ batch and written row group by row group, so memory does not grow with the corpu
 few bytes per row (id hashes, the En-X draw). A translation file in another order than the
 source (the translate stage keeps the source order) is first put into source order through
 temporary files in the system temp directory (about the file's size); the human references
-likewise into corpus order. Three passes: filter and write ``multiway.parquet``; read it
-back for ``enx.parquet`` (the En-X draw needs the split sizes first); read it back with the
-references for ``human.parquet``. The Parquet files have row groups of
-:data:`~pipeline.corpus.stream.ROW_GROUP_ROWS` rows; a corpus of at most that many rows
-(the default profile's) is byte for byte what writing the whole table at once gives.
+likewise into corpus order. Passes: filter and write ``multiway.parquet``; read it back for
+``enx.parquet`` (the En-X draw needs the split sizes first); read it back with the
+references for ``human.parquet``, and again for ``english.parquet``. The Parquet files have
+row groups of :data:`~pipeline.corpus.stream.ROW_GROUP_ROWS` rows; a corpus of at most that
+many rows (the default profile's) is byte for byte what writing the whole table at once gives.
 """
 
 from __future__ import annotations
@@ -78,6 +82,11 @@ class BuildCorpusConfig:
     translated_dir: str = "data/translated"  # Directory of ``<lang>.parquet`` from ``translate``.
     # Human translations (``id`` + language columns) for the ``human`` corpus; ``None`` skips it.
     references: str | None = "data/seed/bible_source.parquet"
+    # Human translations from other editions than ``references``' (``id`` + the languages that have
+    # one): the ``human`` corpus takes a pool language from here when it has one (so it does not
+    # train on the test editions), and the source language's second edition pairs with the source
+    # in the ``english`` corpus. ``None``: neither.
+    second_editions: str | None = "data/seed/bible_source_second.parquet"
     # Drop a row when a translation is shorter than this × the source (in characters, divided by the
     # script's factor in ``pipeline.corpus.filters.LENGTH_FACTORS``: Korean 0.45, Chinese 0.3, ...).
     min_length_ratio: float = 0.3
@@ -286,18 +295,19 @@ def _write_enx(multiway: Path, source: str, pool: tuple[str, ...], splits: Mappi
     return {lang: int(c) for lang, c in zip(pool, counts, strict=True)}
 
 
-def _references(references: str | Path, pool: tuple[str, ...]) -> pq.ParquetFile | None:
-    """Open and check the human references; ``None`` when a pool language has no column.
+def _references(references: str | Path, pool: tuple[str, ...],
+                key: str = "references") -> pq.ParquetFile | None:
+    """Open and check a table of human translations; ``None`` when a pool language lacks one.
 
     Raises:
-        FileNotFoundError: ``references`` does not exist.
+        FileNotFoundError: ``references`` does not exist (``key`` names its setting).
         ValueError: ``references`` has no ``id`` column or duplicated ids.
     """
     path = Path(references)
     if not path.is_file():
         raise FileNotFoundError(
-            f"build_corpus.references {path} does not exist; fix the path or set it to null "
-            "to skip the human corpus"
+            f"build_corpus.{key} {path} does not exist; fix the path or set it to null "
+            "to skip the corpora it makes"
         )
     refs = open_parquet(path)
     names = refs.schema_arrow.names
@@ -316,44 +326,49 @@ def _complete(texts: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return (texts.to_pandas().fillna("").str.strip() != "").to_numpy(dtype=bool)
 
 
-def _write_human(refs: pq.ParquetFile, refs_path: Path, multiway: Path, source: str,
-                 pool: tuple[str, ...], tmp_dir: str | Path, path: Path) -> int:
-    """Pass 3: the multi-way rows with human translations (from ``refs``) instead of MT.
+def _write_references(multiway: Path, source: str, parts: list[tuple[pq.ParquetFile, Path,
+                      dict[str, str]]], order: list[str], tmp_dir: str | Path, path: Path) -> int:
+    """The multi-way rows with human texts (from reference tables) in place of the MT ones.
 
     Args:
-        refs: The checked references (:func:`_references`).
-        refs_path: Their path (for messages).
-        multiway: The filtered multi-way corpus (``id``, ``split``, ``source``, ``pool``).
+        multiway: The filtered multi-way corpus (``id``, ``split``, ``source``, ...).
         source: Source language column (kept from ``multiway``: the original English).
-        pool: Pool languages.
-        tmp_dir: Scratch directory for putting the references into corpus order.
-        path: Output file: same columns as ``multiway``, rows in its order, restricted to
-            ids whose references are all present and non-empty.
+        parts: ``(table, its path, {output column: its column})``: which reference table
+            gives which output column.
+        order: The output's text columns after ``id``, ``split`` and ``source``.
+        tmp_dir: Scratch directory for putting a reference table into corpus order.
+        path: Output file: ``id``, ``split``, ``source``, then ``order``; rows in the corpus's
+            order, restricted to ids whose references are all present and non-empty.
 
     Returns:
         Rows written.
     """
     corpus = open_parquet(multiway)
     total = corpus.metadata.num_rows
-    columns = ["id", *pool]
-    if _same_ids(corpus, refs):
-        ref_rows = Rows(iter_tables(refs, columns))
-    else:
-        pos = HashIndex(id_hashes(corpus)).positions(id_hashes(refs))
-        ref_rows = Rows(reordered(refs, columns, pos, total, tmp_dir))
-    writer = TableWriter(path, ["id", "split", source, *pool])
+    readers = []
+    for refs, _, columns in parts:
+        wanted = ["id", *dict.fromkeys(columns.values())]
+        if _same_ids(corpus, refs):
+            readers.append(Rows(iter_tables(refs, wanted)))
+        else:
+            pos = HashIndex(id_hashes(corpus)).positions(id_hashes(refs))
+            readers.append(Rows(reordered(refs, wanted, pos, total, tmp_dir)))
+    writer = TableWriter(path, ["id", "split", source, *order])
     for table in iter_tables(corpus, ["id", "split", source]):
-        ref = _aligned(ref_rows.take(table.num_rows), table["id"], str(refs_path))
+        texts = {}
+        for reader, (_, refs_path, columns) in zip(readers, parts, strict=True):
+            ref = _aligned(reader.take(table.num_rows), table["id"], str(refs_path))
+            texts.update({out: ref[column] for out, column in columns.items()})
         complete = np.ones(table.num_rows, dtype=bool)
-        for lang in pool:  # rows without a reference are null here, hence incomplete
-            complete &= _complete(ref[lang])
-        for lang in pool:
-            table = table.append_column(lang, ref[lang])
+        for column in order:  # rows without a reference are null here, hence incomplete
+            complete &= _complete(texts[column])
+        for column in order:
+            table = table.append_column(column, texts[column])
         writer.write(table.filter(complete))
     writer.close()
     if writer.rows < total:
-        logger.warning("human corpus: %d of %d rows lack a (non-empty) reference in %s",
-                       total - writer.rows, total, refs_path)
+        logger.warning("%s: %d of %d rows lack a (non-empty) reference in %s", path.name,
+                       total - writer.rows, total, ", ".join(str(p) for _, p, _ in parts))
     return writer.rows
 
 
@@ -391,20 +406,34 @@ def run(cfg: BuildCorpusConfig, langs: LangsConfig) -> dict[str, Any]:
         enx_langs = _write_enx(multiway, source, pool, built["splits"], cfg.seed,
                                outputs.enter_context(atomic_path(out / "enx.parquet")))
         refs = _references(cfg.references, pool) if cfg.references else None
-        human_rows = None
+        second = (_references(cfg.second_editions, (), "second_editions")
+                  if cfg.second_editions else None)
+        seconds = [c for c in second.schema_arrow.names if c != "id"] if second else []
+        human_rows = english_rows = None
         if refs is not None:
-            human_rows = _write_human(refs, Path(cfg.references), multiway, source, pool, tmp,
-                                      outputs.enter_context(atomic_path(out / "human.parquet")))
-        elif (out / "human.parquet").exists():
-            # A human corpus from an earlier run with references would otherwise look current.
-            (out / "human.parquet").unlink()
+            parts = [(refs, Path(cfg.references), {c: c for c in pool if c not in seconds})]
+            if second is not None:
+                parts.append((second, Path(cfg.second_editions),
+                              {c: c for c in pool if c in seconds}))
+            human_rows = _write_references(
+                multiway, source, parts, list(pool), tmp,
+                outputs.enter_context(atomic_path(out / "human.parquet")))
+        if source in seconds:
+            paraphrase = f"{source}_second"
+            english_rows = _write_references(
+                multiway, source, [(second, Path(cfg.second_editions), {paraphrase: source})],
+                [paraphrase], tmp, outputs.enter_context(atomic_path(out / "english.parquet")))
+        for name, rows_written in (("human", human_rows), ("english", english_rows)):
+            if rows_written is None and (out / f"{name}.parquet").exists():
+                # A table from an earlier run with references would otherwise look current.
+                (out / f"{name}.parquet").unlink()
 
     rows_out = built["rows"]
     stats = built["stats"]
     out_rows = {
         "in": src.rows, "out": rows_out,
         **{s: int(built["splits"].get(s, 0)) for s in SPLITS},
-        "enx": rows_out, "human": human_rows or 0,
+        "enx": rows_out, "human": human_rows or 0, "english": english_rows or 0,
     }
     stats = {
         "rows": out_rows,
@@ -429,4 +458,5 @@ def run(cfg: BuildCorpusConfig, langs: LangsConfig) -> dict[str, Any]:
         **{f"dropped_{lang}": c for lang, c in stats["dropped_by_lang"].items()},
         "enx_rows": out_rows["enx"],
         "human_rows": out_rows["human"],
+        "english_rows": out_rows["english"],
     }

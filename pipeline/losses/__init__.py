@@ -46,6 +46,7 @@ GRADCACHE_CITATION = """
 LOSSES: dict[str, str] = {
     "multiway_infonce": "pipeline.losses.multiway_infonce:MultiwayInfoNCELoss",
     "cached_multiway_infonce": "pipeline.losses.multiway_infonce:CachedMultiwayInfoNCELoss",
+    "pivot_infonce": "pipeline.losses.multiway_infonce:PivotInfoNCELoss",
     "bilingual_infonce": "pipeline.losses.bilingual_infonce:BilingualInfoNCELoss",
     "cached_bilingual_infonce": "pipeline.losses.bilingual_infonce:CachedBilingualInfoNCELoss",
     "xlco": "pipeline.losses.xlco:XLCoLoss",

@@ -25,6 +25,13 @@ Formula (``z_{r,l}`` = embedding of row ``r`` in language ``l``, L2-normalised f
 The loss is returned as ``N`` terms ``anchor_<lang>`` (the part of the sum whose anchors are
 in that language); they add up to ``L``, which is what the trainer optimises and logs.
 
+**Pivot positives** (:class:`PivotInfoNCELoss`, ``pivot_infonce``): the same rows, embeddings
+and negatives, but only the pairs that hold the first column (the source, English) count as
+positives: an English anchor has its ``N − 1`` translations, a translation anchor only the
+English sentence, ``2B(N − 1)`` pairs in all. It is the English-centric objective at the
+multi-way regime's data and compute, so the difference between the two is the translation
+pairs between non-English languages and nothing else.
+
 Why this per-pair form rather than SupCon's multi-positive ``L_out`` (Khosla et al., 2020,
 where the softmax of each positive also contains the other ``N − 2`` positives): in SupCon the
 translations of one sentence compete with each other in the denominator, so the loss cannot
@@ -64,6 +71,12 @@ from pipeline.losses import (
 from pipeline.losses.base import CachedLoss, InBatchLoss
 
 
+def positive_langs(n_langs: int, device: torch.device | None = None) -> Tensor:
+    """``(N, N − 1)``: row ``l`` lists the positives' languages of an anchor in language ``l``."""
+    lang_ids = torch.arange(n_langs, device=device)
+    return torch.stack([lang_ids[lang_ids != lang] for lang in range(n_langs)])
+
+
 def multiway_pair_losses(
     candidates: Tensor,
     rows: Tensor,
@@ -98,11 +111,14 @@ def multiway_pair_losses(
     # (batch of one row, or all rows duplicates): the pair loss is then exactly 0.
     negatives = scores.masked_fill(blocked, torch.finfo(scores.dtype).min)
     log_z_neg = torch.logsumexp(negatives, dim=1)  # (A,)
-    lang_ids = torch.arange(n_langs, device=flat.device)
-    others = torch.stack([lang_ids[lang_ids != lang] for lang in range(n_langs)])  # (N, N-1)
-    positive_columns = rows[:, None] * n_langs + others[langs]  # (A, N-1)
+    positive_columns = rows[:, None] * n_langs + positive_langs(n_langs, flat.device)[langs]
     positives = scores.gather(1, positive_columns)
     return F.softplus(log_z_neg[:, None] - positives)
+
+
+def pivot_positives(langs: Tensor, n_langs: int) -> Tensor:
+    """``(A, N − 1)`` bool: which of :func:`multiway_pair_losses`' pairs hold column 0."""
+    return (langs[:, None] == 0) | (positive_langs(n_langs, langs.device)[langs] == 0)
 
 
 class MultiwayInfoNCELoss(InBatchLoss):
@@ -122,6 +138,9 @@ class MultiwayInfoNCELoss(InBatchLoss):
     Returns:
         ``{"anchor_<lang>": term}`` for each language; the terms sum to the loss.
     """
+
+    #: Count only the pairs with the first column as positives (:class:`PivotInfoNCELoss`).
+    pivot = False
 
     def __init__(self, model: nn.Module, *, languages: Sequence[str] | None = None,
                  **settings: Any) -> None:
@@ -211,16 +230,17 @@ class MultiwayInfoNCELoss(InBatchLoss):
         device = candidates.device
         anchor_rows = offset + torch.arange(batch, device=device).repeat_interleave(n_langs)
         anchor_langs = torch.arange(n_langs, device=device).repeat(batch)
-        n_pairs = batch * n_langs * (n_langs - 1)
+        n_pairs = batch * (2 if self.pivot else n_langs) * (n_langs - 1)
         per_lang = torch.zeros(n_langs, dtype=candidates.dtype, device=device)
         step = chunk_size or len(anchor_rows)
         for begin in tqdm.trange(
             0, len(anchor_rows), step, desc="Multi-way loss", disable=not show_progress_bar
         ):
             rows, langs = anchor_rows[begin:begin + step], anchor_langs[begin:begin + step]
-            losses = multiway_pair_losses(
-                scored, rows, langs, self.temperature, duplicates
-            ).sum(dim=1) / n_pairs  # (chunk,)
+            pairs = multiway_pair_losses(scored, rows, langs, self.temperature, duplicates)
+            if self.pivot:
+                pairs = pairs * pivot_positives(langs, n_langs)
+            losses = pairs.sum(dim=1) / n_pairs  # (chunk,)
             if with_backward:
                 losses.sum().backward()
                 losses = losses.detach()
@@ -233,6 +253,18 @@ class MultiwayInfoNCELoss(InBatchLoss):
         """Hyperparameters, for the model card and ``meta.json``."""
         languages = list(self.languages) if self.languages is not None else None
         return {**super().get_config_dict(), "languages": languages}
+
+
+class PivotInfoNCELoss(MultiwayInfoNCELoss):
+    """Multi-way rows with English-centric positives: only the pairs holding the first column.
+
+    Same inputs, negatives and terms as :class:`MultiwayInfoNCELoss`; an anchor in the first
+    column has every translation of its row as positive, any other anchor only the first
+    column's sentence; the loss is the mean over those ``2B(N−1)`` pairs (module docstring).
+    With ``N = 2`` it equals :class:`MultiwayInfoNCELoss`.
+    """
+
+    pivot = True
 
 
 class CachedMultiwayInfoNCELoss(CachedLoss):

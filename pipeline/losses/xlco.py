@@ -1,6 +1,7 @@
 r"""XLCo: InfoXLM's cross-lingual contrast, a MoCo-style loss on translation pairs.
 
-Inputs: a batch of ``B`` translation pairs, two columns (source, translation). No labels.
+Inputs: a batch of ``B`` translation pairs, two columns (source, translation), or ``B``
+multi-way rows, ``N`` columns (the source, then one translation per column). No labels.
 
 Method (Chi et al., 2021, Sec. 3; MoCo, He et al., 2020). A *query* encoder (the model being
 trained, plus an optional projection head ``h``) embeds the source ``x_i``; a *key* encoder
@@ -20,6 +21,12 @@ training, every forward first moves the key encoder towards the query encoder,
 done lazily), and afterwards enqueues the new keys, overwriting the oldest. Returned as
 ``{"xlco": L}``; with ``symmetric=True`` the translation is also a query against the source's
 key and the result is ``{"xlco_src_to_tgt": ½ L_{x→y}, "xlco_tgt_to_src": ½ L_{y→x}}``.
+
+Multi-way rows (``N > 2`` columns): the source queries each translation's key (``N − 1``
+pairs per row), or with ``symmetric=True`` every language queries every other language's key
+(``N(N − 1)`` pairs: every language an anchor, as in the multi-way InfoNCE); ``L`` is the mean
+over the pairs, returned as one term per query language (``xlco_<lang>``), and every key of
+the batch is enqueued. With two columns this is the loss above.
 
 Same as the paper (and its code, ``microsoft/unilm`` ``infoxlm``): query = fast encoder on the
 source, key = momentum ("slow") encoder on the translation; logits ``[q·k⁺, q·queue] / τ``;
@@ -63,7 +70,7 @@ References:
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -89,10 +96,11 @@ class XLCoLoss(nn.Module):
     matches the paper and what does not: module docstring.
 
     Inputs:
-        Two columns of ``B`` sentences (source, translation); no labels.
+        Two columns of ``B`` sentences (source, translation), or more (the source, then one
+        translation per column: a multi-way row); no labels.
 
     Returns:
-        ``{"xlco": loss}``, or the two halves when ``symmetric``.
+        The terms of :meth:`term_names`, summing to the loss.
 
     Attributes:
         key_model: The momentum (key) encoder, a deep copy of ``model``.
@@ -113,6 +121,7 @@ class XLCoLoss(nn.Module):
         similarity: Similarity = "cosine",
         symmetric: bool = False,
         gather_across_devices: bool = False,
+        languages: Sequence[str] | None = None,
     ) -> None:
         """Create the loss, the key encoder (a deep copy of ``model``) and the empty queue.
 
@@ -126,6 +135,7 @@ class XLCoLoss(nn.Module):
             similarity: ``cosine`` (normalise queries and keys) or ``dot`` (as the paper).
             symmetric: Also use the translation as query against the source's key.
             gather_across_devices: Enqueue the keys of every device (``torch.distributed``).
+            languages: Column names, naming the terms of more than two columns.
 
         Raises:
             ValueError: A hyperparameter is out of range, or the model does not report its
@@ -151,6 +161,7 @@ class XLCoLoss(nn.Module):
         self.similarity = similarity
         self.symmetric = symmetric
         self.gather_across_devices = gather_across_devices
+        self.languages = list(languages) if languages is not None else None
         # Head and queue follow the model's float dtype (float32 for a parameterless model).
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         self.head: nn.Linear | None = None
@@ -221,49 +232,76 @@ class XLCoLoss(nn.Module):
         target = torch.zeros(len(queries), dtype=torch.long, device=queries.device)
         return F.cross_entropy(logits, target)
 
+    def pairs(self, n_columns: int) -> list[tuple[int, int]]:
+        """The (query column, key column) pairs contrasted for ``n_columns`` columns.
+
+        Without ``symmetric`` the source (column 0) queries every translation's key; with it,
+        every column queries every other column's key (module docstring).
+
+        Raises:
+            ValueError: Fewer than two columns, or ``languages`` does not name them.
+        """
+        if n_columns < 2:
+            raise ValueError(f"xlco needs at least 2 columns (source, translation), got "
+                             f"{n_columns}")
+        if self.languages is not None and len(self.languages) != n_columns:
+            raise ValueError(f"the batch has {n_columns} columns but languages="
+                             f"{list(self.languages)} names {len(self.languages)}")
+        return [(q, k) for q in range(n_columns) for k in range(n_columns)
+                if q != k and (self.symmetric or q == 0)]
+
+    def term_names(self, n_columns: int) -> list[str]:
+        """One term per query column.
+
+        ``xlco`` (two columns, one direction), the two halves ``xlco_src_to_tgt`` /
+        ``xlco_tgt_to_src`` (two columns, symmetric), else ``xlco_<query language>``.
+        """
+        queries = list(dict.fromkeys(q for q, _ in self.pairs(n_columns)))
+        if n_columns == 2:
+            return ["xlco_src_to_tgt", "xlco_tgt_to_src"] if self.symmetric else ["xlco"]
+        names = self.languages or [str(c) for c in range(n_columns)]
+        return [f"xlco_{names[q]}" for q in queries]
+
     def forward(
         self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None
     ) -> dict[str, Tensor]:
         """Compute the XLCo loss; when training also update the key encoder and the queue.
 
         Training means ``model.training`` with gradients enabled (the trainer's train step);
-        evaluation leaves the key encoder and the queue untouched.
+        evaluation leaves the key encoder and the queue untouched. The loss is the mean over
+        the contrasted pairs (:meth:`pairs`); each term is its query column's share.
 
         Raises:
-            ValueError: The batch does not have exactly two columns.
+            ValueError: The batch has fewer than two columns.
         """
         sentence_features = list(sentence_features)
-        if len(sentence_features) != 2:
-            raise ValueError(
-                f"xlco needs exactly 2 columns (source, translation), got {len(sentence_features)}"
-            )
+        pairs = self.pairs(len(sentence_features))
+        names = self.term_names(len(sentence_features))
         training = self.model.training and torch.is_grad_enabled()
         if training:
             self.momentum_update()
-        # The key side of each direction: translation keys, plus source keys when symmetric.
-        key_columns = [1, 0] if self.symmetric else [1]
+        key_columns = list(dict.fromkeys(k for _, k in pairs))
         with torch.no_grad():
-            keys = [
-                self._project(self.key_model(sentence_features[c])["sentence_embedding"],
-                              self.key_head)
+            keys = {
+                c: self._project(self.key_model(sentence_features[c])["sentence_embedding"],
+                                 self.key_head)
                 for c in key_columns
-            ]
-        query_columns = [0, 1] if self.symmetric else [0]
-        queries = [
-            self._project(e, self.head)
-            for e in embed_columns(
-                self.model, [sentence_features[c] for c in query_columns], separate_first=False
-            )
-        ]
+            }
+        query_columns = sorted({q for q, _ in pairs})
+        embedded = embed_columns(
+            self.model, [sentence_features[c] for c in query_columns], separate_first=False
+        )
+        queries = {c: self._project(e, self.head)
+                   for c, e in zip(query_columns, embedded, strict=True)}
         # A copy: enqueue() writes the buffer in place, and the logits' backward needs the
         # queue as it was.
         negatives = self.queue[: int(self.queue_filled)].clone()
-        losses = [self._contrast(q, k, negatives) for q, k in zip(queries, keys, strict=True)]
+        terms = dict.fromkeys(query_columns, 0)
+        for q, k in pairs:
+            terms[q] = terms[q] + self._contrast(queries[q], keys[k], negatives) / len(pairs)
         if training:
-            self.enqueue(torch.cat(keys))
-        if not self.symmetric:
-            return {"xlco": losses[0]}
-        return {"xlco_src_to_tgt": losses[0] / 2, "xlco_tgt_to_src": losses[1] / 2}
+            self.enqueue(torch.cat([keys[c] for c in key_columns]))
+        return dict(zip(names, terms.values(), strict=True))
 
     def get_config_dict(self) -> dict[str, Any]:
         """Hyperparameters, for the model card and ``meta.json``."""

@@ -33,11 +33,22 @@ Cells = dict[tuple[str, str], tuple[Interval, str]]  # ("a − b", column) → i
 CONTROLS = {
     "enx_mwloss": "enx_mwloss trains the En-X pairs with the multi-way loss: multiway − "
                   "enx_mwloss is the effect of multi-way rows with the loss form held fixed",
-    "human": "human is the multi-way regime on human translations: multiway − human is the "
-             "cost of the machine translations' errors",
-    "english": "english sees English only (two dropout views of a sentence): english − base "
-               "is adaptation to the Bible domain without a second language, multiway − "
-               "english what alignment adds beyond it",
+    "enx_matched": "enx_matched trains the multi-way rows with English-centric positives only "
+                   "(English with each translation; same rows, embeddings and negatives per "
+                   "step): multiway − enx_matched is the effect of the pairs between non-English "
+                   "languages at matched data and compute",
+    "human": "human is the multi-way regime on human translations, from editions other than "
+             "the test's where a language has one (German, French, Spanish; the others' only "
+             "edition is the test's): multiway − human is the cost of the machine "
+             "translations' errors",
+    "english": "english sees English only (each verse with the same verse in a second English "
+               "edition, a human paraphrase): english − base is adaptation to the Bible domain "
+               "without a second language, multiway − english what alignment adds beyond it",
+    "xlco": "xlco trains the En-X pairs with InfoXLM's XLCo (a momentum encoder's keys in a "
+            "queue as negatives): multiway − xlco sets the multi-way regime against it",
+    "xlco_multiway": "xlco_multiway trains the multi-way rows with XLCo, every language a query: "
+                     "multiway − xlco_multiway is the objective's effect on the same rows, and "
+                     "xlco_multiway − base against xlco − base the rows' effect under XLCo",
 }
 
 

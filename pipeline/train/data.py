@@ -4,11 +4,11 @@ The sentence-transformers collator hands a loss one feature dict per dataset col
 order, so the column order *is* the language order the losses see (and name their terms by).
 It is fixed here, never taken from the file:
 
-- ``multiway`` and ``human``: ``langs.source`` (English), then ``langs.pool`` in its order;
-- ``enx`` and ``enx_mwloss``: ``langs.source`` and ``x`` (the row's translation, whose
-  language varies by row);
-- ``english``: ``langs.source`` twice (``<source>`` and ``<source>_view``): the two views of
-  a sentence differ only by dropout (SimCSE), the monolingual control.
+- the multi-way tables (``multiway``, ``human``): ``langs.source`` (English), then
+  ``langs.pool`` in its order;
+- ``enx``: ``langs.source`` and ``x`` (the row's translation, whose language varies by row);
+- ``english``: ``langs.source`` and ``<source>_second``, the same verse in a second English
+  edition (a human paraphrase), the monolingual control.
 
 Only text columns are kept: any other column (``id``, ``lang``) would be tokenised as text.
 
@@ -35,11 +35,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Training regime → the ``build_corpus`` table it reads (``<table>.parquet``). The controls
-#: change one thing each: ``human`` the translations (human, not MT), ``enx_mwloss`` the
-#: loss form of ``enx`` (its ``train_encoder.loss`` entry), ``english`` the languages (none).
+#: Training regime → the ``build_corpus`` table it reads (``<table>.parquet``); its loss is its
+#: ``train_encoder.loss`` entry. The controls change one thing each against ``multiway`` or
+#: ``enx``: ``human`` the translations (human, not MT), ``enx_mwloss`` the loss form of ``enx``
+#: (the multi-way loss on En-X pairs), ``enx_matched`` the positives of ``multiway`` (the same
+#: rows and embeddings, English-centric pairs only: ``pivot_infonce``), ``english`` the
+#: languages (English only: two editions), ``xlco`` and ``xlco_multiway`` the objective
+#: (InfoXLM's momentum contrast on the En-X pairs and on the multi-way rows).
 REGIMES = {"multiway": "multiway", "enx": "enx", "human": "human", "enx_mwloss": "enx",
-           "english": "multiway"}
+           "enx_matched": "multiway", "english": "english", "xlco": "enx",
+           "xlco_multiway": "multiway"}
+
+#: What builds a table that only some runs of ``build_corpus`` make (named when it is absent).
+OPTIONAL_TABLES = {
+    "human": "build_corpus.references names human translations of every pool language",
+    "english": "build_corpus.second_editions holds a second edition of the source language",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,8 +85,8 @@ def regime_columns(regime: str, langs: LangsConfig) -> tuple[str, ...]:
     """The text columns of a regime, in training order (module docstring)."""
     if REGIMES[regime] == "enx":
         return (langs.source, "x")
-    if regime == "english":
-        return (langs.source, f"{langs.source}_view")
+    if REGIMES[regime] == "english":
+        return (langs.source, f"{langs.source}_second")
     return (langs.source, *langs.pool)
 
 
@@ -93,24 +104,21 @@ def load_regime(corpus_dir: str | Path, regime: str, langs: LangsConfig,
         The train and dev datasets, the column order and row counts.
 
     Raises:
-        FileNotFoundError: The table does not exist (``human`` needs
-            ``build_corpus.references``).
+        FileNotFoundError: The table does not exist (:data:`OPTIONAL_TABLES`).
         ValueError: Unknown regime, a missing column, an empty text, or no training rows.
     """
     from datasets import Dataset
 
     path = corpus_path(corpus_dir, regime)
-    if regime == "human" and not path.is_file():
+    table = REGIMES[regime]
+    if table in OPTIONAL_TABLES and not path.is_file():
         raise FileNotFoundError(
-            f"{path} does not exist: the human corpus is built only when build_corpus.references "
-            "names human translations of every pool language; set it or drop the human regime"
+            f"{path} does not exist: build_corpus writes it only when {OPTIONAL_TABLES[table]}; "
+            f"set that or drop the {regime} regime"
         )
     columns = regime_columns(regime, langs)
-    extra = ["lang"] if REGIMES[regime] == "enx" else []
-    stored = columns[:1] if regime == "english" else columns
-    df = read_table(path, ["id", "split", *stored, *extra])
-    if regime == "english":
-        df[columns[1]] = df[langs.source]
+    extra = ["lang"] if table == "enx" else []
+    df = read_table(path, ["id", "split", *columns, *extra])
     if train_rows:
         # The lowest id hashes among the training rows: the same rows in every table.
         order = pd.util.hash_pandas_object(df["id"].astype(str), index=False).to_numpy()

