@@ -3,12 +3,17 @@
 The project names every language by its FLORES-200 code (``deu_Latn``): corpus columns,
 params, stage names and file names all use it. This module converts it to the spellings
 other tools want: NLLB (the same code), M2M100 (``__de__``), Marian/OPUS-MT pairs (``de``),
-mteb (``deu-Latn``) and gettext locale directories (``de``, ``zh_CN``).
+mteb (``deu-Latn``) and gettext locale directories (``de``, ``zh_CN``); and it says which
+script a letter is written in (:func:`script_fraction`: the MT filters' and the test sets'
+script checks).
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass
 
 
@@ -155,3 +160,102 @@ def from_locale(locale: str) -> str | None:
         if locale in lang.locales:
             return lang.code
     return None
+
+
+# ---------------------------------------------------------------- scripts
+
+# First word of a character's Unicode name -> ISO 15924 code of the script it belongs to.
+# ``unicodedata.name`` covers every block of a script (Latin Extended-A/B/Additional,
+# Arabic presentation forms, Hangul jamo and syllables, CJK extensions) without a table
+# of code-point ranges to maintain.
+_NAME_PREFIX_SCRIPT = {
+    "LATIN": "Latn",
+    "CYRILLIC": "Cyrl",
+    "GREEK": "Grek",
+    "HEBREW": "Hebr",
+    "ARABIC": "Arab",
+    "DEVANAGARI": "Deva",
+    "BENGALI": "Beng",
+    "THAI": "Thai",
+    "HANGUL": "Hang",
+    "HIRAGANA": "Hira",
+    "KATAKANA": "Kana",  # also "KATAKANA-HIRAGANA PROLONGED SOUND MARK"
+    "CJK": "Hani",  # CJK UNIFIED / COMPATIBILITY IDEOGRAPH-XXXX
+    "IDEOGRAPHIC": "Hani",  # 々 IDEOGRAPHIC ITERATION MARK, 〇 IDEOGRAPHIC NUMBER ZERO
+}
+
+# Script of a language (the part after "_" in its FLORES code) -> character scripts that
+# count as "in script". Japanese mixes kana and kanji; Chinese codes name the variant.
+SCRIPT_CHARS: dict[str, frozenset[str]] = {
+    **{script: frozenset({script}) for script in
+       ("Latn", "Cyrl", "Grek", "Hebr", "Arab", "Deva", "Beng", "Thai", "Hang", "Hani")},
+    "Hans": frozenset({"Hani"}),
+    "Hant": frozenset({"Hani"}),
+    "Jpan": frozenset({"Hani", "Hira", "Kana"}),
+}
+
+
+def check_script(script: str) -> None:
+    """Raise ``ValueError`` unless ``script`` is one of :data:`SCRIPT_CHARS`."""
+    if script not in SCRIPT_CHARS:
+        raise ValueError(
+            f"no script filter for script '{script}'; supported: {', '.join(sorted(SCRIPT_CHARS))}"
+        )
+
+
+@functools.lru_cache(maxsize=65536)
+def char_script(ch: str) -> str | None:
+    """ISO 15924 script of one letter, from its Unicode name.
+
+    Args:
+        ch: A single character.
+
+    Returns:
+        ``Latn``, ``Cyrl``, ``Grek``, ``Hebr``, ``Arab``, ``Deva``, ``Beng``, ``Thai``,
+        ``Hang``, ``Hira``, ``Kana`` or ``Hani``; ``None`` for other scripts and unnamed
+        characters. Fullwidth/halfwidth forms count as their base script.
+    """
+    name = unicodedata.name(ch, "")
+    for width in ("FULLWIDTH ", "HALFWIDTH "):
+        name = name.removeprefix(width)
+    first = name.split(" ", 1)[0].split("-", 1)[0]
+    return _NAME_PREFIX_SCRIPT.get(first)
+
+
+@functools.lru_cache(maxsize=65536)
+def _letter_script(ch: str) -> str | None | bool:
+    # False for a non-letter (category other than L*), else char_script (None: no script).
+    return char_script(ch) if unicodedata.category(ch).startswith("L") else False
+
+
+def script_fraction(text: str, script: str) -> float:
+    """Fraction of the letters of ``text`` that are written in ``script``.
+
+    Only letters (Unicode category ``L*``) are counted: digits, punctuation, spaces and
+    combining marks say nothing about the language.
+
+    Args:
+        text: A translation.
+        script: Script part of the language's FLORES code (``Latn``, ``Jpan``, ``Hans``...).
+
+    Returns:
+        A value in [0, 1]; 1.0 when ``text`` has no letters (nothing contradicts the
+        script; the ``empty`` and length filters judge such output).
+
+    Raises:
+        ValueError: ``script`` is not one of :data:`SCRIPT_CHARS`.
+    """
+    check_script(script)
+    wanted = SCRIPT_CHARS[script]
+    # Each distinct character is looked up once (a sentence repeats most of its letters):
+    # this filter dominated the stage's time when it looked at every character.
+    letters = in_script = 0
+    for ch, count in Counter(text).items():
+        script_of = _letter_script(ch)
+        if script_of is not False:
+            letters += count
+            if script_of in wanted:
+                in_script += count
+    if not letters:
+        return 1.0
+    return in_script / letters

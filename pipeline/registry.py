@@ -46,6 +46,11 @@ STAGES: dict[str, Stage] = {
         "pipeline.sources.extract_gettext",
         "Extract the host's gettext catalogs into one message table (frozen, committed).",
     ),
+    "extract_debian": Stage(
+        "pipeline.sources.extract_debian",
+        "Extract full-sentence test data from pinned Debian packages' catalogs (frozen).",
+        shared=("langs",),
+    ),
     "prepare_seed": Stage(
         "pipeline.sources.prepare_seed",
         "Extract the offline seed corpora: Bible editions (chapter splits), gettext messages.",

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline import langs
 from pipeline.config import LangsConfig
 from pipeline.corpus import build_corpus, filters, langid
 from pipeline.corpus.build_corpus import BuildCorpusConfig
@@ -65,7 +66,7 @@ DE_GEN = "Im Anfang schuf Gott die Himmel und die Erde."
     ("3:16 — 42!", "Cyrl", 1.0),  # no letters: nothing contradicts the script
 ])
 def test_script_fraction(text, script, expected):
-    assert filters.script_fraction(text, script) == pytest.approx(expected)
+    assert langs.script_fraction(text, script) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(("first", "last", "script"), [
@@ -82,12 +83,12 @@ def test_script_fraction(text, script, expected):
 ])
 def test_char_script_matches_unicode_blocks(first, last, script):
     letters = [chr(c) for c in range(first, last + 1) if unicodedata.category(chr(c))[0] == "L"]
-    assert letters and {filters.char_script(ch) for ch in letters} == {script}
+    assert letters and {langs.char_script(ch) for ch in letters} == {script}
 
 
 def test_unknown_script_is_rejected():
     with pytest.raises(ValueError, match="no script filter for script 'Tibt'; supported: Arab"):
-        filters.script_fraction("text", "Tibt")
+        langs.script_fraction("text", "Tibt")
 
 
 # ---------------------------------------------------------------- repetition

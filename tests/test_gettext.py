@@ -1,6 +1,5 @@
 import gettext
 import hashlib
-import struct
 from pathlib import Path
 
 import pandas as pd
@@ -15,33 +14,7 @@ from pipeline.sources.extract_gettext import (
     read_catalogs,
     run,
 )
-
-HEADER = (
-    "Content-Type: text/plain; charset=UTF-8\n"
-    "Plural-Forms: nplurals=2; plural=(n != 1);\n"
-)
-
-
-def write_mo(path: Path, messages: dict[str, str]) -> Path:
-    """Write a GNU .mo file (little-endian, no hash table) holding ``messages`` + a header.
-
-    Plural entries are "singular\\0plural" -> "form0\\0form1"; a context is "ctx\\x04msgid".
-    """
-    entries = sorted({"": HEADER, **messages}.items())
-    ids = [k.encode("utf-8") for k, _ in entries]
-    strs = [v.encode("utf-8") for _, v in entries]
-    n = len(entries)
-    ids_table, strs_table = 28, 28 + 8 * n
-    offset = 28 + 16 * n
-    blob, id_desc, str_desc = b"", [], []
-    for data, desc in [(s, id_desc) for s in ids] + [(s, str_desc) for s in strs]:
-        desc.append((len(data), offset + len(blob)))
-        blob += data + b"\0"
-    head = struct.pack("<7I", 0x950412DE, 0, n, ids_table, strs_table, 0, offset)
-    table = b"".join(struct.pack("<2I", *d) for d in id_desc + str_desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(head + table + blob)
-    return path
+from tests.fixtures.gettext import write_mo
 
 
 def test_write_mo_is_read_back_by_gettext(tmp_path):

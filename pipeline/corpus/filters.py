@@ -32,8 +32,6 @@ from __future__ import annotations
 import functools
 import re
 import sys
-import unicodedata
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -45,41 +43,12 @@ import pyarrow.compute as pc
 from pipeline import langs as langs_mod
 from pipeline.corpus import langid
 from pipeline.corpus.langid import wrong_language
+from pipeline.langs import check_script, script_fraction
 
 REASONS: tuple[str, ...] = (
     "empty", "repeat", "copy", "script", "language", "too_short", "too_long",
 )
 """Filter names in checking order (the first failing one is a row's drop reason)."""
-
-# First word of a character's Unicode name -> ISO 15924 code of the script it belongs to.
-# ``unicodedata.name`` covers every block of a script (Latin Extended-A/B/Additional,
-# Arabic presentation forms, Hangul jamo and syllables, CJK extensions) without a table
-# of code-point ranges to maintain.
-_NAME_PREFIX_SCRIPT = {
-    "LATIN": "Latn",
-    "CYRILLIC": "Cyrl",
-    "GREEK": "Grek",
-    "HEBREW": "Hebr",
-    "ARABIC": "Arab",
-    "DEVANAGARI": "Deva",
-    "BENGALI": "Beng",
-    "THAI": "Thai",
-    "HANGUL": "Hang",
-    "HIRAGANA": "Hira",
-    "KATAKANA": "Kana",  # also "KATAKANA-HIRAGANA PROLONGED SOUND MARK"
-    "CJK": "Hani",  # CJK UNIFIED / COMPATIBILITY IDEOGRAPH-XXXX
-    "IDEOGRAPHIC": "Hani",  # 々 IDEOGRAPHIC ITERATION MARK, 〇 IDEOGRAPHIC NUMBER ZERO
-}
-
-# Script of a language (the part after "_" in its FLORES code) -> character scripts that
-# count as "in script". Japanese mixes kana and kanji; Chinese codes name the variant.
-SCRIPT_CHARS: dict[str, frozenset[str]] = {
-    **{script: frozenset({script}) for script in
-       ("Latn", "Cyrl", "Grek", "Hebr", "Arab", "Deva", "Beng", "Thai", "Hang", "Hani")},
-    "Hans": frozenset({"Hani"}),
-    "Hant": frozenset({"Hani"}),
-    "Jpan": frozenset({"Hani", "Hira", "Kana"}),
-}
 
 # Expected characters of translation per character of English source, per script, so that
 # one [min_length_ratio, max_length_ratio] window fits every language. Latn, Cyrl, Arab,
@@ -113,71 +82,6 @@ _CHAR = re.compile(r"\w")
 _ROW = {reason: k for k, reason in enumerate(REASONS)}
 
 
-def _check_script(script: str) -> None:
-    if script not in SCRIPT_CHARS:
-        raise ValueError(
-            f"no script filter for script '{script}'; supported: {', '.join(sorted(SCRIPT_CHARS))}"
-        )
-
-
-@functools.lru_cache(maxsize=65536)
-def char_script(ch: str) -> str | None:
-    """ISO 15924 script of one letter, from its Unicode name.
-
-    Args:
-        ch: A single character.
-
-    Returns:
-        ``Latn``, ``Cyrl``, ``Grek``, ``Hebr``, ``Arab``, ``Deva``, ``Beng``, ``Thai``,
-        ``Hang``, ``Hira``, ``Kana`` or ``Hani``; ``None`` for other scripts and unnamed
-        characters. Fullwidth/halfwidth forms count as their base script.
-    """
-    name = unicodedata.name(ch, "")
-    for width in ("FULLWIDTH ", "HALFWIDTH "):
-        name = name.removeprefix(width)
-    first = name.split(" ", 1)[0].split("-", 1)[0]
-    return _NAME_PREFIX_SCRIPT.get(first)
-
-
-@functools.lru_cache(maxsize=65536)
-def _letter_script(ch: str) -> str | None | bool:
-    # False for a non-letter (category other than L*), else char_script (None: no script).
-    return char_script(ch) if unicodedata.category(ch).startswith("L") else False
-
-
-def script_fraction(text: str, script: str) -> float:
-    """Fraction of the letters of ``text`` that are written in ``script``.
-
-    Only letters (Unicode category ``L*``) are counted: digits, punctuation, spaces and
-    combining marks say nothing about the language.
-
-    Args:
-        text: A translation.
-        script: Script part of the language's FLORES code (``Latn``, ``Jpan``, ``Hans``...).
-
-    Returns:
-        A value in [0, 1]; 1.0 when ``text`` has no letters (nothing contradicts the
-        script; the ``empty`` and length filters judge such output).
-
-    Raises:
-        ValueError: ``script`` is not one of :data:`SCRIPT_CHARS`.
-    """
-    _check_script(script)
-    wanted = SCRIPT_CHARS[script]
-    # Each distinct character is looked up once (a sentence repeats most of its letters):
-    # this filter dominated the stage's time when it looked at every character.
-    letters = in_script = 0
-    for ch, count in Counter(text).items():
-        script_of = _letter_script(ch)
-        if script_of is not False:
-            letters += count
-            if script_of in wanted:
-                in_script += count
-    if not letters:
-        return 1.0
-    return in_script / letters
-
-
 def length_ratio(translation: str, source: str, script: str) -> float:
     """Character-length ratio translation/source, normalised by the script's factor.
 
@@ -193,7 +97,7 @@ def length_ratio(translation: str, source: str, script: str) -> float:
     Raises:
         ValueError: ``script`` has no length factor.
     """
-    _check_script(script)
+    check_script(script)
     expected = max(len(source.strip()), 1) * LENGTH_FACTORS[script]
     return len(translation.strip()) / expected
 
@@ -292,7 +196,7 @@ def failures(translation: str | None, source: str, lang: str, detector: Any | No
         ValueError: The script of ``lang`` is not supported.
     """
     script = lang.split("_")[1]
-    _check_script(script)
+    check_script(script)
     if translation is None or not translation.strip():
         return ["empty"]
     failed = []
@@ -361,7 +265,7 @@ def failure_matrix(translations: pa.Array | pa.ChunkedArray, sources: pa.Array |
         ValueError: The script of ``lang`` is not supported, or the inputs differ in length.
     """
     script = lang.split("_")[1]
-    _check_script(script)
+    check_script(script)
     n = len(translations)
     if len(sources) != n:
         raise ValueError(f"{n} translations but {len(sources)} sources")

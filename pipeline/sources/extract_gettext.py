@@ -89,8 +89,18 @@ def is_prose(text: str) -> bool:
     return sum(ch.isalpha() for ch in _OPTION.sub("", text)) >= MIN_LETTERS
 
 
+def message_id(domain: str, eng: str) -> str:
+    """A row's id: ``"<domain>:"`` + the first 12 hex digits of the SHA-1 of its English."""
+    return f"{domain}:{hashlib.sha1(eng.encode('utf-8')).hexdigest()[:12]}"
+
+
 def _messages(path: Path) -> list[tuple[str, str]]:
     """``(msgid, msgstr)`` pairs of one catalog: no header, singular forms only, sorted."""
+    return _catalog(path)[0]
+
+
+def _catalog(path: Path) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """:func:`_messages` of one catalog, and its header's fields (lower-case keys)."""
     try:
         with open(path, "rb") as fh:
             catalog = gettext.GNUTranslations(fh)
@@ -109,7 +119,7 @@ def _messages(path: Path) -> list[tuple[str, str]]:
         msgid = key.rsplit("\x04", 1)[-1]  # drop a msgctxt prefix
         if msgid and msgstr:  # msgid "" is the header
             pairs.append((msgid, msgstr))
-    return sorted(pairs)
+    return sorted(pairs), catalog.info()
 
 
 def _locale_dirs(root: Path) -> dict[str, Path]:
@@ -179,7 +189,7 @@ def read_catalogs(root: str | Path, domains: Sequence[str]) -> pd.DataFrame:
                 eng = clean_message(msgid)
                 if not is_prose(eng):
                     continue
-                row_id = f"{domain}:{hashlib.sha1(eng.encode('utf-8')).hexdigest()[:12]}"
+                row_id = message_id(domain, eng)
                 row = rows.setdefault(row_id, {"id": row_id, "domain": domain, _SOURCE: eng})
                 if row.get(code) is None:
                     text = clean_message(msgstr)
@@ -204,7 +214,12 @@ def run(cfg: ExtractGettextConfig) -> dict:
         Metrics: ``messages`` and ``languages`` (besides English).
     """
     table = read_catalogs(cfg.gettext_dir, cfg.domains)
-    with atomic_path(cfg.output) as tmp:
+    write_zstd(table, cfg.output)
+    return {"messages": len(table), "languages": len(table.columns) - 3}
+
+
+def write_zstd(table: pd.DataFrame, path: str | Path) -> None:
+    """Write a table committed to git as Parquet, zstd level 19 (small in git), atomically."""
+    with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp,
                        compression="zstd", compression_level=19)
-    return {"messages": len(table), "languages": len(table.columns) - 3}
