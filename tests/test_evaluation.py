@@ -164,10 +164,15 @@ def offline_run(tmp_path_factory, local_data, tiny_encoder_dir):
     from pipeline.evaluation.evaluate import EvaluateConfig, run
 
     out = tmp_path_factory.mktemp("eval")
+    # The out-of-domain set's stand-in: the test verses as a Debian-style sentence table.
+    debian = out / "debian.parquet"
+    pd.read_parquet(local_data.bible_test, columns=["id", *LANGS]).assign(
+        domain="demo", package="demo-l10n").to_parquet(debian)
     cfg = EvaluateConfig(
         output_dir=str(out), seen=SEEN, unseen=("ita_Latn",), bible_test=local_data.bible_test,
         gettext=local_data.gettext, bible_db=local_data.bible_db, batch_size=8, device="cpu",
         threads=1, suite="offline", mining_sentences=1000, trunk_layers=0,
+        debian_test=str(debian), debian_sentences=1000, debian_unseen=("ita_Latn", "pol_Latn"),
     )
     metrics = run(cfg, str(tiny_encoder_dir))
     return cfg, metrics, out
@@ -248,7 +253,7 @@ def test_result_files_hold_no_run_dependent_values_and_mteb_still_loads_them(off
     assert sorted(r.task_name for m in loaded.model_results for r in m.task_results) == tasks
     # The times are in the runtime part of the metrics (data/runtime/), not in the files.
     assert sorted(metrics["runtime"]) == sorted(
-        [f"evaluation_seconds/{t}" for t in (*tasks, "VerseMining")])
+        [f"evaluation_seconds/{t}" for t in (*tasks, "VerseMining", "DebianMining")])
     assert all(v > 0 for v in metrics["runtime"].values())
 
 
@@ -286,10 +291,10 @@ def test_item_outcomes_average_to_mtebs_scores(offline_run):
 
 
 def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_encoder):
-    from pipeline.evaluation.verse_mining import OUTCOMES, pair_group, sample_verses
+    from pipeline.evaluation.verse_mining import VERSES, pair_group, sample_verses
 
     cfg, metrics, out = offline_run
-    table = pd.read_parquet(out / "results" / "multiway-align__st" / OUTCOMES)
+    table = pd.read_parquet(out / "results" / "multiway-align__st" / VERSES.file)
     verses = sample_verses(cfg.bible_test, LANGS, cfg.mining_sentences, cfg.seed)
     assert metrics["VerseMining/verses"] == len(verses) > 10
     assert metrics["VerseMining/pairs"] == 12  # every ordered pair of 4 languages
@@ -331,6 +336,19 @@ def test_verse_mining_outcomes_equal_numpy_cosine_and_margin(offline_run, tiny_e
     # Not degenerate: the random tiny encoder finds some verses and misses some (a group
     # may reach 1.0 with another run's tokenizer training).
     assert 0.0 < min(scores) < 1.0
+
+
+def test_the_debian_set_is_mined_like_the_verses(offline_run):
+    # The stand-in holds the test verses under their ids, so both minings see the same rows.
+    from pipeline.evaluation.verse_mining import DEBIAN, VERSES
+
+    _, metrics, out = offline_run
+    folder = out / "results" / "multiway-align__st"
+    pd.testing.assert_frame_equal(pd.read_parquet(folder / DEBIAN.file),
+                                  pd.read_parquet(folder / VERSES.file))
+    scores = {name: {k.split("/", 1)[1]: v for k, v in metrics.items()
+                     if k.startswith(f"{name}/")} for name in (DEBIAN.name, VERSES.name)}
+    assert scores[DEBIAN.name] == scores[VERSES.name] and len(scores[DEBIAN.name]) > 4
 
 
 def test_pair_groups_follow_what_training_saw():
@@ -532,11 +550,11 @@ def test_verse_mining_settings_are_checked_before_any_work(tmp_path):
     from pipeline.evaluation.evaluate import EvaluateConfig, run
     from pipeline.evaluation.verse_mining import sample_verses
 
-    with pytest.raises(ValueError, match="mining_sentences must be >= 0 and mining_k >= 1"):
-        run(EvaluateConfig(mining_sentences=-1), "no-such-encoder")
+    with pytest.raises(ValueError, match="mining_sentences and debian_sentences must be >= 0"):
+        run(EvaluateConfig(debian_sentences=-1), "no-such-encoder")
     path = tmp_path / "test.parquet"
     pd.DataFrame({"id": [1, 2], "eng_Latn": ["a", "a"], "deu_Latn": ["x", "y"]}).to_parquet(path)
-    with pytest.raises(ValueError, match="1 verses have a unique text in every one of"):
+    with pytest.raises(ValueError, match="1 rows have a unique text in every one of"):
         sample_verses(str(path), ["eng_Latn", "deu_Latn"], 10, 0)
 
 

@@ -52,7 +52,8 @@ OVERLAY = {
         "dev_rows": 8, "logging_steps": 1, "save_steps": 2, "gpus": 0, "threads": 1,
     },
     "evaluate": {"models": [m for k in ENCODERS for m in (k, *(f"{k}-{r}-13" for r in REGIMES))],
-                 "suites_file": "paper_suite.yaml", "batch_size": 32, "threads": 1},
+                 "suites_file": "paper_suite.yaml", "batch_size": 32, "threads": 1,
+                 "debian_sentences": 50},
     "train_drmim": {
         "tasks": ["xnli", "tydiqa"], "encoders": ["xlmr-base", "xlmr-base-multiway-13"],
         "methods": ["finetune", "drmim", "epar"], "seeds": [0],

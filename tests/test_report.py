@@ -680,7 +680,8 @@ def test_missing_inputs_give_not_run_sections(tmp_path):
     assert "Not run: neither train_nmt nor translate@\\<lang> metrics exist" in md
     assert "Not run: no evaluate@\\<model> metrics" in md
     assert "Not run: no downstream results" in md
-    assert "Not run: no verse-mining outcomes in" in md
+    assert "Not run: no verse_mining.parquet in" in md
+    assert "Not run: no debian_mining.parquet in" in md
     assert table_row(md, "multiway")[2] == "not run"
     assert "data:image/png" not in (tmp_path / "out" / "report.html").read_text()
 

@@ -10,7 +10,8 @@ returns flat metrics: one main score per task subset, per language, and grouped 
 (the training pool, English included) and *unseen* languages. Then it mines test verses
 between every pair of evaluated languages (:mod:`pipeline.evaluation.verse_mining`) and
 keeps each verse's outcome in the model's folder (``verse_mining.parquet``), for the
-report's paired intervals; the bitext-mining and classification tasks' per-item outcomes go
+report's paired intervals, and mines the out-of-domain Debian sentences the same way
+(``debian_mining.parquet``); the bitext-mining and classification tasks' per-item outcomes go
 beside it (``item_outcomes.parquet``, :mod:`pipeline.evaluation.items`). With
 ``trunk_layers`` set, the lower layers' states of every text come from the trunk memo
 (:mod:`pipeline.encoders.trunk`) shared by the base and the aligned models that froze them:
@@ -84,7 +85,18 @@ class EvaluateConfig:
     # pair of evaluated languages, cosine and margin, one outcome per verse); more than the split
     # holds means all of them; 0 turns it off.
     mining_sentences: int = 400
-    mining_k: int = 4  # Neighbourhood size of its ratio margin.
+    mining_k: int = 4  # Neighbourhood size of its ratio margin (both mined sets).
+    # The out-of-domain set mined the same way: ``extract_debian``'s sentences (software messages
+    # translated by people), in the seen languages and ``debian_unseen``.
+    debian_test: str = "data/gettext/debian.parquet"
+    # Sentences with a unique text in every mined language, sampled like the verses (more than
+    # the table holds means all); 0 turns it off.
+    debian_sentences: int = 300
+    # Unseen languages mined on it: those with most sentences there (the table's coverage of the
+    # other unseen languages is thin; 3,036 sentences have all of these and the seen ones).
+    debian_unseen: tuple[str, ...] = (
+        "ita_Latn", "por_Latn", "zho_Hans", "pol_Latn", "tur_Latn", "ukr_Cyrl",
+    )
     # Lower layers whose states are read from the trunk memo (:mod:`pipeline.encoders.trunk`; the
     # same scores, each text's lower layers run once for every model sharing them); the encoder's
     # layers minus ``train_encoder.trainable_layers`` lets the base and every aligned model share
@@ -295,9 +307,10 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
     from pipeline.evaluation.tasks.base import LocalData
 
     langs = langs or LangsConfig()
-    if cfg.mining_sentences < 0 or cfg.mining_k < 1:
-        raise ValueError(f"evaluate: mining_sentences must be >= 0 and mining_k >= 1, got "
-                         f"{cfg.mining_sentences} and {cfg.mining_k}")
+    if min(cfg.mining_sentences, cfg.debian_sentences) < 0 or cfg.mining_k < 1:
+        raise ValueError(f"evaluate: mining_sentences and debian_sentences must be >= 0 and "
+                         f"mining_k >= 1, got {cfg.mining_sentences}, {cfg.debian_sentences} "
+                         f"and {cfg.mining_k}")
     seen = tuple(cfg.seen) or (langs.source, *langs.pool)
     unseen = tuple(c for c in cfg.unseen if c not in seen)
     seed_everything(cfg.seed)
@@ -315,6 +328,11 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
             f"{cfg.bible_test} does not exist: verse mining needs the Bible test split; run "
             "`dvc repro prepare_seed` first, or turn it off with evaluate.mining_sentences: 0 "
             "(--mining-sentences 0)")
+    if cfg.debian_sentences and not Path(cfg.debian_test).is_file():
+        raise FileNotFoundError(
+            f"{cfg.debian_test} does not exist: it is extract_debian's committed output "
+            f"(`git checkout -- {cfg.debian_test}`); or turn its mining off with "
+            "evaluate.debian_sentences: 0 (--debian-sentences 0)")
     limit_threads(cfg.threads)
     label = model_label(model)
     where = origin(model, located)
@@ -333,15 +351,20 @@ def run(cfg: EvaluateConfig, model: str, langs: LangsConfig | None = None) -> di
         metrics["n_tasks"] = len(results)
         metrics["runtime"] = {f"evaluation_seconds/{r.task_name}": r.evaluation_time
                               for r in results}
-        if cfg.mining_sentences:
+        for mined, path, n, mined_unseen in (
+                (verse_mining.VERSES, cfg.bible_test, cfg.mining_sentences, unseen),
+                (verse_mining.DEBIAN, cfg.debian_test, cfg.debian_sentences,
+                 [c for c in cfg.debian_unseen if c not in seen])):
+            if not n:
+                continue
             start = time.monotonic()
-            table, mined = verse_mining.run(
-                encoder, cfg.bible_test, seen, unseen, langs.source, cfg.mining_sentences,
-                cfg.mining_k, cfg.seed, cfg.batch_size)
-            with atomic_path(result_dir(cfg.output_dir, label) / verse_mining.OUTCOMES) as tmp:
+            table, scores = verse_mining.run(
+                encoder, path, seen, mined_unseen, langs.source, n, cfg.mining_k, cfg.seed,
+                cfg.batch_size, mined)
+            with atomic_path(result_dir(cfg.output_dir, label) / mined.file) as tmp:
                 table.to_parquet(tmp, index=False)
-            metrics.update(mined)
-            metrics["runtime"]["evaluation_seconds/VerseMining"] = time.monotonic() - start
+            metrics.update(scores)
+            metrics["runtime"][f"evaluation_seconds/{mined.name}"] = time.monotonic() - start
     write_meta(result_dir(cfg.output_dir, label) / "meta.json", to_dict(cfg), model=where,
                suite=suite.name, seen=list(seen), unseen=list(unseen),
                tasks=[r.task_name for r in results])

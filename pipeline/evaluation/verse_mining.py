@@ -13,10 +13,15 @@ Pairs fall into groups by what training saw (``seen`` = the training pool, Engli
 included): ``x_eng_seen`` / ``x_eng_unseen`` (a language with English), ``seen_seen`` (two
 non-English pool languages: the pairs only multi-way training supervises directly),
 ``seen_unseen`` and ``unseen_unseen``.
+
+The same mining runs on any many-way table of human translations (:class:`MinedSet`): the
+Bible test verses (:data:`VERSES`) and the Debian sentences (:data:`DEBIAN`,
+``extract_debian``'s out-of-domain set), each with its own outcome file and metric prefix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Collection, Sequence
@@ -34,8 +39,24 @@ from pipeline.sources.bible import non_empty, parquet_languages, unique_texts
 logger = logging.getLogger(__name__)
 
 SCORINGS = ("cosine", "margin")
-# The outcome table's file name in a model's result folder (evaluation.run.result_dir).
-OUTCOMES = "verse_mining.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class MinedSet:
+    """A many-way test table mined this way, and the names its results go by."""
+
+    name: str  # metric prefix (``<name>/<scoring>/<group>``)
+    file: str  # outcome table in a model's result folder (evaluate.result_dir)
+    title: str  # what the report calls the evaluation
+    items: str  # what the report calls its rows
+    measure: str  # the headline's column suffix (``<group> <measure>``)
+
+
+VERSES = MinedSet("VerseMining", "verse_mining.parquet", "Verse mining", "test verses",
+                  "mining")
+DEBIAN = MinedSet("DebianMining", "debian_mining.parquet",
+                  "Out-of-domain sentence mining (Debian)", "Debian sentences",
+                  "mining, Debian")
 GROUPS = {  # name → what the report calls it
     "x_eng_seen": "X↔English, seen X",
     "x_eng_unseen": "X↔English, unseen X",
@@ -56,16 +77,16 @@ def pair_group(a: str, b: str, seen: Collection[str], source: str) -> str:
 
 
 def sample_verses(path: str, langs: Sequence[str], n: int, seed: int) -> pd.DataFrame:
-    """``n`` test verses (all if fewer) with a non-empty, non-repeated text in every language.
+    """``n`` rows (all if fewer) with a non-empty, non-repeated text in every language.
 
     Raises:
-        ValueError: Fewer than two usable verses.
+        ValueError: Fewer than two usable rows.
     """
     table = read_table(path, columns=["id", *langs])
     table = table[non_empty(table, langs) & unique_texts(table, langs)]
     if len(table) < 2:
-        raise ValueError(f"{path}: {len(table)} verses have a unique text in every one of "
-                         f"{', '.join(langs)}; verse mining needs at least 2")
+        raise ValueError(f"{path}: {len(table)} rows have a unique text in every one of "
+                         f"{', '.join(langs)}; mining needs at least 2")
     if n < len(table):
         table = table.sample(n=n, random_state=seed)
     return table.sort_values("id").reset_index(drop=True)
@@ -106,8 +127,9 @@ def outcomes(embeddings: dict[str, np.ndarray], k: int = 4) -> pd.DataFrame:
     return table
 
 
-def summarize(table: pd.DataFrame, seen: Collection[str], source: str) -> dict[str, float]:
-    """Flat metrics ``VerseMining/<scoring>/<group>``: accuracy (0–1, like mteb's).
+def summarize(table: pd.DataFrame, seen: Collection[str], source: str,
+              name: str = VERSES.name) -> dict[str, float]:
+    """Flat metrics ``<name>/<scoring>/<group>``: accuracy (0–1, like mteb's).
 
     A group's accuracy is the mean over its ordered pairs; per-pair accuracies stay in the
     outcome table.
@@ -116,7 +138,7 @@ def summarize(table: pd.DataFrame, seen: Collection[str], source: str) -> dict[s
     by_group: dict[tuple[str, str], list[float]] = {}
     for (scoring, src, tgt), value in acc.items():
         by_group.setdefault((scoring, pair_group(src, tgt, seen, source)), []).append(value)
-    return {f"VerseMining/{scoring}/{group}": float(np.mean(values))
+    return {f"{name}/{scoring}/{group}": float(np.mean(values))
             for (scoring, group), values in sorted(by_group.items())}
 
 
@@ -135,31 +157,31 @@ def per_verse(table: pd.DataFrame, seen: Collection[str], source: str) -> pd.Dat
 
 
 def run(encoder: Any, path: str, seen: Sequence[str], unseen: Sequence[str], source: str,
-        n_sentences: int, k: int, seed: int, batch_size: int) -> tuple[pd.DataFrame,
-                                                                          dict[str, Any]]:
-    """Encode the sampled verses in every language once and mine every pair.
+        n_sentences: int, k: int, seed: int, batch_size: int,
+        mined: MinedSet = VERSES) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Encode the sampled rows in every language once and mine every pair.
 
     Returns:
-        The outcome table (:func:`outcomes`, plus the verses' ``id``) and flat metrics
-        (:func:`summarize`, plus ``VerseMining/verses`` and ``VerseMining/pairs``).
+        The outcome table (:func:`outcomes`, plus the rows' ``id``) and flat metrics
+        (:func:`summarize`, plus ``<name>/verses`` (rows mined) and ``<name>/pairs``).
     """
     available = parquet_languages(path)
     langs = [lang for lang in dict.fromkeys([*seen, *unseen]) if lang in available]
     if missing := sorted({*seen, *unseen} - available):
-        logger.info("verse mining: %s not in %s, left out", ", ".join(missing), path)
+        logger.info("%s: %s not in %s, left out", mined.title, ", ".join(missing), path)
     if len(langs) < 2:
-        raise ValueError(f"{path}: verse mining needs two evaluated languages among its "
+        raise ValueError(f"{path}: {mined.title} needs two evaluated languages among its "
                          f"columns, found {langs}")
     verses = sample_verses(path, langs, n_sentences, seed)
-    logger.info("verse mining: %d verses x %d languages", len(verses), len(langs))
+    logger.info("%s: %d rows x %d languages", mined.title, len(verses), len(langs))
     embeddings = {
         lang: encoder.encode(verses[lang].tolist(), batch_size=batch_size,
                              convert_to_numpy=True, show_progress_bar=False)
-        for lang in tqdm(langs, desc="verse mining: encode", unit="lang")
+        for lang in tqdm(langs, desc=f"{mined.title}: encode", unit="lang")
     }
     table = outcomes(embeddings, k)
     table.insert(3, "id", verses["id"].to_numpy()[table["verse"].to_numpy()])
-    metrics = summarize(table, set(seen), source)
-    metrics["VerseMining/verses"] = len(verses)
-    metrics["VerseMining/pairs"] = int(table.groupby(["src", "tgt"], observed=True).ngroups)
+    metrics = summarize(table, set(seen), source, mined.name)
+    metrics[f"{mined.name}/verses"] = len(verses)
+    metrics[f"{mined.name}/pairs"] = int(table.groupby(["src", "tgt"], observed=True).ngroups)
     return table, metrics

@@ -1,8 +1,9 @@
 """The headline: regime differences with paired intervals and verdicts.
 
-Verse mining per pair group (``evaluate``'s ``verse_mining.parquet``) and the mteb tasks'
-items per language group (``item_outcomes.parquet``); :func:`headline_section` puts every
-difference on every measure in one table above the two detailed sections.
+Mining per pair group (``evaluate``'s ``verse_mining.parquet`` of the Bible test verses and
+``debian_mining.parquet`` of the out-of-domain Debian sentences) and the mteb tasks' items per
+language group (``item_outcomes.parquet``); :func:`headline_section` puts every difference on
+every measure in one table above the detailed sections.
 """
 
 from __future__ import annotations
@@ -119,37 +120,39 @@ def _verdict_line(head: str, by_verdict: Mapping[str, list[str]]) -> str:
         f"{verdict} on {', '.join(where)}" for verdict, where in by_verdict.items()) + "."
 
 
-def verse_mining_section(langs: LangsConfig, *, eval_dir: str, base: str,
-                         aligned: Mapping[str, tuple[str, ...]], focus: str
+def verse_mining_section(langs: LangsConfig,
+                         mined: verse_mining.MinedSet = verse_mining.VERSES, *, eval_dir: str,
+                         base: str, aligned: Mapping[str, tuple[str, ...]], focus: str
                          ) -> tuple[list[Block], Cells]:
-    """Verse-mining accuracy per pair group, and paired intervals of the regime differences.
+    """Mining accuracy per pair group, and paired intervals of the regime differences.
 
     Args:
         langs: Source language and training pool (seen languages).
+        mined: The mined table (the Bible test verses, or the Debian sentences).
         eval_dir: ``report.eval_dir``, ``evaluate``'s output.
         base: ``report.base``, the base encoder.
         aligned: ``report.aligned``, regime → its models.
         focus: ``report.focus``, the compared regime.
 
     Returns:
-        The blocks, and the margin-scoring cells per (difference, "<group> mining").
+        The blocks, and the margin-scoring cells per (difference, "<group> <measure>").
 
     Raises:
-        ValueError: The models were mined on different verses.
+        ValueError: The models were mined on different rows.
     """
-    blocks: list[Block] = [Heading("Verse mining with paired intervals", 3)]
+    blocks: list[Block] = [Heading(f"{mined.title} with paired intervals", 3)]
     cells: Cells = {}
     models = model_labels(base, aligned)
-    tables = _outcome_runs(eval_dir, models, verse_mining.OUTCOMES)
+    tables = _outcome_runs(eval_dir, models, mined.file)
     if not tables:
         return blocks + [Paragraph(
-            f"Not run: no verse-mining outcomes in {eval_dir} (run `dvc repro evaluate` "
-            "with evaluate.mining_sentences > 0).")], cells
+            f"Not run: no {mined.file} in {eval_dir} (run `dvc repro evaluate` with "
+            "evaluate.mining_sentences or evaluate.debian_sentences > 0).")], cells
     seen = _seen(eval_dir, models, langs, next(iter(tables)))
     per_seed = {label: [verse_mining.per_verse(t, seen, langs.source) for t in runs]
                 for label, runs in tables.items()}
-    _check_same_index(per_seed, f"{eval_dir}: the models' verse-mining outcomes are on "
-                                "different verses (evaluate.mining_sentences or seed changed "
+    _check_same_index(per_seed, f"{eval_dir}: the models' {mined.file} outcomes are on "
+                                "different rows (evaluate's sample sizes or seed changed "
                                 "for some); rerun `dvc repro evaluate`")
     first = next(iter(per_seed.values()))[0]
     scores = {label: sum(runs) / len(runs) for label, runs in per_seed.items()}
@@ -157,10 +160,10 @@ def verse_mining_section(langs: LangsConfig, *, eval_dir: str, base: str,
     groups = [g for g in verse_mining.GROUPS if g in first.columns.get_level_values("group")]
     pairs = tables[labels[0]][0].groupby(["src", "tgt"], observed=True).ngroups
     blocks.append(Paragraph(
-        f"{len(first)} test verses mined between every pair of evaluated languages in both "
-        f"directions ({pairs} ordered pairs), each verse's translation searched among all "
-        f"{len(first)} verses of the other language: plain cosine and the ratio margin "
-        "(k nearest neighbours, as in LASER). Accuracy × 100; a verse's score in a group is "
+        f"{len(first)} {mined.items} mined between every pair of evaluated languages in both "
+        f"directions ({pairs} ordered pairs), each one's translation searched among all "
+        f"{len(first)} of the other language: plain cosine and the ratio margin "
+        "(k nearest neighbours, as in LASER). Accuracy × 100; an item's score in a group is "
         "its accuracy over the group's pairs. Seen = the training pool and "
         f"{langs.source}. Seeds per model: "
         + ", ".join(f"{m} {len(per_seed[m])}" for m in labels) + " (a regime's accuracy is "
@@ -176,7 +179,7 @@ def verse_mining_section(langs: LangsConfig, *, eval_dir: str, base: str,
     blocks.append(Table(
         ("pair group", "pairs", *(f"{m} {scoring}" for m in labels
                                   for scoring in verse_mining.SCORINGS)), tuple(rows),
-        caption="Verse-mining accuracy"))
+        caption=f"{mined.title}: accuracy"))
     comparisons = _comparisons(focus, aligned, scores)
     if not comparisons:
         return blocks, cells
@@ -191,15 +194,15 @@ def verse_mining_section(langs: LangsConfig, *, eval_dir: str, base: str,
             rows.append((f"{a} − {b}", verse_mining.GROUPS[g], _interval_cell(cosine),
                          _interval_cell(margin), seeds,
                          f"±{margin.detectable * SCALE:.2f}", said))
-            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} mining"] = (margin, said)
+            cells[f"{a} − {b}", f"{verse_mining.GROUPS[g]} {mined.measure}"] = (margin, said)
             by_verdict.setdefault(said, []).append(
                 f"{verse_mining.GROUPS[g]} ({_interval_cell(margin)})")
         verdicts.append(_verdict_line(f"{a} − {b} (margin scoring)", by_verdict))
     blocks.append(Table(
         ("difference", "pair group", "cosine Δ [95% CI]", "margin Δ [95% CI]",
          "margin Δ per seed", "detectable (margin)", "verdict (margin)"), tuple(rows),
-        caption=("Paired t interval of the per-verse scores over the training seeds and the "
-                 "verses (pipeline/stats.py: the seed-level and verse-level variances, each "
+        caption=("Paired t interval of the per-item scores over the training seeds and the "
+                 "items (pipeline/stats.py: the seed-level and item-level variances, each "
                  "from its own level, Welch–Satterthwaite degrees of freedom, so three seeds "
                  "count as three): difference in accuracy points with its 95% interval; "
                  "'detectable' is the smallest difference this design detects with 80% power. "
@@ -289,8 +292,13 @@ def headline_section(langs: LangsConfig, *, eval_dir: str, base: str,
     Returns:
         The blocks, and every (difference, measure) interval with its headline verdict.
     """
-    mining, mining_cells = verse_mining_section(langs, eval_dir=eval_dir, base=base,
-                                                aligned=aligned, focus=focus)
+    mining: list[Block] = []
+    mining_cells: Cells = {}
+    for mined in (verse_mining.VERSES, verse_mining.DEBIAN):
+        blocks, found = verse_mining_section(langs, mined, eval_dir=eval_dir, base=base,
+                                             aligned=aligned, focus=focus)
+        mining += blocks
+        mining_cells.update(found)
     tasks, task_cells = task_items_section(langs, eval_dir=eval_dir, base=base,
                                            aligned=aligned, focus=focus, families=families)
     cells: Cells = {**mining_cells, **task_cells}
