@@ -333,7 +333,7 @@ def test_hub_id_works_for_evaluate_mine_and_train_drmim(hub_cache, tmp_path):
     _ok(_cli(env, tmp_path, "evaluate", "--model", XLMR_ID, "--suite", "paper",
              "--suites-file", "suite.yaml", "--catalogue", catalogue, "--output-dir", "eval",
              "--seen", "[eng_Latn, deu_Latn]", "--unseen", "[]", "--threads", "1",
-             "--mining-sentences", "0", "--trunk-layers", "0"))
+             "--mining-sentences", "0", "--debian-sentences", "0", "--trunk-layers", "0"))
     # A hub id names its outputs org--name: two organisations' models of one name keep apart.
     label = "FacebookAI--xlm-roberta-base"
     meta = json.loads((tmp_path / f"eval/results/multiway-align__{label}/meta.json").read_text())

@@ -28,7 +28,7 @@ def params(model_dir: Path) -> dict:
         "translate": {"model_dir": str(model_dir), "device": "cpu", "beam_size": 2,
                       "max_batch_tokens": 128, "max_decoding_length": 24, "intra_threads": 1,
                       "shard_size": 8, "references": None},
-        "build_corpus": {"references": None, "min_length_ratio": 0.0,
+        "build_corpus": {"references": None, "second_editions": None, "min_length_ratio": 0.0,
                          "max_length_ratio": 100.0, "max_copy_ratio": 1.0, "max_repeat": 100,
                          "min_script_fraction": 0.0, "language_id": "none",
                          "dev_fraction": 0.2},
